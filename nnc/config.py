@@ -1,0 +1,171 @@
+"""Frozen configuration objects for the encoder and the decoder.
+
+Settings live in small immutable dataclasses with named constructors instead of long keyword lists.
+Contradictory or out-of-range settings raise :class:`nnc.errors.ConfigError` when the object is built;
+nothing is silently changed later.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping
+
+from .errors import ConfigError
+
+__all__ = ["EncoderConfig", "DecoderConfig"]
+
+
+def _qp_range(qp_density: int) -> tuple[int, int]:
+    """The QP values a ``6 + qp_density``-bit two's-complement offset can carry (MPS QP is 0)."""
+    half = 1 << (5 + qp_density)
+    return -half, half - 1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How tensors are quantised and entropy coded.
+
+    The defaults reproduce NNCodec 2.1.3's ``nncodec.nn.encode`` behaviour for a dict of arrays
+    (profile 1, qp_density 2, dependent quantisation, row skipping and parameter optimisation on,
+    non-weight QP -75), so that nnc's bitstreams are byte-identical to the reference's.
+
+    Attributes:
+        qp: quantisation parameter of weight tensors (rank > 1). Step size ``(1 + (qp mod k)/k) * 2**(qp//k)``
+            with ``k = 2**qp_density``: lowering qp by ``k`` halves the step.
+        qp_density: 0..7, QP steps per octave of step size is ``2**qp_density``.
+        nonweight_qp: QP of tensors with rank <= 1 (biases, norms). ``None`` means ``qp - 2**(qp_density+1)``.
+        qp_per_tensor: QP overrides by tensor name; keys are exact names or fnmatch patterns
+            (``"*.bias"``); an exact name wins over a pattern, and the first matching pattern wins.
+        dq: dependent (trellis-coded) quantisation.
+        row_skipping: signal all-zero rows so that their elements are not coded (profile 1).
+        param_opt: choose context initialisations per tensor (DeepCABAC parameter optimisation).
+        scan_order: 0 row-major, 1..4 block scan with 8/16/32/64 blocks (adds entry points).
+        unary_length_minus1: ``cabac_unary_length_minus1`` (greater-than flags minus one).
+        profile: ``general_profile_idc`` (1 = 2nd edition tools; 0 = 1st edition).
+        device_id: ``device_id`` written in each NDU (profile 1).
+        signal_dtype: for inputs that are neither float32 nor int32 (float16, float64, int8, int16, int64),
+            write ``nnr_decompressed_data_format`` so that decoding restores the dtype.
+        threads: worker threads for coding independent tensors (the C++ core releases the GIL).
+    """
+
+    qp: int = -38
+    qp_density: int = 2
+    nonweight_qp: int | None = -75
+    qp_per_tensor: Mapping[str, int] = field(default_factory=dict)
+    dq: bool = True
+    row_skipping: bool = True
+    param_opt: bool = True
+    scan_order: int = 0
+    unary_length_minus1: int = 10
+    profile: int = 1
+    device_id: int = 0
+    signal_dtype: bool = True
+    threads: int = 1
+
+    def __post_init__(self):
+        if not 0 <= self.qp_density <= 7:
+            raise ConfigError(f"qp_density must be 0..7, got {self.qp_density}")
+        lo, hi = _qp_range(self.qp_density)
+        for what, value in [("qp", self.qp), ("nonweight_qp", self.nonweight_qp), *(
+                (f"qp_per_tensor[{k!r}]", v) for k, v in self.qp_per_tensor.items())]:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{what} must be an int, got {value!r}")
+            if not lo <= value <= hi:
+                raise ConfigError(f"{what}={value} is outside {lo}..{hi}, the range a qp offset of "
+                                  f"{6 + self.qp_density} bits can carry with qp_density={self.qp_density}")
+        if self.profile not in (0, 1):
+            raise ConfigError(f"profile must be 0 or 1, got {self.profile}")
+        if self.row_skipping and self.profile == 0:
+            raise ConfigError("row_skipping needs profile 1 (it is a 2nd-edition tool); "
+                              "use row_skipping=False with profile=0")
+        if not 0 <= self.scan_order <= 4:
+            raise ConfigError(f"scan_order must be 0..4, got {self.scan_order}")
+        if self.scan_order > 0 and self.dq and self.row_skipping:
+            # NNCodec's trellis does not model the DQ state jumps that row skipping causes in block scans
+            # (spec §6 item 25); nnc refuses the combination instead of writing streams that decode wrongly.
+            raise ConfigError("scan_order > 0 cannot be combined with dq=True and row_skipping=True; "
+                              "disable one of them")
+        if not 0 <= self.unary_length_minus1 <= 254:
+            raise ConfigError(f"unary_length_minus1 must be 0..254, got {self.unary_length_minus1}")
+        if self.device_id < 0:
+            raise ConfigError("device_id must be >= 0")
+        if self.threads < 1:
+            raise ConfigError("threads must be >= 1")
+        object.__setattr__(self, "qp_per_tensor", MappingProxyType(dict(self.qp_per_tensor)))
+
+    # --- named constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_qp(cls, qp: int, qp_density: int = 2, **kw) -> "EncoderConfig":
+        """Weights at ``qp``, non-weights at NNCodec's default -75 (or ``nonweight_qp=`` in ``kw``)."""
+        return cls(qp=qp, qp_density=qp_density, **kw)
+
+    @classmethod
+    def reference_defaults(cls) -> "EncoderConfig":
+        """``nncodec.nn.encode`` defaults (qp -32 there, not -38)."""
+        return cls(qp=-32)
+
+    @classmethod
+    def fast(cls, qp: int = -38, **kw) -> "EncoderConfig":
+        """Uniform quantisation without trellis or parameter optimisation: fastest encode, larger output."""
+        return cls(qp=qp, dq=False, param_opt=False, **kw)
+
+    def replace(self, **changes) -> "EncoderConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # --- derived values ---------------------------------------------------------------------------
+    @property
+    def effective_nonweight_qp(self) -> int:
+        if self.nonweight_qp is None:
+            return self.qp - (2 << self.qp_density)
+        return self.nonweight_qp
+
+    def qp_for(self, name: str, ndim: int) -> int:
+        """The QP a float tensor called ``name`` of rank ``ndim`` gets."""
+        per = self.qp_per_tensor
+        if name in per:
+            return per[name]
+        for pattern, value in per.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return value
+        return self.qp if ndim > 1 else self.effective_nonweight_qp
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Resource limits checked against the headers *before* anything is allocated, and decode threads.
+
+    Attributes:
+        max_tensor_elements: largest element count of one tensor.
+        max_total_bytes: largest total size of all decoded arrays, in bytes.
+        max_units: largest number of NNR units in one bitstream.
+        max_rank: largest ``count_tensor_dimensions``.
+        max_codebook_size: largest ``codebook_size``.
+        threads: worker threads decoding independent NDUs in parallel.
+    """
+
+    max_tensor_elements: int = (1 << 31) - 1
+    max_total_bytes: int = 16 << 30
+    max_units: int = 1 << 20
+    max_rank: int = 16
+    max_codebook_size: int = 1 << 16
+    threads: int = 1
+
+    def __post_init__(self):
+        for name in ("max_tensor_elements", "max_total_bytes", "max_units", "max_rank", "max_codebook_size",
+                     "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive int, got {v!r}")
+
+    @classmethod
+    def strict(cls, max_total_bytes: int = 1 << 30, **kw) -> "DecoderConfig":
+        """Tighter limits for bitstreams from untrusted peers (e.g. FL clients)."""
+        return cls(max_total_bytes=max_total_bytes, max_tensor_elements=min(max_total_bytes // 4, (1 << 31) - 1),
+                   max_units=1 << 16, **kw)
+
+    def replace(self, **changes) -> "DecoderConfig":
+        return replace(self, **changes)

@@ -1,0 +1,101 @@
+"""Drive NNCodec 2.1.3 (the reference) for nnc's differential tests. Runs INSIDE the reference venv.
+
+    $NNCREF/bin/python nnc/conformance/reference_driver.py < jobs.json > results.json
+
+stdin holds a JSON list of jobs; stdout gets a JSON list of results, one per job, in order. Running many jobs
+in one process avoids paying the reference's (torch) import time per case. A job that fails yields
+``{"error": "..."}`` instead of stopping the batch.
+
+Jobs:
+  {"op": "encode", "input": "in.npz", "output": "out.nnc", "settings": {...}}
+  {"op": "decode", "input": "in.nnc", "output": "out.npz"}
+  {"op": "encode_seq", "inputs": ["u0.npz", ...], "outputs": ["u0.nnc", ...], "settings": {...}, "tca": true}
+  {"op": "decode_seq", "inputs": ["u0.nnc", ...], "outputs": ["u0.npz", ...]}
+Settings (all optional): qp, qp_density, nonweight_qp, dq, row_skipping, param_opt, codebook_mode (0/1/2),
+bitdepth, qp_per_tensor, opt_qp.
+"""
+import contextlib
+import json
+import sys
+import traceback
+
+import numpy as np
+
+
+def _load(path):
+    with np.load(path, allow_pickle=False) as z:
+        out = {}
+        for k in z.files:
+            a = z[k]
+            if a.dtype.kind == "f":
+                a = a.astype(np.float32)
+            elif a.dtype.kind in "iub":
+                a = a.astype(np.int32)
+            out[k] = np.ascontiguousarray(a)
+        return out
+
+
+def _compress(params, s, **extra):
+    from nncodec import nnc
+    bitdepth = s.get("bitdepth")
+    return bytes(nnc.compress(
+        params, bitstream_path=None, return_bitstream=True, verbose=False, device_id=0,
+        qp=s.get("qp", -38), qp_density=s.get("qp_density", 2), nonweight_qp=s.get("nonweight_qp", -75),
+        qp_per_tensor=s.get("qp_per_tensor"), use_dq=s.get("dq", True), codebook_mode=s.get("codebook_mode", 0),
+        param_opt=s.get("param_opt", True), opt_qp=s.get("opt_qp", False),
+        row_skipping=s.get("row_skipping", True), int_quant_bw=bitdepth if bitdepth else False, **extra))
+
+
+def _fresh_base():
+    return {"parameters": {}, "put_node_depth": {}, "device_id": 0, "parameter_id": {}}
+
+
+def run(job):
+    from nncodec import nnc
+    op = job["op"]
+    if op == "encode":
+        bs = _compress(_load(job["input"]), job.get("settings", {}))
+        with open(job["output"], "wb") as f:
+            f.write(bs)
+        return {"bytes": len(bs)}
+    if op == "decode":
+        with open(job["input"], "rb") as f:
+            rec = nnc.decompress(bytearray(f.read()))
+        rec = {k: np.asarray(v) for k, v in rec.items()}
+        np.savez(job["output"], **rec)
+        return {"names": list(rec)}
+    if op == "encode_seq":
+        base = _fresh_base()
+        sizes = []
+        for src, dst in zip(job["inputs"], job["outputs"]):
+            bs = _compress(_load(src), job.get("settings", {}), tca=bool(job.get("tca")),
+                           compress_differences=True, approx_param_base=base, update_base_param=True)
+            with open(dst, "wb") as f:
+                f.write(bs)
+            sizes.append(len(bs))
+        return {"bytes": sizes}
+    if op == "decode_seq":
+        base = _fresh_base()
+        for src, dst in zip(job["inputs"], job["outputs"]):
+            with open(src, "rb") as f:
+                rec = nnc.decompress(bytearray(f.read()), approx_param_base=base, update_base_param=True)
+            np.savez(dst, **{k: np.asarray(v) for k, v in rec.items()})
+        return {"steps": len(job["inputs"])}
+    raise ValueError(f"unknown op {op!r}")
+
+
+def main():
+    jobs = json.load(sys.stdin)
+    results = []
+    for job in jobs:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # NNCodec prints progress to stdout
+                results.append(run(job))
+        except BaseException as e:  # the reference raises SystemExit and AssertionError on bad input
+            results.append({"error": f"{type(e).__name__}: {e}",
+                            "trace": traceback.format_exc(limit=3)})
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
