@@ -1,0 +1,240 @@
+"""Model files <-> tensors + topology for NNC bitstreams.
+
+``load_model`` turns a model (file path or in-memory object) into ordered numpy tensors plus a
+:class:`~nnc.topology.Topology` for the NNR_TPL unit; ``save_model`` writes decoded tensors back as a model
+file. See ``docs/converters.md`` for the topology carried per format and how the reference decoder treats it.
+
+=============  ==============================  =============================================================
+format         read                            topology written
+=============  ==============================  =============================================================
+onnx           ``.onnx`` / ``onnx.ModelProto``  storage format 2 (NNR_TPL_ONNX), deflate: the weightless graph
+pytorch        ``.pt`` ``.pth`` / Module / dict  storage format 3 (NNR_TPL_PYT): empty, or a JSON record
+safetensors    ``.safetensors``                storage format 0 (NNR_TPL_UNREC): empty, or a JSON record
+npz            ``.npz``                        storage format 0: empty, or a JSON record
+=============  ==============================  =============================================================
+
+The JSON record (UTF-8, no NUL byte, uncompressed, so NNCodec 2.1.3 reads and ignores it) holds what NNC itself
+does not carry: original dtypes other than float32 (bfloat16, float16, int64, bool...), the shape of 0-d tensors,
+and tied (shared) tensors, which are coded once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from ..topology import Topology, TopologyStorageFormat
+from . import _onnx
+from ._common import TensorRecord, coded_array, plan_restore
+from ._bitstream import drop_topology_units
+
+__all__ = [
+    "LoadedModel", "load_model", "save_model", "detect_format", "FORMATS",
+    "from_torch", "to_state_dict", "load_into_module", "from_onnx", "to_onnx",
+    "from_safetensors", "from_npz", "restore_tensors", "drop_topology_units",
+]
+
+#: canonical format names and the file extensions that select them
+FORMATS = {"onnx": (".onnx",), "pytorch": (".pt", ".pth"), "safetensors": (".safetensors",), "npz": (".npz",)}
+_ALIASES = {"torch": "pytorch", "pt": "pytorch", "pth": "pytorch", "pytorch": "pytorch", "onnx": "onnx",
+            "safetensors": "safetensors", "npz": "npz", "numpy": "npz"}
+
+
+@dataclass
+class LoadedModel:
+    """Tensors to code (ordered; float16/32/64 and integer numpy arrays), the topology, and the source format."""
+
+    tensors: dict[str, np.ndarray]
+    topology: Topology | None
+    source_format: str
+
+
+def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
+    if format is not None:
+        try:
+            return _ALIASES[str(format).lower().lstrip(".")]
+        except KeyError:
+            raise ModelFormatError(f"unknown model format {format!r}; choose one of {sorted(FORMATS)}") from None
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    for fmt, exts in FORMATS.items():
+        if ext in exts:
+            return fmt
+    known = ", ".join(e for exts in FORMATS.values() for e in exts)
+    raise ModelFormatError(f"cannot tell the model format of {os.fspath(path)!r} from its extension "
+                           f"{ext or '(none)'!r}; known: {known} (or pass format=...)")
+
+
+def _finish(tensors: dict[str, np.ndarray], record: TensorRecord, source_format: str) -> LoadedModel:
+    tensors = {k: coded_array(v) for k, v in tensors.items()}
+    return LoadedModel(tensors, record.to_topology(), source_format)
+
+
+def _from_array_dict(arrays: Mapping[str, np.ndarray], source_format: str,
+                     dtypes: Mapping[str, str] | None = None) -> LoadedModel:
+    record = TensorRecord(source_format="numpy")
+    tensors: dict[str, np.ndarray] = {}
+    seen: dict[Any, str] = {}
+    order = []
+    for name, arr in arrays.items():
+        if not isinstance(name, str):
+            raise ModelFormatError(f"tensor name {name!r} is not a string")
+        arr = np.asarray(arr)
+        if arr.dtype.kind not in "fiub" or arr.dtype.itemsize > 8:
+            raise ModelFormatError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
+        order.append(name)
+        key = None
+        if arr.size:
+            key = (arr.__array_interface__["data"][0], arr.shape, arr.strides, arr.dtype.str)
+        if key is not None and key in seen:
+            record.tied[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        dname = (dtypes or {}).get(name) or str(arr.dtype)
+        if dname != "float32":
+            record.dtypes[name] = dname
+        if arr.ndim == 0:
+            record.shapes[name] = []
+        tensors[name] = arr
+    if record.tied:
+        record.order = order
+    return _finish(tensors, record, source_format)
+
+
+def from_safetensors(path: str | os.PathLike) -> LoadedModel:
+    from ._safetensors import read_safetensors
+    arrays, dtypes, metadata = read_safetensors(os.fspath(path))
+    lm = _from_array_dict(arrays, "safetensors", dtypes)
+    if metadata:
+        rec = TensorRecord.from_topology(lm.topology) or TensorRecord()
+        rec.extra["safetensors_metadata"] = metadata
+        lm.topology = rec.to_topology()
+    return lm
+
+
+def from_npz(path: str | os.PathLike) -> LoadedModel:
+    from ._npz import read_npz
+    return _from_array_dict(read_npz(os.fspath(path)), "npz")
+
+
+def from_torch(module_or_state_dict) -> LoadedModel:
+    """From an ``nn.Module`` (its state_dict: parameters and persistent buffers) or a state_dict."""
+    from . import _torch
+    torch = _torch._torch()
+    if isinstance(module_or_state_dict, torch.nn.Module):
+        tensors, record = _torch.from_module(module_or_state_dict)
+    elif isinstance(module_or_state_dict, Mapping):
+        tensors, record = _torch.state_dict_to_tensors(module_or_state_dict)
+    else:
+        raise ModelFormatError(f"from_torch expects an nn.Module or a state_dict, got {type(module_or_state_dict).__name__}")
+    return _finish(tensors, record, "pytorch")
+
+
+def from_onnx(model, *, constant_min_elements: int = _onnx.DEFAULT_CONSTANT_MIN_ELEMENTS) -> LoadedModel:
+    """From an in-memory ``onnx.ModelProto`` (not modified). Initializers kept in external files need a path."""
+    tensors, topology = _onnx.from_onnx(model, constant_min_elements=constant_min_elements)
+    return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
+
+
+def load_model(source, *, format: str | None = None) -> LoadedModel:
+    """Load a model file (format from its extension unless ``format`` is given) or an in-memory model."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        fmt = detect_format(path, format)
+        if not os.path.exists(path):
+            raise ModelFormatError(f"cannot read {path!r}: no such file")
+        if os.path.isdir(path):
+            raise ModelFormatError(f"cannot read {path!r}: it is a directory, not a model file")
+        if fmt == "onnx":
+            tensors, topology = _onnx.load_onnx_file(path)
+            return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
+        if fmt == "pytorch":
+            from . import _torch
+            tensors, record = _torch.load_torch_file(path)
+            return _finish(tensors, record, "pytorch")
+        if fmt == "safetensors":
+            return from_safetensors(path)
+        return from_npz(path)
+    # in-memory objects
+    mod = type(source).__module__ or ""
+    if mod.startswith("onnx"):
+        return from_onnx(source)
+    if mod.startswith("torch") or _is_torch_module(source):
+        return from_torch(source)
+    if isinstance(source, Mapping):
+        if any(type(v).__module__.startswith("torch") for v in source.values()):
+            return from_torch(source)
+        return _from_array_dict(source, "numpy")
+    raise ModelFormatError(f"cannot load a model from a {type(source).__name__}; give a path, a dict of arrays, "
+                           "a torch.nn.Module or an onnx.ModelProto")
+
+
+def _is_torch_module(obj) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def restore_tensors(tensors: Mapping[str, np.ndarray], topology: Topology | None) -> dict[str, np.ndarray]:
+    """Decoded tensors with original dtypes (bfloat16 as float32), 0-d shapes and tied names restored."""
+    record = _record_for(topology)
+    return {p.name: p.array for p in plan_restore(tensors, record)}
+
+
+def _record_for(topology: Topology | None) -> TensorRecord | None:
+    if _onnx.is_onnx_topology(topology):
+        return TensorRecord(source_format="onnx", dtypes=_onnx.tensor_dtypes(topology),
+                            shapes=_onnx.tensor_shapes(topology))
+    return TensorRecord.from_topology(topology)
+
+
+def to_state_dict(tensors: Mapping[str, np.ndarray], topology: Topology | None = None) -> dict:
+    """A torch state_dict: original dtypes, 0-d shapes, and tied entries as the same tensor object."""
+    from . import _torch
+    return _torch.to_state_dict(tensors, _record_for(topology))
+
+
+def load_into_module(module, tensors: Mapping[str, np.ndarray], topology: Topology | None = None, *,
+                     strict: bool = True):
+    """Load decoded tensors into ``module`` (``load_state_dict``); returns the module."""
+    sd = to_state_dict(tensors, topology)
+    try:
+        module.load_state_dict(sd, strict=strict)
+    except RuntimeError as e:
+        raise ModelFormatError(f"decoded tensors do not fit the module: {e}") from None
+    return module
+
+
+def to_onnx(tensors: Mapping[str, np.ndarray], topology: Topology):
+    """Rebuild the ``onnx.ModelProto`` from decoded tensors and an NNR_TPL_ONNX topology."""
+    return _onnx.to_onnx(tensors, topology)
+
+
+def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | None, *,
+               format: str | None = None) -> None:
+    """Write a model file atomically (temp file in the same directory + ``os.replace``)."""
+    path = os.fspath(dest)
+    fmt = detect_format(path, format)
+    if os.path.isdir(path):
+        raise ModelFormatError(f"cannot write {path!r}: it is a directory")
+    if fmt == "onnx":
+        if not _onnx.is_onnx_topology(topology):
+            raise ModelFormatError("cannot write an .onnx model: the bitstream carries no ONNX topology "
+                                   "(it was not made from an ONNX model); write .safetensors, .pt or .npz instead")
+        _onnx.write_onnx_file(path, tensors, topology)
+        return
+    record = _record_for(topology)
+    if fmt == "pytorch":
+        from . import _torch
+        _torch.write_torch_file(path, tensors, record)
+    elif fmt == "safetensors":
+        from ._safetensors import write_safetensors
+        write_safetensors(path, tensors, record)
+    else:
+        from ._npz import write_npz
+        write_npz(path, tensors, record)

@@ -1,0 +1,228 @@
+"""Helpers shared by the format converters: atomic writes, dtype names, the JSON topology record."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
+
+#: Marker key that starts the JSON topology record written by nnc.converters.
+META_KEY = "nnc_converters"
+META_VERSION = 1
+
+#: dtype names used in the JSON record; numpy cannot hold bfloat16, which is carried as float32.
+NUMPY_DTYPES = {
+    "float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": np.float32,
+    "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "bool": np.bool_,
+}
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(NUMPY_DTYPES[name])
+    except KeyError:
+        raise ModelFormatError(f"unknown tensor dtype {name!r} in the topology record") from None
+
+
+def coded_array(arr: np.ndarray) -> np.ndarray:
+    """The numpy array handed to the codec for an array of any supported dtype (bool becomes uint8)."""
+    if arr.dtype == np.bool_:
+        return arr.view(np.uint8)
+    if arr.dtype.byteorder == ">":
+        return arr.astype(arr.dtype.newbyteorder("<"))
+    return arr
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic output
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path in the directory of ``dest``; move it onto ``dest`` only on success.
+
+    On any exception the temporary file is removed, so no partial output is ever left behind.
+    """
+    dest = os.fspath(dest)
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        raise ModelFormatError(f"cannot write {dest!r}: directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# bfloat16 bit conversions (numpy has no bfloat16)
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bfloat16 bit patterns (NaN stays NaN)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+# --------------------------------------------------------------------------------------------------
+# deflate
+
+def deflate(data: bytes) -> bytes:
+    """NNR_DFL payload: a deflate stream in the zlib container (RFC 1950 wrapping RFC 1951)."""
+    return zlib.compress(data, 9)
+
+
+def inflate(data: bytes) -> bytes:
+    """Inverse of :func:`deflate`; also accepts a bare RFC 1951 stream."""
+    try:
+        return zlib.decompress(data)
+    except zlib.error:
+        try:
+            return zlib.decompress(data, -15)
+        except zlib.error as e:
+            raise ModelFormatError(f"topology data is not a valid deflate stream: {e}") from None
+
+
+def topology_payload(topology: Topology) -> bytes:
+    data = bytes(topology.data)
+    if topology.compression_format == TopologyCompressionFormat.NNR_DFL:
+        return inflate(data)
+    if topology.compression_format != TopologyCompressionFormat.NNR_PT_RAW:
+        raise ModelFormatError(f"unknown topology_compression_format {topology.compression_format}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON topology record (PyTorch / safetensors / npz sources)
+
+@dataclass
+class TensorRecord:
+    """What nnc.converters remembers about a model beyond the coded tensors.
+
+    dtypes: original dtype name of each tensor that is not float32 (the codec may return another dtype).
+    shapes: original shape of 0-d tensors (NNC codes them as shape [1]).
+    tied:   alias name -> name of the tensor it shares storage with (coded once).
+    order:  full original name order, present when there are aliases.
+    """
+
+    source_format: str = "numpy"
+    dtypes: dict[str, str] = field(default_factory=dict)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def is_trivial(self) -> bool:
+        return not (self.dtypes or self.shapes or self.tied or self.extra)
+
+    def to_topology(self) -> Topology:
+        """A TPL unit the reference decoder accepts: storage format 3 (PYT) or 0, raw UTF-8 JSON, no NUL.
+
+        A model that needs no record gets the same empty TPL unit NNCodec writes.
+        """
+        fmt = (TopologyStorageFormat.NNR_TPL_PYT if self.source_format == "pytorch"
+               else TopologyStorageFormat.NNR_TPL_UNREC)
+        if self.is_trivial():
+            return Topology(int(fmt), int(TopologyCompressionFormat.NNR_PT_RAW), b"")
+        obj = {META_KEY: META_VERSION, "source_format": self.source_format}
+        if self.dtypes:
+            obj["dtypes"] = self.dtypes
+        if self.shapes:
+            obj["shapes"] = self.shapes
+        if self.tied:
+            obj["tied"] = self.tied
+            obj["order"] = self.order
+        if self.extra:
+            obj["extra"] = self.extra
+        # json.dumps escapes every control character, so the text never contains a NUL byte.
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        assert b"\x00" not in data
+        return Topology(int(fmt), int(TopologyCompressionFormat.NNR_PT_RAW), data)
+
+    @classmethod
+    def from_topology(cls, topology: Topology | None) -> "TensorRecord | None":
+        """Parse a record written by :meth:`to_topology`; ``None`` for any other topology."""
+        if topology is None or topology.storage_format not in (TopologyStorageFormat.NNR_TPL_UNREC,
+                                                                TopologyStorageFormat.NNR_TPL_PYT):
+            return None
+        data = topology_payload(topology)
+        source = "pytorch" if topology.storage_format == TopologyStorageFormat.NNR_TPL_PYT else "numpy"
+        if not data.lstrip().startswith(b'{"' + META_KEY.encode()):
+            return cls(source_format=source)
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ModelFormatError(f"corrupt nnc.converters topology record: {e}") from None
+        if not isinstance(obj, dict) or obj.get(META_KEY) != META_VERSION:
+            raise ModelFormatError(f"unsupported nnc.converters topology record version {obj.get(META_KEY)!r}")
+        return cls(source_format=str(obj.get("source_format", source)), dtypes=dict(obj.get("dtypes", {})),
+                   shapes={k: list(v) for k, v in obj.get("shapes", {}).items()},
+                   tied=dict(obj.get("tied", {})), order=list(obj.get("order", [])),
+                   extra=dict(obj.get("extra", {})))
+
+
+def restore_array(name: str, arr: np.ndarray, dtype_name: str | None, shape: list[int] | None) -> np.ndarray:
+    """Cast a decoded array back to its recorded dtype (bfloat16 stays float32 here) and shape."""
+    arr = np.asarray(arr)
+    if dtype_name is not None:
+        target = numpy_dtype(dtype_name)
+        if arr.dtype != target:
+            if target == np.bool_:
+                arr = arr != 0
+            elif target.kind in "iu" and arr.dtype.kind == "f":
+                arr = np.rint(arr).astype(target)
+            else:
+                arr = arr.astype(target)
+    elif arr.dtype.kind == "f" and arr.dtype != np.float32 and dtype_name is None:
+        pass  # the codec told us the dtype; keep it
+    if shape is not None and list(arr.shape) != list(shape):
+        if int(np.prod(shape, dtype=np.int64)) != arr.size:
+            raise ModelFormatError(f"tensor {name!r}: decoded shape {list(arr.shape)} cannot be restored to {shape}")
+        arr = arr.reshape(shape)
+    return arr
+
+
+@dataclass
+class PlannedTensor:
+    name: str
+    array: np.ndarray          # numpy array in the restored dtype (bfloat16 as float32)
+    dtype_name: str            # original dtype name, e.g. "bfloat16"
+    alias_of: str | None = None
+
+
+def plan_restore(tensors: Mapping[str, np.ndarray], record: "TensorRecord | None") -> list[PlannedTensor]:
+    """Restored tensors in original order, with aliases (tied tensors) pointing at their canonical entry."""
+    record = record or TensorRecord()
+    out: dict[str, PlannedTensor] = {}
+    for name, arr in tensors.items():
+        dt = record.dtypes.get(name)
+        restored = restore_array(name, arr, dt, record.shapes.get(name))
+        out[name] = PlannedTensor(name, restored, dt or str(restored.dtype))
+    for alias, canon in record.tied.items():
+        if canon not in out:
+            raise ModelFormatError(f"tied tensor {alias!r} refers to {canon!r}, which is not in the bitstream")
+        c = out[canon]
+        out[alias] = PlannedTensor(alias, c.array, c.dtype_name, alias_of=canon)
+    if record.order and set(record.order) == set(out):
+        return [out[n] for n in record.order]
+    return list(out.values())

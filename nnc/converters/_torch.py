@@ -1,0 +1,162 @@
+"""PyTorch: nn.Module / state_dict / .pt files (loaded only with ``weights_only=True``)."""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from ._common import PlannedTensor, TensorRecord, atomic_path, plan_restore
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - exercised only without torch
+        raise ModelFormatError("PyTorch support needs the 'torch' package (pip install 'nnc[torch]')") from None
+    return torch
+
+
+def _dtype_name(t) -> str:
+    torch = _torch()
+    names = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64",
+             torch.bfloat16: "bfloat16", torch.int8: "int8", torch.int16: "int16", torch.int32: "int32",
+             torch.int64: "int64", torch.uint8: "uint8", torch.bool: "bool"}
+    for extra in ("uint16", "uint32", "uint64"):
+        dt = getattr(torch, extra, None)
+        if dt is not None:
+            names[dt] = extra
+    try:
+        return names[t.dtype]
+    except KeyError:
+        raise ModelFormatError(f"tensor dtype {t.dtype} is not supported by nnc.converters") from None
+
+
+def _to_numpy(t) -> np.ndarray:
+    torch = _torch()
+    t = t.detach()
+    if t.layout != torch.strided:
+        raise ModelFormatError(f"sparse/quantized tensor layout {t.layout} is not supported")
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy()
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    return t.contiguous().numpy()
+
+
+def _tie_key(t):
+    if t.numel() == 0:
+        return None
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except Exception:  # pragma: no cover - exotic tensor subclasses
+        return None
+    return (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def state_dict_to_tensors(state_dict: Mapping[str, Any], source_format: str = "pytorch"):
+    """(ordered numpy tensors, TensorRecord) for a state_dict; tied tensors are kept once."""
+    torch = _torch()
+    tensors: dict[str, np.ndarray] = {}
+    record = TensorRecord(source_format=source_format)
+    seen: dict[Any, str] = {}
+    order: list[str] = []
+    for name, t in state_dict.items():
+        if not isinstance(name, str):
+            raise ModelFormatError(f"state_dict key {name!r} is not a string")
+        if isinstance(t, np.ndarray):
+            t = torch.from_numpy(np.ascontiguousarray(t)) if t.dtype.kind in "fiub" else t
+        if not isinstance(t, torch.Tensor):
+            raise ModelFormatError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor")
+        order.append(name)
+        key = _tie_key(t)
+        if key is not None and key in seen:
+            record.tied[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        dname = _dtype_name(t)
+        arr = _to_numpy(t)
+        if dname == "bool":
+            arr = arr.view(np.uint8)
+        if dname != "float32":
+            record.dtypes[name] = dname
+        if t.dim() == 0:
+            record.shapes[name] = []
+        tensors[name] = arr
+    if record.tied:
+        record.order = order
+    return tensors, record
+
+
+def from_module(module) -> tuple[dict[str, np.ndarray], TensorRecord]:
+    return state_dict_to_tensors(module.state_dict(keep_vars=False))
+
+
+def load_torch_file(path: str):
+    torch = _torch()
+    if not os.path.isfile(path):
+        raise ModelFormatError(f"cannot read {path!r}: no such file")
+    obj = None
+    errors = []
+    for mmap in (True, False):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            break
+        except pickle.UnpicklingError as e:
+            raise ModelFormatError(
+                f"{path!r} holds objects other than tensors and plain containers; nnc loads PyTorch files only "
+                f"with torch.load(weights_only=True) and refuses arbitrary pickles. Save model.state_dict() "
+                f"instead. (torch: {str(e).splitlines()[0]})") from None
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+            errors.append(e)
+            continue
+    if obj is None:
+        raise ModelFormatError(f"{path!r} is not a readable PyTorch file (truncated or corrupt?): {errors[-1]}")
+    if isinstance(obj, torch.nn.Module):  # cannot happen with weights_only, but be explicit
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for k in _WRAPPER_KEYS:
+            inner = obj.get(k)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise ModelFormatError(f"{path!r} holds a {type(obj).__name__}, not a state_dict (mapping of names to tensors)")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelFormatError(f"{path!r} is not a plain state_dict: entries {bad[:5]} are not tensors")
+    return state_dict_to_tensors(obj)
+
+
+def _to_torch(p: PlannedTensor):
+    torch = _torch()
+    arr = p.array
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.array(arr, order="C", copy=True)
+    t = torch.from_numpy(arr)
+    if p.dtype_name == "bfloat16":
+        t = t.to(torch.bfloat16)
+    elif p.dtype_name == "bool" and t.dtype != torch.bool:
+        t = t != 0
+    return t
+
+
+def to_state_dict(tensors: Mapping[str, np.ndarray], record: TensorRecord | None) -> dict:
+    out: dict = {}
+    for p in plan_restore(tensors, record):
+        out[p.name] = out[p.alias_of] if p.alias_of is not None else _to_torch(p)
+    return out
+
+
+def write_torch_file(dest: str, tensors: Mapping[str, np.ndarray], record: TensorRecord | None) -> None:
+    torch = _torch()
+    sd = to_state_dict(tensors, record)
+    with atomic_path(dest) as tmp:
+        torch.save(sd, tmp)
