@@ -1,0 +1,760 @@
+// Tensor-level DeepCABAC coding: preamble, context-parameter signalling, binarisation, context selection,
+// scan orders, block rows / entry points, row skipping, DQ, TCA and HDSP (NNC_BITSTREAM.md §1.10-§3.14).
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "deepcabac.h"
+#include "engine.h"
+
+namespace nncabac {
+namespace {
+
+constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
+constexpr size_t kReadSlack = 2;  // bytes the decoder may virtually read past the end before giving up
+
+// ---------------------------------------------------------------------------------------------
+// Context index layout for unary length N (§3.4).
+struct Layout {
+  int n;
+  int gt;        // greater-than flags, no TCA base
+  int gt_tca;    // greater-than flags with TCA base
+  int rem;       // Exp-Golomb prefix flags
+  int po;        // ecoIdx signalling flag
+  int rs;        // row skip flags
+  int total;
+  explicit Layout(int unary_length) : n(unary_length) {
+    gt = 53;
+    gt_tca = 53 + 2 * n;
+    rem = 53 + 4 * n;
+    po = rem + 34;
+    rs = rem + 36;
+    total = rem + 37;
+  }
+};
+constexpr int kSigTca = 24;
+constexpr int kSigHdsp = 40;
+constexpr int kSign = 48;
+constexpr int kSignTca = 51;
+
+// ---------------------------------------------------------------------------------------------
+// Geometry of the scan (§3.9, §3.10).
+struct Geometry {
+  int64_t h, w, nw;
+  int scan;        // effective scan order
+  int64_t bh, bw;  // block height / width (whole matrix for scan 0)
+  int64_t block_rows;
+};
+
+Geometry make_geometry(const TensorSpec& t) {
+  Geometry g;
+  g.h = t.height;
+  g.w = t.width;
+  g.nw = g.h * g.w;
+  g.scan = effective_scan_order(t);
+  if (g.scan == 0) {
+    g.bh = g.h;
+    g.bw = g.w;
+    g.block_rows = 1;
+  } else {
+    g.bh = g.bw = int64_t(4) << g.scan;
+    g.block_rows = (g.h + g.bh - 1) / g.bh;
+  }
+  return g;
+}
+
+// Walk the matrix in scan order. visit(pos) codes one element and returns false to abort; skip_segment()
+// is called for a skipped row segment; boundary() after each block row but the last.
+template <class Visit, class Skip, class Boundary>
+bool traverse(const Geometry& g, const uint8_t* skip_rows, Visit&& visit, Skip&& skip_segment,
+              Boundary&& boundary) {
+  for (int64_t br = 0; br < g.block_rows; ++br) {
+    const int64_t y0 = br * g.bh;
+    const int64_t y1 = std::min(g.h, y0 + g.bh);
+    for (int64_t x0 = 0; x0 < g.w; x0 += g.bw) {
+      const int64_t x1 = std::min(g.w, x0 + g.bw);
+      for (int64_t y = y0; y < y1; ++y) {
+        if (skip_rows && skip_rows[y]) {
+          skip_segment(y, x0, x1);
+          continue;
+        }
+        const int64_t base = y * g.w;
+        for (int64_t pos = base + x0; pos < base + x1; ++pos) {
+          if (!visit(pos)) return false;
+        }
+      }
+    }
+    if (br + 1 < g.block_rows) boundary();
+  }
+  return true;
+}
+
+bool preamble_present(const TensorSpec& t) {
+  return t.profile == 1 && t.width > 1 && t.height > 1 && t.codebook_size != 1;
+}
+
+bool codebook_active(const TensorSpec& t) { return t.profile == 1 && t.codebook_size > 0; }
+
+// State after `w` zero-parity transitions, for each start state (row skipping with DQ, §3.11).
+void skip_transition(int64_t w, uint8_t out[8]) {
+  // The zero-parity map is a permutation of period dividing 8 (cycles {0}, {5}, {1,7,4,2}, {3,6}).
+  const int64_t steps = w % 8;
+  for (int s = 0; s < 8; ++s) {
+    int cur = s;
+    for (int64_t i = 0; i < steps; ++i) cur = kDqNext[cur][0];
+    out[s] = static_cast<uint8_t>(cur);
+  }
+}
+
+inline int neighbour_class(int64_t v) { return v == 0 ? 0 : (v < 0 ? 1 : 2); }
+
+inline uint64_t abs64(int64_t v) { return v < 0 ? uint64_t(0) - uint64_t(v) : uint64_t(v); }
+
+// Ordered list of contexts whose ecoIdx is signalled (§3.6).
+void signalled_contexts(const TensorSpec& t, const Layout& L, bool tca, bool hdsp, std::vector<int>& out) {
+  out.clear();
+  const int64_t S = codebook_active(t) ? t.codebook_size : 0;
+  const int64_t Z = codebook_active(t) ? t.codebook_zero : 0;
+  const bool any = S != 1;
+  if (any) {
+    for (int i = 0; i < (t.dq ? 24 : 3); ++i) out.push_back(i);
+    if (tca)
+      for (int i = 24; i < (t.dq ? 40 : 26); ++i) out.push_back(i);
+    if (hdsp)
+      for (int i = 40; i < (t.dq ? 48 : 41); ++i) out.push_back(i);
+    if (!(S > 0 && (Z == 0 || Z == S - 1)))
+      for (int i = 48; i < (tca ? 53 : 51); ++i) out.push_back(i);
+  }
+  const int64_t M = S > 0 ? std::max(Z, S - 1 - Z) : kUnbounded;
+  for (int a = 0; a < 2 * L.n; ++a)
+    if (M == kUnbounded || a < 2 * M) out.push_back(L.gt + a);
+  if (tca)
+    for (int a = 2 * L.n; a < 4 * L.n; ++a)
+      if (M == kUnbounded || a < 2 * (M - 1) + 2 * L.n) out.push_back(L.gt + a);
+  int64_t x = L.n - 1;
+  for (int a = 0; a < 31; ++a) {
+    x += int64_t(1) << a;
+    if (M == kUnbounded || x < M) out.push_back(L.rem + a);
+  }
+}
+
+// Per-position inputs to context selection.
+struct Site {
+  int state;     // DQ state
+  int nb;        // neighbour class 0/1/2
+  int32_t base;  // TCA base (0 if unused)
+  bool hd;       // HDSP active here
+};
+
+inline int sig_context(const Site& s) {
+  if (s.hd) return kSigHdsp + s.state;
+  if (s.base != 0) return kSigTca + 2 * s.state + (abs64(s.base) > 1 ? 1 : 0);
+  return 3 * s.state + s.nb;
+}
+inline int sign_context(const Site& s) {
+  if (s.base != 0) return s.base < 0 ? kSignTca : kSignTca + 1;
+  return kSign + s.nb;
+}
+inline int gt_context(const Layout& L, const Site& s, int j, bool neg) {
+  if (s.base != 0) return L.gt_tca + 2 * j + (abs64(s.base) >= uint64_t(j) ? 0 : 1);
+  return L.gt + 2 * j + (neg ? 1 : 0);
+}
+
+// Binarise one level (§3.7). Sink provides bin(value, ctx) and bypass(value, nbits).
+// m_neg / m_pos: magnitude limits (kUnbounded without codebook); sign_mode: 0 coded, 1 forced positive,
+// 2 forced negative.
+template <class Sink>
+inline void write_level(Sink& sink, const Layout& L, const Site& site, int64_t v, int64_t m_neg, int64_t m_pos,
+                        int sign_mode) {
+  sink.bin(v != 0, sig_context(site));
+  if (v == 0) return;
+  const bool neg = v < 0;
+  const int64_t a = static_cast<int64_t>(abs64(v));
+  if (sign_mode == 0) sink.bin(neg ? 1u : 0u, sign_context(site));
+  const int64_t m = neg ? m_neg : m_pos;
+  if (m <= 1) return;
+  int64_t acc = 1;
+  unsigned f = 0;
+  for (int j = 0;; ++j) {
+    f = a > acc ? 1u : 0u;
+    sink.bin(f, gt_context(L, site, j, neg));
+    acc += f;
+    if (!f || j == L.n - 1 || acc >= m) break;
+  }
+  if (f && acc < m) {
+    int rb = 0;
+    for (int j = 0;; ++j) {
+      const int64_t next = acc + (int64_t(1) << rb);
+      f = a >= next ? 1u : 0u;
+      sink.bin(f, L.rem + j);
+      if (f) {
+        acc = next;
+        ++rb;
+      }
+      if (!f || j == 30 || acc + (int64_t(1) << rb) > m) break;
+    }
+    sink.bypass(static_cast<uint32_t>(a - acc), rb);
+  }
+}
+
+struct RealSink {
+  ArithEncoder& enc;
+  Context* ctx;
+  inline void bin(unsigned b, int c) { enc.encode(b, ctx[c]); }
+  inline void bypass(uint32_t v, int n) { enc.bypass_bits(v, n); }
+};
+
+struct ShadowSink {
+  ShadowContext* ctx;
+  inline void bin(unsigned b, int c) { ctx[c].account(b); }
+  inline void bypass(uint32_t, int) {}
+};
+
+// Decode one level; returns false on magnitude overflow (corrupt data).
+template <bool kLimited>
+inline bool read_level(ArithDecoder& dec, Context* ctx, const Layout& L, const Site& site, int64_t m_neg,
+                       int64_t m_pos, int sign_mode, int64_t& out) {
+  if (!dec.decode(ctx[sig_context(site)])) {
+    out = 0;
+    return true;
+  }
+  bool neg;
+  if (!kLimited || sign_mode == 0) {
+    neg = dec.decode(ctx[sign_context(site)]) != 0;
+  } else {
+    neg = sign_mode == 2;
+  }
+  const int64_t m = kLimited ? (neg ? m_neg : m_pos) : kUnbounded;
+  int64_t acc = 1;
+  if (!kLimited || m > 1) {
+    unsigned f = 0;
+    for (int j = 0;; ++j) {
+      f = dec.decode(ctx[gt_context(L, site, j, neg)]);
+      acc += f;
+      if (!f || j == L.n - 1 || (kLimited && acc >= m)) break;
+    }
+    if (f && (!kLimited || acc < m)) {
+      int rb = 0;
+      for (int j = 0;; ++j) {
+        f = dec.decode(ctx[L.rem + j]);
+        if (f) {
+          acc += int64_t(1) << rb;
+          ++rb;
+        }
+        if (!f || j == 30 || (kLimited && acc + (int64_t(1) << rb) > m)) break;
+      }
+      acc += dec.bypass_bits(rb);
+    }
+  }
+  out = neg ? -acc : acc;
+  return acc <= int64_t(0x7FFFFFFF);
+}
+
+std::string where(int64_t tensor, int64_t pos) {
+  return "tensor " + std::to_string(tensor) + ", element " + std::to_string(pos);
+}
+
+Status fail(ErrorInfo& err, Status st, int64_t tensor, int64_t pos, std::string msg) {
+  err.status = st;
+  err.tensor = tensor;
+  err.position = pos;
+  err.message = std::move(msg);
+  return st;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder for one tensor.
+class TensorEncoder {
+ public:
+  TensorEncoder(ArithEncoder& enc, const TensorSpec& t, const EncodeSettings& es, const int32_t* q, int64_t index)
+      : enc_(enc), t_(t), es_(es), q_(q), index_(index), L_(t.unary_length), g_(make_geometry(t)) {}
+
+  Status run(ErrorInfo& err) {
+    const bool limited = codebook_active(t_);
+    const int64_t S = t_.codebook_size, Z = t_.codebook_zero;
+    m_neg_ = limited ? Z : kUnbounded;
+    m_pos_ = limited ? S - 1 - Z : kUnbounded;
+    sign_mode_ = 0;
+    if (limited && (Z == 0 || Z == S - 1)) sign_mode_ = Z != 0 ? 2 : 1;
+
+    // Value checks first, so that nothing is written for an invalid tensor.
+    if (Status st = validate(err); st != Status::kOk) return st;
+
+    if (t_.qp_bits > 0) {
+      const uint32_t mask = t_.qp_bits >= 32 ? 0xFFFFFFFFu : ((1u << t_.qp_bits) - 1u);
+      enc_.bypass_bits(static_cast<uint32_t>(es_.qp_offset) & mask, t_.qp_bits);
+    }
+    ctx_.resize(L_.total);
+    for (auto& c : ctx_) c.init(0);
+
+    bool hdsp_flag = false;
+    bool row_skip = false;
+    if (preamble_present(t_)) {
+      if (t_.parent_present) {
+        hdsp_flag = es_.hdsp;
+        enc_.bypass(hdsp_flag ? 1u : 0u);
+      }
+      row_skip = es_.row_skipping;
+      enc_.bypass(row_skip ? 1u : 0u);
+      if (row_skip) {
+        skip_.assign(static_cast<size_t>(g_.h), 0);
+        for (int64_t y = 0; y < g_.h; ++y) {
+          const int32_t* row = q_ + y * g_.w;
+          bool zero = true;
+          for (int64_t x = 0; x < g_.w; ++x)
+            if (row[x] != 0) {
+              zero = false;
+              break;
+            }
+          skip_[y] = zero ? 1 : 0;
+          enc_.encode(zero ? 1u : 0u, ctx_[L_.rs]);
+        }
+      }
+    }
+    hdsp_ = hdsp_flag;
+    const uint8_t* skip = row_skip ? skip_.data() : nullptr;
+    const bool tca = t_.tca_base != nullptr;
+
+    const bool optimise = es_.param_opt && !(t_.profile == 1 && S == 1);
+    if (optimise) {
+      shadow_.resize(L_.total);
+      for (auto& s : shadow_) s.init();
+      dispatch_pass<true>(skip);
+    }
+    std::vector<int> list;
+    signalled_contexts(t_, L_, tca, hdsp_flag, list);
+    for (int i : list) {
+      const unsigned e = optimise ? shadow_[i].best() : 0u;
+      enc_.encode(e ? 1u : 0u, ctx_[L_.po]);
+      if (e) enc_.bypass_bits(e - 1, 3);
+      ctx_[i].init(e);
+    }
+    if (g_.block_rows > 1) enc_.reset_range();
+    dispatch_pass<false>(skip);
+    return Status::kOk;
+  }
+
+ private:
+  Status validate(ErrorInfo& err) {
+    const bool limited = codebook_active(t_);
+    for (int64_t i = 0; i < g_.nw; ++i) {
+      const int32_t v = q_[i];
+      if (v == std::numeric_limits<int32_t>::min())
+        return fail(err, Status::kBadInput, index_, i, "value -2^31 cannot be coded (" + where(index_, i) + ")");
+      if (limited && (v < -m_neg_ || v > m_pos_))
+        return fail(err, Status::kBadInput, index_, i,
+                    "value " + std::to_string(v) + " outside the codebook index range [" + std::to_string(-m_neg_) +
+                        ", " + std::to_string(m_pos_) + "] (" + where(index_, i) + ")");
+    }
+    return Status::kOk;
+  }
+
+  template <bool kPseudo>
+  void dispatch_pass(const uint8_t* skip) {
+    const bool tca = t_.tca_base != nullptr && t_.profile == 1;
+    const bool hd = hdsp_ && t_.hdsp_history != nullptr && t_.profile == 1;
+    if (t_.dq) {
+      if (tca) {
+        hd ? pass<kPseudo, true, true, true>(skip) : pass<kPseudo, true, true, false>(skip);
+      } else {
+        hd ? pass<kPseudo, true, false, true>(skip) : pass<kPseudo, true, false, false>(skip);
+      }
+    } else {
+      if (tca) {
+        hd ? pass<kPseudo, false, true, true>(skip) : pass<kPseudo, false, true, false>(skip);
+      } else {
+        hd ? pass<kPseudo, false, false, true>(skip) : pass<kPseudo, false, false, false>(skip);
+      }
+    }
+  }
+
+  template <bool kPseudo, bool kDq, bool kTca, bool kHd>
+  void pass(const uint8_t* skip) {
+    uint8_t skip_map[8];
+    if (kDq && skip) skip_transition(g_.w, skip_map);
+    Site site{0, 0, 0, false};
+    RealSink real{enc_, ctx_.data()};
+    ShadowSink shadow{shadow_.data()};
+    const int32_t* q = q_;
+    const int32_t* base = t_.tca_base;
+    const uint8_t* hist = t_.hdsp_history;
+    const Layout& L = L_;
+    const int64_t m_neg = m_neg_, m_pos = m_pos_;
+    const int sign_mode = sign_mode_;
+    const bool nothing = codebook_active(t_) && t_.codebook_size == 1;
+    traverse(
+        g_, skip,
+        [&](int64_t pos) {
+          const int32_t v = q[pos];
+          int64_t k = v;
+          if (kDq && v != 0) {
+            const int64_t odd = site.state & 1;
+            k = (int64_t(v) + (v < 0 ? -odd : odd)) >> 1;
+          }
+          if (kTca) site.base = base[pos];
+          if (kHd) site.hd = hist[pos] != 0;
+          if (kPseudo) {
+            write_level(shadow, L, site, v, kUnbounded, kUnbounded, 0);
+            site.nb = neighbour_class(v);
+          } else {
+            if (!nothing) write_level(real, L, site, k, m_neg, m_pos, sign_mode);
+            site.nb = neighbour_class(k);
+          }
+          if (kDq) site.state = kDqNext[site.state][k & 1];
+          return true;
+        },
+        [&](int64_t, int64_t, int64_t) {
+          if (kDq) site.state = skip_map[site.state];
+        },
+        [&]() {
+          if (kPseudo) {
+            for (auto& s : shadow_) s.reset_states();
+          } else {
+            for (auto& c : ctx_) c.reset();
+            site.nb = 0;
+            enc_.reset_range();
+          }
+        });
+  }
+
+ public:
+  // DQ parity check (run before coding when mismatches are not allowed).
+  Status check_dq(ErrorInfo& err) {
+    if (!t_.dq || es_.allow_dq_mismatch) return Status::kOk;
+    // Row-skip decisions depend on the preamble settings.
+    std::vector<uint8_t> skip_rows;
+    const uint8_t* skip = nullptr;
+    if (preamble_present(t_) && es_.row_skipping) {
+      skip_rows.assign(static_cast<size_t>(g_.h), 0);
+      for (int64_t y = 0; y < g_.h; ++y) {
+        const int32_t* row = q_ + y * g_.w;
+        bool zero = true;
+        for (int64_t x = 0; x < g_.w; ++x)
+          if (row[x] != 0) {
+            zero = false;
+            break;
+          }
+        skip_rows[y] = zero ? 1 : 0;
+      }
+      skip = skip_rows.data();
+    }
+    uint8_t skip_map[8];
+    skip_transition(g_.w, skip_map);
+    int state = 0;
+    int64_t bad = -1;
+    traverse(
+        g_, skip,
+        [&](int64_t pos) {
+          const int32_t v = q_[pos];
+          if (v != 0 && ((v & 1) != (state & 1))) {
+            bad = pos;
+            return false;
+          }
+          const int64_t odd = state & 1;
+          const int64_t k = v == 0 ? 0 : (int64_t(v) + (v < 0 ? -odd : odd)) >> 1;
+          state = kDqNext[state][k & 1];
+          return true;
+        },
+        [&](int64_t, int64_t, int64_t) { state = skip_map[state]; }, [&]() {});
+    if (bad >= 0)
+      return fail(err, Status::kBadInput, index_, bad,
+                  "value " + std::to_string(q_[bad]) + " has the wrong parity for DQ state at " + where(index_, bad) +
+                      " (the quantizer's state sequence does not match the coder's)");
+    return Status::kOk;
+  }
+
+ private:
+  ArithEncoder& enc_;
+  const TensorSpec& t_;
+  const EncodeSettings& es_;
+  const int32_t* q_;
+  int64_t index_;
+  Layout L_;
+  Geometry g_;
+  std::vector<Context> ctx_;
+  std::vector<ShadowContext> shadow_;
+  std::vector<uint8_t> skip_;
+  int64_t m_neg_ = kUnbounded, m_pos_ = kUnbounded;
+  int sign_mode_ = 0;
+  bool hdsp_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Decoder for one tensor.
+class TensorDecoder {
+ public:
+  TensorDecoder(ArithDecoder& dec, const TensorSpec& t, int32_t* out, int64_t index)
+      : dec_(dec), t_(t), out_(out), index_(index), L_(t.unary_length), g_(make_geometry(t)) {}
+
+  Status run(DecodedTensorInfo& info, ErrorInfo& err) {
+    info = DecodedTensorInfo();
+    if (t_.qp_bits > 0) {
+      const uint32_t raw = dec_.bypass_bits(t_.qp_bits);
+      const int sh = 32 - t_.qp_bits;
+      info.qp_offset = sh > 0 ? static_cast<int32_t>(raw << sh) >> sh : static_cast<int32_t>(raw);
+      info.has_qp = true;
+    }
+    ctx_.resize(L_.total);
+    for (auto& c : ctx_) c.init(0);
+
+    const uint8_t* skip = nullptr;
+    if (preamble_present(t_)) {
+      if (t_.parent_present) info.hdsp_flag = dec_.bypass() != 0;
+      info.row_skip_flag = dec_.bypass() != 0;
+      if (info.row_skip_flag) {
+        skip_.assign(static_cast<size_t>(g_.h), 0);
+        for (int64_t y = 0; y < g_.h; ++y) {
+          skip_[y] = static_cast<uint8_t>(dec_.decode(ctx_[L_.rs]));
+          if ((y & 1023) == 0 && dec_.overrun(kReadSlack))
+            return fail(err, Status::kTruncated, index_, -1,
+                        "CABAC payload ends inside the row-skip flags of tensor " + std::to_string(index_) +
+                            " (row " + std::to_string(y) + ")");
+        }
+        skip = skip_.data();
+      }
+    }
+    hdsp_ = info.hdsp_flag;
+    const bool tca = t_.tca_base != nullptr;
+    std::vector<int> list;
+    signalled_contexts(t_, L_, tca, hdsp_, list);
+    for (int i : list) {
+      unsigned e = 0;
+      if (dec_.decode(ctx_[L_.po])) e = 1 + dec_.bypass_bits(3);
+      ctx_[i].init(e);
+    }
+    if (dec_.overrun(kReadSlack))
+      return fail(err, Status::kTruncated, index_, -1,
+                  "CABAC payload ends inside the preamble of tensor " + std::to_string(index_));
+
+    const bool limited = codebook_active(t_);
+    const int64_t S = t_.codebook_size, Z = t_.codebook_zero;
+    m_neg_ = limited ? Z : kUnbounded;
+    m_pos_ = limited ? S - 1 - Z : kUnbounded;
+    sign_mode_ = 0;
+    if (limited && (Z == 0 || Z == S - 1)) sign_mode_ = Z != 0 ? 2 : 1;
+
+    if (g_.block_rows > 1) dec_.reset_range();
+    last_t_ = dec_.bit_position();
+
+    nothing_coded_ = limited && S == 1;  // every element is 0 and no bin is read
+    return dispatch(skip, info, err);
+  }
+
+ private:
+  void boundary(DecodedTensorInfo& info, int state = 0) {
+    for (auto& c : ctx_) c.reset();
+    dec_.reset_range();
+    const uint64_t t = dec_.bit_position();
+    info.entry_points.push_back(EntryPoint{dec_.value_high(), static_cast<uint32_t>(state), t - last_t_});
+    last_t_ = t;
+  }
+
+  Status dispatch(const uint8_t* skip, DecodedTensorInfo& info, ErrorInfo& err) {
+    const bool tca = t_.tca_base != nullptr && t_.profile == 1;
+    const bool hd = hdsp_ && t_.hdsp_history != nullptr && t_.profile == 1;
+    const bool lim = codebook_active(t_);
+#define NNC_DQ_CASES(L, T, H)                                                              \
+  return t_.dq ? pass<true, T, H, L>(skip, info, err) : pass<false, T, H, L>(skip, info, err)
+    if (lim) {
+      if (tca) {
+        if (hd) NNC_DQ_CASES(true, true, true);
+        NNC_DQ_CASES(true, true, false);
+      }
+      if (hd) NNC_DQ_CASES(true, false, true);
+      NNC_DQ_CASES(true, false, false);
+    }
+    if (tca) {
+      if (hd) NNC_DQ_CASES(false, true, true);
+      NNC_DQ_CASES(false, true, false);
+    }
+    if (hd) NNC_DQ_CASES(false, false, true);
+    NNC_DQ_CASES(false, false, false);
+#undef NNC_DQ_CASES
+  }
+
+  template <bool kDq, bool kTca, bool kHd, bool kLimited>
+  Status pass(const uint8_t* skip, DecodedTensorInfo& info, ErrorInfo& err) {
+    uint8_t skip_map[8];
+    if (kDq && skip) skip_transition(g_.w, skip_map);
+    Site site{0, 0, 0, false};
+    Context* ctx = ctx_.data();
+    int32_t* out = out_;
+    const int32_t* base = t_.tca_base;
+    const uint8_t* hist = t_.hdsp_history;
+    const Layout& L = L_;
+    const int64_t m_neg = m_neg_, m_pos = m_pos_;
+    const int sign_mode = sign_mode_;
+    ArithDecoder& dec = dec_;
+    const bool nothing = nothing_coded_;
+    int64_t bad_pos = -1;
+    Status bad = Status::kOk;
+    const bool ok = traverse(
+        g_, skip,
+        [&](int64_t pos) {
+          if (kTca) site.base = base[pos];
+          if (kHd) site.hd = hist[pos] != 0;
+          int64_t k = 0;
+          if (kLimited && nothing) {
+            k = 0;
+          } else if (!read_level<kLimited>(dec, ctx, L, site, m_neg, m_pos, sign_mode, k)) {
+            bad = Status::kCorrupt;
+            bad_pos = pos;
+            return false;
+          }
+          int64_t q = k;
+          if (kDq) {
+            if (k != 0) q = 2 * k - (k < 0 ? -1 : 1) * (site.state & 1);
+            site.state = kDqNext[site.state][k & 1];
+            if (q > 0x7FFFFFFF || q < -0x7FFFFFFF) {
+              bad = Status::kCorrupt;
+              bad_pos = pos;
+              return false;
+            }
+          }
+          out[pos] = static_cast<int32_t>(q);
+          site.nb = neighbour_class(k);
+          if (dec.overrun(kReadSlack)) {
+            bad = Status::kTruncated;
+            bad_pos = pos;
+            return false;
+          }
+          return true;
+        },
+        [&](int64_t y, int64_t x0, int64_t x1) {
+          std::memset(out + y * g_.w + x0, 0, static_cast<size_t>(x1 - x0) * sizeof(int32_t));
+          if (kDq) site.state = skip_map[site.state];
+        },
+        [&]() {
+          site.nb = 0;
+          boundary(info, site.state);
+        });
+    if (!ok) {
+      if (bad == Status::kTruncated)
+        return fail(err, bad, index_, bad_pos, "CABAC payload ends before " + where(index_, bad_pos));
+      return fail(err, bad, index_, bad_pos, "decoded level does not fit in int32 at " + where(index_, bad_pos));
+    }
+    return Status::kOk;
+  }
+
+  ArithDecoder& dec_;
+  const TensorSpec& t_;
+  int32_t* out_;
+  int64_t index_;
+  Layout L_;
+  Geometry g_;
+  std::vector<Context> ctx_;
+  std::vector<uint8_t> skip_;
+  int64_t m_neg_ = kUnbounded, m_pos_ = kUnbounded;
+  int sign_mode_ = 0;
+  bool hdsp_ = false;
+  bool nothing_coded_ = false;
+  uint64_t last_t_ = 0;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+int effective_scan_order(const TensorSpec& t) {
+  if (t.width <= 1 || t.height <= 1) return 0;
+  return t.scan_order;
+}
+
+int64_t block_row_count(const TensorSpec& t) { return make_geometry(t).block_rows; }
+
+Status check_spec(const TensorSpec& t, ErrorInfo& err, int64_t i) {
+  auto bad = [&](const std::string& m) {
+    return fail(err, Status::kBadConfig, i, -1, "tensor " + std::to_string(i) + ": " + m);
+  };
+  if (t.height < 1 || t.width < 1) return bad("empty tensors cannot be coded");
+  if (t.height > (int64_t(1) << 40) / t.width) return bad("tensor too large");
+  if (t.profile != 0 && t.profile != 1) return bad("profile must be 0 or 1");
+  if (t.unary_length < 1 || t.unary_length > 256) return bad("unary length must be in 1..256");
+  if (t.qp_bits < 0 || t.qp_bits > 32) return bad("qp_bits must be in 0..32");
+  if (t.scan_order < 0 || t.scan_order > 4) return bad("scan_order must be in 0..4");
+  if (t.codebook_size < 0 || t.codebook_size > (int64_t(1) << 40)) return bad("codebook size out of range");
+  if (t.codebook_size > 0 && (t.codebook_zero < 0 || t.codebook_zero >= t.codebook_size))
+    return bad("codebook zero offset must be in 0..S-1");
+  if (t.tca_base && t.profile != 1) return bad("TCA needs profile 1");
+  return Status::kOk;
+}
+
+Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, const int32_t* const* levels,
+                      size_t count, std::vector<uint8_t>& out, std::vector<std::vector<EntryPoint>>& entry_points,
+                      ErrorInfo& err) {
+  out.clear();
+  entry_points.assign(count, {});
+  int64_t total = 0;
+  size_t last_multi = 0;
+  bool any_multi = false;
+  for (size_t i = 0; i < count; ++i) {
+    if (Status st = check_spec(specs[i], err, int64_t(i)); st != Status::kOk) return st;
+    total += specs[i].height * specs[i].width;
+    if (block_row_count(specs[i]) > 1) {
+      any_multi = true;
+      last_multi = i;
+    }
+  }
+  out.reserve(static_cast<size_t>(std::min<int64_t>(total, int64_t(1) << 26)) + 64);
+  ArithEncoder enc(&out);
+  enc.start();
+  for (size_t i = 0; i < count; ++i) {
+    TensorEncoder te(enc, specs[i], settings[i], levels[i], int64_t(i));
+    if (Status st = te.check_dq(err); st != Status::kOk) return st;
+    if (Status st = te.run(err); st != Status::kOk) return st;
+  }
+  enc.finish();
+
+  if (any_multi) {
+    // Entry points are measured by decoding the payload just written.
+    ArithDecoder dec(out.data(), out.size());
+    dec.start();
+    std::vector<int32_t> scratch;
+    for (size_t i = 0; i <= last_multi; ++i) {
+      scratch.resize(static_cast<size_t>(specs[i].height * specs[i].width));
+      DecodedTensorInfo info;
+      TensorDecoder td(dec, specs[i], scratch.data(), int64_t(i));
+      if (td.run(info, err) != Status::kOk) {
+        err.status = Status::kInternal;
+        err.message = "internal error: re-decoding the encoded payload failed: " + err.message;
+        return Status::kInternal;
+      }
+      const bool exact = !(specs[i].dq && settings[i].allow_dq_mismatch);
+      if (exact && std::memcmp(scratch.data(), levels[i], scratch.size() * sizeof(int32_t)) != 0)
+        return fail(err, Status::kInternal, int64_t(i), -1, "internal error: encoder self-check mismatch");
+      entry_points[i] = std::move(info.entry_points);
+    }
+  }
+  return Status::kOk;
+}
+
+Status decode_session(const uint8_t* data, size_t size, const TensorSpec* specs, int32_t* const* out, size_t count,
+                      std::vector<DecodedTensorInfo>& info, size_t& consumed, ErrorInfo& err) {
+  info.assign(count, {});
+  consumed = 0;
+  for (size_t i = 0; i < count; ++i)
+    if (Status st = check_spec(specs[i], err, int64_t(i)); st != Status::kOk) return st;
+  ArithDecoder dec(data, size);
+  dec.start();
+  for (size_t i = 0; i < count; ++i) {
+    TensorDecoder td(dec, specs[i], out[i], int64_t(i));
+    if (Status st = td.run(info[i], err); st != Status::kOk) {
+      err.tensor = int64_t(i);
+      return st;
+    }
+  }
+  const unsigned term = dec.terminate();
+  consumed = dec.bytes_consumed();
+  if (consumed > size)
+    return fail(err, Status::kTruncated, -1, -1,
+                "CABAC payload too short: the decoder needs " + std::to_string(consumed) + " bytes, " +
+                    std::to_string(size) + " available");
+  if (!term) return fail(err, Status::kCorrupt, -1, -1, "terminating bin is 0 after the last tensor");
+  if (consumed != size)
+    return fail(err, Status::kCorrupt, -1, -1,
+                "CABAC payload has " + std::to_string(size - consumed) + " trailing byte(s) after the terminating bin");
+  return Status::kOk;
+}
+
+}  // namespace nncabac

@@ -1,0 +1,327 @@
+// Binary arithmetic coding engines and the adaptive probability model of DeepCABAC.
+// Written from NNC_BITSTREAM.md §3.1-§3.3.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "est_bits.h"
+#include "tables.h"
+
+#if defined(_MSC_VER)
+#include <intrin.h>
+#endif
+
+namespace nncabac {
+
+inline int leading_zeros32(uint32_t x) {
+#if defined(_MSC_VER)
+  unsigned long idx;
+  _BitScanReverse(&idx, x);
+  return 31 - static_cast<int>(idx);
+#else
+  return __builtin_clz(x);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probability model: a fast and a slow estimator combined in P = slow + 16 * fast.
+struct Context {
+  int16_t p;       // combined state; MPS = (p >= 0)
+  int8_t fast;     // fast estimator
+  uint8_t fast_shift;
+  uint8_t slow_shift;
+  uint8_t eco;     // initialisation set in use (restored by reset())
+
+  void init(unsigned e) {
+    const InitSet& s = kInitSets[e];
+    p = s.p0;
+    fast = s.s0;
+    fast_shift = s.fast_shift;
+    slow_shift = s.slow_shift;
+    eco = static_cast<uint8_t>(e);
+  }
+  void reset() {
+    p = kInitSets[eco].p0;
+    fast = kInitSets[eco].s0;
+  }
+  unsigned mps() const { return p >= 0 ? 1u : 0u; }
+  unsigned column() const {
+    const int q = p >> 7;  // floor division by 128
+    return static_cast<unsigned>(q < 0 ? -q : q);
+  }
+  void update(unsigned bin) {
+    int f = fast;
+    int s = p - 16 * f;
+    if (bin) {
+      f += kAdaptCurve[16 + (f >> 3)] >> fast_shift;
+      s += kAdaptCurve[16 + (s >> 7)] >> slow_shift;
+    } else {
+      f -= kAdaptCurve[16 + ((-f) >> 3)] >> fast_shift;
+      s -= kAdaptCurve[16 + ((-s) >> 7)] >> slow_shift;
+    }
+    fast = static_cast<int8_t>(f);
+    p = static_cast<int16_t>(s + 16 * f);
+  }
+};
+
+// Nine shadow copies of one context (one per initialisation set) with accumulated rate, used by the
+// encoder to choose the signalled ecoIdx (§3.6).
+struct ShadowContext {
+  int16_t p[9];
+  int8_t fast[9];
+  uint64_t cost[9];
+
+  void init() {
+    for (int e = 0; e < 9; ++e) {
+      p[e] = kInitSets[e].p0;
+      fast[e] = kInitSets[e].s0;
+      cost[e] = 0;
+    }
+  }
+  void reset_states() {
+    for (int e = 0; e < 9; ++e) {
+      p[e] = kInitSets[e].p0;
+      fast[e] = kInitSets[e].s0;
+    }
+  }
+  void account(unsigned bin) {
+    for (int e = 0; e < 9; ++e) {
+      cost[e] += kEstBits[512 + (p[e] >> 3)][bin];
+      int f = fast[e];
+      int s = p[e] - 16 * f;
+      const int fs = kInitSets[e].fast_shift, ss = kInitSets[e].slow_shift;
+      if (bin) {
+        f += kAdaptCurve[16 + (f >> 3)] >> fs;
+        s += kAdaptCurve[16 + (s >> 7)] >> ss;
+      } else {
+        f -= kAdaptCurve[16 + ((-f) >> 3)] >> fs;
+        s -= kAdaptCurve[16 + ((-s) >> 7)] >> ss;
+      }
+      fast[e] = static_cast<int8_t>(f);
+      p[e] = static_cast<int16_t>(s + 16 * f);
+    }
+  }
+  unsigned best() const {
+    unsigned best_e = 0;
+    uint64_t best_cost = cost[0];
+    for (unsigned e = 1; e < 9; ++e) {
+      const uint64_t c = cost[e] + 3u * 32768u;
+      if (c < best_cost) {
+        best_cost = c;
+        best_e = e;
+      }
+    }
+    return best_e;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Arithmetic encoder (§3.2).
+class ArithEncoder {
+ public:
+  explicit ArithEncoder(std::vector<uint8_t>* sink) : out_(sink) {}
+
+  void start() {
+    low_ = 0;
+    range_ = 510;
+    bits_left_ = 23;
+    pending_ = 0;
+    carry_byte_ = 0xFF;
+  }
+
+  inline void encode(unsigned bin, Context& c) {
+    const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
+    range_ -= lps;
+    if (bin == c.mps()) {
+      if (range_ < 256) {
+        range_ <<= 1;
+        low_ <<= 1;
+        if (--bits_left_ < 12) put_byte();
+      }
+    } else {
+      const int n = leading_zeros32(lps) - 23;
+      low_ += range_;
+      range_ = lps << n;
+      low_ <<= n;
+      bits_left_ -= n;
+      if (bits_left_ < 12) put_byte();
+    }
+    c.update(bin);
+  }
+
+  inline void bypass(unsigned bin) {
+    low_ <<= 1;
+    if (bin) low_ += range_;
+    if (--bits_left_ < 12) put_byte();
+  }
+
+  // n bypass bins, most significant first (n <= 32).
+  void bypass_bits(uint32_t v, int n) {
+    for (int i = n - 1; i >= 0; --i) bypass((v >> i) & 1u);
+  }
+
+  void reset_range() { range_ = 256; }
+
+  // Terminating bin (value 1) followed by the flush.
+  void finish() {
+    range_ -= 2;
+    low_ += range_;
+    low_ <<= 7;
+    range_ = 256;
+    bits_left_ -= 7;
+    if (bits_left_ < 12) put_byte();
+
+    if (low_ >> (32 - bits_left_)) {
+      out_->push_back(static_cast<uint8_t>(carry_byte_ + 1));
+      for (; pending_ > 1; --pending_) out_->push_back(0x00);
+      low_ -= 1u << (32 - bits_left_);
+    } else {
+      if (pending_ > 0) out_->push_back(carry_byte_);
+      for (; pending_ > 1; --pending_) out_->push_back(0xFF);
+    }
+    pending_ = 0;
+    // Remaining (24 - bits_left_) bits of low, then a stop bit, padded to a byte boundary.
+    uint32_t tail = low_ >> 8;
+    const int nbits = 24 - bits_left_;
+    tail = (tail << 1) | 1u;
+    const int total = nbits + 1;
+    const int nbytes = (total + 7) / 8;
+    const uint64_t aligned = static_cast<uint64_t>(tail) << (nbytes * 8 - total);
+    for (int i = nbytes - 1; i >= 0; --i) out_->push_back(static_cast<uint8_t>(aligned >> (8 * i)));
+  }
+
+ private:
+  void put_byte() {
+    const uint32_t lead = low_ >> (24 - bits_left_);
+    bits_left_ += 8;
+    low_ &= 0xFFFFFFFFu >> bits_left_;
+    if (lead == 0xFF) {
+      ++pending_;
+    } else if (pending_ > 0) {
+      const uint32_t carry = lead >> 8;
+      out_->push_back(static_cast<uint8_t>(carry_byte_ + carry));
+      const uint8_t fill = static_cast<uint8_t>(0xFF + carry);
+      for (; pending_ > 1; --pending_) out_->push_back(fill);
+      carry_byte_ = static_cast<uint8_t>(lead & 0xFF);
+    } else {
+      pending_ = 1;
+      carry_byte_ = static_cast<uint8_t>(lead);
+    }
+  }
+
+  std::vector<uint8_t>* out_;
+  uint32_t low_ = 0;
+  uint32_t range_ = 510;
+  int bits_left_ = 23;
+  uint32_t pending_ = 0;
+  uint8_t carry_byte_ = 0xFF;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Arithmetic decoder (§3.1). Reads bytes lazily; bytes beyond the buffer read as zero but are counted,
+// so that callers can detect over-reads (pos_ > size_) without ever touching memory past the end.
+class ArithDecoder {
+ public:
+  ArithDecoder(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+
+  void start() {
+    pos_ = 0;
+    const uint32_t b0 = next_byte();
+    const uint32_t b1 = next_byte();
+    value_ = (b0 << 8) | b1;
+    range_ = 510;
+    bits_needed_ = -8;
+  }
+
+  inline unsigned decode(Context& c) {
+    const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
+    const uint32_t mps_range = range_ - lps;
+    unsigned bin = c.mps();
+    if (value_ < (mps_range << 7)) {
+      range_ = mps_range;
+      if (mps_range < 256) {
+        range_ <<= 1;
+        value_ <<= 1;
+        if (++bits_needed_ >= 0) load(); 
+      }
+    } else {
+      bin ^= 1u;
+      value_ -= mps_range << 7;
+      const int n = leading_zeros32(lps) - 23;
+      range_ = lps << n;
+      value_ <<= n;
+      bits_needed_ += n;
+      if (bits_needed_ >= 0) load();
+    }
+    c.update(bin);
+    return bin;
+  }
+
+  inline unsigned bypass() {
+    value_ <<= 1;
+    if (++bits_needed_ >= 0) {
+      value_ += next_byte();
+      bits_needed_ = -8;
+    }
+    const uint32_t scaled = range_ << 7;
+    if (value_ >= scaled) {
+      value_ -= scaled;
+      return 1;
+    }
+    return 0;
+  }
+
+  uint32_t bypass_bits(int n) {
+    uint32_t v = 0;
+    for (int i = 0; i < n; ++i) v = (v << 1) | bypass();
+    return v;
+  }
+
+  unsigned terminate() {
+    range_ -= 2;
+    const uint32_t scaled = range_ << 7;
+    if (value_ >= scaled) return 1;
+    if (range_ < 256) {
+      range_ <<= 1;
+      value_ <<= 1;
+      if (++bits_needed_ >= 0) {
+        value_ += next_byte();
+        bits_needed_ = -8;
+      }
+    }
+    return 0;
+  }
+
+  void reset_range() { range_ = 256; }
+
+  // Number of value-register shifts since start().
+  uint64_t bit_position() const {
+    return 8 * static_cast<uint64_t>(pos_) - 8 + static_cast<int64_t>(bits_needed_);
+  }
+  uint32_t value_high() const { return value_ >> 7; }
+  size_t bytes_consumed() const { return pos_; }
+  size_t size() const { return size_; }
+  bool overrun(size_t slack) const { return pos_ > size_ + slack; }
+
+ private:
+  inline uint32_t next_byte() {
+    const uint32_t b = pos_ < size_ ? data_[pos_] : 0u;
+    ++pos_;
+    return b;
+  }
+  inline void load() {
+    value_ += next_byte() << bits_needed_;
+    bits_needed_ -= 8;
+  }
+
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+  uint32_t value_ = 0;
+  uint32_t range_ = 510;
+  int bits_needed_ = -8;
+};
+
+}  // namespace nncabac
