@@ -131,6 +131,8 @@ def _float_tensor_to_numpy(t, base_dir: str | None) -> np.ndarray:
         arr = np.asarray(t.double_data, dtype=np.float64)
     else:  # FLOAT16 / BFLOAT16 bit patterns in int32_data
         arr = np.asarray(t.int32_data, dtype=np.int32).astype(np.uint16)
+        if name == "float16":
+            arr = arr.view(np.float16)
     if arr.size != count:
         raise ModelFormatError(f"initializer {t.name!r}: {arr.size} values for shape {dims}")
     arr = arr.reshape(dims)
@@ -152,7 +154,7 @@ def _fill_tensor(t, arr: np.ndarray, name: str) -> None:
     else:
         data = np.ascontiguousarray(arr, dtype=storage)
     del t.external_data[:]
-    t.data_location = onnx.TensorProto.DEFAULT
+    t.ClearField("data_location")
     t.raw_data = data.tobytes()
 
 
@@ -214,7 +216,7 @@ def _load_external_inplace(t, base_dir):
         load_external_data_for_tensor(t, base_dir)
     except Exception as e:
         raise ModelFormatError(f"tensor {t.name!r}: cannot load external data: {e}") from None
-    t.data_location = onnx.TensorProto.DEFAULT
+    t.ClearField("data_location")
     del t.external_data[:]
 
 
@@ -225,6 +227,8 @@ def _check(model) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
+        if "should be stored in" in str(e):
+            return  # external data is located relative to the model file; read and checked by _read_external
         raise ModelFormatError(f"not a valid ONNX model: {str(e).splitlines()[0]}") from None
     except ValueError as e:  # e.g. models over 2 GB in memory: the checker cannot run; keep going
         if "2GB" not in str(e) and "2 GB" not in str(e):
@@ -363,7 +367,7 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
             arr = _lookup(tensors, name)
             t2 = onnx.TensorProto()
             t2.CopyFrom(t)
-            t2.data_location = onnx.TensorProto.DEFAULT
+            t2.ClearField("data_location")
             del t2.external_data[:]
             itemsize = 2 if _float_types()[t.data_type][0] in ("float16", "bfloat16") else (
                 8 if t.data_type == onnx.TensorProto.DOUBLE else 4)
