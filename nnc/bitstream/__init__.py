@@ -20,29 +20,30 @@ from .units import (ALL_STRUCTURES, Codebook, DecompositionPerformanceMap, Entry
                     ModelParameterSet, NduHeader, PruningPerformanceMap, QuantizationUnit,
                     SparsificationPerformanceMap, StartUnit, TopologyUnit, UnificationPerformanceMap, UnitHeader,
                     entry_point_count)
-from .writer import (SHORT_SIZE_MAX, lps_unit, model_parameter_set, mps_unit, ndu_header, ndu_unit, qnt_unit,
-                     start_unit, tpl_unit, write_unit)
+from .writer import (SHORT_SIZE_MAX, NduHeaderSpec, canonical, lps_unit, model_parameter_set, mps_unit, ndu_header, ndu_unit,
+                     qnt_unit, start_unit, tpl_unit, write_unit)
 
 __all__ = [
     # parsing
     "parse", "iter_units", "ParsedBitstream", "Unit", "Context",
     # writing
     "write_unit", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit", "qnt_unit",
-    "ndu_header", "ndu_unit", "SHORT_SIZE_MAX",
+    "ndu_header", "ndu_unit", "NduHeaderSpec", "canonical", "SHORT_SIZE_MAX",
     # structures
     "UnitHeader", "StartUnit", "ModelParameterSet", "LayerParameterSet", "TopologyUnit", "QuantizationUnit",
     "NduHeader", "Codebook", "EntryPoint", "SparsificationPerformanceMap", "PruningPerformanceMap",
     "UnificationPerformanceMap", "DecompositionPerformanceMap", "entry_point_count",
     # enumerations
-    "NNRUnitType", "PayloadType", "CompressedParameterTypes", "QuantizationMethodFlags", "TopologyStorageFormat",
+    "NNRUnitType", "UnitType", "PayloadType", "CompressedParameterTypes", "QuantizationMethodFlags", "TopologyStorageFormat",
     "TopologyCompressionFormat", "PruningInformationRepresentation", "DecompressedDataFormat", "ParentNodeIdType",
     # low level
     "BitReader", "BitWriter", "Float32", "MAX_UE_PREFIX_BITS",
     "syntax_tables_markdown",
 ]
 
-# Short aliases matching the specification's wording.
+# Aliases.
 CompressedDataUnitHeader = NduHeader
+UnitType = NNRUnitType
 
 
 def syntax_tables_markdown() -> str:

@@ -168,8 +168,21 @@ class ParsedBitstream(Sequence):
         return next((u.body for u in self.units if u.nnr_unit_type == NNRUnitType.NNR_STR), None)
 
     @property
-    def topology(self) -> TopologyUnit | None:
-        return next((u.body for u in self.units if u.nnr_unit_type == NNRUnitType.NNR_TPL), None)
+    def lps(self) -> LayerParameterSet | None:
+        """The last NNR_LPS of the stream (its qp fields override the MPS ones, §1.6)."""
+        return self.context.lps
+
+    @property
+    def topology_unit(self) -> TopologyUnit | None:
+        """Body of the first NNR_TPL unit, if any."""
+        return next((u.body for u in self.units
+                     if u.nnr_unit_type == NNRUnitType.NNR_TPL and u.body is not None), None)
+
+    @property
+    def topology(self):
+        """The first NNR_TPL unit as an :class:`nnc.topology.Topology` (``None`` without one)."""
+        t = self.topology_unit
+        return None if t is None else t.to_topology()
 
     def of_type(self, unit_type: int) -> list[Unit]:
         return [u for u in self.units if u.nnr_unit_type == unit_type]

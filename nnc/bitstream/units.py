@@ -307,6 +307,11 @@ class Codebook:
         return (self.codebook_size >> 1) + self.codebook_center_offset
 
     @property
+    def zero_offset(self) -> int:
+        """Alias of :attr:`CbZeroOffset`."""
+        return self.CbZeroOffset
+
+    @property
     def values(self) -> list[int]:
         """The reconstructed codebook (integers, increasing)."""
         z = self.CbZeroOffset

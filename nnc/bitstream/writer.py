@@ -1,16 +1,19 @@
 """Serialising NNR units (spec §1.2 size rule) and convenience constructors for each unit type."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ..errors import ConfigError, UnsupportedFeatureError
-from .bits import BitWriter
+from .bits import BitReader, BitWriter
 from .enums import NNRUnitType, PayloadType, QuantizationMethodFlags, TopologyCompressionFormat, TopologyStorageFormat
+from ..topology import Topology
 from .parser import Context, Unit
-from .syntax import Scope, _write_items, write_struct
+from .syntax import Scope, _write_items, read_struct, write_struct
 from .units import (UNIT_HEADER_ITEMS, Codebook, EntryPoint, LayerParameterSet, ModelParameterSet, NduHeader,
                     QuantizationUnit, StartUnit, TopologyUnit, entry_point_count)
 
 __all__ = ["write_unit", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit", "qnt_unit",
-           "ndu_header", "ndu_unit", "SHORT_SIZE_MAX"]
+           "ndu_header", "ndu_unit", "NduHeaderSpec", "canonical", "SHORT_SIZE_MAX"]
 
 #: Largest unit (in bytes, size field included) written with the 2-byte size field (§1.2).
 SHORT_SIZE_MAX = 32767
@@ -114,9 +117,19 @@ def model_parameter_set(*, mps_qp_density: int = 2, mps_quantization_parameter: 
     return ModelParameterSet(**vals)
 
 
+_MPS_ALIASES = {"qp_density": "mps_qp_density", "quantization_parameter": "mps_quantization_parameter",
+                "parent_signalling": "mps_parent_signalling_enabled_flag", "pre_flag": "nnr_pre_flag",
+                "quantization_method_flags": "mps_quantization_method_flags"}
+
+
 def mps_unit(profile: int = 1, **fields) -> bytes:
-    """NNR_MPS for ``profile``; keyword arguments as for :func:`model_parameter_set`.
+    """NNR_MPS for ``profile``; keyword arguments as for :func:`model_parameter_set` (short aliases
+    ``qp_density``, ``quantization_parameter``, ``parent_signalling``, ``pre_flag`` are accepted).
     NNCodec's default unit is ``00 08 06 81 00 40 00 80``."""
+    for short, full in _MPS_ALIASES.items():
+        if short in fields:
+            v = fields.pop(short)
+            fields[full] = int(v) if isinstance(v, bool) else v
     mps = model_parameter_set(**fields)
     return write_unit(mps, context=Context(general_profile_idc=profile))
 
@@ -131,10 +144,14 @@ def lps_unit(*, lps_self_contained_flag: int = 1, lps_qp_density: int = 2, lps_q
     return write_unit(LayerParameterSet(**vals))
 
 
-def tpl_unit(storage_format: int = TopologyStorageFormat.NNR_TPL_UNREC,
+def tpl_unit(storage_format=TopologyStorageFormat.NNR_TPL_UNREC,
              compression_format: int = TopologyCompressionFormat.NNR_PT_RAW, data=b"") -> bytes:
     """NNR_TPL. ``data`` (str or bytes, no NUL) becomes ``topology_data``; for NNR_TPL_REFLIST pass the list of
-    element names instead. NNCodec writes ``00 06 0E ss 00 00``."""
+    element names instead. ``storage_format`` may also be an :class:`nnc.topology.Topology`.
+    NNCodec writes ``00 06 0E ss 00 00``."""
+    if isinstance(storage_format, Topology):
+        topo = storage_format
+        storage_format, compression_format, data = topo.storage_format, topo.compression_format, topo.data
     if storage_format == TopologyStorageFormat.NNR_TPL_REFLIST:
         names = list(data)
         if len(names) < 2:
@@ -210,7 +227,18 @@ def ndu_header(context: Context, *, tensor_dimensions, topology_elem_id: str | N
     want = entry_point_count(_HeaderView(h))
     if len(h.cabac_entry_point_list) != want:
         raise ConfigError(f"{len(h.cabac_entry_point_list)} entry point(s) given, the header needs {want} (§1.11)")
-    return h
+    return canonical(h, context)
+
+
+def canonical(body, context: Context | None = None):
+    """``body`` as the reader would return it after writing it: fields whose conditions do not hold become
+    ``None``, lists and floats get their parsed types. Raises :class:`ConfigError` for unwritable values."""
+    ctx = context or Context()
+    w = BitWriter()
+    path = type(body).SYNTAX.name
+    write_struct(body, w, ctx.scope(), path)
+    data = w.getvalue()
+    return read_struct(type(body), BitReader(data), ctx.scope(), path)
 
 
 class _HeaderView:
@@ -225,9 +253,68 @@ class _HeaderView:
         return getattr(self.h, key)
 
 
-def ndu_unit(payload, *, context: Context, independently_decodable_flag: int = 1,
-             partial_data_counter: int | None = None, **header_fields) -> bytes:
-    """NNR_NDU: :func:`ndu_header` (keyword arguments) followed by ``payload``."""
-    h = ndu_header(context, **header_fields)
+@dataclass
+class NduHeaderSpec:
+    """A compact description of a single-tensor NDU header (alternative to :func:`ndu_header` keywords).
+
+    ``parent_signalling`` is the MPS's ``mps_parent_signalling_enabled_flag`` the unit is written under;
+    ``scan_order=None`` means "not signalled" (rank-1 tensors)."""
+
+    payload_type: int
+    name: str
+    shape: tuple
+    dq_flag: int = 0
+    unary_length_minus1: int | None = 10
+    scan_order: int | None = 0
+    entry_points: list = field(default_factory=list)
+    device_id: int | None = 0
+    parameter_id: int = 0
+    put_node_depth: int = 0
+    parent_signalling: bool = False
+    parent_node_id_present: bool = False
+    temporal_context_modeling_flag: bool = False
+    decompressed_data_format: int | None = None
+    codebook: Codebook | None = None
+
+    def to_header(self, context: Context) -> NduHeader:
+        pt = int(self.payload_type)
+        return ndu_header(
+            context, tensor_dimensions=list(self.shape) or [1], topology_elem_id=self.name, payload_type=pt,
+            dq_flag=None if pt == PayloadType.NNR_PT_RAW_FLOAT else int(self.dq_flag),
+            scan_order=self.scan_order or 0,
+            entry_points=self.entry_points, cabac_unary_length_minus1=self.unary_length_minus1,
+            device_id=self.device_id, parameter_id=self.parameter_id, put_node_depth=self.put_node_depth,
+            parent_node_id_present_flag=int(bool(self.parent_node_id_present)),
+            temporal_context_modeling_flag=int(bool(self.temporal_context_modeling_flag)),
+            nnr_decompressed_data_format=self.decompressed_data_format, codebook=self.codebook)
+
+
+def ndu_unit(*args, context: Context | None = None, profile: int | None = None,
+             independently_decodable_flag: int = 1, partial_data_counter: int | None = None,
+             **header_fields) -> bytes:
+    """NNR_NDU. Two call forms:
+
+    * ``ndu_unit(payload, context=ctx, **header_fields)`` — header from :func:`ndu_header` keywords;
+    * ``ndu_unit(header, payload, context=ctx | profile=p)`` — ``header`` an :class:`NduHeader` or
+      :class:`NduHeaderSpec` (with ``profile``, the context is built from ``profile`` and the spec's
+      ``parent_signalling``)."""
+    if len(args) == 1 and not isinstance(args[0], (NduHeader, NduHeaderSpec)):
+        if context is None:
+            if profile is None:
+                raise ConfigError("ndu_unit needs context= (or profile=)")
+            context = Context(general_profile_idc=profile)
+        h = ndu_header(context, **header_fields)
+        payload = args[0]
+    elif len(args) == 2 and isinstance(args[0], (NduHeader, NduHeaderSpec)) and not header_fields:
+        h, payload = args
+        if context is None:
+            if profile is None:
+                raise ConfigError("ndu_unit needs context= (or profile=)")
+            parent = int(bool(getattr(h, "parent_signalling", False))) if profile == 1 else 0
+            context = Context(general_profile_idc=profile, mps_parent_signalling_enabled_flag=parent)
+        if isinstance(h, NduHeaderSpec):
+            h = h.to_header(context)
+    else:
+        raise ConfigError("ndu_unit(payload, context=..., **fields) or ndu_unit(header, payload, context=...)")
     return write_unit(h, context=context, payload=payload, independently_decodable_flag=independently_decodable_flag,
                       partial_data_counter=partial_data_counter)
