@@ -293,11 +293,14 @@ def quantize(x: np.ndarray, step: float, *, dq: bool, scan_order: int = 0) -> np
     w = int(math.prod(a.shape[1:])) if a.ndim > 1 else 1
     if not 0 <= scan_order <= 4:
         raise ConfigError("scan_order must be in 0..4")
+    step32 = float(np.float32(step))
+    if step > 0 and step32 == 0.0:
+        raise QuantizationOverflowError(f"step size {step!r} underflows float32")
     flat = np.ascontiguousarray(a).reshape(-1)
     q = np.empty(flat.size, dtype=np.int32)
     if flat.size == 0:
         return q.reshape(a.shape)
-    st, pos, msg = _core.quantize(flat, q, h, w, float(np.float32(step)), bool(dq), int(scan_order))
+    st, pos, msg = _core.quantize(flat, q, h, w, step32, bool(dq), int(scan_order))
     if st == _OVERFLOW:
         raise QuantizationOverflowError(msg)
     if st == _BAD_INPUT:
