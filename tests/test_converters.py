@@ -524,3 +524,57 @@ def test_drop_topology_units():
     assert topology_unit_formats(bs) == [2, 3]
     assert C.drop_topology_units(bs) == str_u + mps + tpl3
     assert C.drop_topology_units(bs, None) == str_u + mps
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reference decoder and nnc.converters' TPL units (independent of nnc's codec: the units are spliced into a
+# bitstream the reference encoded itself)
+
+def _tpl_unit(topology: Topology) -> bytes:
+    """An NNR_TPL unit for formats the reference reads as a NUL-terminated string."""
+    body = bytes([0x0E, topology.storage_format, topology.compression_format]) + topology.data + b"\x00"
+    if len(body) + 2 <= 32767:
+        return (len(body) + 2).to_bytes(2, "big") + body
+    return ((len(body) + 4) | 0x80000000).to_bytes(4, "big") + body
+
+
+def _splice_tpl(bs: bytes, tpl: bytes | None) -> bytes:
+    from nnc.converters._bitstream import iter_units
+    parts = []
+    for pos, size, typ in iter_units(bs):
+        if typ == 3:
+            if tpl is not None:
+                parts.append(tpl)
+        else:
+            parts.append(bs[pos:pos + size])
+    return b"".join(parts)
+
+
+@pytest.mark.reference
+def test_reference_reads_and_ignores_json_topology(reference, net):
+    lm = C.load_model(net)
+    assert lm.topology.data.startswith(b'{"nnc_converters"')
+    tensors = {k: v for k, v in lm.tensors.items() if k != "steps"}  # the reference codes int32 only
+    bs = reference.encode_many([(tensors, {"qp": -38})])[0]
+    base = reference.decode_many([bs])[0]
+    for storage_format in (0, 3):
+        t = Topology(storage_format, 0, lm.topology.data)
+        out = reference.decode_many([_splice_tpl(bs, _tpl_unit(t))])[0]
+        assert list(out) == list(base)
+        for k in base:
+            assert np.array_equal(out[k], base[k]), k
+
+
+@pytest.mark.reference
+def test_reference_refuses_onnx_topology_but_decodes_without_it(reference):
+    lm = C.from_onnx(tiny_onnx())
+    bs = reference.encode_many([(lm.tensors, {"qp": -38})])[0]
+    base = reference.decode_many([bs])[0]
+    # an NNR_TPL_ONNX unit: the reference raises (a NUL-free payload, so the failure is not a parsing artefact)
+    onnx_unit = _tpl_unit(Topology(2, 0, b"graph"))
+    res = reference.decode_many([_splice_tpl(bs, onnx_unit)], strict=False)[0]
+    assert isinstance(res, Exception) and "ONNX" in str(res)
+    stripped = C.drop_topology_units(_splice_tpl(bs, onnx_unit))
+    out = reference.decode_many([stripped])[0]
+    for k in base:
+        assert np.array_equal(out[k], base[k]), k
