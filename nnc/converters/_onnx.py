@@ -174,16 +174,20 @@ def _make_placeholder(t, bitstream_name: str) -> None:
 # split
 
 def split_model(model, *, base_dir: str | None = None, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS,
-                check: bool = True) -> tuple[dict[str, np.ndarray], Topology]:
-    """Move the coded tensors out of ``model`` (modified in place) and return (tensors, topology)."""
+                tensors: dict[str, np.ndarray] | None = None, skip_top_initializers: bool = False
+                ) -> tuple[dict[str, np.ndarray], Topology]:
+    """Move the coded tensors out of ``model`` (modified in place) and return (tensors, topology).
+
+    ``tensors`` may already hold the top-level initializers extracted by :func:`load_onnx_file`.
+    """
     onnx = _onnx()
     TP = onnx.TensorProto
     floats = _float_types()
-    if check:
-        _check(model)
-    tensors: dict[str, np.ndarray] = {}
-    used: set[str] = set()
-    for t, suggested, is_const in _tensor_slots(model):
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelFormatError("not a valid ONNX model: no graph or no opset_import (truncated or not ONNX?)")
+    tensors = {} if tensors is None else tensors
+    used: set[str] = set(tensors)
+    for t, suggested, is_const in _tensor_slots(model, skip_top_initializers=skip_top_initializers):
         if _is_placeholder(t):
             raise ModelFormatError(f"tensor {t.name!r} is already an nnc placeholder (model was split before)")
         if t.data_type not in floats or len(t.dims) == 0:
@@ -193,22 +197,26 @@ def split_model(model, *, base_dir: str | None = None, constant_min_elements: in
         count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
         if is_const and count < constant_min_elements:
             continue
-        name = suggested or "tensor"
-        if name in used:
-            k = 1
-            while f"{name}#{k}" in used:
-                k += 1
-            name = f"{name}#{k}"
-        used.add(name)
+        name = _unique(suggested or "tensor", used)
         tensors[name] = _float_tensor_to_numpy(t, base_dir)
-        _make_placeholder(t, name)  # frees the weight bytes held by the proto
+        _make_placeholder(t, name)  # drops the weight bytes held by the proto
+    _check_stripped(model)
     data = model.SerializeToString()
     return tensors, Topology(int(TopologyStorageFormat.NNR_TPL_ONNX), int(TopologyCompressionFormat.NNR_DFL),
                              deflate(data))
 
 
+def _unique(name: str, used: set[str]) -> str:
+    if name in used:
+        k = 1
+        while f"{name}#{k}" in used:
+            k += 1
+        name = f"{name}#{k}"
+    used.add(name)
+    return name
+
+
 def _load_external_inplace(t, base_dir):
-    onnx = _onnx()
     if base_dir is None:
         raise ModelFormatError(f"tensor {t.name!r} keeps its data in an external file; load the model from its path")
     from onnx.external_data_helper import load_external_data_for_tensor
@@ -220,32 +228,151 @@ def _load_external_inplace(t, base_dir):
     del t.external_data[:]
 
 
-def _check(model) -> None:
+def _check_stripped(model) -> None:
+    """onnx.checker on a copy of the weightless model whose placeholders are given empty shapes."""
     onnx = _onnx()
-    if not model.HasField("graph") or not model.opset_import:
-        raise ModelFormatError("not a valid ONNX model: no graph or no opset_import (truncated or not ONNX?)")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for t, _, _ in _tensor_slots(probe):
+        if _is_placeholder(t):
+            del t.external_data[:]
+            t.ClearField("data_location")
+            del t.dims[:]
+            t.dims.append(0)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(probe)
     except onnx.checker.ValidationError as e:
-        if "should be stored in" in str(e):
-            return  # external data is located relative to the model file; read and checked by _read_external
         raise ModelFormatError(f"not a valid ONNX model: {str(e).splitlines()[0]}") from None
-    except ValueError as e:  # e.g. models over 2 GB in memory: the checker cannot run; keep going
-        if "2GB" not in str(e) and "2 GB" not in str(e):
-            raise ModelFormatError(f"not a valid ONNX model: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# reading a model file without materialising its weights inside a protobuf message
+
+class _Truncated(Exception):
+    pass
+
+
+def _varint_at(read, pos: int, end: int) -> tuple[int, int]:
+    chunk = read(pos, min(10, end - pos))
+    result = shift = 0
+    for i, b in enumerate(chunk):
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos + i + 1
+        shift += 7
+    raise _Truncated(pos)
+
+
+def _fields(read, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, value start, value end) of each field in [start, end)."""
+    pos = start
+    while pos < end:
+        key, vpos = _varint_at(read, pos, end)
+        num, wt = key >> 3, key & 7
+        if num == 0:
+            raise _Truncated(pos)
+        if wt == 0:
+            _, vend = _varint_at(read, vpos, end)
+        elif wt == 1:
+            vend = vpos + 8
+        elif wt == 5:
+            vend = vpos + 4
+        elif wt == 2:
+            n, vpos = _varint_at(read, vpos, end)
+            vend = vpos + n
+        else:
+            raise _Truncated(pos)
+        if vend > end:
+            raise _Truncated(pos)
+        yield num, wt, pos, vpos, vend
+        pos = vend
+
+
+_RAW_DATA_FIELD = 9
+
+
+def _top_initializer(b: bytes, base_dir: str, tensors: dict, used: set):
+    """Parse one serialized top-level initializer; coded float tensors become placeholders (zero-copy arrays)."""
+    onnx = _onnx()
+    floats = _float_types()
+    read = lambda p, n: b[p:p + n]  # noqa: E731
+    raw = None
+    for num, wt, fs, vs, ve in _fields(read, 0, len(b)):
+        if num == _RAW_DATA_FIELD and wt == 2:
+            raw = (fs, vs, ve)
+    t = onnx.TensorProto()
+    t.ParseFromString(b if raw is None else b[:raw[0]] + b[raw[2]:])
+    if t.data_type not in floats or len(t.dims) == 0:
+        if raw is not None:
+            t.raw_data = b[raw[1]:raw[2]]
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            _load_external_inplace(t, base_dir)
+        return t
+    name = _unique(t.name or "tensor", used)
+    if raw is not None and t.data_location != onnx.TensorProto.EXTERNAL:
+        dname, storage = floats[t.data_type]
+        dims = [int(d) for d in t.dims]
+        count = int(np.prod(dims, dtype=np.int64))
+        if raw[2] - raw[1] != count * np.dtype(storage).itemsize:
+            raise ModelFormatError(f"initializer {t.name!r}: raw_data has {raw[2] - raw[1]} bytes, shape {dims} "
+                                   f"needs {count * np.dtype(storage).itemsize}")
+        arr = np.frombuffer(b, dtype=storage, count=count, offset=raw[1]).reshape(dims)
+        arr = bf16_bits_to_float32(arr) if dname == "bfloat16" else arr.astype(np.dtype(storage).newbyteorder("="),
+                                                                                copy=False)
+    else:
+        full = onnx.TensorProto()
+        full.ParseFromString(b)
+        arr = _float_tensor_to_numpy(full, base_dir)
+    tensors[name] = arr
+    _make_placeholder(t, name)
+    return t
 
 
 def load_onnx_file(path: str, *, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS):
+    """Split a model file. Peak memory: the coded tensors plus one serialized initializer at a time."""
     onnx = _onnx()
     from google.protobuf.message import DecodeError
     if not os.path.isfile(path):
         raise ModelFormatError(f"cannot read {path!r}: no such file")
+    base_dir = os.path.dirname(os.path.abspath(path))
+    size = os.path.getsize(path)
+    tensors: dict[str, np.ndarray] = {}
+    used: set[str] = set()
     try:
-        model = onnx.load(path, load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as e:
+        with open(path, "rb") as f:
+            def read(p, n):
+                f.seek(p)
+                return f.read(n)
+            head, graphs = [], []
+            for num, wt, fs, vs, ve in _fields(read, 0, size):
+                if num == 7 and wt == 2:
+                    graphs.append((vs, ve))
+                else:
+                    head.append(read(fs, ve - fs))
+            model = onnx.ModelProto()
+            model.ParseFromString(b"".join(head))
+            inits = []
+            for gs, ge in graphs:
+                rest = []
+                for num, wt, fs, vs, ve in _fields(read, gs, ge):
+                    if num == 5 and wt == 2:
+                        inits.append((vs, ve))
+                    else:
+                        rest.append(read(fs, ve - fs))
+                model.graph.MergeFromString(b"".join(rest))
+            if not graphs:
+                raise ModelFormatError(f"{path!r} is not an ONNX model (no graph)")
+            for vs, ve in inits:
+                model.graph.initializer.append(_top_initializer(read(vs, ve - vs), base_dir, tensors, used))
+    except _Truncated as e:
+        raise ModelFormatError(f"{path!r} is not a valid ONNX model: malformed or truncated protobuf near byte "
+                               f"{e.args[0]}") from None
+    except (DecodeError, RuntimeError) as e:
         raise ModelFormatError(f"{path!r} is not a valid ONNX model (truncated or corrupt?): {e}") from None
-    return split_model(model, base_dir=os.path.dirname(os.path.abspath(path)),
-                       constant_min_elements=constant_min_elements)
+    except OSError as e:
+        raise ModelFormatError(f"cannot read {path!r}: {e}") from None
+    return split_model(model, base_dir=base_dir, constant_min_elements=constant_min_elements, tensors=tensors,
+                       skip_top_initializers=True)
 
 
 def from_onnx(model, *, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS):
@@ -350,35 +477,25 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
     model.ClearField("graph")
     head = model.SerializeToString()
 
-    def serialized_init(t) -> bytes:
-        if _is_placeholder(t):
-            t2 = onnx.TensorProto()
-            t2.CopyFrom(t)
-            name = _placeholder_name(t)
-            _fill_tensor(t2, _lookup(tensors, name), name)
-            return t2.SerializeToString()
-        return t.SerializeToString()
-
-    # first pass: sizes (fill each placeholder, measure, drop)
-    sizes = []
+    # each top-level initializer: (serialized metadata without raw_data, array to append as raw_data or None)
+    items = []
     for t in inits.initializer:
         if _is_placeholder(t):
             name = _placeholder_name(t)
-            arr = _lookup(tensors, name)
-            t2 = onnx.TensorProto()
-            t2.CopyFrom(t)
-            t2.ClearField("data_location")
-            del t2.external_data[:]
-            itemsize = 2 if _float_types()[t.data_type][0] in ("float16", "bfloat16") else (
-                8 if t.data_type == onnx.TensorProto.DOUBLE else 4)
-            nbytes = arr.size * itemsize
-            t2.raw_data = b"\0" * 0
-            base = t2.ByteSize()  # without raw_data payload
-            # raw_data field: tag (1 byte) + varint(len) + payload; an empty bytes field set explicitly serializes too
-            sizes.append(base - 2 + 1 + len(_varint(nbytes)) + nbytes if nbytes else base)
+            meta = onnx.TensorProto()
+            meta.CopyFrom(t)
+            del meta.external_data[:]
+            meta.ClearField("data_location")
+            items.append((meta.SerializeToString(), _raw_array(meta, _lookup(tensors, name), name)))
         else:
-            sizes.append(t.ByteSize())
-    graph_len = len(graph_body) + sum(1 + len(_varint(s)) + s for s in sizes)
+            items.append((t.SerializeToString(), None))
+
+    def body_len(meta: bytes, arr) -> int:
+        if arr is None:
+            return len(meta)
+        return len(meta) + 1 + len(_varint(arr.nbytes)) + arr.nbytes
+
+    graph_len = len(graph_body) + sum(1 + len(_varint(body_len(m, a))) + body_len(m, a) for m, a in items)
     total = len(head) + 1 + len(_varint(graph_len)) + graph_len
     if total > _PROTO_LIMIT:
         raise ModelFormatError(f"the rebuilt ONNX model would be {total} bytes, over protobuf's 2 GiB limit; "
@@ -388,10 +505,36 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
             f.write(head)
             f.write(_GRAPH_TAG + _varint(graph_len))
             f.write(graph_body)
-            for t, s in zip(inits.initializer, sizes):
-                b = serialized_init(t)
-                if len(b) != s:
-                    raise AssertionError(f"initializer {t.name!r}: size estimate {s} != {len(b)}")
-                f.write(_INITIALIZER_TAG + _varint(len(b)))
-                f.write(b)
-                del b
+            for meta, arr in items:
+                f.write(_INITIALIZER_TAG + _varint(body_len(meta, arr)))
+                f.write(meta)
+                if arr is not None:
+                    f.write(_RAW_TAG + _varint(arr.nbytes))
+                    data = arr.stored()
+                    f.write(data.reshape(-1).view(np.uint8))
+                    del data
+
+
+_RAW_TAG = bytes([(9 << 3) | 2])  # TensorProto.raw_data
+
+
+class _RawPayload:
+    """A decoded array to be written as the raw_data of a TensorProto of ``data_type``."""
+
+    def __init__(self, arr: np.ndarray, data_type: int):
+        self.arr = arr
+        self.dname, self.storage = _float_types()[data_type]
+        self.nbytes = arr.size * np.dtype(self.storage).itemsize
+
+    def stored(self) -> np.ndarray:
+        if self.dname == "bfloat16":
+            return float32_to_bf16_bits(np.asarray(self.arr, np.float32))
+        return np.ascontiguousarray(self.arr, dtype=self.storage)
+
+
+def _raw_array(t, arr: np.ndarray, name: str) -> _RawPayload:
+    dims = [int(d) for d in t.dims]
+    arr = np.asarray(arr)
+    if arr.size != int(np.prod(dims, dtype=np.int64)):
+        raise ModelFormatError(f"tensor {name!r}: decoded size {arr.size} does not fit ONNX shape {dims}")
+    return _RawPayload(arr, t.data_type)
