@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..topology import Topology, TopologyStorageFormat
+from ..topology import Topology
 from . import _onnx
 from ._common import TensorRecord, coded_array, plan_restore
 from ._bitstream import drop_topology_units

@@ -11,7 +11,6 @@ is removed, ``data_location`` is EXTERNAL and ``external_data`` holds ``location
 """
 from __future__ import annotations
 
-import io
 import os
 from typing import Iterator, Mapping
 
@@ -143,7 +142,6 @@ def _float_tensor_to_numpy(t, base_dir: str | None) -> np.ndarray:
 
 def _fill_tensor(t, arr: np.ndarray, name: str) -> None:
     """Put ``arr`` into placeholder ``t`` as raw_data in t's own data_type."""
-    onnx = _onnx()
     dname, storage = _float_types()[t.data_type]
     dims = [int(d) for d in t.dims]
     arr = np.asarray(arr)
