@@ -1,0 +1,201 @@
+"""The ``nnc`` command line: encode, decode, info, check, conform.
+
+Every subcommand is a function of parsed arguments returning an exit status, so tests call
+``main([...])`` directly. Errors print one line (``nnc: error: ...``) and map to exit codes:
+0 success, 1 non-conforming bitstream (``check``) or failed suite (``conform``), 2 unreadable input or bad
+usage, 3 unsupported feature. ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NNCError, UnsupportedFeatureError
+
+__all__ = ["build_parser", "main"]
+
+
+def _qp_override(text: str) -> tuple[str, int]:
+    pattern, sep, value = text.rpartition("=")
+    if not sep or not pattern:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=QP, got {text!r}")
+    try:
+        return pattern, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"QP in {text!r} is not an integer") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnc", description="MPEG NNC (ISO/IEC 15938-17) neural network coding")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("encode", help="encode a model file (.npz .safetensors .pt/.pth .onnx) to .nnc")
+    e.add_argument("input")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--qp", type=int, default=-38, help="QP of weight tensors (rank > 1); default -38")
+    e.add_argument("--qp-density", type=int, default=2, help="QP steps per octave = 2**density; default 2")
+    e.add_argument("--nonweight-qp", type=int, default=-75, help="QP of rank <= 1 tensors; default -75")
+    e.add_argument("--qp-per-tensor", type=_qp_override, action="append", default=[], metavar="PATTERN=QP",
+                   help="override the QP of tensors whose name matches the fnmatch PATTERN (repeatable)")
+    e.add_argument("--no-dq", action="store_true", help="uniform instead of dependent (trellis) quantisation")
+    e.add_argument("--no-row-skipping", action="store_true", help="do not signal all-zero rows")
+    e.add_argument("--no-param-opt", action="store_true", help="no context-initialisation optimisation")
+    e.add_argument("--scan-order", type=int, default=0, help="0 row-major, 1..4 block scans")
+    e.add_argument("--threads", type=int, default=1, help="tensors coded in parallel")
+    e.add_argument("--no-verify", action="store_true", help="skip decoding back to report the error")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    d = sub.add_parser("decode", help="decode .nnc to .npz / .safetensors / .pt / .onnx")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", required=True)
+    d.add_argument("--threads", type=int, default=1)
+
+    i = sub.add_parser("info", help="unit-by-unit summary of a bitstream")
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("check", help="check a bitstream for conformance")
+    c.add_argument("input")
+    c.add_argument("--json", action="store_true")
+
+    f = sub.add_parser("conform", help="run a conformance suite folder")
+    f.add_argument("suite", nargs="?", default="conformance")
+    f.add_argument("--impl", choices=["nnc", "reference", "both"], default="nnc")
+    f.add_argument("--json", action="store_true")
+    return p
+
+
+def _read_input(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _error_stats(orig: dict, dec: dict) -> dict:
+    sq = ref = 0.0
+    max_abs = 0.0
+    n = 0
+    for k, a in orig.items():
+        a64 = np.asarray(a, dtype=np.float64).reshape(-1)
+        b64 = np.asarray(dec[k], dtype=np.float64).reshape(-1)
+        err = np.abs(a64 - b64)
+        if err.size:
+            max_abs = max(max_abs, float(err.max()))
+        sq += float(np.dot(err, err))
+        ref += float(np.dot(a64, a64))
+        n += a64.size
+    return {"max_abs_err": max_abs, "rel_l2": (sq ** 0.5 / ref ** 0.5) if ref > 0 else 0.0,
+            "mse": sq / max(n, 1)}
+
+
+def _cmd_encode(a) -> int:
+    from . import converters
+    from .codec import Encoder, decode
+    from .config import EncoderConfig
+    from ._atomic import write_bytes_atomic
+
+    cfg = EncoderConfig(qp=a.qp, qp_density=a.qp_density, nonweight_qp=a.nonweight_qp,
+                        qp_per_tensor=dict(a.qp_per_tensor), dq=not a.no_dq, row_skipping=not a.no_row_skipping,
+                        param_opt=not a.no_param_opt, scan_order=a.scan_order, threads=a.threads)
+    t0 = time.perf_counter()
+    model = converters.load_model(a.input)
+    t_load = time.perf_counter() - t0
+    enc = Encoder(cfg)
+    t0 = time.perf_counter()
+    data = enc.encode(model.tensors, topology=model.topology, progress=not (a.quiet or a.json))
+    t_enc = time.perf_counter() - t0
+    write_bytes_atomic(a.output, data)
+    n_params = sum(int(np.asarray(v).size) for v in model.tensors.values())
+    orig_bytes = sum(int(np.asarray(v).nbytes) for v in model.tensors.values())
+    summary = {"input": a.input, "output": a.output, "tensors": len(model.tensors), "parameters": n_params,
+               "input_bytes": orig_bytes, "bitstream_bytes": len(data),
+               "ratio": orig_bytes / len(data), "bits_per_param": 8 * len(data) / max(n_params, 1),
+               "load_s": t_load, "encode_s": t_enc}
+    if not a.no_verify:
+        t0 = time.perf_counter()
+        dec = decode(data)
+        summary["decode_s"] = time.perf_counter() - t0
+        summary.update(_error_stats(model.tensors, dec))
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{a.input} -> {a.output}")
+        print(f"  tensors {summary['tensors']}, parameters {n_params:,}, input {orig_bytes:,} bytes")
+        print(f"  bitstream {len(data):,} bytes  (ratio {summary['ratio']:.2f}x, "
+              f"{summary['bits_per_param']:.3f} bits/param)")
+        if "max_abs_err" in summary:
+            print(f"  error: max |w - w^| {summary['max_abs_err']:.3g}, relative L2 {summary['rel_l2']:.3g}")
+        print(f"  encode {t_enc:.2f} s" + (f", decode {summary['decode_s']:.2f} s" if "decode_s" in summary else ""))
+    return 0
+
+
+def _cmd_decode(a) -> int:
+    from . import converters
+    from .codec import Decoder
+    from .config import DecoderConfig
+
+    data = _read_input(a.input)
+    model = Decoder(DecoderConfig(threads=a.threads)).decode_model(data)
+    converters.save_model(a.output, model.tensors, model.topology)
+    print(f"{a.input} -> {a.output}: {len(model.tensors)} tensors")
+    return 0
+
+
+def _cmd_info(a) -> int:
+    from .inspect import inspect as inspect_bitstream
+
+    info = inspect_bitstream(_read_input(a.input))
+    print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
+    return 0
+
+
+def _cmd_check(a) -> int:
+    from .conformance.checker import check
+
+    report = check(_read_input(a.input))
+    print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+def _cmd_conform(a) -> int:
+    from .conformance.suite import run_suite
+
+    result = run_suite(a.suite, impl=a.impl)
+    print(json.dumps(result.to_dict(), indent=1) if a.json else result.to_text())
+    return 0 if result.ok else 1
+
+
+_COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "info": _cmd_info, "check": _cmd_check,
+             "conform": _cmd_conform}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return _COMMANDS[a.command](a)
+    except UnsupportedFeatureError as e:
+        if a.debug:
+            raise
+        print(f"nnc: unsupported: {e}", file=sys.stderr)
+        return 3
+    except (NNCError, OSError) as e:
+        if a.debug:
+            raise
+        print(f"nnc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nnc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""Whole-model encoding and decoding: tensors <-> NNR units.
+
+Layout written (as NNCodec 2.1.3 does, spec §1.12): NNR_STR, NNR_MPS, NNR_TPL, then one NNR_NDU per tensor
+in input order. Float tensors are quantised (uniform or dependent quantisation) and sent as NNR_PT_FLOAT;
+integer tensors are sent losslessly as NNR_PT_INT.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from . import bitstream as bs
+from . import deepcabac
+from .config import DecoderConfig, EncoderConfig
+from .dtypes import coding_kind, dtype_for_format, format_for_dtype
+from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
+from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform
+from .topology import Topology
+
+__all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "encode", "decode", "decode_model"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# encoding
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """One tensor, ready for entropy coding."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]          # coded shape (0-d inputs become (1,))
+    q: np.ndarray                   # stored integers, int32, C order
+    qp: int | None                  # None for NNR_PT_INT
+    dq: bool
+    data_format: int | None         # nnr_decompressed_data_format to signal, or None
+
+
+def _validate_name(name) -> str:
+    if not isinstance(name, str) or not name:
+        raise InputError(f"tensor names must be non-empty strings, got {name!r}")
+    if "\x00" in name:
+        raise InputError(f"tensor name {name!r} contains a NUL character")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"tensor name {name!r} is not valid UTF-8: {e}") from None
+    return name
+
+
+def _as_array(name: str, value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
+        raise InputError(f"tensor {name!r} is a torch tensor; convert it with nnc.converters.from_torch() "
+                         "or .numpy() first")
+    try:
+        return np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - report any conversion failure as bad input
+        raise InputError(f"tensor {name!r} cannot be converted to a numpy array: {e}") from None
+
+
+def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig) -> _Plan:
+    kind = coding_kind(name, arr.dtype)
+    shape = tuple(int(d) for d in arr.shape) or (1,)
+    if any(d == 0 for d in shape):
+        raise InputError(f"tensor {name!r} has shape {arr.shape} with a zero dimension; NNC cannot code "
+                         "empty tensors")
+    if len(shape) > 255:
+        raise InputError(f"tensor {name!r} has rank {len(shape)}")
+    if math.prod(shape) > (1 << 31) - 1:
+        raise InputError(f"tensor {name!r} has {math.prod(shape)} elements, more than 2**31-1")
+    fmt = format_for_dtype(arr.dtype) if cfg.signal_dtype else None
+    if kind == "int":
+        if arr.size and arr.dtype.itemsize >= 4 and arr.dtype != np.int32:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < -(1 << 31) or hi > (1 << 31) - 1:
+                raise InputError(f"integer tensor {name!r} has values in {lo}..{hi}, outside the int32 range "
+                                 "that NNR_PT_INT carries losslessly")
+        q = np.ascontiguousarray(arr, dtype=np.int32).reshape(shape)
+        return _Plan(name, index, shape, q, None, False, fmt)
+    x = np.ascontiguousarray(arr, dtype=np.float32).reshape(shape)
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise InputError(f"tensor {name!r} holds a non-finite value (first at flat index {bad}); "
+                         "NNC quantisation needs finite numbers")
+    qp = cfg.qp_for(name, len(arr.shape))
+    scan = cfg.scan_order if len(shape) > 1 else 0
+    q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=_effective_scan(shape, scan))
+    return _Plan(name, index, shape, q, qp_used, cfg.dq, fmt)
+
+
+def _layer_width(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
+def _effective_scan(shape: tuple[int, ...], scan_order: int) -> int:
+    if len(shape) < 2 or _layer_width(shape) == 1 or shape[0] == 1:
+        return 0
+    return scan_order
+
+
+def _signalled_scan(shape: tuple[int, ...], scan_order: int) -> int:
+    # A W == 1 tensor must signal 0: the entry-point count follows the header dims (spec §6 item 12).
+    return 0 if len(shape) < 2 or _layer_width(shape) == 1 else scan_order
+
+
+@dataclass
+class _NduParent:
+    """Incremental-coding information for one NDU (used by nnc.incremental)."""
+
+    put_node_depth: int
+    tca: bool = False
+    tca_base: np.ndarray | None = None
+    hdsp_history: np.ndarray | None = None
+    hdsp: bool = False
+
+
+def _encode_ndu(plan: _Plan, cfg: EncoderConfig, *, parent_signalling: bool, parent: _NduParent | None = None
+                ) -> bytes:
+    scan = _signalled_scan(plan.shape, cfg.scan_order)
+    coding = deepcabac.TensorCoding(
+        shape=plan.shape,
+        profile=cfg.profile,
+        unary_length=cfg.unary_length_minus1 + 1,
+        qp_bits=None if plan.qp is None else 6 + cfg.qp_density,
+        scan_order=scan,
+        dq=plan.dq,
+        parent_present=parent is not None,
+        tca_base=parent.tca_base if parent is not None and parent.tca else None,
+        hdsp_history=parent.hdsp_history if parent is not None else None,
+    )
+    options = deepcabac.EncodeOptions(param_opt=cfg.param_opt, row_skipping=cfg.row_skipping and cfg.profile == 1,
+                                      hdsp=bool(parent is not None and parent.hdsp))
+    payload, eps = deepcabac.encode_payload([(plan.q, coding, plan.qp or 0, options)])
+    header = bs.NduHeaderSpec(
+        payload_type=bs.PayloadType.NNR_PT_INT if plan.qp is None else bs.PayloadType.NNR_PT_FLOAT,
+        name=plan.name,
+        shape=plan.shape,
+        dq_flag=plan.dq,
+        unary_length_minus1=cfg.unary_length_minus1,
+        scan_order=scan if len(plan.shape) > 1 else None,
+        entry_points=[(e.value, e.dq_state, e.bit_offset) for e in eps[0]],
+        device_id=cfg.device_id,
+        parameter_id=plan.index,
+        put_node_depth=0 if parent is None else parent.put_node_depth,
+        parent_signalling=parent_signalling,
+        parent_node_id_present=parent is not None,
+        temporal_context_modeling_flag=bool(parent is not None and parent.tca),
+        decompressed_data_format=plan.data_format,
+    )
+    return bs.ndu_unit(header, payload, profile=cfg.profile)
+
+
+class Encoder:
+    """Reusable encoder: build once, call :meth:`encode` for every model (e.g. every FL round).
+
+    >>> enc = Encoder(EncoderConfig(qp=-32))
+    >>> data = enc.encode({"fc.weight": np.zeros((4, 4), np.float32)})
+    """
+
+    def __init__(self, config: EncoderConfig | None = None):
+        self.config = config if config is not None else EncoderConfig()
+        if not isinstance(self.config, EncoderConfig):
+            raise TypeError(f"config must be an EncoderConfig, got {type(self.config).__name__}")
+
+    def plan(self, tensors: Mapping[str, np.ndarray]) -> list[_Plan]:
+        """Validate and quantise ``tensors`` (name -> array) in order."""
+        if not isinstance(tensors, Mapping):
+            raise InputError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
+        if not tensors:
+            raise InputError("no tensors to encode")
+        items = [(_validate_name(k), _as_array(k, v)) for k, v in tensors.items()]
+        return self._map(lambda iv: _plan(iv[1][0], iv[1][1], iv[0], self.config), list(enumerate(items)))
+
+    def encode(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None) -> bytes:
+        """Encode ``tensors`` into one NNC bitstream.
+
+        Raises:
+            InputError: a name, dtype, shape or value cannot be coded.
+        """
+        cfg = self.config
+        plans = self.plan(tensors)
+        units = [bs.start_unit(cfg.profile),
+                 bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False),
+                 bs.tpl_unit(topology if topology is not None else Topology())]
+        units += self._map(lambda p: _encode_ndu(p, cfg, parent_signalling=False), plans)
+        return b"".join(units)
+
+    def _map(self, fn, items: list) -> list:
+        if self.config.threads > 1 and len(items) > 1:
+            with ThreadPoolExecutor(self.config.threads) as pool:
+                return list(pool.map(fn, items))
+        return [fn(x) for x in items]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# decoding
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class DecodedTensor:
+    """One decoded tensor with the coding information that produced it."""
+
+    name: str
+    array: np.ndarray
+    levels: np.ndarray              # stored integers (q; codebook indices for codebook tensors)
+    qp: int | None
+    unit_index: int
+    parameter_id: int | None = None
+    put_node_depth: int | None = None
+    device_id: int | None = None
+
+
+@dataclass
+class DecodedModel:
+    """Result of :func:`decode_model`: the tensors in bitstream order, the topology and per-tensor details."""
+
+    tensors: dict[str, np.ndarray]
+    topology: Topology | None
+    details: dict[str, DecodedTensor] = field(default_factory=dict)
+    profile: int = 1
+    parent_signalling: bool = False
+
+
+class Decoder:
+    """Reusable decoder with resource limits (:class:`DecoderConfig`)."""
+
+    def __init__(self, config: DecoderConfig | None = None):
+        self.config = config if config is not None else DecoderConfig()
+        if not isinstance(self.config, DecoderConfig):
+            raise TypeError(f"config must be a DecoderConfig, got {type(self.config).__name__}")
+
+    def decode(self, bitstream) -> dict[str, np.ndarray]:
+        """Decode a whole-model bitstream to ``{name: array}`` in bitstream order."""
+        return self.decode_model(bitstream).tensors
+
+    def decode_model(self, bitstream, *, state=None) -> DecodedModel:
+        """Decode and also return the topology and per-tensor coding details.
+
+        ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name.
+        """
+        data = _as_bytes(bitstream)
+        parsed = bs.parse(data, max_units=self.config.max_units)
+        ctx = _StreamContext.from_parsed(parsed)
+        ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
+        budget = _Budget(self.config)
+        jobs = [_prepare_ndu(u, ctx, self.config, budget, state) for u in ndus]
+        if self.config.threads > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(self.config.threads) as pool:
+                results = list(pool.map(_run_ndu, jobs))
+        else:
+            results = [_run_ndu(j) for j in jobs]
+        model = DecodedModel(tensors={}, topology=ctx.topology, profile=ctx.profile,
+                             parent_signalling=ctx.parent_signalling)
+        for tensors in results:
+            for t in tensors:
+                if t.name in model.tensors:
+                    raise BitstreamError(f"tensor {t.name!r} is coded twice", unit_index=t.unit_index,
+                                         syntax_path="NNR_NDU.topology_elem_id")
+                model.tensors[t.name] = t.array
+                model.details[t.name] = t
+        return model
+
+
+def _as_bytes(bitstream) -> bytes | memoryview:
+    if isinstance(bitstream, (bytes, bytearray, memoryview)):
+        return bitstream
+    if isinstance(bitstream, np.ndarray) and bitstream.dtype == np.uint8:
+        return memoryview(np.ascontiguousarray(bitstream)).cast("B")
+    raise TypeError(f"bitstream must be bytes-like, got {type(bitstream).__name__}")
+
+
+@dataclass
+class _StreamContext:
+    profile: int
+    qp_density: int
+    base_qp: int
+    parent_signalling: bool
+    topology: Topology | None
+
+    @classmethod
+    def from_parsed(cls, parsed) -> "_StreamContext":
+        mps = parsed.mps
+        if mps is None:
+            raise BitstreamError("the bitstream has no NNR_MPS unit", unit_index=None)
+        qd = mps.mps_qp_density if mps.mps_qp_density is not None else 0
+        qp0 = mps.mps_quantization_parameter if mps.mps_quantization_parameter is not None else 0
+        lps = parsed.lps
+        if lps is not None:
+            raise UnsupportedFeatureError("NNR_LPS units are not supported (NNCodec never writes them)")
+        topo = parsed.topology
+        return cls(profile=parsed.profile, qp_density=qd, base_qp=qp0,
+                   parent_signalling=bool(getattr(mps, "mps_parent_signalling_enabled_flag", 0)),
+                   topology=topo)
+
+
+class _Budget:
+    """Running total of decoded bytes, checked before allocation."""
+
+    def __init__(self, cfg: DecoderConfig):
+        self.cfg = cfg
+        self.total = 0
+
+    def take(self, elements: int, itemsize: int, unit_index: int, name: str) -> None:
+        if elements > self.cfg.max_tensor_elements:
+            raise LimitExceededError(f"tensor {name!r} claims {elements} elements, more than max_tensor_elements="
+                                     f"{self.cfg.max_tensor_elements}", unit_index=unit_index,
+                                     syntax_path="NNR_NDU.tensor_dimensions")
+        self.total += elements * itemsize
+        if self.total > self.cfg.max_total_bytes:
+            raise LimitExceededError(f"decoded tensors would exceed max_total_bytes={self.cfg.max_total_bytes}",
+                                     unit_index=unit_index, syntax_path="NNR_NDU.tensor_dimensions")
+
+
+@dataclass
+class _NduJob:
+    unit: object
+    names: list[str]
+    codings: list
+    kinds: list[str]                 # "int" | "uniform" | "codebook"
+    payload: memoryview
+    ctx: _StreamContext
+    out_dtype: np.dtype | None
+    codebook: tuple | None
+
+
+def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
+    h = unit.body
+    idx = unit.index
+    ptype = h.nnr_compressed_data_unit_payload_type
+    if ptype == bs.PayloadType.NNR_PT_BLOCK:
+        raise UnsupportedFeatureError("NNR_PT_BLOCK NDUs are not supported yet")
+    if ptype == bs.PayloadType.NNR_PT_RAW_FLOAT:
+        raise UnsupportedFeatureError("NNR_PT_RAW_FLOAT NDUs are not supported yet")
+    name = h.topology_elem_id
+    dims = tuple(int(d) for d in h.tensor_dimensions)
+    if len(dims) > cfg.max_rank:
+        raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={cfg.max_rank}", unit_index=idx,
+                                 syntax_path="NNR_NDU.count_tensor_dimensions")
+    if not dims or any(d <= 0 for d in dims):
+        raise BitstreamError(f"tensor {name!r} has impossible dimensions {list(dims)}", unit_index=idx,
+                             syntax_path="NNR_NDU.tensor_dimensions")
+    n = math.prod(dims)
+    is_int = ptype == bs.PayloadType.NNR_PT_INT
+    budget.take(n, 4 if is_int else 4, idx, name)
+    cb_size = cb_zero = 0
+    codebook = None
+    if getattr(h, "codebook_present_flag", 0):
+        cb = h.codebook
+        if len(cb.values) > cfg.max_codebook_size:
+            raise LimitExceededError(f"codebook of {len(cb.values)} entries exceeds max_codebook_size",
+                                     unit_index=idx, syntax_path="NNR_NDU.codebook.codebook_size")
+        codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
+        if ctx.profile == 1:
+            cb_size, cb_zero = len(cb.values), cb.zero_offset
+    tca_base = hdsp_hist = None
+    parent_present = bool(getattr(h, "parent_node_id_present_flag", 0))
+    if state is not None:
+        tca_base, hdsp_hist = state.inputs_for(name, h)
+    coding = deepcabac.TensorCoding(
+        shape=dims, profile=ctx.profile, unary_length=h.cabac_unary_length_minus1 + 1,
+        qp_bits=None if is_int else 6 + ctx.qp_density, scan_order=h.scan_order or 0,
+        dq=bool(h.dq_flag) and not is_int, parent_present=parent_present, codebook_size=cb_size,
+        codebook_zero=cb_zero, tca_base=tca_base, hdsp_history=hdsp_hist)
+    out_dtype = None
+    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
+        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
+    kind = "int" if is_int else ("codebook" if codebook is not None else "uniform")
+    return _NduJob(unit, [name], [coding], [kind], unit.payload, ctx, out_dtype, codebook)
+
+
+def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
+    unit = job.unit
+    try:
+        res = deepcabac.decode_payload(job.payload, job.codings)
+    except BitstreamError as e:
+        raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
+                        syntax_path="NNR_NDU.payload")
+    if res.consumed != len(job.payload):
+        raise BitstreamError(f"the CABAC data ends after {res.consumed} of {len(job.payload)} payload bytes "
+                             "(nnr_unit_size does not match the coded data)", unit_index=unit.index,
+                             byte_offset=unit.offset + unit.header_size + res.consumed,
+                             syntax_path="NNR_NDU.payload")
+    h = unit.body
+    out = []
+    for name, kind, coding, q, qoff in zip(job.names, job.kinds, job.codings, res.levels, res.qp_offsets):
+        qp = None if qoff is None else qoff + job.ctx.base_qp
+        if kind == "int":
+            arr = q.astype(job.out_dtype, copy=False) if job.out_dtype is not None else q
+        elif kind == "codebook":
+            values, zero = job.codebook
+            lo, hi = int(q.min()), int(q.max())
+            if lo + zero < 0 or hi + zero >= len(values):
+                raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit.index,
+                                     syntax_path="NNR_NDU.payload")
+            arr = reconstruct_codebook(q, values, zero, qp, job.ctx.qp_density)
+            if job.out_dtype is not None:
+                arr = arr.astype(job.out_dtype)
+        else:
+            arr = reconstruct_uniform(q, qp, job.ctx.qp_density)
+            if job.out_dtype is not None:
+                arr = arr.astype(job.out_dtype)
+        out.append(DecodedTensor(name=name, array=arr, levels=q, qp=qp, unit_index=unit.index,
+                                 parameter_id=getattr(h, "parameter_id", None),
+                                 put_node_depth=getattr(h, "put_node_depth", None),
+                                 device_id=getattr(h, "device_id", None)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one-shot functions
+# ----------------------------------------------------------------------------------------------------------
+def encode(tensors: Mapping[str, np.ndarray], config: EncoderConfig | None = None, *,
+           topology: Topology | None = None) -> bytes:
+    """Encode ``tensors`` (name -> numpy array, order kept) into an NNC bitstream.
+
+    Float arrays (float16/32/64) are quantised; integer arrays are coded losslessly. For many calls in a
+    loop, build one :class:`Encoder`.
+
+    Raises:
+        InputError: names, dtypes, shapes or values that cannot be coded.
+        ConfigError: invalid settings (raised when the ``EncoderConfig`` is built).
+    """
+    return Encoder(config).encode(tensors, topology=topology)
+
+
+def decode(bitstream, config: DecoderConfig | None = None) -> dict[str, np.ndarray]:
+    """Decode an NNC bitstream to ``{name: array}``.
+
+    Raises:
+        BitstreamError: malformed input (``TruncatedBitstreamError`` if cut short, ``LimitExceededError`` if it
+            asks for more than ``config`` allows); the message names the unit, byte offset and syntax element.
+        UnsupportedFeatureError: valid syntax nnc does not implement.
+    """
+    return Decoder(config).decode(bitstream)
+
+
+def decode_model(bitstream, config: DecoderConfig | None = None) -> DecodedModel:
+    """Like :func:`decode` but also returns the topology and per-tensor coding details."""
+    return Decoder(config).decode_model(bitstream)
