@@ -216,7 +216,7 @@ class _State:
         self.explicit_ctx = ctx is not None
         self.ctx = ctx or Context()
         self.seen_str = False
-        self.seen_mps = ctx is not None and ctx.mps is not None
+        self.seen_mps = ctx is not None
         self.others_before_mps = False
 
 
@@ -254,17 +254,17 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
         flag = r.u(1)
         size = r.u(31 if flag else 15)
     except BitstreamError as exc:
-        fail(exc, pos, "nnr_unit_size()")
+        fail(exc, pos, "nnr_unit_size")
         return unit, None
     field_len = 4 if flag else 2
     unit.size = size
     if size < field_len + 1:
         fail(BitstreamError(f"nnr_unit_size {size} is smaller than its own size field plus the unit type byte"),
-             pos, "nnr_unit_size()")
+             pos, "nnr_unit_size")
         return unit, (pos + size if size >= field_len else None)
     if size > n - pos:
         fail(TruncatedBitstreamError(f"unit of {size} bytes (nnr_unit_size) runs past the end of the data: "
-                                     f"only {n - pos} byte(s) left"), pos, "nnr_unit_size()")
+                                     f"only {n - pos} byte(s) left"), pos, "nnr_unit_size")
         return unit, None
     end = pos + size
     unit.data = mv[pos:end]
@@ -273,7 +273,7 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
     r = BitReader(mv, pos + field_len, end)
     values = {"nnr_unit_size_flag": flag, "nnr_unit_size": size}
     try:
-        _read_items(UNIT_HEADER_ITEMS, r, Scope(values), "nnr_unit_header()")
+        _read_items(UNIT_HEADER_ITEMS, r, Scope(values), "nnr_unit_header")
     except BitstreamError as exc:
         unit.header = UnitHeader(**values) if "nnr_unit_type" in values else None
         fail(exc)
@@ -282,7 +282,7 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
     t = hdr.nnr_unit_type
     name = _type_name(t)
     if t > NNRUnitType.NNR_AGG:
-        fail(BitstreamError(f"reserved nnr_unit_type {t}"), pos + field_len, "nnr_unit_header().nnr_unit_type")
+        fail(BitstreamError(f"reserved nnr_unit_type {t}"), pos + field_len, "nnr_unit_header.nnr_unit_type")
         st.others_before_mps = True
         return unit, end
     for msg in _order_errors(t, index, st):
@@ -294,7 +294,7 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
 
     # -- type-specific header (and payload syntax) ------------------------------------------------
     cls = BODY_CLASSES[t]
-    path = f"{name}.{cls.SYNTAX.name}"
+    path = f"{name}.{cls.SYNTAX.path}"
     try:
         body = read_struct(cls, r, st.ctx.scope(), path)
     except (BitstreamError, UnsupportedFeatureError) as exc:

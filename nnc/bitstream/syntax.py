@@ -23,6 +23,7 @@ fields are exactly the syntax element names (absent elements are ``None``).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 from ..errors import BitstreamError, ConfigError, NNCError, TruncatedBitstreamError, UnsupportedFeatureError
@@ -350,15 +351,16 @@ def _to_dict(obj):
 # Structures
 # ---------------------------------------------------------------------------------------------------
 class Struct:
-    """A named syntax structure bound to its record class."""
+    """A named syntax structure bound to its record class. ``path`` names it in error syntax paths."""
 
-    def __init__(self, name: str, items: list, cls, title: str = ""):
+    def __init__(self, name: str, items: list, cls, title: str = "", path: str | None = None):
         self.name, self.items, self.cls, self.title = name, items, cls, title
+        self.path = path or name.replace("()", "")
         self.fields = _collect(items)
         self.declared = frozenset(self.fields)
 
 
-def syntax(name: str, items: list, title: str = ""):
+def syntax(name: str, items: list, title: str = "", path: str | None = None):
     """Class decorator: make ``cls`` a dataclass with one field per syntax element of ``items``
     (default ``None``) and attach the declaration as ``cls.SYNTAX``."""
 
@@ -378,7 +380,7 @@ def syntax(name: str, items: list, title: str = ""):
             cls.__repr__ = _record_repr
         if not hasattr(cls, "to_dict"):
             cls.to_dict = _to_dict
-        cls.SYNTAX = Struct(name, items, cls, title)
+        cls.SYNTAX = Struct(name, items, cls, title, path)
         return cls
 
     return deco
@@ -614,7 +616,8 @@ def struct_markdown(cls, heading_level: int = 3) -> str:
                 rows.append((ind + "byte_alignment()", "u(1)=1, 0-bits to boundary", conj(c)))
             elif isinstance(it, Fail):
                 kind = "unsupported" if issubclass(it.exc, UnsupportedFeatureError) else "error"
-                rows.append((ind + f"*{kind}*: {it.message}", "", conj(conds + [str(it.when)])))
+                msg = re.sub(r"\{(\w+)\}", r"<\1>", it.message)
+                rows.append((ind + f"*{kind}*: {msg}", "", conj(conds + [str(it.when)])))
 
     walk(st.items, [], 0)
     out = [f"{'#' * heading_level} `{st.name}`" + (f" — {st.title}" if st.title else ""), "",

@@ -43,7 +43,7 @@ UNIT_HEADER_ITEMS = [
 ]
 
 
-@syntax("nnr_unit_size() + nnr_unit_header()", UNIT_SIZE_ITEMS + UNIT_HEADER_ITEMS,
+@syntax("nnr_unit_size() + nnr_unit_header()", path="nnr_unit_header", items=UNIT_SIZE_ITEMS + UNIT_HEADER_ITEMS,
         title="common to every unit (§1.2); followed by the type-specific header and payload")
 class UnitHeader:
     @property
@@ -182,7 +182,7 @@ class ModelParameterSet:
 # ---------------------------------------------------------------------------------------------------
 # §1.6 NNR_LPS
 # ---------------------------------------------------------------------------------------------------
-@syntax("nnr_layer_parameter_set_unit_header() + _payload()", [
+@syntax("nnr_layer_parameter_set_unit_header() + _payload()", path="nnr_layer_parameter_set_unit", items=[
     Field("lps_self_contained_flag", U(1)),
     Field("nnr_reserved_zero_7bits", U(7), default=0),
     Field("nnr_reserved_zero_1_bits", U(1), default=0),
@@ -223,7 +223,7 @@ def _topology_elements_ids_list(indexed: str) -> list:
 # ---------------------------------------------------------------------------------------------------
 # §1.7 NNR_TPL
 # ---------------------------------------------------------------------------------------------------
-@syntax("nnr_topology_unit_header() + _payload()", [
+@syntax("nnr_topology_unit_header() + _payload()", path="nnr_topology_unit", items=[
     Field("topology_storage_format", U(8)),
     Field("topology_compression_format", U(8)),
     Fail("topology_storage_format == NNR_TPL_PRUN",
@@ -274,7 +274,7 @@ register_names(is_utf8=_is_utf8)
 # ---------------------------------------------------------------------------------------------------
 # §1.8 NNR_QNT
 # ---------------------------------------------------------------------------------------------------
-@syntax("nnr_quantization_unit_header() + _payload()", [
+@syntax("nnr_quantization_unit_header() + _payload()", path="nnr_quantization_unit", items=[
     Field("quantization_storage_format", U(8)),
     Field("quantization_compression_format", U(8)),
     Field("quantization_data", ST()),

@@ -65,8 +65,8 @@ def write_unit(unit_body, *, context: Context | None = None, payload=b"", indepe
     hdr = {"nnr_unit_type": int(unit_type), "independently_decodable_flag": independently_decodable_flag,
            "partial_data_counter_present_flag": 0 if partial_data_counter is None else 1,
            "partial_data_counter": partial_data_counter}
-    _write_items(UNIT_HEADER_ITEMS, hdr, w, Scope({}), f"{unit_type.name}.nnr_unit_header()")
-    write_struct(unit_body, w, context.scope(), f"{unit_type.name}.{type(unit_body).SYNTAX.name}")
+    _write_items(UNIT_HEADER_ITEMS, hdr, w, Scope({}), f"{unit_type.name}.nnr_unit_header")
+    write_struct(unit_body, w, context.scope(), f"{unit_type.name}.{type(unit_body).SYNTAX.path}")
     body = w.getvalue()
 
     length = len(body) + len(payload)
@@ -235,7 +235,7 @@ def canonical(body, context: Context | None = None):
     ``None``, lists and floats get their parsed types. Raises :class:`ConfigError` for unwritable values."""
     ctx = context or Context()
     w = BitWriter()
-    path = type(body).SYNTAX.name
+    path = type(body).SYNTAX.path
     write_struct(body, w, ctx.scope(), path)
     data = w.getvalue()
     return read_struct(type(body), BitReader(data), ctx.scope(), path)
