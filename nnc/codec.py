@@ -337,6 +337,9 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
     if ptype == bs.PayloadType.NNR_PT_RAW_FLOAT:
         raise UnsupportedFeatureError("NNR_PT_RAW_FLOAT NDUs are not supported yet")
     name = h.topology_elem_id
+    if h.tensor_dimensions is None:
+        raise UnsupportedFeatureError(f"unit {idx}: tensor dimensions are not in the bitstream (out-of-band "
+                                      "signalling is not supported)")
     dims = tuple(int(d) for d in h.tensor_dimensions)
     if len(dims) > cfg.max_rank:
         raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={cfg.max_rank}", unit_index=idx,
@@ -362,7 +365,7 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
     if state is not None:
         tca_base, hdsp_hist = state.inputs_for(name, h)
     coding = deepcabac.TensorCoding(
-        shape=dims, profile=ctx.profile, unary_length=h.cabac_unary_length_minus1 + 1,
+        shape=dims, profile=ctx.profile, unary_length=_unary_length_minus1(h) + 1,
         qp_bits=None if is_int else 6 + ctx.qp_density, scan_order=h.scan_order or 0,
         dq=bool(h.dq_flag) and not is_int, parent_present=parent_present, codebook_size=cb_size,
         codebook_zero=cb_zero, tca_base=tca_base, hdsp_history=hdsp_hist)
@@ -371,6 +374,11 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
         out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
     kind = "int" if is_int else ("codebook" if codebook is not None else "uniform")
     return _NduJob(unit, [name], [coding], [kind], unit.payload, ctx, out_dtype, codebook)
+
+
+def _unary_length_minus1(h) -> int:
+    # absent from the header: the standard's default of 9 (spec §1.9 notes, §6 item 9)
+    return 9 if h.cabac_unary_length_minus1 is None else int(h.cabac_unary_length_minus1)
 
 
 def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
