@@ -20,8 +20,8 @@ from .units import (ALL_STRUCTURES, Codebook, DecompositionPerformanceMap, Entry
                     ModelParameterSet, NduHeader, PruningPerformanceMap, QuantizationUnit,
                     SparsificationPerformanceMap, StartUnit, TopologyUnit, UnificationPerformanceMap, UnitHeader,
                     entry_point_count)
-from .writer import (SHORT_SIZE_MAX, NduHeaderSpec, canonical, lps_unit, model_parameter_set, mps_unit, ndu_header, ndu_unit,
-                     qnt_unit, start_unit, tpl_unit, write_unit)
+from .writer import (SHORT_SIZE_MAX, NduHeaderSpec, canonical, lps_unit, model_parameter_set, mps_unit, ndu_header,
+                     ndu_unit, qnt_unit, start_unit, tpl_unit, write_unit)
 
 __all__ = [
     # parsing
@@ -34,10 +34,10 @@ __all__ = [
     "NduHeader", "Codebook", "EntryPoint", "SparsificationPerformanceMap", "PruningPerformanceMap",
     "UnificationPerformanceMap", "DecompositionPerformanceMap", "entry_point_count",
     # enumerations
-    "NNRUnitType", "UnitType", "PayloadType", "CompressedParameterTypes", "QuantizationMethodFlags", "TopologyStorageFormat",
-    "TopologyCompressionFormat", "PruningInformationRepresentation", "DecompressedDataFormat", "ParentNodeIdType",
+    "NNRUnitType", "UnitType", "PayloadType", "CompressedParameterTypes", "QuantizationMethodFlags",
+    "TopologyStorageFormat", "TopologyCompressionFormat", "PruningInformationRepresentation", "DecompressedDataFormat", "ParentNodeIdType",
     # low level
-    "BitReader", "BitWriter", "Float32", "MAX_UE_PREFIX_BITS",
+    "BitReader", "BitWriter", "Float32", "MAX_UE_PREFIX_BITS", "CompressedDataUnitHeader",
     "syntax_tables_markdown",
 ]
 
