@@ -35,7 +35,8 @@ __all__ = [
     "UnificationPerformanceMap", "DecompositionPerformanceMap", "entry_point_count",
     # enumerations
     "NNRUnitType", "UnitType", "PayloadType", "CompressedParameterTypes", "QuantizationMethodFlags",
-    "TopologyStorageFormat", "TopologyCompressionFormat", "PruningInformationRepresentation", "DecompressedDataFormat", "ParentNodeIdType",
+    "TopologyStorageFormat", "TopologyCompressionFormat", "PruningInformationRepresentation",
+    "DecompressedDataFormat", "ParentNodeIdType",
     # low level
     "BitReader", "BitWriter", "Float32", "MAX_UE_PREFIX_BITS", "CompressedDataUnitHeader",
     "syntax_tables_markdown",
