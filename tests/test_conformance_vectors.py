@@ -65,7 +65,7 @@ def test_tca_sequence_decodes_identically():
     seq = MANIFEST["sequences"][0]
     dec = nnc.UpdateDecoder()
     for step in seq["steps"]:
-        got = dec.decode((VECTORS / step["bitstream"]).read_bytes())
+        got = dec.decode_update((VECTORS / step["bitstream"]).read_bytes())
         expected = load_npz(VECTORS / step["decoded"])
         assert list(got) == list(expected)
         for name, exp in expected.items():

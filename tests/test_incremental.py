@@ -1,0 +1,97 @@
+"""Incremental (ICNN) update coding: reference interoperability, TCA/HDSP state, omitted zero updates."""
+import numpy as np
+import pytest
+
+import nnc
+from conftest import VECTORS, load_npz
+
+
+def _updates(n=4, seed=0, shape=(48, 40)):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        d = (rng.standard_normal(shape) * 0.01).astype(np.float32)
+        d[rng.random(shape) < 0.6] = 0          # sparse, like a sparsified FL update
+        d[: shape[0] // 4] = 0                  # zero rows for row skipping
+        out.append({"layer.weight": d, "layer.bias": (rng.standard_normal(shape[0]) * 1e-3).astype(np.float32),
+                    "frozen.weight": np.zeros((8, 8), np.float32)})
+    return out
+
+
+def test_reference_sequence_is_reproduced_byte_exactly():
+    enc = nnc.UpdateEncoder(config=nnc.EncoderConfig(qp=-32), tca=True)
+    for i, name in enumerate(["in_tca_upd0.npz", "in_tca_upd1.npz"]):
+        ours = enc.encode_update(load_npz(VECTORS / name))
+        assert ours == (VECTORS / f"tca_seq/{i:03d}.nnc").read_bytes()
+
+
+@pytest.mark.parametrize("tca", [False, True])
+def test_all_zero_tensors_are_omitted_and_state_stays_in_step(tca):
+    ups = _updates()
+    enc = nnc.UpdateEncoder(config=nnc.EncoderConfig(qp=-36), tca=tca)
+    dec = nnc.UpdateDecoder()
+    for u in ups:
+        got = dec.decode_update(enc.encode_update(u))
+        assert "frozen.weight" not in got
+        assert set(got) == {"layer.weight", "layer.bias"}
+        assert np.abs(got["layer.weight"] - u["layer.weight"]).max() <= 2 * float(nnc.step_size(-36, 2))
+    assert dec.state.tensors["layer.weight"].put_node_depth == len(ups)
+
+
+def test_hdsp_and_tca_round_trip_and_help():
+    ups = _updates(6, seed=3)
+    sizes = {}
+    for hdsp in (False, True):
+        enc = nnc.UpdateEncoder(config=nnc.EncoderConfig(qp=-36), tca=True, hdsp=hdsp)
+        dec = nnc.UpdateDecoder()
+        ref = nnc.UpdateDecoder()
+        total = 0
+        for u in ups:
+            b = enc.encode_update(u)
+            total += len(b)
+            got = dec.decode_update(b)
+            assert np.abs(got["layer.weight"] - u["layer.weight"]).max() <= 2 * float(nnc.step_size(-36, 2))
+        sizes[hdsp] = total
+    assert sizes[True] <= sizes[False]
+
+
+def test_model_level_encode_and_apply_track_each_other():
+    rng = np.random.default_rng(7)
+    base = {"w": rng.standard_normal((16, 16)).astype(np.float32), "steps": np.array([0], np.int64)}
+    enc = nnc.UpdateEncoder(base=base, config=nnc.EncoderConfig(qp=-40))
+    dec = nnc.UpdateDecoder(base=base)
+    model = {k: v.copy() for k, v in base.items()}
+    for _ in range(3):
+        model["w"] = model["w"] + (rng.standard_normal((16, 16)) * 0.01).astype(np.float32)
+        model["steps"] = model["steps"] + 1
+        restored = dec.apply(enc.encode(model))
+        assert np.array_equal(restored["w"], enc.model["w"])       # both sides hold the same model
+        assert np.array_equal(restored["steps"], model["steps"])   # integers exact
+        assert np.abs(restored["w"] - model["w"]).max() < 2 * float(nnc.step_size(-40, 2)) * 3
+
+
+def test_missed_update_is_detected():
+    ups = _updates(3, seed=5)
+    enc = nnc.UpdateEncoder(config=nnc.EncoderConfig(qp=-36), tca=True)
+    streams = [enc.encode_update(u) for u in ups]
+    dec = nnc.UpdateDecoder()
+    dec.decode_update(streams[0])
+    with pytest.raises(nnc.UpdateStateError, match="put_node_depth"):
+        dec.decode_update(streams[2])
+
+
+@pytest.mark.reference
+def test_sequences_interoperate_with_reference(reference):
+    ups = _updates(4, seed=11)
+    settings = {"qp": -34, "qp_density": 2, "nonweight_qp": -75, "dq": True, "row_skipping": True,
+                "param_opt": True}
+    theirs = reference.encode_sequence(ups, settings, tca=True)
+    enc = nnc.UpdateEncoder(config=nnc.EncoderConfig(qp=-34), tca=True)
+    ours = [enc.encode_update(u) for u in ups]
+    assert ours == theirs
+    ref_dec = reference.decode_sequence(ours)
+    dec = nnc.UpdateDecoder()
+    for b, r in zip(theirs, ref_dec):
+        got = dec.decode_update(b)
+        assert list(got) == list(r)
+        assert all(got[k].tobytes() == r[k].tobytes() for k in r)
