@@ -177,25 +177,54 @@ class Encoder:
         items = [(_validate_name(k), _as_array(k, v)) for k, v in tensors.items()]
         return self._map(lambda iv: _plan(iv[1][0], iv[1][1], iv[0], self.config), list(enumerate(items)))
 
-    def encode(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None) -> bytes:
+    def encode(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None,
+               progress: bool = False) -> bytes:
         """Encode ``tensors`` into one NNC bitstream.
+
+        ``progress=True`` shows a progress bar (tqdm) over the tensors.
 
         Raises:
             InputError: a name, dtype, shape or value cannot be coded.
         """
         cfg = self.config
-        plans = self.plan(tensors)
+        if not isinstance(tensors, Mapping):
+            raise InputError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
+        if not tensors:
+            raise InputError("no tensors to encode")
+        items = [(i, _validate_name(k), _as_array(k, v)) for i, (k, v) in enumerate(tensors.items())]
+
+        def one(item) -> bytes:
+            plan = _plan(item[1], item[2], item[0], cfg)
+            return _encode_ndu(plan, cfg, parent_signalling=False)
+
         units = [bs.start_unit(cfg.profile),
                  bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False),
                  bs.tpl_unit(topology if topology is not None else Topology())]
-        units += self._map(lambda p: _encode_ndu(p, cfg, parent_signalling=False), plans)
+        units += self._map(one, items, progress=progress, total_elements=lambda it: it[2].size)
         return b"".join(units)
 
-    def _map(self, fn, items: list) -> list:
-        if self.config.threads > 1 and len(items) > 1:
-            with ThreadPoolExecutor(self.config.threads) as pool:
-                return list(pool.map(fn, items))
-        return [fn(x) for x in items]
+    def _map(self, fn, items: list, *, progress: bool = False, total_elements=None) -> list:
+        bar = None
+        if progress and items:
+            from tqdm import tqdm
+            bar = tqdm(total=sum(total_elements(x) for x in items) if total_elements else len(items),
+                       unit=" params" if total_elements else " tensors", unit_scale=True, leave=False,
+                       desc="encoding")
+
+        def run(x):
+            out = fn(x)
+            if bar is not None:
+                bar.update(total_elements(x) if total_elements else 1)
+            return out
+
+        try:
+            if self.config.threads > 1 and len(items) > 1:
+                with ThreadPoolExecutor(self.config.threads) as pool:
+                    return list(pool.map(run, items))
+            return [run(x) for x in items]
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -63,10 +63,11 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def encode_many(cases: Sequence[tuple[Mapping[str, np.ndarray], Mapping]], *, timeout: float = 1800,
-                strict: bool = True) -> list[bytes | ReferenceError]:
+                strict: bool = True, timings: list | None = None) -> list[bytes | ReferenceError]:
     """Encode each ``(tensors, settings)`` with the reference; returns the bitstreams in order.
 
-    With ``strict=False`` a failed case yields its :class:`ReferenceError` instead of raising.
+    With ``strict=False`` a failed case yields its :class:`ReferenceError` instead of raising. If ``timings``
+    is a list, the reference's own encode time of each case (seconds, API call only) is appended to it.
     """
     with tempfile.TemporaryDirectory(prefix="nncref_") as tmp:
         tmp = Path(tmp)
@@ -77,6 +78,8 @@ def encode_many(cases: Sequence[tuple[Mapping[str, np.ndarray], Mapping]], *, ti
                          "settings": dict(settings)})
         out: list[bytes | ReferenceError] = []
         for i, res in enumerate(_run(jobs, timeout)):
+            if timings is not None:
+                timings.append(res.get("seconds"))
             if "error" in res:
                 err = ReferenceError(f"reference encode of case {i} failed: {res['error']}")
                 if strict:
@@ -87,9 +90,10 @@ def encode_many(cases: Sequence[tuple[Mapping[str, np.ndarray], Mapping]], *, ti
         return out
 
 
-def decode_many(bitstreams: Sequence[bytes], *, timeout: float = 1800, strict: bool = True
-                ) -> list[dict[str, np.ndarray] | ReferenceError]:
-    """Decode each bitstream with the reference; returns dicts of arrays in order."""
+def decode_many(bitstreams: Sequence[bytes], *, timeout: float = 1800, strict: bool = True,
+                timings: list | None = None) -> list[dict[str, np.ndarray] | ReferenceError]:
+    """Decode each bitstream with the reference; returns dicts of arrays in order (``timings`` as in
+    :func:`encode_many`)."""
     with tempfile.TemporaryDirectory(prefix="nncref_") as tmp:
         tmp = Path(tmp)
         jobs = []
@@ -98,6 +102,8 @@ def decode_many(bitstreams: Sequence[bytes], *, timeout: float = 1800, strict: b
             jobs.append({"op": "decode", "input": str(tmp / f"{i}.nnc"), "output": str(tmp / f"{i}.npz")})
         out: list[dict[str, np.ndarray] | ReferenceError] = []
         for i, res in enumerate(_run(jobs, timeout)):
+            if timings is not None:
+                timings.append(res.get("seconds"))
             if "error" in res:
                 err = ReferenceError(f"reference decode of case {i} failed: {res['error']}")
                 if strict:

@@ -6,6 +6,8 @@ stdin holds a JSON list of jobs; stdout gets a JSON list of results, one per job
 in one process avoids paying the reference's (torch) import time per case. A job that fails yields
 ``{"error": "..."}`` instead of stopping the batch.
 
+Encode and decode results include "seconds": the wall time of the reference API call alone (no file I/O).
+
 Jobs:
   {"op": "encode", "input": "in.npz", "output": "out.nnc", "settings": {...}}
   {"op": "decode", "input": "in.nnc", "output": "out.npz"}
@@ -17,6 +19,7 @@ bitdepth, qp_per_tensor, opt_qp.
 import contextlib
 import json
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -54,16 +57,22 @@ def run(job):
     from nncodec import nnc
     op = job["op"]
     if op == "encode":
-        bs = _compress(_load(job["input"]), job.get("settings", {}))
+        params = _load(job["input"])
+        t0 = time.perf_counter()
+        bs = _compress(params, job.get("settings", {}))
+        seconds = time.perf_counter() - t0
         with open(job["output"], "wb") as f:
             f.write(bs)
-        return {"bytes": len(bs)}
+        return {"bytes": len(bs), "seconds": seconds}
     if op == "decode":
         with open(job["input"], "rb") as f:
-            rec = nnc.decompress(bytearray(f.read()))
+            data = bytearray(f.read())
+        t0 = time.perf_counter()
+        rec = nnc.decompress(data)
+        seconds = time.perf_counter() - t0
         rec = {k: np.asarray(v) for k, v in rec.items()}
         np.savez(job["output"], **rec)
-        return {"names": list(rec)}
+        return {"names": list(rec), "seconds": seconds}
     if op == "encode_seq":
         base = _fresh_base()
         sizes = []
