@@ -208,7 +208,7 @@ class Encoder:
         if progress and items:
             from tqdm import tqdm
             bar = tqdm(total=sum(total_elements(x) for x in items) if total_elements else len(items),
-                       unit=" params" if total_elements else " tensors", unit_scale=True, leave=False,
+                       unit=" params" if total_elements else " tensors", unit_scale=True, leave=False, disable=None,
                        desc="encoding")
 
         def run(x):

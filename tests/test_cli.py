@@ -1,0 +1,45 @@
+"""The command line contract: flags, outputs, summaries (error paths are in test_cli_errors.py)."""
+import json
+
+import numpy as np
+
+import nnc
+from nnc.cli import main
+from conftest import VECTORS, load_npz
+
+
+def test_encode_flags_reproduce_reference_bitstreams(tmp_path, capsys):
+    out = tmp_path / "pnet.nnc"
+    assert main(["encode", str(VECTORS / "in_mtcnn_pnet.npz"), "-o", str(out), "--qp", "-38", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert out.read_bytes() == (VECTORS / "mtcnn_pnet_qp-38_dq.nnc").read_bytes()
+    assert summary["bitstream_bytes"] == out.stat().st_size
+    assert 0 < summary["max_abs_err"] < 0.01 and summary["rel_l2"] < 0.01
+
+    out2 = tmp_path / "sparse.nnc"
+    assert main(["encode", str(VECTORS / "in_sparse.npz"), "-o", str(out2), "--qp", "-32", "--no-row-skipping",
+                 "--quiet"]) == 0
+    assert out2.read_bytes() == (VECTORS / "sparse_qp-32_dq_norowskip.nnc").read_bytes()
+
+    out3 = tmp_path / "silero.nnc"
+    assert main(["encode", str(VECTORS / "in_silero_subset.npz"), "-o", str(out3), "--qp", "-64",
+                 "--qp-density", "3", "--no-verify", "--quiet"]) == 0
+    assert out3.read_bytes() == (VECTORS / "silero_subset_qd3_qp-64_nnc.nnc").read_bytes()
+
+
+def test_decode_writes_npz_identical_to_reference(tmp_path):
+    out = tmp_path / "dec.npz"
+    assert main(["decode", str(VECTORS / "gauss_qp-32_nodq.nnc"), "-o", str(out)]) == 0
+    got, exp = load_npz(out), load_npz(VECTORS / "gauss_qp-32_nodq.dec.npz")
+    assert list(got) == list(exp) and all(got[k].tobytes() == exp[k].tobytes() for k in exp)
+
+
+def test_no_dq_and_nonweight_qp_flags(tmp_path):
+    src = tmp_path / "m.npz"
+    rng = np.random.default_rng(0)
+    np.savez(src, w=rng.standard_normal((20, 30)).astype(np.float32), b=rng.standard_normal(20).astype(np.float32))
+    out = tmp_path / "m.nnc"
+    assert main(["encode", str(src), "-o", str(out), "--qp", "-30", "--no-dq", "--nonweight-qp", "-50",
+                 "--quiet"]) == 0
+    d = nnc.decode_model(out.read_bytes()).details
+    assert d["w"].qp == -30 and d["b"].qp == -50
