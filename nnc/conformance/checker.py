@@ -1,0 +1,530 @@
+"""Conformance checking of NNC bitstreams, shaped like ``onnx.checker``.
+
+>>> report = nnc.check(data)                  # never raises for bad input; collects every violation
+>>> report.ok, [v.code for v in report.errors]
+>>> nnc.check(data, raise_on_error=True)      # raises ConformanceError(report=...) if not ok
+
+:func:`check` parses every unit (continuing after a broken unit whenever its ``nnr_unit_size`` is sane),
+validates every syntax element against the constraints of the specification (``NNC_BITSTREAM.md`` §0, §1,
+§3, §6), checks the unit order rules, and decodes the CABAC payload of every NDU to verify that it consumes
+exactly the bytes ``nnr_unit_size`` gives it and that the entry points written in the header are the ones
+measured while decoding. Each :class:`Violation` carries a stable ``code`` (see :data:`CODES`), the unit
+index, the byte offset from the start of the bitstream and the syntax path of the element.
+
+Severity ``"error"`` makes the bitstream non-conforming; ``"warning"`` marks valid syntax that could not be
+fully verified (features nnc does not implement, incremental NDUs whose parent state is unknown).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import bitstream as B
+from ..errors import (BitstreamError, ConfigError, ConformanceError, LimitExceededError, TruncatedBitstreamError,
+                      UnsupportedFeatureError)
+
+__all__ = ["CODES", "Violation", "Report", "check"]
+
+ERROR, WARNING = "error", "warning"
+
+#: Every violation code :func:`check` can report, with its meaning.
+CODES: dict[str, str] = {
+    # framing
+    "EMPTY_BITSTREAM": "the input holds no bytes",
+    "TRAILING_BYTES": "bytes at the end are too few to hold an nnr_unit_size field (incomplete unit)",
+    "TRUNCATED_UNIT": "nnr_unit_size runs past the end of the data (incomplete last unit / truncated file)",
+    "UNIT_SIZE_INVALID": "nnr_unit_size is smaller than its own size field plus the unit type byte",
+    "UNIT_SIZE_MISMATCH": "the unit's syntax does not end exactly at nnr_unit_size (§1.1 rule 3)",
+    "TOO_MANY_UNITS": "more units than the checker's limit",
+    # unit order (§1.1)
+    "STR_NOT_FIRST": "the first unit is not NNR_STR",
+    "STR_DUPLICATE": "NNR_STR appears after the first unit",
+    "MPS_DUPLICATE": "more than one NNR_MPS",
+    "MPS_MISPLACED": "NNR_MPS is not the unit directly after NNR_STR (after a TPL/NDU/other unit)",
+    "MPS_MISSING": "an NNR_TPL or NNR_NDU comes before any NNR_MPS",
+    # reserved values
+    "RESERVED_UNIT_TYPE": "nnr_unit_type 7..63",
+    "RESERVED_PAYLOAD_TYPE": "nnr_compressed_data_unit_payload_type > 3",
+    "RESERVED_PARENT_NODE_ID_TYPE": "parent_node_id_type 3",
+    "RESERVED_SCAN_ORDER": "scan_order > 4",
+    "RESERVED_PROFILE": "general_profile_idc other than 0 or 1",
+    "RESERVED_BITS_NONZERO": "an nnr_reserved_zero_* field is not 0",
+    "RESERVED_VALUE": "an enumerated field holds a value the specification does not define",
+    # NDU header semantics
+    "BLOCK_WITHOUT_ELEMENT_LIST": "NNR_PT_BLOCK with nnr_multiple_topology_elements_present_flag = 0",
+    "CODEBOOK_INVALID": "codebook_size 0 or CbZeroOffset outside the codebook",
+    "DIMENSIONS_INVALID": "count_tensor_dimensions 0 or a tensor dimension of 0",
+    "DIMENSIONS_EXCEED_PAYLOAD": "the payload is too small to code the number of elements the dimensions claim",
+    "DUPLICATE_TENSOR_NAME": "a tensor name is coded by two NDUs (or twice in one block)",
+    "QUANT_PARAMS_ABSENT": "a quantized NDU but the MPS signals no quantization method (no qp_density / qp)",
+    "QP_OUT_OF_RANGE": "the tensor's qp gives a step size that is 0 or infinite in float32",
+    "INVALID_UTF8": "a string is not valid UTF-8",
+    "SYNTAX_ERROR": "any other syntax violation found while parsing",
+    # payload (CABAC) verification
+    "PAYLOAD_SIZE_MISMATCH": "the NDU payload is not exactly consumed: bytes left after the terminating bin, "
+                             "or a RAW_FLOAT payload of the wrong length",
+    "PAYLOAD_TRUNCATED": "the CABAC decoder runs out of payload bytes before the terminating bin",
+    "PAYLOAD_CORRUPT": "the CABAC payload cannot be decoded (inconsistent data)",
+    "CODEBOOK_INDEX_RANGE": "a decoded codebook index falls outside the codebook",
+    "ENTRY_POINT_MISMATCH": "cabac_entry_point_list differs from the entry points measured while decoding",
+    # warnings
+    "UNSUPPORTED_FEATURE": "valid syntax nnc (and NNCodec) does not implement; not verified further",
+    "PAYLOAD_NOT_VERIFIED": "the payload could not be verified (parent state for TCA/HDSP unknown, limits)",
+    "SCAN_ORDER_INEFFECTIVE": "scan_order > 0 for a tensor whose effective scan is 0 (W = 1 or H = 1, §6 item 12)",
+}
+
+_ORDER_MESSAGES = ("the first unit must be NNR_STR", "NNR_STR may only be the first unit", "a second NNR_MPS",
+                   "NNR_MPS must directly follow NNR_STR", "before any NNR_MPS")
+
+_PARSER_CODES = [
+    ("reserved nnr_unit_type", "RESERVED_UNIT_TYPE"),
+    ("reserved nnr_compressed_data_unit_payload_type", "RESERVED_PAYLOAD_TYPE"),
+    ("reserved parent_node_id_type", "RESERVED_PARENT_NODE_ID_TYPE"),
+    ("smaller than its own size field", "UNIT_SIZE_INVALID"),
+    ("runs past the end of the data", "TRUNCATED_UNIT"),
+    ("but the unit's syntax ends after", "UNIT_SIZE_MISMATCH"),
+    ("NNR_PT_RAW_FLOAT payload has", "PAYLOAD_SIZE_MISMATCH"),
+    ("requires nnr_multiple_topology_elements_present_flag", "BLOCK_WITHOUT_ELEMENT_LIST"),
+    ("codebook_size is 0", "CODEBOOK_INVALID"),
+    ("CbZeroOffset", "CODEBOOK_INVALID"),
+    ("UTF-8", "INVALID_UTF8"),
+    ("utf-8", "INVALID_UTF8"),
+]
+
+_NDU = "NNR_NDU.nnr_compressed_data_unit_header"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One finding: ``code`` (a key of :data:`CODES`), a message, and where it is."""
+
+    code: str
+    message: str
+    unit_index: int | None = None
+    byte_offset: int | None = None
+    syntax_path: str | None = None
+    severity: str = ERROR
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = ", ".join(x for x in (None if self.unit_index is None else f"unit {self.unit_index}",
+                                      None if self.byte_offset is None else f"byte {self.byte_offset}",
+                                      self.syntax_path) if x)
+        return f"{self.severity} {self.code}: {self.message}" + (f" [{where}]" if where else "")
+
+
+@dataclass
+class Report:
+    """Result of :func:`check`. ``ok`` is True when no violation of severity ``"error"`` was found."""
+
+    size: int
+    units: list[dict] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    payloads_verified: int = 0
+    readable: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def errors(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == WARNING]
+
+    def codes(self) -> list[str]:
+        return [v.code for v in self.violations]
+
+    def find(self, code: str) -> list[Violation]:
+        return [v for v in self.violations if v.code == code]
+
+    def raise_if_errors(self) -> "Report":
+        if not self.ok:
+            first = self.errors[0]
+            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            raise ConformanceError(f"bitstream is not conforming: {first}{more}", report=self)
+        return self
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "readable": self.readable, "size": self.size, "units": self.units,
+                "payloads_verified": self.payloads_verified, "errors": len(self.errors),
+                "warnings": len(self.warnings), "violations": [v.to_dict() for v in self.violations]}
+
+    def to_text(self) -> str:
+        verdict = "CONFORMING" if self.ok else ("UNREADABLE" if not self.readable else "NOT CONFORMING")
+        lines = [f"{verdict}: {self.size} bytes, {len(self.units)} units, {self.payloads_verified} NDU payloads "
+                 f"verified, {len(self.errors)} error(s), {len(self.warnings)} warning(s)"]
+        lines += [f"  {v}" for v in self.violations]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _as_bytes(bitstream) -> bytes | memoryview:
+    if isinstance(bitstream, (str, os.PathLike)):
+        return Path(bitstream).read_bytes()
+    if isinstance(bitstream, (bytes, bytearray, memoryview)):
+        return bitstream
+    if isinstance(bitstream, np.ndarray) and bitstream.dtype == np.uint8:
+        return memoryview(np.ascontiguousarray(bitstream)).cast("B")
+    raise TypeError(f"bitstream must be bytes-like or a path, got {type(bitstream).__name__}")
+
+
+class _Checker:
+    def __init__(self, data, max_units: int, max_tensor_elements: int, verify_payloads: bool):
+        self.data = data
+        self.max_units = max_units
+        self.max_elements = max_tensor_elements
+        self.verify = verify_payloads
+        self.report = Report(size=len(data))
+        self.names: dict[str, int] = {}
+
+    def add(self, code, message, unit=None, byte_offset=None, path=None, severity=ERROR):
+        idx = unit.index if unit is not None and not isinstance(unit, int) else unit
+        self.report.violations.append(Violation(code, message, idx, byte_offset, path, severity))
+
+    # -- parser findings ------------------------------------------------------------------------------
+    def parser_error(self, unit, exc) -> None:
+        msg = getattr(exc, "reason", None) or str(exc)
+        path = getattr(exc, "syntax_path", None)
+        off = getattr(exc, "byte_offset", None)
+        if any(m in msg for m in _ORDER_MESSAGES):
+            return  # re-derived by order() with specific codes
+        if isinstance(exc, UnsupportedFeatureError):
+            self.add("UNSUPPORTED_FEATURE", msg, unit, off if off is not None else unit.offset,
+                     path or unit.type_name, WARNING)
+            return
+        code = next((c for m, c in _PARSER_CODES if m in msg), None)
+        if code is None:
+            if isinstance(exc, LimitExceededError) and "NNR units" in msg:
+                code = "TOO_MANY_UNITS"
+            elif isinstance(exc, TruncatedBitstreamError) and path == "nnr_unit_size":
+                code = "TRAILING_BYTES"
+                msg = f"{len(self.data) - unit.offset} trailing byte(s) cannot hold a unit: {msg}"
+            elif isinstance(exc, TruncatedBitstreamError):
+                code = "UNIT_SIZE_MISMATCH"
+                msg = f"the unit's syntax runs past nnr_unit_size ({unit.size} bytes): {msg}"
+            else:
+                code = "SYNTAX_ERROR"
+        self.add(code, msg, unit, off if off is not None else unit.offset, path)
+
+    # -- unit order (§1.1) ----------------------------------------------------------------------------
+    def order(self, units) -> None:
+        T = B.NNRUnitType
+        seen_mps = False
+        others = False
+        for u in units:
+            t = u.nnr_unit_type
+            if t is None:
+                continue
+            path = f"{u.type_name}.nnr_unit_header.nnr_unit_type"
+            if u.index == 0 and t != T.NNR_STR:
+                self.add("STR_NOT_FIRST", f"the first unit is {u.type_name}, not NNR_STR", u, u.offset, path)
+            if t == T.NNR_STR and u.index > 0:
+                self.add("STR_DUPLICATE", "NNR_STR may only be the first unit", u, u.offset, path)
+            if t == T.NNR_MPS:
+                if seen_mps:
+                    self.add("MPS_DUPLICATE", "a second NNR_MPS (at most one is allowed)", u, u.offset, path)
+                elif others:
+                    self.add("MPS_MISPLACED", "NNR_MPS must directly follow NNR_STR (it comes after a "
+                             "TPL/NDU/other unit)", u, u.offset, path)
+                seen_mps = True
+            elif t != T.NNR_STR:
+                others = True
+            if t in (T.NNR_TPL, T.NNR_NDU) and not seen_mps:
+                self.add("MPS_MISSING", f"{u.type_name} before any NNR_MPS", u, u.offset, path)
+
+    # -- per-unit semantics ---------------------------------------------------------------------------
+    def body_offset(self, u) -> int:
+        return u.offset + (4 if u.header.nnr_unit_size_flag else 2) + 1 + \
+            (1 if u.header.partial_data_counter_present_flag else 0)
+
+    def semantics(self, u) -> None:
+        T = B.NNRUnitType
+        t, b = u.nnr_unit_type, u.body
+        if t == T.NNR_NDU and u.header.partial_data_counter_present_flag:
+            self.add("UNSUPPORTED_FEATURE", "partial_data_counter in an NDU (partial data units) is not supported",
+                     u, u.offset, "NNR_NDU.nnr_unit_header.partial_data_counter_present_flag", WARNING)
+        if b is None:
+            return
+        base = self.body_offset(u)
+        if t == T.NNR_STR:
+            if b.general_profile_idc not in (0, 1):
+                self.add("RESERVED_PROFILE", f"general_profile_idc {b.general_profile_idc} (only 0 and 1 exist)",
+                         u, base, "NNR_STR.nnr_start_unit_header.general_profile_idc")
+        elif t == T.NNR_MPS:
+            p = "NNR_MPS.nnr_model_parameter_set_unit_payload"
+            for name in ("nnr_reserved_zero_1bit", "nnr_reserved_zero_2bits", "nnr_reserved_zero_7bits"):
+                v = getattr(b, name, None)
+                if v:
+                    self.add("RESERVED_BITS_NONZERO", f"{name} = {v}", u, base + 1, f"{p}.{name}")
+            if b.mps_quantization_method_flags & ~3:
+                self.add("RESERVED_VALUE", f"mps_quantization_method_flags {b.mps_quantization_method_flags:#x} "
+                         "sets an undefined bit (only NNR_QSU 0x1, NNR_QCB 0x2)", u, base,
+                         f"{p}.mps_quantization_method_flags")
+            if b.mps_topology_indexed_reference_flag:
+                self.add("UNSUPPORTED_FEATURE", "mps_topology_indexed_reference_flag = 1 (indexed topology "
+                         "references) is not implemented by nnc or NNCodec", u, base + 1,
+                         f"{p}.mps_topology_indexed_reference_flag", WARNING)
+        elif t == T.NNR_LPS:
+            p = "NNR_LPS.nnr_layer_parameter_set_unit"
+            for name, off in (("nnr_reserved_zero_7bits", 0), ("nnr_reserved_zero_1_bits", 1),
+                              ("nnr_reserved_zero_1bit", 1)):
+                v = getattr(b, name, None)
+                if v:
+                    self.add("RESERVED_BITS_NONZERO", f"{name} = {v}", u, base + off, f"{p}.{name}")
+            if b.lps_quantization_method_flags & ~3:
+                self.add("RESERVED_VALUE", "lps_quantization_method_flags sets an undefined bit", u, base + 1,
+                         f"{p}.lps_quantization_method_flags")
+            self.add("UNSUPPORTED_FEATURE", "NNR_LPS: nnc does not decode streams with layer parameter sets "
+                     "(NNCodec fails on them, spec §6 item 7)", u, u.offset, p, WARNING)
+        elif t == T.NNR_TPL:
+            p = "NNR_TPL.nnr_topology_unit"
+            if b.topology_storage_format > B.TopologyStorageFormat.NNR_TPL_REFLIST:
+                self.add("RESERVED_VALUE", f"topology_storage_format {b.topology_storage_format} (0..6 defined)",
+                         u, base, f"{p}.topology_storage_format")
+            if b.topology_compression_format > B.TopologyCompressionFormat.NNR_DFL:
+                self.add("RESERVED_VALUE", f"topology_compression_format {b.topology_compression_format} "
+                         "(0..1 defined)", u, base + 1, f"{p}.topology_compression_format")
+        elif t == T.NNR_QNT:
+            self.add("UNSUPPORTED_FEATURE", "NNR_QNT units are not implemented (NNCodec raises on them)", u,
+                     u.offset, "NNR_QNT", WARNING)
+        elif t == T.NNR_NDU:
+            self.ndu(u)
+
+    # -- NDU ------------------------------------------------------------------------------------------
+    def ndu(self, u) -> None:
+        h = u.body
+        PT = B.PayloadType
+        pt = h.nnr_compressed_data_unit_payload_type
+        base = self.body_offset(u)
+        names = [n for n in h.element_names if n is not None]
+        for n in names:
+            key = str(n)
+            if key in self.names:
+                self.add("DUPLICATE_TENSOR_NAME", f"tensor {n!r} is already coded by unit {self.names[key]}", u,
+                         base + 1, f"{_NDU}.topology_elem_id")
+            else:
+                self.names[key] = u.index
+        if h.nnr_decompressed_data_format_present_flag and h.nnr_decompressed_data_format > 9:
+            self.add("RESERVED_VALUE", f"nnr_decompressed_data_format {h.nnr_decompressed_data_format} (0..9 "
+                     "defined)", u, base, f"{_NDU}.nnr_decompressed_data_format")
+        dims = list(h.tensor_dimensions or [])
+        if h.count_tensor_dimensions == 0 or any(d == 0 for d in dims):
+            self.add("DIMENSIONS_INVALID", f"tensor dimensions {dims} (every tensor has rank >= 1 and no zero "
+                     "dimension)", u, base, f"{_NDU}.tensor_dimensions")
+            return
+        scan = h.scan_order or 0
+        if scan > 4:
+            self.add("RESERVED_SCAN_ORDER", f"scan_order {scan} (0..4 defined)", u, base, f"{_NDU}.scan_order")
+            return
+        if pt == PT.NNR_PT_RAW_FLOAT:
+            return  # the parser already compared the payload length with the dimensions
+        if h.nnr_multiple_topology_elements_present_flag and names and len(set(map(str, names))) != len(names):
+            self.add("DUPLICATE_TENSOR_NAME", f"a name appears twice in topology_elem_id_list {names}", u, base,
+                     f"{_NDU}.topology_elem_id_list")
+        ctx = u.context
+        mps = ctx.mps if ctx is not None else None
+        quantized = pt in (PT.NNR_PT_FLOAT, PT.NNR_PT_BLOCK)
+        qd, qp0 = 0, 0
+        if mps is not None and mps.mps_qp_density is not None:
+            qd, qp0 = mps.mps_qp_density, mps.mps_quantization_parameter
+        elif quantized and mps is not None:
+            self.add("QUANT_PARAMS_ABSENT", "a quantized NDU but mps_quantization_method_flags signals no "
+                     "quantization (no mps_qp_density / mps_quantization_parameter)", u, base,
+                     f"{_NDU}.nnr_compressed_data_unit_payload_type")
+        if ctx is not None and ctx.lps is not None:
+            return  # LPS qp override: already reported as unsupported
+        if not self.verify:
+            return
+        try:
+            codings, kinds = self.codings(u, h, dims, qd)
+        except _Skip as s:
+            self.add(s.code, s.message, u, s.offset if s.offset is not None else u.offset, s.path, s.severity)
+            return
+        self.verify_payload(u, h, codings, kinds, qd, qp0)
+
+    def codings(self, u, h, dims, qd):
+        from .. import deepcabac as dc
+        PT = B.PayloadType
+        pt = h.nnr_compressed_data_unit_payload_type
+        profile = u.context.general_profile_idc if u.context is not None else 0
+        cpt = h.compressed_parameter_types or 0
+        if cpt & B.CompressedParameterTypes.NNR_CPT_DC:
+            raise _Skip("UNSUPPORTED_FEATURE", "low-rank decomposition (NNR_CPT_DC) NDUs are not implemented; "
+                        "payload not verified", None, f"{_NDU}.compressed_parameter_types", WARNING)
+        n = math.prod(dims)
+        if n > self.max_elements:
+            raise _Skip("PAYLOAD_NOT_VERIFIED", f"tensor of {n} elements exceeds the checker's limit "
+                        f"({self.max_elements}); payload not decoded", None, f"{_NDU}.tensor_dimensions", WARNING)
+        cb_size = cb_zero = 0
+        if h.codebook_present_flag and profile == 1:
+            cb_size, cb_zero = h.codebook.codebook_size, h.codebook.CbZeroOffset
+        is_int = pt == PT.NNR_PT_INT
+        parent = bool(getattr(h, "parent_node_id_present_flag", 0))
+        common = dict(profile=profile, unary_length=h.unary_length_minus1 + 1,
+                      qp_bits=None if is_int else 6 + qd, scan_order=h.scan_order or 0,
+                      dq=bool(h.dq_flag) and not is_int, parent_present=parent)
+        weight = dc.TensorCoding(shape=tuple(dims), codebook_size=cb_size, codebook_zero=cb_zero, **common)
+        if pt != PT.NNR_PT_BLOCK:
+            return [weight], ["int" if is_int else ("codebook" if h.codebook_present_flag else "uniform")]
+        # NNR_PT_BLOCK (§1.10.2): ls, bias, bn.* (1-D, length d0) in coding order, the weight last
+        k = (1 if cpt & B.CompressedParameterTypes.NNR_CPT_LS else 0) + \
+            (4 if cpt & B.CompressedParameterTypes.NNR_CPT_BN else 0) + \
+            (1 if cpt & B.CompressedParameterTypes.NNR_CPT_BI else 0)
+        names = h.element_names
+        if len(names) != k + 1:
+            raise _Skip("SYNTAX_ERROR", f"NNR_PT_BLOCK lists {len(names)} elements but compressed_parameter_types "
+                        f"{cpt:#x} implies {k + 1}", None, f"{_NDU}.count_topology_elements_minus2", ERROR)
+        member = dict(common, scan_order=0)
+        return ([dc.TensorCoding(shape=(dims[0],), **member) for _ in range(k)] + [weight],
+                ["uniform"] * k + ["codebook" if h.codebook_present_flag else "uniform"])
+
+    def min_bins(self, c) -> int:
+        if c.profile == 1 and c.codebook_size == 1:
+            return 0
+        if c.profile == 1 and c.height > 1 and c.width > 1:
+            return c.height  # every row could be skipped: one row-skip bin per row
+        return c.size       # one significance bin per element
+
+    def verify_payload(self, u, h, codings, kinds, qd, qp0) -> None:
+        from .. import deepcabac as dc
+        payload = u.payload
+        pay_off = u.offset + u.header_size
+        # an arithmetic decoder consumes at least one bit per 128 context-coded bins (rLPS >= 2)
+        capacity = 128 * 8 * (len(payload) + 2)
+        need = sum(self.min_bins(c) for c in codings)
+        if need > capacity:
+            self.add("DIMENSIONS_EXCEED_PAYLOAD", f"tensor dimensions {list(h.tensor_dimensions)} need at least "
+                     f"{need} coded bins but a {len(payload)}-byte payload holds at most {capacity}", u,
+                     self.body_offset(u), f"{_NDU}.tensor_dimensions")
+            return
+        parent = bool(getattr(h, "parent_node_id_present_flag", 0))
+        tca = bool(getattr(h, "temporal_context_modeling_flag", 0))
+        if tca:
+            self.add("PAYLOAD_NOT_VERIFIED", "temporal_context_modeling_flag = 1: the payload depends on the parent "
+                     "tensor, which a single bitstream does not carry", u, pay_off, "NNR_NDU.payload", WARNING)
+            return
+        try:
+            res = dc.decode_payload(payload, codings)
+        except (BitstreamError, ConfigError) as e:
+            msg = getattr(e, "reason", str(e))
+            off = pay_off + (e.byte_offset if getattr(e, "byte_offset", None) is not None else len(payload))
+            path = "NNR_NDU.payload" + (f".{e.syntax_path}" if getattr(e, "syntax_path", None) else "")
+            if parent:
+                self.add("PAYLOAD_NOT_VERIFIED", f"{msg} (the NDU has a parent: the HDSP history it may use is not "
+                         "in this bitstream)", u, off, path, WARNING)
+            elif isinstance(e, TruncatedBitstreamError):
+                self.add("PAYLOAD_TRUNCATED", f"{msg} (nnr_unit_size {u.size})", u, off, path)
+            elif "trailing" in msg:
+                self.add("PAYLOAD_SIZE_MISMATCH", f"{msg}: nnr_unit_size {u.size} does not match the coded data",
+                         u, off, path)
+            else:
+                self.add("PAYLOAD_CORRUPT", msg, u, off, path)
+            return
+        self.report.payloads_verified += 1
+        if parent and any(res.hdsp_flags):
+            self.add("PAYLOAD_NOT_VERIFIED", "hist_dep_sig_prob_enabled_flag = 1: decoded without the HDSP history "
+                     "(not in this bitstream)", u, pay_off, "NNR_NDU.payload", WARNING)
+        for i, (kind, qoff, q) in enumerate(zip(kinds, res.qp_offsets, res.levels)):
+            if qoff is not None:
+                qp = qoff + qp0
+                step = dc.step_size(qp, qd) if -4200 < qp < 4200 else 0.0
+                if not (0.0 < step < float(np.finfo(np.float32).max)):
+                    self.add("QP_OUT_OF_RANGE", f"tensor {i}: qp {qp} with qp_density {qd} gives step size {step}",
+                             u, pay_off, f"NNR_NDU.payload.tensor[{i}].qp_offset")
+            if kind == "codebook" and q.size:
+                cb = h.codebook
+                lo, hi = int(q.min()) + cb.CbZeroOffset, int(q.max()) + cb.CbZeroOffset
+                if lo < 0 or hi >= cb.codebook_size:
+                    self.add("CODEBOOK_INDEX_RANGE", f"tensor {i}: codebook indices {lo}..{hi} outside "
+                             f"0..{cb.codebook_size - 1}", u, pay_off, f"NNR_NDU.payload.tensor[{i}]")
+        self.entry_points(u, h, codings, res)
+
+    def entry_points(self, u, h, codings, res) -> None:
+        from .. import deepcabac as dc
+        signalled = list(h.cabac_entry_point_list or [])
+        scan = h.scan_order or 0
+        weight = codings[-1]
+        if scan > 0 and dc.effective_scan_order(weight) == 0:
+            if signalled:
+                self.add("SCAN_ORDER_INEFFECTIVE", f"scan_order {scan} for a {weight.height}x{weight.width} tensor "
+                         f"is coded with scan 0; its {len(signalled)} signalled entry point(s) are unused", u,
+                         u.offset, f"{_NDU}.scan_order", WARNING)
+            return
+        measured = [ep for eps in res.entry_points for ep in eps]
+        p = f"{_NDU}.cabac_entry_point_list"
+        if len(signalled) != len(measured):
+            self.add("ENTRY_POINT_MISMATCH", f"{len(signalled)} entry points signalled, {len(measured)} block-row "
+                     "starts measured", u, u.offset, p)
+            return
+        dq = bool(h.dq_flag)
+        for j, (s, m) in enumerate(zip(signalled, measured)):
+            for fld in ("value", "dq_state", "bit_offset"):
+                if fld == "dq_state" and not dq:
+                    continue
+                if getattr(s, fld) != getattr(m, fld):
+                    self.add("ENTRY_POINT_MISMATCH", f"entry point {j}: {fld} is {getattr(s, fld)} in the header, "
+                             f"{getattr(m, fld)} measured while decoding", u, u.offset, f"{p}[{j}].{fld}")
+
+    # -- driver ---------------------------------------------------------------------------------------
+    def run(self) -> Report:
+        rep = self.report
+        if len(self.data) == 0:
+            rep.readable = False
+            self.add("EMPTY_BITSTREAM", "the input holds no bytes", None, 0, None)
+            return rep
+        units = []
+        for u in B.iter_units(self.data, strict=False, max_units=self.max_units):
+            units.append(u)
+            rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
+            for e in u.errors:
+                self.parser_error(u, e)
+            if u.header is not None:
+                try:
+                    self.semantics(u)
+                except Exception as e:  # noqa: BLE001 - a checker bug must not hide the other findings
+                    self.add("SYNTAX_ERROR", f"internal checker error on this unit: {type(e).__name__}: {e}", u,
+                             u.offset, u.type_name)
+        self.order(units)
+        first = units[0] if units else None
+        if first is None or first.header is None or first.nnr_unit_type is None or \
+                first.nnr_unit_type > B.NNRUnitType.NNR_AGG or any(
+                    v.code in ("TRAILING_BYTES", "TRUNCATED_UNIT", "UNIT_SIZE_INVALID") and v.unit_index == 0
+                    for v in rep.violations):
+            rep.readable = False
+        rep.violations.sort(key=lambda v: (v.unit_index if v.unit_index is not None else -1,
+                                           v.byte_offset if v.byte_offset is not None else -1))
+        return rep
+
+
+class _Skip(Exception):
+    def __init__(self, code, message, offset, path, severity):
+        super().__init__(message)
+        self.code, self.message, self.offset, self.path, self.severity = code, message, offset, path, severity
+
+
+def check(bitstream, raise_on_error: bool = False, *, verify_payloads: bool = True, max_units: int = 1 << 20,
+          max_tensor_elements: int = 1 << 28) -> Report:
+    """Check an NNC bitstream (bytes-like or a file path) for conformance; return a :class:`Report`.
+
+    Every violation found is listed (the check continues after a broken unit whenever its size field is
+    sane). With ``raise_on_error=True`` a non-conforming bitstream raises :class:`nnc.ConformanceError`
+    whose ``report`` attribute is the report. ``verify_payloads=False`` skips CABAC decoding of NDU payloads
+    (header-only check). NDUs with more than ``max_tensor_elements`` elements are not decoded (a warning).
+    """
+    rep = _Checker(_as_bytes(bitstream), max_units, max_tensor_elements, verify_payloads).run()
+    if raise_on_error:
+        rep.raise_if_errors()
+    return rep
