@@ -154,6 +154,11 @@ def _cmd_info(a) -> int:
 
     info = inspect_bitstream(_read_input(a.input))
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
+    first = info.units[0] if info.units else None
+    if first is None or first.type in ("unknown",) or first.type.startswith("reserved") or \
+            (first.errors and first.header_size is None and first.type != "NNR_STR"):
+        print(f"nnc: error: {a.input} is not an NNC bitstream (no readable first unit)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -162,6 +167,8 @@ def _cmd_check(a) -> int:
 
     report = check(_read_input(a.input))
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
+    if not report.readable:
+        return 2  # not an NNC bitstream at all (empty, or no readable first unit)
     return 0 if report.ok else 1
 
 

@@ -528,3 +528,18 @@ def check(bitstream, raise_on_error: bool = False, *, verify_payloads: bool = Tr
     if raise_on_error:
         rep.raise_if_errors()
     return rep
+
+
+def ndu_codings(unit, qp_density: int, max_tensor_elements: int = 1 << 28):
+    """The DeepCABAC :class:`~nnc.deepcabac.TensorCoding` list (coding order) and kinds ("int", "uniform",
+    "codebook") for a parsed NDU, or ``None`` when its payload cannot be decoded by nnc (DC, RAW_FLOAT,
+    too large, invalid dimensions)."""
+    h = unit.body
+    dims = list(h.tensor_dimensions or [])
+    if h.nnr_compressed_data_unit_payload_type == B.PayloadType.NNR_PT_RAW_FLOAT or not dims or \
+            any(d == 0 for d in dims) or (h.scan_order or 0) > 4:
+        return None
+    try:
+        return _Checker(b"", 0, max_tensor_elements, True).codings(unit, h, dims, qp_density)
+    except _Skip:
+        return None
