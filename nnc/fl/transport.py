@@ -1,0 +1,652 @@
+"""FL transport codec: what a client sends up, what the server sends down, and the state each side keeps.
+
+Design (see docs/fl.md for the reasoning):
+
+* **Uplink** (client -> server) is a per-pair stateful stream. Every client keeps one
+  :class:`~nnc.UpdateEncoder` (TCA/HDSP on if configured) and the server keeps one
+  :class:`~nnc.UpdateDecoder` per client, so both see every upload of that pair in order. The client adds
+  its error-feedback residual to the local update, sparsifies (top-k / threshold, optionally ternary),
+  quantises at a QP chosen by :class:`UplinkConfig` and keeps ``residual = input - sent``.
+* A rejected upload (corrupt, truncated, wrong names/shapes, limits exceeded) raises
+  :class:`RejectedUpdateError`; the server drops it from the round, replaces that client's decoder by a
+  fresh one and sets ``reset_uplink`` in the next message to that client, which then restarts its encoder
+  state and puts the lost update back into its residual. Nothing else on the server changes.
+* **Downlink** (server -> clients) does *not* use TCA/HDSP: with partial participation a client misses
+  broadcasts, and a stateless stream can be applied by any client that holds the right base. The server's
+  model is kept on a fixed per-tensor quantisation lattice, ``model = base + step * L`` with integer levels
+  ``L`` that only change by decoded broadcast levels, so every client holding the same ``L`` holds a
+  bit-identical model. A client that missed rounds gets, whichever is smallest, the cached broadcasts it
+  missed, one combined catch-up stream coding ``L_now - L_then`` (update caching; exact, because the
+  levels are integers), or the whole ``L_now`` from the initial model.
+* Every byte counted in :attr:`ServerCodec.ledger` is ``len()`` of a bitstream (or ``nbytes`` of a raw
+  float32 array) that was actually handed to the transport.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..codec import Encoder
+from ..config import DecoderConfig, EncoderConfig
+from ..errors import NNCError, UpdateStateError
+from ..incremental import UpdateDecoder, UpdateEncoder
+from ..quant import qp_for_step, reconstruct_uniform, step_size
+from . import sparsify as sp
+
+__all__ = ["UplinkConfig", "DownlinkConfig", "DownlinkMessage", "UplinkMessage", "ClientCodec", "ServerCodec",
+           "RejectedUpdateError", "RoundRecord", "validate_tensors"]
+
+Tensors = Mapping[str, np.ndarray]
+
+
+class RejectedUpdateError(NNCError, ValueError):
+    """A client's upload could not be decoded or does not fit the global model; it was dropped."""
+
+    def __init__(self, client, reason: str):
+        super().__init__(f"update from client {client!r} rejected: {reason}")
+        self.client = client
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UplinkConfig:
+    """How a client codes its update.
+
+    Attributes:
+        mode: ``"nnc"`` (an NNC incremental bitstream) or ``"float32"`` (raw arrays, the FedAvg baseline).
+        qp: QP of every tensor when ``qp_mode == "fixed"``.
+        qp_mode: ``"fixed"``; ``"relative"`` (per tensor, step = ``rel_step`` x RMS of the values kept, so the
+            QP follows the update's scale as training converges); ``"ternary"`` (STC: survivors become
+            ``±mean``, the step is that mean, so every level is ±1 and only positions and signs are coded).
+        rel_step: step relative to the RMS of the kept values for ``qp_mode="relative"``.
+        sparsity: fraction of values kept by top-k (``None``: no top-k).
+        sparsity_scope: ``"tensor"`` or ``"global"`` top-k.
+        threshold: zero values with ``|v| <= threshold`` (applied after top-k; ``None``: off).
+        error_feedback: accumulate what was not sent (the residual) into the next update.
+        tca, hdsp: NNC incremental coding tools on the per-pair stream.
+        dq: dependent quantisation (ignored for ``"ternary"``, which needs exact ±1 levels).
+        qp_density: NNC ``qp_density``.
+    """
+
+    mode: str = "nnc"
+    qp: int = -36
+    qp_mode: str = "fixed"
+    rel_step: float = 0.5
+    sparsity: float | None = None
+    sparsity_scope: str = "tensor"
+    threshold: float | None = None
+    error_feedback: bool = True
+    tca: bool = True
+    hdsp: bool = False
+    dq: bool = True
+    qp_density: int = 2
+
+    def __post_init__(self):
+        if self.mode not in ("nnc", "float32"):
+            raise ValueError(f"uplink mode must be 'nnc' or 'float32', got {self.mode!r}")
+        if self.qp_mode not in ("fixed", "relative", "ternary"):
+            raise ValueError(f"qp_mode must be 'fixed', 'relative' or 'ternary', got {self.qp_mode!r}")
+
+    def replace(self, **kw) -> "UplinkConfig":
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class DownlinkConfig:
+    """How the server codes what it sends to clients.
+
+    Attributes:
+        mode: ``"float32"`` (the whole model as raw arrays to every selected client, FedAvg) or ``"nnc"``
+            (coded aggregated update with a server residual, cached catch-ups).
+        qp: QP of the fixed per-tensor lattice (``qp_per_tensor`` overrides by exact name).
+        sparsity: top-k fraction of the server's update (``None``: dense).
+        dq: dependent quantisation of the regular broadcasts (catch-up streams always use uniform
+            quantisation, which can represent any integer level exactly).
+        cache: offer combined catch-up / full-model streams to clients that missed rounds; without it
+            they get the sequence of missed broadcasts.
+        error_feedback: keep the server residual.
+        initial_model_known: clients build the initial model themselves (shared seed); otherwise the first
+            message to a client also carries the initial model as raw float32.
+    """
+
+    mode: str = "float32"
+    qp: int = -40
+    qp_per_tensor: Mapping[str, int] = field(default_factory=dict)
+    sparsity: float | None = None
+    dq: bool = False
+    cache: bool = True
+    error_feedback: bool = True
+    initial_model_known: bool = True
+    qp_density: int = 2
+
+    def __post_init__(self):
+        if self.mode not in ("nnc", "float32"):
+            raise ValueError(f"downlink mode must be 'nnc' or 'float32', got {self.mode!r}")
+
+    def qp_for(self, name: str) -> int:
+        return self.qp_per_tensor.get(name, self.qp)
+
+    def replace(self, **kw) -> "DownlinkConfig":
+        return replace(self, **kw)
+
+
+# --------------------------------------------------------------------------------------------------------
+# messages
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class DownlinkMessage:
+    """What one client receives at the start of a round.
+
+    ``streams`` are NNC bitstreams applied in order (``kind`` ``"broadcasts"``, ``"catchup"``, ``"full"``);
+    ``arrays`` is a raw float32 model (``kind == "float32"``) or, with ``initial_model_known=False``, the
+    initial model sent on first contact. ``base_round -> round`` is the model transition it encodes.
+    """
+
+    kind: str
+    base_round: int
+    round: int
+    streams: list[bytes] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] | None = None
+    reset_uplink: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        n = sum(len(s) for s in self.streams)
+        if self.arrays is not None:
+            n += sum(int(a.nbytes) for a in self.arrays.values())
+        return n
+
+
+@dataclass
+class UplinkMessage:
+    """One client's upload: an NNC bitstream (``payload`` bytes) or raw float32 arrays."""
+
+    payload: bytes | dict[str, np.ndarray]
+    num_examples: int = 1
+
+    @property
+    def nbytes(self) -> int:
+        if isinstance(self.payload, (bytes, bytearray, memoryview)):
+            return len(self.payload)
+        return sum(int(np.asarray(a).nbytes) for a in self.payload.values())
+
+
+@dataclass
+class RoundRecord:
+    """Bytes on the wire in one round, per client and direction, and what was dropped."""
+
+    round: int
+    up: dict = field(default_factory=dict)          # client -> bytes received
+    down: dict = field(default_factory=dict)        # client -> bytes sent
+    down_kind: dict = field(default_factory=dict)   # client -> "broadcasts" | "catchup" | "full" | "float32"
+    dropped: dict = field(default_factory=dict)     # client -> reason
+
+    @property
+    def up_bytes(self) -> int:
+        return sum(self.up.values())
+
+    @property
+    def down_bytes(self) -> int:
+        return sum(self.down.values())
+
+    def as_dict(self) -> dict:
+        return {"round": self.round, "up": {str(k): v for k, v in self.up.items()},
+                "down": {str(k): v for k, v in self.down.items()},
+                "down_kind": {str(k): v for k, v in self.down_kind.items()},
+                "dropped": {str(k): v for k, v in self.dropped.items()},
+                "up_bytes": self.up_bytes, "down_bytes": self.down_bytes}
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------
+def _f32(x: Tensors) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float32) for k, v in x.items()}
+
+
+def _zeros_like(x: Tensors, dtype=np.float32) -> dict[str, np.ndarray]:
+    return {k: np.zeros(np.shape(v), dtype=dtype) for k, v in x.items()}
+
+
+def validate_tensors(got: Tensors, reference: Tensors, *, require_all: bool = False) -> None:
+    """Names must be in ``reference``, shapes equal, values finite; raises :class:`UpdateStateError`."""
+    for k, v in got.items():
+        if k not in reference:
+            raise UpdateStateError(f"unknown tensor {k!r}")
+        if np.shape(v) != np.shape(reference[k]):
+            raise UpdateStateError(f"tensor {k!r} has shape {np.shape(v)}, the model has {np.shape(reference[k])}")
+        a = np.asarray(v)
+        if a.dtype.kind != "f":
+            raise UpdateStateError(f"tensor {k!r} has dtype {a.dtype}, expected float")
+        if not np.isfinite(a).all():
+            raise UpdateStateError(f"tensor {k!r} holds non-finite values")
+    if require_all:
+        missing = [k for k in reference if k not in got]
+        if missing:
+            raise UpdateStateError(f"tensors missing: {missing[:5]}")
+
+
+def _qp_limits(qp_density: int) -> tuple[int, int]:
+    half = 1 << (5 + qp_density)
+    return -half, half - 1
+
+
+def _qp_for_step(step: float, qp_density: int, rounding=math.floor) -> int:
+    lo, hi = _qp_limits(qp_density)
+    if not step > 0 or not math.isfinite(step):
+        return hi
+    return int(min(hi, max(lo, rounding(qp_for_step(step, qp_density)))))
+
+
+class _Encoder(UpdateEncoder):
+    """UpdateEncoder that exposes the reconstruction of its last update and can change QPs between updates."""
+
+    last_reconstruction: dict[str, np.ndarray]
+
+    def set_config(self, config: EncoderConfig) -> None:
+        self.config = config
+        self._encoder = Encoder(config)
+
+    def _encode(self, delta):
+        data, recon = super()._encode(delta)
+        self.last_reconstruction = {k: np.asarray(v, dtype=np.float32) for k, v in recon.items()}
+        return data, recon
+
+
+def _strict_limits(model: Tensors) -> DecoderConfig:
+    total = sum(int(np.asarray(v).size) for v in model.values())
+    largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
+    return DecoderConfig.strict(max_total_bytes=max(4 * total, 1024)).replace(
+        max_units=4 + 2 * len(model), max_tensor_elements=max(largest, 1), max_rank=8)
+
+
+# --------------------------------------------------------------------------------------------------------
+# client
+# --------------------------------------------------------------------------------------------------------
+class ClientCodec:
+    """One client's side of the transport: downlink model sync, uplink residual and encoder state.
+
+    Args:
+        base: the initial global model (all clients and the server build the same one).
+        uplink, downlink: the transport settings (must match the server's).
+    """
+
+    def __init__(self, base: Tensors, uplink: UplinkConfig | None = None, downlink: DownlinkConfig | None = None):
+        self.uplink = uplink or UplinkConfig()
+        self.downlink = downlink or DownlinkConfig()
+        self.base = _f32(base)
+        self.model = {k: v.copy() for k, v in self.base.items()}     # the global model as last received
+        self.levels = _zeros_like(self.base, np.int64)                 # downlink lattice levels (nnc mode)
+        self.synced_round = 0
+        self.residual = _zeros_like(self.base)
+        self.last_sent: dict[str, np.ndarray] | None = None
+        self.encoder = self._new_encoder()
+        self._limits = _strict_limits(self.base)
+
+    def _new_encoder(self) -> _Encoder:
+        u = self.uplink
+        return _Encoder(config=EncoderConfig(qp=u.qp, nonweight_qp=u.qp, qp_density=u.qp_density, dq=u.dq),
+                        tca=u.tca, hdsp=u.hdsp)
+
+    # --- downlink ---------------------------------------------------------------------------------------
+    def receive(self, msg: DownlinkMessage) -> dict[str, np.ndarray]:
+        """Apply a downlink message; returns the current global model (a copy)."""
+        if msg.reset_uplink:
+            self.reset_uplink()
+        if msg.kind == "float32":
+            validate_tensors(msg.arrays or {}, self.base, require_all=True)
+            self.model = _f32(msg.arrays)
+            self.synced_round = msg.round
+            return {k: v.copy() for k, v in self.model.items()}
+        if msg.arrays is not None:                    # initial model on first contact
+            validate_tensors(msg.arrays, self.base, require_all=True)
+            self.base = _f32(msg.arrays)
+        if msg.kind == "full" or msg.base_round == 0:
+            levels = _zeros_like(self.base, np.int64)
+        elif msg.base_round != self.synced_round:
+            raise UpdateStateError(f"downlink goes from round {msg.base_round}, this client holds round "
+                                   f"{self.synced_round}")
+        else:
+            levels = {k: v.copy() for k, v in self.levels.items()}
+        for s in msg.streams:
+            for name, d in decode_levels(s, self.base, self.downlink, self._limits).items():
+                levels[name] += d
+        self.levels = levels
+        self.model = lattice_model(self.base, levels, self.downlink)
+        self.synced_round = msg.round
+        return {k: v.copy() for k, v in self.model.items()}
+
+    # --- uplink -----------------------------------------------------------------------------------------
+    def encode(self, trained: Tensors, num_examples: int = 1) -> UplinkMessage:
+        """Code ``trained - model`` (plus the residual) as this round's upload."""
+        validate_tensors(trained, self.base, require_all=True)
+        delta = {k: np.asarray(trained[k], np.float32) - self.model[k] for k in self.base}
+        return self.encode_update(delta, num_examples)
+
+    def encode_update(self, delta: Tensors, num_examples: int = 1) -> UplinkMessage:
+        u = self.uplink
+        acc = {k: np.asarray(delta[k], np.float32) + self.residual[k] for k in self.base} if u.error_feedback \
+            else {k: np.asarray(delta[k], np.float32) for k in self.base}
+        x = acc
+        if u.sparsity is not None:
+            x = sp.top_k(x, u.sparsity, scope=u.sparsity_scope)
+        if u.threshold is not None:
+            x = sp.threshold(x, u.threshold)
+        if u.mode == "float32":
+            sent = {k: v.copy() for k, v in x.items()}
+            msg = UplinkMessage({k: v.copy() for k, v in sent.items()}, num_examples)
+        else:
+            if u.qp_mode == "ternary":
+                x = sp.ternarize(x)
+            self.encoder.set_config(self._config_for(x))
+            data = self.encoder.encode_update(x)
+            rec = self.encoder.last_reconstruction
+            sent = {k: rec.get(k, np.zeros_like(self.base[k])) for k in self.base}
+            msg = UplinkMessage(data, num_examples)
+        self.residual = {k: acc[k] - sent[k] for k in self.base} if u.error_feedback \
+            else _zeros_like(self.base)
+        self.last_sent = sent
+        return msg
+
+    def _config_for(self, x: Tensors) -> EncoderConfig:
+        u = self.uplink
+        per = {}
+        for k, v in x.items():
+            nz = v[v != 0]
+            if u.qp_mode == "fixed" or nz.size == 0:
+                per[k] = u.qp
+            elif u.qp_mode == "ternary":
+                per[k] = _qp_for_step(float(np.abs(nz[0])), u.qp_density, round)
+            else:
+                rms = float(np.sqrt(np.mean(nz.astype(np.float64) ** 2)))
+                per[k] = _qp_for_step(u.rel_step * rms, u.qp_density)
+        dq = u.dq and u.qp_mode != "ternary"
+        return EncoderConfig(qp=u.qp, nonweight_qp=u.qp, qp_per_tensor=per, qp_density=u.qp_density, dq=dq)
+
+    def reset_uplink(self) -> None:
+        """The server lost this client's last upload: restart the pair's state and re-send it via the residual."""
+        if self.uplink.error_feedback and self.last_sent is not None:
+            self.residual = {k: self.residual[k] + self.last_sent[k] for k in self.base}
+        self.last_sent = None
+        self.encoder = self._new_encoder()
+
+    # --- state as flat arrays and scalars (for Flower's Context.state; no pickle) -----------------------
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        arrays: dict[str, np.ndarray] = {}
+        scalars: dict[str, int] = {"synced_round": int(self.synced_round),
+                                   "has_last_sent": int(self.last_sent is not None)}
+        for k in self.base:
+            arrays[f"base/{k}"] = self.base[k]
+            arrays[f"model/{k}"] = self.model[k]
+            arrays[f"levels/{k}"] = self.levels[k]
+            arrays[f"residual/{k}"] = self.residual[k]
+            if self.last_sent is not None:
+                arrays[f"last_sent/{k}"] = self.last_sent[k]
+        st = self.encoder.state
+        scalars["enc.device_id"] = -1 if st.device_id is None else int(st.device_id)
+        for k, h in st.tensors.items():
+            scalars[f"enc.depth/{k}"] = int(h.put_node_depth)
+            scalars[f"enc.pid/{k}"] = -1 if h.parameter_id is None else int(h.parameter_id)
+            if h.levels is not None:
+                arrays[f"enc.levels/{k}"] = np.asarray(h.levels)
+            if h.seen_nonzero is not None:
+                arrays[f"enc.seen/{k}"] = np.asarray(h.seen_nonzero)
+        return arrays, scalars
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, int]) -> None:
+        self.synced_round = int(scalars["synced_round"])
+        for k in list(self.base):
+            self.base[k] = np.array(arrays[f"base/{k}"], np.float32)
+            self.model[k] = np.array(arrays[f"model/{k}"], np.float32)
+            self.levels[k] = np.array(arrays[f"levels/{k}"], np.int64)
+            self.residual[k] = np.array(arrays[f"residual/{k}"], np.float32)
+        self.last_sent = ({k: np.array(arrays[f"last_sent/{k}"], np.float32) for k in self.base}
+                          if scalars.get("has_last_sent") else None)
+        self.encoder = self._new_encoder()
+        st = self.encoder.state
+        dev = int(scalars.get("enc.device_id", -1))
+        st.device_id = None if dev < 0 else dev
+        for key, depth in scalars.items():
+            if not key.startswith("enc.depth/"):
+                continue
+            k = key[len("enc.depth/"):]
+            h = st.history(k)
+            h.put_node_depth = int(depth)
+            pid = int(scalars.get(f"enc.pid/{k}", -1))
+            h.parameter_id = None if pid < 0 else pid
+            if f"enc.levels/{k}" in arrays:
+                h.levels = np.array(arrays[f"enc.levels/{k}"], np.int32)
+            if f"enc.seen/{k}" in arrays:
+                h.seen_nonzero = np.array(arrays[f"enc.seen/{k}"], np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------------
+# downlink lattice
+# --------------------------------------------------------------------------------------------------------
+def lattice_model(base: Tensors, levels: Tensors, cfg: DownlinkConfig) -> dict[str, np.ndarray]:
+    """``base + step * levels`` in float32, the same on server and clients."""
+    return {k: (base[k] + reconstruct_uniform(levels[k], cfg.qp_for(k), cfg.qp_density)).astype(np.float32)
+            for k in base}
+
+
+def decode_levels(stream, base: Tensors, cfg: DownlinkConfig, limits: DecoderConfig | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Decode one downlink stream to integer lattice levels, checking names, shapes and QPs."""
+    model = UpdateDecoder(config=limits).decode_model(stream)
+    out = {}
+    for name, t in model.details.items():
+        if name not in base:
+            raise UpdateStateError(f"downlink names unknown tensor {name!r}")
+        if t.levels.shape != np.shape(base[name]):
+            raise UpdateStateError(f"downlink tensor {name!r} has shape {t.levels.shape}")
+        if t.qp != cfg.qp_for(name):
+            raise UpdateStateError(f"downlink tensor {name!r} has QP {t.qp}, the lattice uses {cfg.qp_for(name)}")
+        out[name] = t.levels.astype(np.int64)
+    return out
+
+
+def _encode_levels(levels: Tensors, cfg: DownlinkConfig, *, dq: bool) -> bytes:
+    """A standalone incremental stream whose decoded levels are exactly ``levels`` (uniform quantiser)."""
+    x = {k: reconstruct_uniform(np.asarray(v), cfg.qp_for(k), cfg.qp_density) for k, v in levels.items()}
+    return _encode_values(x, cfg, dq=dq)
+
+
+def _encode_values(x: Tensors, cfg: DownlinkConfig, *, dq: bool) -> bytes:
+    per = {k: cfg.qp_for(k) for k in x}
+    ec = EncoderConfig(qp=cfg.qp, nonweight_qp=cfg.qp, qp_per_tensor=per, qp_density=cfg.qp_density, dq=dq)
+    return UpdateEncoder(config=ec, tca=False).encode_update(x)
+
+
+# --------------------------------------------------------------------------------------------------------
+# server
+# --------------------------------------------------------------------------------------------------------
+class ServerCodec:
+    """The server's side: per-client uplink decoders, the global model, downlink residual and cache, ledger.
+
+    Round protocol (``t`` = :attr:`round` + 1 is the round being run)::
+
+        msg = server.downlink_for(cid)          # for each selected client: brings it to the current model
+        ...clients train, reply...
+        delta = server.receive(cid, upload)     # per reply; RejectedUpdateError -> dropped
+        server.aggregate({cid: (delta, n)})     # closes the round, codes the next broadcast
+    """
+
+    def __init__(self, base: Tensors, uplink: UplinkConfig | None = None, downlink: DownlinkConfig | None = None,
+                 decoder_config: DecoderConfig | None = None):
+        self.uplink = uplink or UplinkConfig()
+        self.downlink = downlink or DownlinkConfig()
+        self.base = _f32(base)
+        self.model = {k: v.copy() for k, v in self.base.items()}
+        self.round = 0
+        self.limits = decoder_config or _strict_limits(self.base)
+        self.decoders: dict = {}
+        self.pending_reset: set = set()
+        self.synced: dict = {}                       # client -> round of the model it holds
+        self.ledger: list[RoundRecord] = []
+        self.residual = _zeros_like(self.base)
+        self.levels = _zeros_like(self.base, np.int64)
+        self._snapshots: dict[int, dict[str, np.ndarray]] = {0: {k: v.copy() for k, v in self.levels.items()}}
+        self._broadcasts: dict[int, bytes] = {}
+        self._catchups: dict[tuple[int, int], bytes] = {}
+
+    # --- bookkeeping ------------------------------------------------------------------------------------
+    def _record(self) -> RoundRecord:
+        t = self.round + 1
+        if not self.ledger or self.ledger[-1].round != t:
+            self.ledger.append(RoundRecord(t))
+        return self.ledger[-1]
+
+    @property
+    def up_bytes(self) -> int:
+        return sum(r.up_bytes for r in self.ledger)
+
+    @property
+    def down_bytes(self) -> int:
+        return sum(r.down_bytes for r in self.ledger)
+
+    # --- downlink ---------------------------------------------------------------------------------------
+    def downlink_for(self, client) -> DownlinkMessage:
+        """The message that brings ``client`` to the current global model (and counts its bytes)."""
+        t = self.round
+        rec = self._record()
+        reset = client in self.pending_reset
+        self.pending_reset.discard(client)
+        first = client not in self.synced
+        s = self.synced.get(client, 0)
+        if self.downlink.mode == "float32":
+            msg = DownlinkMessage("float32", s, t, arrays={k: v.copy() for k, v in self.model.items()},
+                                  reset_uplink=reset)
+        else:
+            msg = self._nnc_downlink(s, t, reset)
+            if first and not self.downlink.initial_model_known:
+                msg.arrays = {k: v.copy() for k, v in self.base.items()}
+        self.synced[client] = t
+        rec.down[client] = rec.down.get(client, 0) + msg.nbytes
+        rec.down_kind[client] = msg.kind
+        self._prune()
+        return msg
+
+    def _nnc_downlink(self, s: int, t: int, reset: bool) -> DownlinkMessage:
+        best = None
+        if all(r in self._broadcasts for r in range(s + 1, t + 1)):
+            missed = [self._broadcasts[r] for r in range(s + 1, t + 1)]
+            best = DownlinkMessage("broadcasts", s, t, missed, reset_uplink=reset)
+        if not self.downlink.cache or t - s < 2:
+            if best is None:
+                raise UpdateStateError(f"broadcasts {s + 1}..{t} are no longer cached")
+            return best
+        key = (s, t)
+        if key not in self._catchups:
+            diff = {k: self.levels[k] - self._snapshots[s][k] for k in self.levels}
+            self._catchups[key] = _encode_levels(diff, self.downlink, dq=False)
+        cand = [DownlinkMessage("catchup", s, t, [self._catchups[key]], reset_uplink=reset)]
+        if s > 0:
+            if (0, t) not in self._catchups:
+                self._catchups[(0, t)] = _encode_levels(self.levels, self.downlink, dq=False)
+            cand.append(DownlinkMessage("full", 0, t, [self._catchups[(0, t)]], reset_uplink=reset))
+        for c in cand:
+            if best is None or c.nbytes < best.nbytes:
+                best = c
+        return best
+
+    def _prune(self) -> None:
+        keep = set(self.synced.values()) | {0, self.round}
+        for r in [r for r in self._snapshots if r not in keep]:
+            del self._snapshots[r]
+        if self.downlink.cache:   # stale and new clients can always be served by a catch-up stream
+            oldest = min(self.synced.values(), default=self.round)
+            for r in [r for r in self._broadcasts if r <= oldest]:
+                del self._broadcasts[r]
+        for key in [key for key in self._catchups if key[1] != self.round]:
+            del self._catchups[key]
+
+    # --- uplink -----------------------------------------------------------------------------------------
+    def receive(self, client, msg: UplinkMessage | bytes) -> dict[str, np.ndarray]:
+        """Decode and validate one upload; returns the dense float32 delta.
+
+        Raises:
+            RejectedUpdateError: undecodable or inconsistent upload. The client's uplink state is reset on
+                the server and the next :meth:`downlink_for` tells the client to reset too.
+        """
+        rec = self._record()
+        if not isinstance(msg, UplinkMessage):
+            msg = UplinkMessage(msg)
+        try:
+            nb = msg.nbytes
+        except Exception:  # noqa: BLE001 - unreadable payload object
+            nb = 0
+        rec.up[client] = rec.up.get(client, 0) + nb
+        try:
+            if self.uplink.mode == "float32":
+                if not isinstance(msg.payload, Mapping):
+                    raise UpdateStateError("expected raw float32 arrays")
+                got = _f32(msg.payload)
+                validate_tensors(got, self.base, require_all=True)
+            else:
+                if not isinstance(msg.payload, (bytes, bytearray, memoryview, np.ndarray)):
+                    raise UpdateStateError(f"expected an NNC bitstream, got {type(msg.payload).__name__}")
+                dec = self.decoders.get(client)
+                if dec is None:
+                    dec = self.decoders[client] = UpdateDecoder(config=self.limits)
+                got = dec.decode_update(msg.payload)
+                validate_tensors(got, self.base)
+            n = msg.num_examples
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise UpdateStateError(f"num_examples must be a non-negative int, got {n!r}")
+        except (NNCError, TypeError) as e:
+            self.decoders.pop(client, None)
+            self.pending_reset.add(client)
+            rec.dropped[client] = f"{type(e).__name__}: {e}"
+            raise RejectedUpdateError(client, f"{type(e).__name__}: {e}") from e
+        delta = _zeros_like(self.base)
+        for k, v in got.items():
+            delta[k] = np.asarray(v, np.float32)
+        return delta
+
+    def aggregate(self, deltas: Mapping | Iterable) -> dict[str, np.ndarray]:
+        """Close the round: weighted mean of ``{client: (delta, num_examples)}`` (sorted by client), update
+        the global model and, in nnc downlink mode, code the broadcast. Returns the new global model."""
+        self._record()
+        items = sorted(dict(deltas).items(), key=lambda kv: str(kv[0]))
+        total = sum(n for _, (_, n) in items)
+        mean = _zeros_like(self.base)
+        if total > 0:
+            for _, (d, n) in items:
+                w = np.float32(n / total)
+                for k in mean:
+                    mean[k] += w * d[k]
+        self.round += 1
+        if self.downlink.mode == "float32":
+            self.model = {k: (self.model[k] + mean[k]).astype(np.float32) for k in self.model}
+        else:
+            dl = self.downlink
+            acc = {k: mean[k] + self.residual[k] for k in mean} if dl.error_feedback else mean
+            x = sp.top_k(acc, dl.sparsity) if dl.sparsity is not None else acc
+            stream = _encode_values(x, dl, dq=dl.dq)
+            got = decode_levels(stream, self.base, dl, self.limits)   # exactly what clients will decode
+            for k, d in got.items():
+                self.levels[k] = self.levels[k] + d
+            sent = {k: reconstruct_uniform(got[k], dl.qp_for(k), dl.qp_density) if k in got
+                    else np.zeros_like(self.base[k]) for k in self.base}
+            self.residual = {k: acc[k] - sent[k] for k in acc} if dl.error_feedback else _zeros_like(self.base)
+            self._broadcasts[self.round] = stream
+            self._snapshots[self.round] = {k: v.copy() for k, v in self.levels.items()}
+            self.model = lattice_model(self.base, self.levels, dl)
+        self._prune()
+        return {k: v.copy() for k, v in self.model.items()}
+
+    def step(self, uploads: Mapping) -> tuple[dict[str, np.ndarray], dict]:
+        """Receive ``{client: UplinkMessage}``, drop the rejected ones, aggregate. Returns (model, dropped)."""
+        deltas, dropped = {}, {}
+        for c, m in uploads.items():
+            try:
+                deltas[c] = (self.receive(c, m), m.num_examples)
+            except RejectedUpdateError as e:
+                dropped[c] = e
+        return self.aggregate(deltas), dropped
