@@ -365,6 +365,17 @@ class _Checker:
             raise _Skip("UNSUPPORTED_FEATURE", "low-rank decomposition (NNR_CPT_DC) NDUs are not implemented; "
                         "payload not verified", None, f"{_NDU}.compressed_parameter_types", WARNING)
         n = math.prod(dims)
+        cb1 = profile == 1 and h.codebook_present_flag and h.codebook.codebook_size == 1
+        h0, w0 = dims[0], n // dims[0]
+        need = 0 if cb1 else (h0 if profile == 1 and h0 > 1 and w0 > 1 else n)
+        if pt == PT.NNR_PT_BLOCK:
+            need += dims[0] * (len(h.element_names) - 1)
+        # an arithmetic decoder consumes at least one bit per 128 context-coded bins (rLPS >= 2)
+        capacity = 128 * 8 * (len(u.payload) + 2)
+        if need > capacity:
+            raise _Skip("DIMENSIONS_EXCEED_PAYLOAD", f"tensor dimensions {dims} need at least {need} coded bins "
+                        f"but a {len(u.payload)}-byte payload holds at most {capacity}", self.body_offset(u),
+                        f"{_NDU}.tensor_dimensions", ERROR)
         if n > self.max_elements:
             raise _Skip("PAYLOAD_NOT_VERIFIED", f"tensor of {n} elements exceeds the checker's limit "
                         f"({self.max_elements}); payload not decoded", None, f"{_NDU}.tensor_dimensions", WARNING)
@@ -391,25 +402,10 @@ class _Checker:
         return ([dc.TensorCoding(shape=(dims[0],), **member) for _ in range(k)] + [weight],
                 ["uniform"] * k + ["codebook" if h.codebook_present_flag else "uniform"])
 
-    def min_bins(self, c) -> int:
-        if c.profile == 1 and c.codebook_size == 1:
-            return 0
-        if c.profile == 1 and c.height > 1 and c.width > 1:
-            return c.height  # every row could be skipped: one row-skip bin per row
-        return c.size       # one significance bin per element
-
     def verify_payload(self, u, h, codings, kinds, qd, qp0) -> None:
         from .. import deepcabac as dc
         payload = u.payload
         pay_off = u.offset + u.header_size
-        # an arithmetic decoder consumes at least one bit per 128 context-coded bins (rLPS >= 2)
-        capacity = 128 * 8 * (len(payload) + 2)
-        need = sum(self.min_bins(c) for c in codings)
-        if need > capacity:
-            self.add("DIMENSIONS_EXCEED_PAYLOAD", f"tensor dimensions {list(h.tensor_dimensions)} need at least "
-                     f"{need} coded bins but a {len(payload)}-byte payload holds at most {capacity}", u,
-                     self.body_offset(u), f"{_NDU}.tensor_dimensions")
-            return
         parent = bool(getattr(h, "parent_node_id_present_flag", 0))
         tca = bool(getattr(h, "temporal_context_modeling_flag", 0))
         if tca:
@@ -421,7 +417,8 @@ class _Checker:
         except (BitstreamError, ConfigError) as e:
             msg = getattr(e, "reason", str(e))
             off = pay_off + (e.byte_offset if getattr(e, "byte_offset", None) is not None else len(payload))
-            path = "NNR_NDU.payload" + (f".{e.syntax_path}" if getattr(e, "syntax_path", None) else "")
+            sub = (getattr(e, "syntax_path", None) or "").removeprefix("deepcabac").lstrip(".")
+            path = "NNR_NDU.payload" + (f".{sub}" if sub else "")
             if parent:
                 self.add("PAYLOAD_NOT_VERIFIED", f"{msg} (the NDU has a parent: the HDSP history it may use is not "
                          "in this bitstream)", u, off, path, WARNING)
