@@ -84,6 +84,21 @@ NNC_CASES = [
 ]
 
 
+def _without_data_format(bs: bytes) -> bytes:
+    import dataclasses
+
+    import nnc.bitstream as B
+    out = []
+    for u in B.parse(bs):
+        if u.nnr_unit_type == B.NNRUnitType.NNR_NDU and u.body.nnr_decompressed_data_format_present_flag:
+            body = dataclasses.replace(u.body, nnr_decompressed_data_format_present_flag=0,
+                                       nnr_decompressed_data_format=None)
+            out.append(B.write_unit(body, context=u.context, payload=bytes(u.payload)))
+        else:
+            out.append(bytes(u.data))
+    return b"".join(out)
+
+
 def _arrays(decoded: dict) -> dict:
     return {k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": sha256(v)} for k, v in decoded.items()}
 
@@ -130,6 +145,12 @@ def main(argv=None) -> int:
             cases[cid] = {"id": cid, "producer": "nnc", "input": save_input(key), "bitstream": f"{cid}.nnc",
                           "bitstream_bytes": len(bs), "bitstream_sha256": hashlib.sha256(bs).hexdigest(),
                           "settings": kw, "arrays": _arrays(dec)}
+            stripped = _without_data_format(bs)
+            if stripped != bs:
+                # NNCodec ignores nnr_decompressed_data_format (spec §5.3): it returns the float32/int32
+                # reconstruction, i.e. what nnc decodes once the field is removed
+                cases[cid]["reference_arrays"] = _arrays(nnc.decode(stripped))
+                cases[cid]["reference_note"] = "NNCodec ignores nnr_decompressed_data_format (spec §5.3)"
             print(f"{cid}: {len(bs)} bytes (nnc)")
     manifest = {
         "generator": "tools/make_vectors.py",
