@@ -711,4 +711,7 @@ def test_syntax_tables_markdown():
         assert needle in md, needle
     doc = ROOT / "docs" / "bitstream.md"
     if doc.exists():
-        assert doc.read_text() == md, "docs/bitstream.md is stale: regenerate with syntax_tables_markdown()"
+        # docs/bitstream.md embeds the tables in a generated block (tools/gen_docs.py)
+        text = doc.read_text()
+        stale = [line for line in md.splitlines() if line.startswith("|") and line not in text]
+        assert not stale, f"docs/bitstream.md is stale (python tools/gen_docs.py): {stale[:3]}"
