@@ -1,0 +1,37 @@
+#!/bin/bash
+# Run one atheris harness against the ASan/UBSan build of the C++ core, seeded with the conformance vectors.
+#
+#   fuzz/run.sh HARNESS [RUNS] [extra libFuzzer args...]     e.g.  fuzz/run.sh decode 300000
+#   NNC_FUZZ_ASAN=0 fuzz/run.sh decode 1000                 (use the installed Release core, no sanitizers)
+#
+# HARNESS is decode | inspect | check | update | fl. Output: fuzz/out/HARNESS/{corpus/,log.txt,crash-*,timeout-*}.
+# Exit status: 0 = RUNS inputs and no finding; libFuzzer's non-zero status otherwise.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+h=${1:?harness: decode|inspect|check|update}; shift
+runs=${1:-100000}; shift || true
+py=${PYTHON:-python}
+out="$here/out/$h"
+mkdir -p "$out/corpus" "$out/seeds"
+cp "$root"/conformance/vectors/*.nnc "$out/seeds/"
+if [ "$h" = update ] || [ "$h" = fl ]; then cp "$root"/conformance/vectors/tca_seq/*.nnc "$out/seeds/"; fi
+if [ "$h" = fl ]; then  # a real client upload for the harness's 64x96 model
+  "$py" -c 'import numpy as np, sys; from nnc.fl import ClientCodec
+c = ClientCodec({"delta.weight": np.zeros((64, 96), np.float32)})
+x = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32) * 0.1
+open(sys.argv[1], "wb").write(c.encode({"delta.weight": x}).payload)' "$out/seeds/fl_upload.nnc"
+fi
+if [ "${NNC_FUZZ_ASAN:-1}" = 1 ]; then
+  so=$(ls "$root"/build/asan/_core*.so 2>/dev/null || "$here/build_asan.sh")
+  export NNC_CORE_SO="$so"
+  # libstdc++ too: otherwise ASan cannot find the real __cxa_throw when a C++ exception is thrown
+  export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
+  # leaks: CPython never frees its arenas; allocator_may_return_null: a huge allocation becomes a Python
+  # MemoryError (reported by the harness as a finding) instead of an ASan abort without a Python stack.
+  export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:symbolize=1"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+fi
+cd "$here"
+exec "$py" "fuzz_$h.py" "$out/corpus" "$out/seeds" -atheris_runs="$runs" -timeout=10 -rss_limit_mb=4096 \
+  -max_len=16384 -artifact_prefix="$out/" -print_final_stats=1 "$@" 2>&1 | tee -a "$out/log.txt"
