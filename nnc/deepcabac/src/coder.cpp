@@ -166,7 +166,7 @@ inline int gt_context(const Layout& L, const Site& s, int j, bool neg) {
 // m_neg / m_pos: magnitude limits (kUnbounded without codebook); sign_mode: 0 coded, 1 forced positive,
 // 2 forced negative.
 template <class Sink>
-inline void write_level(Sink& sink, const Layout& L, const Site& site, int64_t v, int64_t m_neg, int64_t m_pos,
+NNC_INLINE void write_level(Sink& sink, const Layout& L, const Site& site, int64_t v, int64_t m_neg, int64_t m_pos,
                         int sign_mode) {
   sink.bin(v != 0, sig_context(site));
   if (v == 0) return;
@@ -202,19 +202,19 @@ inline void write_level(Sink& sink, const Layout& L, const Site& site, int64_t v
 struct RealSink {
   ArithEncoder& enc;
   Context* ctx;
-  inline void bin(unsigned b, int c) { enc.encode(b, ctx[c]); }
+  NNC_INLINE void bin(unsigned b, int c) { enc.encode(b, ctx[c]); }
   inline void bypass(uint32_t v, int n) { enc.bypass_bits(v, n); }
 };
 
 struct ShadowSink {
   ShadowContext* ctx;
-  inline void bin(unsigned b, int c) { ctx[c].account(b); }
+  NNC_INLINE void bin(unsigned b, int c) { ctx[c].account(b); }
   inline void bypass(uint32_t, int) {}
 };
 
 // Decode one level; returns false on magnitude overflow (corrupt data).
 template <bool kLimited>
-inline bool read_level(ArithDecoder& dec, Context* ctx, const Layout& L, const Site& site, int64_t m_neg,
+NNC_INLINE bool read_level(ArithDecoder& dec, Context* ctx, const Layout& L, const Site& site, int64_t m_neg,
                        int64_t m_pos, int sign_mode, int64_t& out) {
   if (!dec.decode(ctx[sig_context(site)])) {
     out = 0;
@@ -375,7 +375,8 @@ class TensorEncoder {
     uint8_t skip_map[8];
     if (kDq && skip) skip_transition(g_.w, skip_map);
     Site site{0, 0, 0, false};
-    RealSink real{enc_, ctx_.data()};
+    ArithEncoder enc = enc_;  // local copy (written back below)
+    RealSink real{enc, ctx_.data()};
     ShadowSink shadow{shadow_.data()};
     const int32_t* q = q_;
     const int32_t* base = t_.tca_base;
@@ -414,9 +415,10 @@ class TensorEncoder {
           } else {
             for (auto& c : ctx_) c.reset();
             site.nb = 0;
-            enc_.reset_range();
+            enc.reset_range();
           }
         });
+    enc_ = enc;
   }
 
  public:
@@ -586,7 +588,7 @@ class TensorDecoder {
     const Layout& L = L_;
     const int64_t m_neg = m_neg_, m_pos = m_pos_;
     const int sign_mode = sign_mode_;
-    ArithDecoder& dec = dec_;
+    ArithDecoder dec = dec_;  // local copy: lets the compiler keep the coder registers in registers
     const bool nothing = nothing_coded_;
     int64_t bad_pos = -1;
     Status bad = Status::kOk;
@@ -628,8 +630,11 @@ class TensorDecoder {
         },
         [&]() {
           site.nb = 0;
+          dec_ = dec;
           boundary(info, site.state);
+          dec = dec_;
         });
+    dec_ = dec;
     if (!ok) {
       if (bad == Status::kTruncated)
         return fail(err, bad, index_, bad_pos, "CABAC payload ends before " + where(index_, bad_pos));

@@ -13,6 +13,12 @@
 #include <intrin.h>
 #endif
 
+#if defined(_MSC_VER)
+#define NNC_INLINE __forceinline
+#else
+#define NNC_INLINE inline __attribute__((always_inline))
+#endif
+
 namespace nncabac {
 
 inline int leading_zeros32(uint32_t x) {
@@ -29,10 +35,10 @@ inline int leading_zeros32(uint32_t x) {
 // Probability model: a fast and a slow estimator combined in P = slow + 16 * fast.
 struct Context {
   int16_t p;       // combined state; MPS = (p >= 0)
-  int8_t fast;     // fast estimator
-  uint8_t fast_shift;
-  uint8_t slow_shift;
-  uint8_t eco;     // initialisation set in use (restored by reset())
+  int16_t fast;    // fast estimator (an 8-bit quantity; kept in 16 bits so stores do not alias everything)
+  int16_t fast_shift;
+  int16_t slow_shift;
+  int16_t eco;     // initialisation set in use (restored by reset())
 
   void init(unsigned e) {
     const InitSet& s = kInitSets[e];
@@ -40,7 +46,7 @@ struct Context {
     fast = s.s0;
     fast_shift = s.fast_shift;
     slow_shift = s.slow_shift;
-    eco = static_cast<uint8_t>(e);
+    eco = static_cast<int16_t>(e);
   }
   void reset() {
     p = kInitSets[eco].p0;
@@ -51,26 +57,37 @@ struct Context {
     const int q = p >> 7;  // floor division by 128
     return static_cast<unsigned>(q < 0 ? -q : q);
   }
-  void update(unsigned bin) {
+  NNC_INLINE void update(unsigned bin) {
+    const int g = static_cast<int>(bin << 1) - 1;  // +1 / -1
     int f = fast;
     int s = p - 16 * f;
-    if (bin) {
-      f += kAdaptCurve[16 + (f >> 3)] >> fast_shift;
-      s += kAdaptCurve[16 + (s >> 7)] >> slow_shift;
-    } else {
-      f -= kAdaptCurve[16 + ((-f) >> 3)] >> fast_shift;
-      s -= kAdaptCurve[16 + ((-s) >> 7)] >> slow_shift;
-    }
-    fast = static_cast<int8_t>(f);
+    f += g * (kAdaptCurve[16 + ((g * f) >> 3)] >> fast_shift);
+    s += g * (kAdaptCurve[16 + ((g * s) >> 7)] >> slow_shift);
+    f = static_cast<int8_t>(f);
+    fast = static_cast<int16_t>(f);
     p = static_cast<int16_t>(s + 16 * f);
   }
 };
 
+// Adaptation steps pre-shifted for every initialisation set: kStep{Fast,Slow}[e][i] = CURVE[i] >> shift(e).
+struct ShiftedCurves {
+  int16_t fast[9][32];
+  int16_t slow[9][32];
+  constexpr ShiftedCurves() : fast{}, slow{} {
+    for (int e = 0; e < 9; ++e)
+      for (int i = 0; i < 32; ++i) {
+        fast[e][i] = static_cast<int16_t>(kAdaptCurve[i] >> kInitSets[e].fast_shift);
+        slow[e][i] = static_cast<int16_t>(kAdaptCurve[i] >> kInitSets[e].slow_shift);
+      }
+  }
+};
+inline constexpr ShiftedCurves kShiftedCurves{};
+
 // Nine shadow copies of one context (one per initialisation set) with accumulated rate, used by the
 // encoder to choose the signalled ecoIdx (§3.6).
 struct ShadowContext {
-  int16_t p[9];
-  int8_t fast[9];
+  int32_t p[9];
+  int32_t fast[9];
   uint64_t cost[9];
 
   void init() {
@@ -86,22 +103,32 @@ struct ShadowContext {
       fast[e] = kInitSets[e].s0;
     }
   }
-  void account(unsigned bin) {
+  template <unsigned kBin>
+  NNC_INLINE void account_bin() {
+#pragma GCC unroll 9
     for (int e = 0; e < 9; ++e) {
-      cost[e] += kEstBits[512 + (p[e] >> 3)][bin];
+      const int pe = p[e];
+      cost[e] += kEstBits[512 + (pe >> 3)][kBin];
       int f = fast[e];
-      int s = p[e] - 16 * f;
-      const int fs = kInitSets[e].fast_shift, ss = kInitSets[e].slow_shift;
-      if (bin) {
-        f += kAdaptCurve[16 + (f >> 3)] >> fs;
-        s += kAdaptCurve[16 + (s >> 7)] >> ss;
+      int s = pe - 16 * f;
+      if (kBin) {
+        f += kShiftedCurves.fast[e][16 + (f >> 3)];
+        s += kShiftedCurves.slow[e][16 + (s >> 7)];
       } else {
-        f -= kAdaptCurve[16 + ((-f) >> 3)] >> fs;
-        s -= kAdaptCurve[16 + ((-s) >> 7)] >> ss;
+        f -= kShiftedCurves.fast[e][16 + ((-f) >> 3)];
+        s -= kShiftedCurves.slow[e][16 + ((-s) >> 7)];
       }
-      fast[e] = static_cast<int8_t>(f);
+      // Same truncation as the 8-bit / 16-bit state registers of the coder.
+      f = static_cast<int8_t>(f);
+      fast[e] = f;
       p[e] = static_cast<int16_t>(s + 16 * f);
     }
+  }
+  NNC_INLINE void account(unsigned bin) {
+    if (bin)
+      account_bin<1>();
+    else
+      account_bin<0>();
   }
   unsigned best() const {
     unsigned best_e = 0;
@@ -131,7 +158,7 @@ class ArithEncoder {
     carry_byte_ = 0xFF;
   }
 
-  inline void encode(unsigned bin, Context& c) {
+  NNC_INLINE void encode(unsigned bin, Context& c) {
     const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
     range_ -= lps;
     if (bin == c.mps()) {
@@ -151,7 +178,7 @@ class ArithEncoder {
     c.update(bin);
   }
 
-  inline void bypass(unsigned bin) {
+  NNC_INLINE void bypass(unsigned bin) {
     low_ <<= 1;
     if (bin) low_ += range_;
     if (--bits_left_ < 12) put_byte();
@@ -235,26 +262,19 @@ class ArithDecoder {
     bits_needed_ = -8;
   }
 
-  inline unsigned decode(Context& c) {
+  NNC_INLINE unsigned decode(Context& c) {
     const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
     const uint32_t mps_range = range_ - lps;
-    unsigned bin = c.mps();
-    if (value_ < (mps_range << 7)) {
-      range_ = mps_range;
-      if (mps_range < 256) {
-        range_ <<= 1;
-        value_ <<= 1;
-        if (++bits_needed_ >= 0) load(); 
-      }
-    } else {
-      bin ^= 1u;
-      value_ -= mps_range << 7;
-      const int n = leading_zeros32(lps) - 23;
-      range_ = lps << n;
-      value_ <<= n;
-      bits_needed_ += n;
-      if (bits_needed_ >= 0) load();
-    }
+    const uint32_t scaled = mps_range << 7;
+    const uint32_t is_lps = value_ >= scaled ? 1u : 0u;
+    value_ -= scaled & (0u - is_lps);
+    const uint32_t r = is_lps ? lps : mps_range;
+    const unsigned bin = c.mps() ^ is_lps;
+    const int n = leading_zeros32(r) - 23;
+    range_ = r << n;
+    value_ <<= n;
+    bits_needed_ += n;
+    if (bits_needed_ >= 0) load();
     c.update(bin);
     return bin;
   }

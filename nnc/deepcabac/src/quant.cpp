@@ -40,16 +40,18 @@ void for_each_in_scan(int64_t h, int64_t w, int scan, F&& f) {
   }
 }
 
-// Branches into each trellis state, in the order the tie rule requires: increasing predecessor state;
-// for the same predecessor the non-zero candidate before the zero candidate.
+// Trellis structure (§2.8): every state c has one parity-0 predecessor p0 and one parity-1 predecessor p1.
+// Candidate slots: 0..3 = the candidate x with x % 4 == slot, 4 = zero. From an even state the parity-0
+// branch uses slot 0 (or zero) and the parity-1 branch slot 2; from an odd state slots 3 (or zero) and 1.
+// For the tie rule the branches are tried in increasing predecessor order (non-zero before zero).
 struct Branch {
   uint8_t prev;
-  uint8_t slot;  // 0..3: candidate x with x % 4 == slot; 4: zero
+  uint8_t slot;
 };
-struct BranchTable {
+struct TrellisTable {
   Branch b[8][3];
-  BranchTable() {
-    int count[8] = {0};
+  constexpr TrellisTable() : b{} {
+    int count[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int p = 0; p < 8; ++p) {
       const int c0 = kDqNext[p][0];
       const int c1 = kDqNext[p][1];
@@ -60,10 +62,7 @@ struct BranchTable {
     }
   }
 };
-const BranchTable& branches() {
-  static const BranchTable t;
-  return t;
-}
+constexpr TrellisTable kTrellis{};
 
 inline int32_t first_candidate(double org) {
   // max(1, trunc(org) - 1); org is bounded by the overflow check before this is called.
@@ -71,34 +70,52 @@ inline int32_t first_candidate(double org) {
   return t - 1 > 1 ? t - 1 : 1;
 }
 
+template <int C>
+inline void relax(const double* cost, const double* dist, double* next, uint8_t* dec) {
+  constexpr Branch b0 = kTrellis.b[C][0], b1 = kTrellis.b[C][1], b2 = kTrellis.b[C][2];
+  const double c0 = cost[b0.prev] + dist[b0.slot];
+  const double c1 = cost[b1.prev] + dist[b1.slot];
+  const double c2 = cost[b2.prev] + dist[b2.slot];
+  // First strict minimum (the running minimum starts at DBL_MAX and every cost is below it); written
+  // as selects so that the compiler emits no data-dependent branches.
+  const unsigned t1 = c1 < c0;
+  const double m01 = c1 < c0 ? c1 : c0;  // minsd
+  const unsigned t2 = c2 < m01;
+  const double best = c2 < m01 ? c2 : m01;
+  const uint8_t choice = static_cast<uint8_t>((t2 << 1) | (t1 & (t2 ^ 1u)));
+  next[C] = best;
+  dec[C] = choice;
+}
+
+// Overflow tests of the reference: round(v * scale) > 2^31 - 3 or < -(2^31 - 2), written without round().
+inline bool dq_overflows(double y) { return y >= 2147483645.5 || y <= -2147483646.5; }
+
 Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step, int scan, ErrorInfo& err) {
   const int64_t n = h * w;
   const float fscale = 1.0f / step;
   const double dscale = 1.0 / static_cast<double>(step);
-  const BranchTable& bt = branches();
+  const bool direct = (w <= 1 || h <= 1 || scan == 0);
+
+  // Positions in scan order (only for block scans).
+  std::vector<int64_t> order;
+  if (!direct) {
+    order.reserve(static_cast<size_t>(n));
+    for_each_in_scan(h, w, scan, [&](int64_t pos) { order.push_back(pos); });
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    if (std::isnan(v)) return fail(err, Status::kBadInput, i, "NaN at element " + std::to_string(i));
+    if (dq_overflows(static_cast<double>(v * fscale)))
+      return fail(err, Status::kOverflow, i, "quantized value at element " + std::to_string(i) + " does not fit in int32");
+  }
 
   std::vector<uint8_t> decisions(static_cast<size_t>(n) * 8);
   double cost[8], next[8];
   cost[0] = 0.0;
   for (int s = 1; s < 8; ++s) cost[s] = 0.5 * std::numeric_limits<double>::max();
 
-  int64_t k = 0;
-  Status st = Status::kOk;
-  int64_t bad = -1;
-  for_each_in_scan(h, w, scan, [&](int64_t pos) {
-    if (st != Status::kOk) return;
-    const float v = x[pos];
-    if (std::isnan(v)) {
-      st = Status::kBadInput;
-      bad = pos;
-      return;
-    }
-    const double r = std::round(static_cast<double>(v * fscale));
-    if (r > 2147483645.0 || r < -2147483646.0) {
-      st = Status::kOverflow;
-      bad = pos;
-      return;
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    const float v = x[direct ? k : order[static_cast<size_t>(k)]];
     const double sign = v < 0 ? -1.0 : 1.0;
     const double org = dscale * static_cast<double>(v) * sign;
     const int32_t m = first_candidate(org);
@@ -110,67 +127,37 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
     }
     dist[4] = org * org;
     uint8_t* dec = &decisions[static_cast<size_t>(k) * 8];
-    for (int s = 0; s < 8; ++s) {
-      double best = std::numeric_limits<double>::max();
-      uint8_t choice = 0;
-      for (int j = 0; j < 3; ++j) {
-        const Branch& br = bt.b[s][j];
-        const double c = cost[br.prev] + dist[br.slot];
-        if (c < best) {
-          best = c;
-          choice = static_cast<uint8_t>(br.prev | (br.slot << 3));
-        }
-      }
-      next[s] = best;
-      dec[s] = choice;
-    }
+    relax<0>(cost, dist, next, dec);
+    relax<1>(cost, dist, next, dec);
+    relax<2>(cost, dist, next, dec);
+    relax<3>(cost, dist, next, dec);
+    relax<4>(cost, dist, next, dec);
+    relax<5>(cost, dist, next, dec);
+    relax<6>(cost, dist, next, dec);
+    relax<7>(cost, dist, next, dec);
     std::memcpy(cost, next, sizeof(cost));
-    ++k;
-  });
-  if (st == Status::kOverflow)
-    return fail(err, st, bad, "quantized value at element " + std::to_string(bad) + " does not fit in int32");
-  if (st != Status::kOk) return fail(err, st, bad, "NaN at element " + std::to_string(bad));
+  }
 
   int state = 0;
   for (int s = 1; s < 8; ++s)
     if (cost[s] < cost[state]) state = s;
 
-  // Backtrack: levels in scan order.
-  std::vector<int32_t> scan_q;
-  const bool direct = (w <= 1 || h <= 1 || scan == 0);
-  int32_t* dst = q;
-  if (!direct) {
-    scan_q.resize(static_cast<size_t>(n));
-    dst = scan_q.data();
-  }
-  // Row-major position of scan index i is needed only to recompute the candidate; use a second pass
-  // over the positions to collect them when the scan is not row-major.
-  std::vector<int64_t> order;
-  if (!direct) {
-    order.reserve(static_cast<size_t>(n));
-    for_each_in_scan(h, w, scan, [&](int64_t pos) { order.push_back(pos); });
-  }
-  for (int64_t i = n - 1; i >= 0; --i) {
-    const uint8_t d = decisions[static_cast<size_t>(i) * 8 + state];
-    const int prev = d & 7;
-    const int slot = d >> 3;
-    int32_t level = 0;
-    if (slot != 4) {
-      const int64_t pos = direct ? i : order[static_cast<size_t>(i)];
+  for (int64_t k = n - 1; k >= 0; --k) {
+    const Branch br = kTrellis.b[state][decisions[static_cast<size_t>(k) * 8 + state]];
+    const int64_t pos = direct ? k : order[static_cast<size_t>(k)];
+    int32_t value = 0;
+    if (br.slot != 4) {
       const float v = x[pos];
       const double org = dscale * static_cast<double>(v) * (v < 0 ? -1.0 : 1.0);
       const int32_t m = first_candidate(org);
-      const int32_t c = m + ((slot - m) & 3);
-      level = (c + 1) >> 1;
-      int32_t qv = 2 * level - (prev & 1);
-      dst[i] = v < 0 ? -qv : qv;
-    } else {
-      dst[i] = 0;
+      const int32_t c = m + ((br.slot - m) & 3);
+      const int32_t level = (c + 1) >> 1;
+      const int32_t mag = 2 * level - (br.prev & 1);
+      value = v < 0 ? -mag : mag;
     }
-    state = prev;
+    q[pos] = value;
+    state = br.prev;
   }
-  if (!direct)
-    for (int64_t i = 0; i < n; ++i) q[order[static_cast<size_t>(i)]] = scan_q[static_cast<size_t>(i)];
   return Status::kOk;
 }
 
