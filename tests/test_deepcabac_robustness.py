@@ -203,3 +203,17 @@ def test_concurrent_decoding_releases_gil():
         t.join()
     for r in results:
         np.testing.assert_array_equal(r, items[0][0])
+
+
+def test_decode_payloads_in_parallel_keeps_order_and_errors():
+    from nnc.deepcabac import decode_payloads
+
+    jobs = [(data, codings) for codings, _, data in PAYLOADS]
+    res = decode_payloads(jobs, max_workers=3)
+    for (codings, items, _), r in zip(PAYLOADS, res):
+        for (q, c, _, _), lv in zip(items, r.levels):
+            np.testing.assert_array_equal(lv, np.asarray(q).reshape(c.shape))
+    bad = list(jobs)
+    bad[2] = (bad[2][0][:3], bad[2][1])
+    with pytest.raises(BitstreamError):
+        decode_payloads(bad, max_workers=2)

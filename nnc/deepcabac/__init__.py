@@ -10,6 +10,8 @@ Everything is described in ``NNC_BITSTREAM.md`` §1.10, §1.11, §2 and §3.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +28,9 @@ __all__ = [
     "DecodedPayload",
     "encode_payload",
     "decode_payload",
+    "decode_payloads",
     "quantize",
+    "QuantizationOverflowError",
     "step_size",
     "block_row_count",
     "effective_scan_order",
@@ -270,6 +274,25 @@ def decode_payload(data, tensors: Sequence[TensorCoding]) -> DecodedPayload:
         entry_points=[_entry_points(t[4]) for t in info],
         consumed=int(consumed),
     )
+
+
+def decode_payloads(jobs, *, max_workers: int | None = None) -> list[DecodedPayload]:
+    """Decode several independent CABAC payloads (e.g. the NDUs of one bitstream) concurrently.
+
+    ``jobs``: sequence of (data, tensors) as for :func:`decode_payload`. The C++ decoder releases the GIL,
+    so the payloads are decoded in parallel threads; results are returned in job order and the first
+    error (in job order) is raised.
+    """
+    jobs = list(jobs)
+    if max_workers is None:
+        max_workers = min(len(jobs), os.cpu_count() or 1)
+    if max_workers <= 1 or len(jobs) <= 1:
+        return [decode_payload(d, t) for d, t in jobs]
+    # Largest payloads first keeps the workers busy; results are put back in order.
+    order = sorted(range(len(jobs)), key=lambda i: -sum(c.size for c in jobs[i][1]))
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        futures = {i: pool.submit(decode_payload, jobs[i][0], jobs[i][1]) for i in order}
+        return [futures[i].result() for i in range(len(jobs))]
 
 
 class QuantizationOverflowError(OverflowError):

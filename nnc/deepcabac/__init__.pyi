@@ -1,0 +1,61 @@
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+@dataclass(frozen=True)
+class TensorCoding:
+    shape: tuple[int, ...]
+    profile: int = 1
+    unary_length: int = 11
+    qp_bits: int | None = 8
+    scan_order: int = 0
+    dq: bool = False
+    parent_present: bool = False
+    codebook_size: int = 0
+    codebook_zero: int = 0
+    tca_base: np.ndarray | None = None
+    hdsp_history: np.ndarray | None = None
+    @property
+    def height(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    param_opt: bool = True
+    row_skipping: bool = False
+    hdsp: bool = False
+    allow_dq_mismatch: bool = False
+
+@dataclass(frozen=True)
+class EntryPoint:
+    value: int
+    dq_state: int
+    bit_offset: int
+
+@dataclass
+class DecodedPayload:
+    levels: list[np.ndarray]
+    qp_offsets: list[int | None]
+    hdsp_flags: list[bool]
+    row_skip_flags: list[bool]
+    entry_points: list[list[EntryPoint]]
+    consumed: int
+
+class QuantizationOverflowError(OverflowError): ...
+
+def effective_scan_order(coding: TensorCoding) -> int: ...
+def block_row_count(coding: TensorCoding) -> int: ...
+def entry_point_count(shape: Sequence[int], scan_order: int) -> int: ...
+def step_size(qp: int, qp_density: int) -> float: ...
+def encode_payload(
+    items: Sequence[tuple[np.ndarray, TensorCoding, int, EncodeOptions]],
+) -> tuple[bytes, list[list[EntryPoint]]]: ...
+def decode_payload(data: bytes | memoryview | np.ndarray, tensors: Sequence[TensorCoding]) -> DecodedPayload: ...
+def decode_payloads(
+    jobs: Sequence[tuple[bytes | memoryview | np.ndarray, Sequence[TensorCoding]]], *, max_workers: int | None = None
+) -> list[DecodedPayload]: ...
+def quantize(x: np.ndarray, step: float, *, dq: bool, scan_order: int = 0) -> np.ndarray: ...
