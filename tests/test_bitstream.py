@@ -644,12 +644,17 @@ def test_lps_qnt_reflist_roundtrip():
     tpl2 = B.tpl_unit(2, 0, "graph { }")
     p2 = B.parse(TV1[:12] + tpl2)
     assert p2.topology_unit.topology_text == "graph { }" and p2.topology.data == b"graph { }"
-    # non-UTF-8 topology data is accepted only when compressed
-    raw = B.tpl_unit(2, 1, b"\x78\x9c\xff")
-    assert B.parse(TV1[:12] + raw)[2].body.topology_data == b"\x78\x9c\xff"
+    # binary topology data (ONNX, or anything deflated) fills the rest of the unit and may hold NUL bytes;
+    # textual formats stay NUL-terminated UTF-8 strings
+    raw = B.tpl_unit(2, 1, b"\x78\x9c\xff\x00\x01")
+    assert B.parse(TV1[:12] + raw)[2].body.topology_data == b"\x78\x9c\xff\x00\x01"
+    onnx_raw = B.tpl_unit(2, 0, b"\x08\x00\x12")
+    assert B.parse(TV1[:12] + onnx_raw)[2].body.topology_data == b"\x08\x00\x12"
     with pytest.raises(ConfigError):
-        B.write_unit(B.TopologyUnit(topology_storage_format=2, topology_compression_format=0, topology_data=b"\xff"))
-    bad = _unit(3, b"\x02\x00\xff\x00")
+        B.write_unit(B.TopologyUnit(topology_storage_format=3, topology_compression_format=0, topology_data=b"\xff"))
+    with pytest.raises(ConfigError):
+        B.write_unit(B.TopologyUnit(topology_storage_format=0, topology_compression_format=0, topology_data=b"a\x00"))
+    bad = _unit(3, b"\x03\x00\xff\x00")
     with pytest.raises(BitstreamError, match="UTF-8") as ei:
         B.parse(TV1[:12] + bad)
     assert_located(ei.value, 2, "topology_data")

@@ -149,6 +149,14 @@ class BitReader:
         raise TruncatedBitstreamError("st string has no NUL terminator before the end of the unit",
                                       byte_offset=start)
 
+    def rest_bytes(self) -> bytes:
+        """All remaining bytes of the unit; must start byte aligned."""
+        if self.pos & 7:
+            raise BitstreamError("byte payload does not start on a byte boundary", byte_offset=self.pos >> 3)
+        start, stop = self.pos >> 3, self.end >> 3
+        self.pos = self.end
+        return bytes(self.buf[start:stop])
+
     def st(self) -> str:
         start = self.pos >> 3
         raw = self.st_bytes()
@@ -242,6 +250,14 @@ class BitWriter:
             raise ConfigError("st string must not contain a NUL byte")
         raw += b"\0"
         self._put(8 * len(raw), int.from_bytes(raw, "big"))
+
+    def raw_bytes(self, v) -> None:
+        """Bytes written as they are (no terminator); must start byte aligned."""
+        if not self.aligned():
+            raise ConfigError("byte payload would not start on a byte boundary")
+        raw = bytes(v)
+        if raw:
+            self._put(8 * len(raw), int.from_bytes(raw, "big"))
 
     def getvalue(self) -> bytes:
         if self.nbits & 7:

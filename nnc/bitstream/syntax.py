@@ -212,6 +212,23 @@ class ST(Descriptor):
         return "st"
 
 
+class RestBytes(Descriptor):
+    """Binary data filling the rest of the unit (no terminator), byte aligned."""
+
+    min_bits = 0
+
+    def read(self, r, scope):
+        return r.rest_bytes()
+
+    def write(self, w, value, scope):
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        w.raw_bytes(value)
+
+    def doc(self):
+        return "bytes to the end of the unit"
+
+
 class FLT(Descriptor):
     min_bits = 32
 

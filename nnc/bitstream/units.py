@@ -11,7 +11,7 @@ from typing import NamedTuple
 from ..errors import UnsupportedFeatureError
 from .enums import (CompressedParameterTypes, NNRUnitType, ParentNodeIdType, PayloadType,
                     QuantizationMethodFlags, TopologyCompressionFormat, TopologyStorageFormat)
-from .syntax import (FLT, IE, ST, UE, Align, Array, Descriptor, Expr, Fail, Field, I, If, Loop, Scope, Sub, U,
+from .syntax import (FLT, IE, ST, UE, RestBytes, Align, Array, Descriptor, Expr, Fail, Field, I, If, Loop, Scope, Sub, U,
                      register_names, syntax)
 
 __all__ = [
@@ -229,9 +229,14 @@ def _topology_elements_ids_list(indexed: str) -> list:
     Fail("topology_storage_format == NNR_TPL_PRUN",
          "nnr_pruning_topology_container (NNR_TPL_PRUN) is not implemented", UnsupportedFeatureError),
     If("topology_storage_format == NNR_TPL_REFLIST", _topology_elements_ids_list("0"), orelse=[
-        Field("topology_data", ST(raw=True), note="bytes; UTF-8 checked when uncompressed"),
-        Fail("topology_compression_format == NNR_PT_RAW and not is_utf8(topology_data)",
-             "topology_data is not valid UTF-8", at="topology_data"),
+        # Binary topologies (an ONNX graph, or any deflate-compressed data) contain NUL bytes, so they fill
+        # the rest of the unit; textual ones are NUL-terminated strings, the only form NNCodec reads.
+        If("topology_storage_format == NNR_TPL_ONNX or topology_compression_format != NNR_PT_RAW", [
+            Field("topology_data", RestBytes(), note="binary: bytes to the end of the unit"),
+        ], orelse=[
+            Field("topology_data", ST(raw=True), note="text; UTF-8 checked"),
+            Fail("not is_utf8(topology_data)", "topology_data is not valid UTF-8", at="topology_data"),
+        ]),
     ]),
 ], title="NNR_TPL (§1.7); no byte_alignment")
 class TopologyUnit:
