@@ -217,3 +217,11 @@ def test_decode_payloads_in_parallel_keeps_order_and_errors():
     bad[2] = (bad[2][0][:3], bad[2][1])
     with pytest.raises(BitstreamError):
         decode_payloads(bad, max_workers=2)
+
+
+def test_encode_payloads_in_parallel_matches_serial():
+    from nnc.deepcabac import encode_payloads
+
+    jobs = [items for _, items, _ in PAYLOADS]
+    res = encode_payloads(jobs, max_workers=3)
+    assert [r[0] for r in res] == [data for _, _, data in PAYLOADS]

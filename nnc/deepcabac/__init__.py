@@ -27,6 +27,7 @@ __all__ = [
     "EntryPoint",
     "DecodedPayload",
     "encode_payload",
+    "encode_payloads",
     "decode_payload",
     "decode_payloads",
     "quantize",
@@ -276,6 +277,29 @@ def decode_payload(data, tensors: Sequence[TensorCoding]) -> DecodedPayload:
     )
 
 
+def _run_parallel(fn, jobs, weights, max_workers):
+    if max_workers is None:
+        max_workers = min(len(jobs), os.cpu_count() or 1)
+    if max_workers <= 1 or len(jobs) <= 1:
+        return [fn(*j) for j in jobs]
+    # Largest jobs first keeps the workers busy; results are returned in job order and the first error in
+    # job order is raised.
+    order = sorted(range(len(jobs)), key=lambda i: -weights[i])
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        futures = {i: pool.submit(fn, *jobs[i]) for i in order}
+        return [futures[i].result() for i in range(len(jobs))]
+
+
+def encode_payloads(jobs, *, max_workers: int | None = None) -> list[tuple[bytes, list[list[EntryPoint]]]]:
+    """Encode several independent NDU payloads concurrently (the C++ encoder releases the GIL).
+
+    ``jobs``: sequence of ``items`` lists as taken by :func:`encode_payload`; results in job order.
+    """
+    jobs = [(list(items),) for items in jobs]
+    weights = [sum(int(np.size(it[0])) for it in j[0]) for j in jobs]
+    return _run_parallel(encode_payload, jobs, weights, max_workers)
+
+
 def decode_payloads(jobs, *, max_workers: int | None = None) -> list[DecodedPayload]:
     """Decode several independent CABAC payloads (e.g. the NDUs of one bitstream) concurrently.
 
@@ -283,16 +307,9 @@ def decode_payloads(jobs, *, max_workers: int | None = None) -> list[DecodedPayl
     so the payloads are decoded in parallel threads; results are returned in job order and the first
     error (in job order) is raised.
     """
-    jobs = list(jobs)
-    if max_workers is None:
-        max_workers = min(len(jobs), os.cpu_count() or 1)
-    if max_workers <= 1 or len(jobs) <= 1:
-        return [decode_payload(d, t) for d, t in jobs]
-    # Largest payloads first keeps the workers busy; results are put back in order.
-    order = sorted(range(len(jobs)), key=lambda i: -sum(c.size for c in jobs[i][1]))
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        futures = {i: pool.submit(decode_payload, jobs[i][0], jobs[i][1]) for i in order}
-        return [futures[i].result() for i in range(len(jobs))]
+    jobs = [(d, list(t)) for d, t in jobs]
+    weights = [sum(c.size for c in j[1]) for j in jobs]
+    return _run_parallel(decode_payload, jobs, weights, max_workers)
 
 
 class QuantizationOverflowError(OverflowError):
