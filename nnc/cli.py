@@ -3,13 +3,16 @@
 Every subcommand is a function of parsed arguments returning an exit status, so tests call
 ``main([...])`` directly. Errors print one line (``nnc: error: ...``) and map to exit codes:
 0 success, 1 non-conforming bitstream (``check``) or failed suite (``conform``), 2 unreadable input or bad
-usage, 3 unsupported feature. ``--debug`` shows the traceback instead.
+usage, 3 unsupported feature, 70 internal error (a bug), 130 interrupted. ``--debug`` shows the traceback
+instead (docs/errors.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,21 +190,49 @@ _COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "info": _cmd_info, "c
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    old_term = _catch_sigterm()
     try:
         return _COMMANDS[a.command](a)
     except UnsupportedFeatureError as e:
         if a.debug:
             raise
-        print(f"nnc: unsupported: {e}", file=sys.stderr)
+        print(f"nnc: unsupported: {_one_line(e)}", file=sys.stderr)
         return 3
     except (NNCError, OSError) as e:
         if a.debug:
             raise
-        print(f"nnc: error: {e}", file=sys.stderr)
+        print(f"nnc: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nnc: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug in nnc: one line, traceback only with --debug
+        if a.debug:
+            raise
+        print(f"nnc: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 70
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _on_sigterm(signum, frame):
+    # unwinds like an exception, so atomic writers delete their temporary file (the old output stays)
+    raise SystemExit(128 + signum)
+
+
+def _catch_sigterm():
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):
+        return None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

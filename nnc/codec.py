@@ -18,7 +18,7 @@ from . import deepcabac
 from .config import DecoderConfig, EncoderConfig
 from .dtypes import coding_kind, dtype_for_format, format_for_dtype
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
-from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform
+from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
 from .topology import Topology
 
 __all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "encode", "decode", "decode_model"]
@@ -321,6 +321,8 @@ class _StreamContext:
         lps = parsed.lps
         if lps is not None:
             raise UnsupportedFeatureError("NNR_LPS units are not supported (NNCodec never writes them)")
+        if parsed.profile not in (0, 1):
+            raise UnsupportedFeatureError(f"general_profile_idc {parsed.profile} is not supported (0 and 1 are)")
         topo = parsed.topology
         return cls(profile=parsed.profile, qp_density=qd, base_qp=qp0,
                    parent_signalling=bool(getattr(mps, "mps_parent_signalling_enabled_flag", 0)),
@@ -378,14 +380,23 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
                              syntax_path="NNR_NDU.tensor_dimensions")
     n = math.prod(dims)
     is_int = ptype == bs.PayloadType.NNR_PT_INT
-    budget.take(n, 4 if is_int else 4, idx, name)
+    out_dtype = None
+    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
+        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
+    # bytes per element of the returned array: int32/float32, or the signalled dtype if wider (float64, int64)
+    itemsize = max(4, np.dtype(out_dtype).itemsize if out_dtype is not None else 4)
+    budget.take(n, itemsize, idx, name)
+    scan_order = h.scan_order or 0
+    if scan_order > 4:
+        raise BitstreamError(f"reserved scan_order {scan_order}", unit_index=idx, syntax_path="NNR_NDU.scan_order")
     cb_size = cb_zero = 0
     codebook = None
     if getattr(h, "codebook_present_flag", 0):
         cb = h.codebook
-        if len(cb.values) > cfg.max_codebook_size:
-            raise LimitExceededError(f"codebook of {len(cb.values)} entries exceeds max_codebook_size",
-                                     unit_index=idx, syntax_path="NNR_NDU.codebook.codebook_size")
+        if cb.codebook_size > cfg.max_codebook_size:   # checked before the value list is built
+            raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
+                                     f"{cfg.max_codebook_size}", unit_index=idx,
+                                     syntax_path="NNR_NDU.codebook.codebook_size")
         codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
         if ctx.profile == 1:
             cb_size, cb_zero = len(cb.values), cb.zero_offset
@@ -395,12 +406,9 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
         tca_base, hdsp_hist = state.inputs_for(name, h)
     coding = deepcabac.TensorCoding(
         shape=dims, profile=ctx.profile, unary_length=_unary_length_minus1(h) + 1,
-        qp_bits=None if is_int else 6 + ctx.qp_density, scan_order=h.scan_order or 0,
+        qp_bits=None if is_int else 6 + ctx.qp_density, scan_order=scan_order,
         dq=bool(h.dq_flag) and not is_int, parent_present=parent_present, codebook_size=cb_size,
         codebook_zero=cb_zero, tca_base=tca_base, hdsp_history=hdsp_hist)
-    out_dtype = None
-    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
-        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
     kind = "int" if is_int else ("codebook" if codebook is not None else "uniform")
     return _NduJob(unit, [name], [coding], [kind], unit.payload, ctx, out_dtype, codebook)
 
@@ -408,6 +416,20 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
 def _unary_length_minus1(h) -> int:
     # absent from the header: the standard's default of 9 (spec §1.9 notes, §6 item 9)
     return 9 if h.cabac_unary_length_minus1 is None else int(h.cabac_unary_length_minus1)
+
+
+def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
+    """A hostile MPS qp plus qp offset can ask for a step of 2**4000: refuse it instead of raising
+    OverflowError or reconstructing inf (an encoder never writes a qp whose float32 step is not finite)."""
+    try:
+        with np.errstate(over="ignore"):
+            step = step_size(qp, qp_density)
+    except OverflowError:
+        step = np.float32(np.inf)
+    if not np.isfinite(step):
+        raise BitstreamError(f"tensor {name!r}: qp {qp} (qp_density {qp_density}) gives a step size that "
+                             "overflows float32", unit_index=unit_index,
+                             syntax_path="NNR_MPS.mps_quantization_parameter")
 
 
 def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
@@ -424,27 +446,33 @@ def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
                              syntax_path="NNR_NDU.payload")
     h = unit.body
     out = []
-    for name, kind, coding, q, qoff in zip(job.names, job.kinds, job.codings, res.levels, res.qp_offsets):
-        qp = None if qoff is None else qoff + job.ctx.base_qp
-        if kind == "int":
-            arr = q.astype(job.out_dtype, copy=False) if job.out_dtype is not None else q
-        elif kind == "codebook":
-            values, zero = job.codebook
-            lo, hi = int(q.min()), int(q.max())
-            if lo + zero < 0 or hi + zero >= len(values):
-                raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit.index,
-                                     syntax_path="NNR_NDU.payload")
-            arr = reconstruct_codebook(q, values, zero, qp, job.ctx.qp_density)
-            if job.out_dtype is not None:
-                arr = arr.astype(job.out_dtype)
-        else:
-            arr = reconstruct_uniform(q, qp, job.ctx.qp_density)
-            if job.out_dtype is not None:
-                arr = arr.astype(job.out_dtype)
-        out.append(DecodedTensor(name=name, array=arr, levels=q, qp=qp, unit_index=unit.index,
-                                 parameter_id=getattr(h, "parameter_id", None),
-                                 put_node_depth=getattr(h, "put_node_depth", None),
-                                 device_id=getattr(h, "device_id", None)))
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected below and reported
+        for name, kind, coding, q, qoff in zip(job.names, job.kinds, job.codings, res.levels, res.qp_offsets):
+            qp = None if qoff is None else qoff + job.ctx.base_qp
+            if kind != "int":
+                _check_step(qp, job.ctx.qp_density, name, unit.index)
+            if kind == "int":
+                arr = q.astype(job.out_dtype, copy=False) if job.out_dtype is not None else q
+            elif kind == "codebook":
+                values, zero = job.codebook
+                lo, hi = int(q.min()), int(q.max())
+                if lo + zero < 0 or hi + zero >= len(values):
+                    raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit.index,
+                                         syntax_path="NNR_NDU.payload")
+                arr = reconstruct_codebook(q, values, zero, qp, job.ctx.qp_density)
+                if job.out_dtype is not None:
+                    arr = arr.astype(job.out_dtype)
+            else:
+                arr = reconstruct_uniform(q, qp, job.ctx.qp_density)
+                if job.out_dtype is not None:
+                    arr = arr.astype(job.out_dtype)
+            if kind != "int" and not np.isfinite(arr).all():
+                raise BitstreamError(f"tensor {name!r}: reconstructed values overflow float32 (hostile levels "
+                                     "or qp)", unit_index=unit.index, syntax_path="NNR_NDU.payload")
+            out.append(DecodedTensor(name=name, array=arr, levels=q, qp=qp, unit_index=unit.index,
+                                     parameter_id=getattr(h, "parameter_id", None),
+                                     put_node_depth=getattr(h, "put_node_depth", None),
+                                     device_id=getattr(h, "device_id", None)))
     return out
 
 

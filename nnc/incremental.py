@@ -70,6 +70,15 @@ class UpdateState:
                                        f"parent's {self.device_id}")
             tca_base = h.levels
         hist = h.seen_nonzero if h is not None else None
+        dims = getattr(header, "tensor_dimensions", None)
+        if dims is not None:
+            n = 1
+            for d in dims:
+                n *= int(d)
+            for what, held in (("TCA base", tca_base), ("HDSP history", hist)):
+                if held is not None and held.size != n:
+                    raise UpdateStateError(f"tensor {name!r}: the update has {n} elements but the held {what} "
+                                           f"has {held.size} (the tensor changed shape?)")
         return tca_base, hist
 
     def record(self, name: str, levels: np.ndarray, put_node_depth: int, parameter_id: int | None,
