@@ -12,6 +12,9 @@
 #if defined(_MSC_VER)
 #include <intrin.h>
 #endif
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#endif
 
 #if defined(_MSC_VER)
 #define NNC_INLINE __forceinline
@@ -69,60 +72,52 @@ struct Context {
   }
 };
 
-// Adaptation steps pre-shifted for every initialisation set: kStep{Fast,Slow}[e][i] = CURVE[i] >> shift(e).
-struct ShiftedCurves {
-  int16_t fast[9][32];
-  int16_t slow[9][32];
-  constexpr ShiftedCurves() : fast{}, slow{} {
-    for (int e = 0; e < 9; ++e)
-      for (int i = 0; i < 32; ++i) {
-        fast[e][i] = static_cast<int16_t>(kAdaptCurve[i] >> kInitSets[e].fast_shift);
-        slow[e][i] = static_cast<int16_t>(kAdaptCurve[i] >> kInitSets[e].slow_shift);
-      }
-  }
-};
-inline constexpr ShiftedCurves kShiftedCurves{};
-
 // Nine shadow copies of one context (one per initialisation set) with accumulated rate, used by the
-// encoder to choose the signalled ecoIdx (§3.6).
+// encoder to choose the signalled ecoIdx (§3.6). Sets 0..7 are updated together in 16-bit SIMD lanes
+// (SSE2) where available, set 8 in scalar code. All reachable states keep |P| < 4096 and |S0| < 128, so
+// the 16-bit lane arithmetic is exact.
+#if defined(__SSE2__) || defined(_M_X64)
+#define NNC_SHADOW_SSE2 1
+#endif
+
 struct ShadowContext {
-  int32_t p[9];
-  int32_t fast[9];
+#ifdef NNC_SHADOW_SSE2
+  alignas(16) int16_t p[8];
+  alignas(16) int16_t fast[8];
+#else
+  int16_t p[8];
+  int16_t fast[8];
+#endif
+  int32_t p8;
+  int32_t fast8;
   uint64_t cost[9];
 
   void init() {
-    for (int e = 0; e < 9; ++e) {
-      p[e] = kInitSets[e].p0;
-      fast[e] = kInitSets[e].s0;
-      cost[e] = 0;
-    }
+    reset_states();
+    for (int e = 0; e < 9; ++e) cost[e] = 0;
   }
   void reset_states() {
-    for (int e = 0; e < 9; ++e) {
+    for (int e = 0; e < 8; ++e) {
       p[e] = kInitSets[e].p0;
       fast[e] = kInitSets[e].s0;
     }
+    p8 = kInitSets[8].p0;
+    fast8 = kInitSets[8].s0;
   }
+
   template <unsigned kBin>
   NNC_INLINE void account_bin() {
-#pragma GCC unroll 9
-    for (int e = 0; e < 9; ++e) {
-      const int pe = p[e];
-      cost[e] += kEstBits[512 + (pe >> 3)][kBin];
-      int f = fast[e];
-      int s = pe - 16 * f;
-      if (kBin) {
-        f += kShiftedCurves.fast[e][16 + (f >> 3)];
-        s += kShiftedCurves.slow[e][16 + (s >> 7)];
-      } else {
-        f -= kShiftedCurves.fast[e][16 + ((-f) >> 3)];
-        s -= kShiftedCurves.slow[e][16 + ((-s) >> 7)];
-      }
-      // Same truncation as the 8-bit / 16-bit state registers of the coder.
-      f = static_cast<int8_t>(f);
-      fast[e] = f;
-      p[e] = static_cast<int16_t>(s + 16 * f);
+#ifdef NNC_SHADOW_SSE2
+    simd_lanes<kBin>();
+#else
+    for (int e = 0; e < 8; ++e) {
+      int pe = p[e], f = fast[e];
+      scalar_lane<kBin>(e, pe, f);
+      p[e] = static_cast<int16_t>(pe);
+      fast[e] = static_cast<int16_t>(f);
     }
+#endif
+    scalar_lane<kBin>(8, p8, fast8);
   }
   NNC_INLINE void account(unsigned bin) {
     if (bin)
@@ -142,6 +137,70 @@ struct ShadowContext {
     }
     return best_e;
   }
+
+ private:
+  template <unsigned kBin>
+  NNC_INLINE void scalar_lane(int e, int32_t& pe, int32_t& fe) {
+    cost[e] += kEstBits[512 + (pe >> 3)][kBin];
+    int f = fe;
+    int s = pe - 16 * f;
+    const int fs = kInitSets[e].fast_shift, ss = kInitSets[e].slow_shift;
+    if (kBin) {
+      f += kAdaptCurve[16 + (f >> 3)] >> fs;
+      s += kAdaptCurve[16 + (s >> 7)] >> ss;
+    } else {
+      f -= kAdaptCurve[16 + ((-f) >> 3)] >> fs;
+      s -= kAdaptCurve[16 + ((-s) >> 7)] >> ss;
+    }
+    f = static_cast<int8_t>(f);
+    fe = f;
+    pe = static_cast<int16_t>(s + 16 * f);
+  }
+
+#ifdef NNC_SHADOW_SSE2
+  // CURVE[i] for i in 0..31 as max(2512 - 224 i, 1424 - 96 i, 1040 - 64 i, 64), and 0 for i = 31.
+  static NNC_INLINE __m128i curve16(__m128i i) {
+    const __m128i i32 = _mm_slli_epi16(i, 5);
+    const __m128i i64 = _mm_slli_epi16(i, 6);
+    const __m128i a = _mm_sub_epi16(_mm_set1_epi16(2512), _mm_sub_epi16(_mm_slli_epi16(i, 8), i32));
+    const __m128i b = _mm_sub_epi16(_mm_set1_epi16(1424), _mm_add_epi16(i64, i32));
+    const __m128i c = _mm_sub_epi16(_mm_set1_epi16(1040), i64);
+    __m128i m = _mm_max_epi16(_mm_max_epi16(a, b), _mm_max_epi16(c, _mm_set1_epi16(64)));
+    return _mm_andnot_si128(_mm_cmpeq_epi16(i, _mm_set1_epi16(31)), m);
+  }
+
+  template <unsigned kBin>
+  NNC_INLINE void simd_lanes() {
+    // x >> shift(e) == mulhi_u16(x, 2^(16 - shift(e))) for 0 <= x < 2^16.
+    const __m128i mul_fast = _mm_setr_epi16(1 << 11, 1 << 11, 1 << 11, 1 << 12, 1 << 10, 1 << 10, 1 << 10, 1 << 9);
+    const __m128i mul_slow = _mm_setr_epi16(1 << 12, 1 << 12, 1 << 12, 1 << 11, 1 << 10, 1 << 10, 1 << 10, 1 << 11);
+    const __m128i sixteen = _mm_set1_epi16(16);
+    __m128i P = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i F = _mm_load_si128(reinterpret_cast<const __m128i*>(fast));
+
+    alignas(16) int16_t idx[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(idx), _mm_srai_epi16(P, 3));
+    for (int e = 0; e < 8; ++e) cost[e] += kEstBits[512 + idx[e]][kBin];
+
+    __m128i S = _mm_sub_epi16(P, _mm_slli_epi16(F, 4));
+    if (kBin) {
+      const __m128i fi = _mm_add_epi16(_mm_srai_epi16(F, 3), sixteen);
+      const __m128i si = _mm_add_epi16(_mm_srai_epi16(S, 7), sixteen);
+      F = _mm_add_epi16(F, _mm_mulhi_epu16(curve16(fi), mul_fast));
+      S = _mm_add_epi16(S, _mm_mulhi_epu16(curve16(si), mul_slow));
+    } else {
+      const __m128i zero = _mm_setzero_si128();
+      const __m128i fi = _mm_add_epi16(_mm_srai_epi16(_mm_sub_epi16(zero, F), 3), sixteen);
+      const __m128i si = _mm_add_epi16(_mm_srai_epi16(_mm_sub_epi16(zero, S), 7), sixteen);
+      F = _mm_sub_epi16(F, _mm_mulhi_epu16(curve16(fi), mul_fast));
+      S = _mm_sub_epi16(S, _mm_mulhi_epu16(curve16(si), mul_slow));
+    }
+    F = _mm_srai_epi16(_mm_slli_epi16(F, 8), 8);  // 8-bit register semantics
+    P = _mm_add_epi16(S, _mm_slli_epi16(F, 4));
+    _mm_store_si128(reinterpret_cast<__m128i*>(p), P);
+    _mm_store_si128(reinterpret_cast<__m128i*>(fast), F);
+  }
+#endif
 };
 
 // ---------------------------------------------------------------------------------------------
