@@ -72,6 +72,11 @@ class UplinkConfig:
         tca, hdsp: NNC incremental coding tools on the per-pair stream.
         dq: dependent quantisation (ignored for ``"ternary"``, which needs exact ±1 levels).
         qp_density: NNC ``qp_density``.
+        compressor: an :class:`nnc.fl.compressors.Compressor` (QSGD, TernGrad, signSGD, top-k/DGC, PowerSGD,
+            Atomo). When set it replaces sparsification/quantisation and the transport's residual: the
+            upload is the compressor's one-shot NNC bitstream, its per-client state (error feedback,
+            momentum, warm start) lives in :attr:`ClientCodec.comp_state` and the server rebuilds the update
+            with ``compressor.decode``. Needs ``mode="nnc"``.
     """
 
     mode: str = "nnc"
@@ -86,10 +91,13 @@ class UplinkConfig:
     hdsp: bool = False
     dq: bool = True
     qp_density: int = 2
+    compressor: object = None
 
     def __post_init__(self):
         if self.mode not in ("nnc", "float32"):
             raise ValueError(f"uplink mode must be 'nnc' or 'float32', got {self.mode!r}")
+        if self.compressor is not None and self.mode != "nnc":
+            raise ValueError("an uplink compressor needs mode='nnc'")
         if self.qp_mode not in ("fixed", "relative", "ternary"):
             raise ValueError(f"qp_mode must be 'fixed', 'relative' or 'ternary', got {self.qp_mode!r}")
 
@@ -288,6 +296,8 @@ class ClientCodec:
         self.last_sent: dict[str, np.ndarray] | None = None
         self.encoder = self._new_encoder()
         self._limits = _strict_limits(self.base)
+        comp = self.uplink.compressor
+        self.comp_state: dict[str, np.ndarray] = comp.init_state(self.base) if comp is not None else {}
 
     def _new_encoder(self) -> _Encoder:
         u = self.uplink
@@ -331,6 +341,10 @@ class ClientCodec:
 
     def encode_update(self, delta: Tensors, num_examples: int = 1) -> UplinkMessage:
         u = self.uplink
+        if u.compressor is not None:
+            data, self.last_sent, self.comp_state = u.compressor.encode(
+                {k: np.asarray(delta[k], np.float32) for k in self.base}, self.comp_state)
+            return UplinkMessage(data, num_examples)
         acc = {k: np.asarray(delta[k], np.float32) + self.residual[k] for k in self.base} if u.error_feedback \
             else {k: np.asarray(delta[k], np.float32) for k in self.base}
         x = acc
@@ -371,7 +385,9 @@ class ClientCodec:
 
     def reset_uplink(self) -> None:
         """The server lost this client's last upload: restart the pair's state and re-send it via the residual."""
-        if self.uplink.error_feedback and self.last_sent is not None:
+        if self.uplink.compressor is not None and self.last_sent is not None:
+            self.comp_state = self.uplink.compressor.restore(self.comp_state, self.last_sent)
+        elif self.uplink.error_feedback and self.last_sent is not None:
             self.residual = {k: self.residual[k] + self.last_sent[k] for k in self.base}
         self.last_sent = None
         self.encoder = self._new_encoder()
@@ -388,6 +404,8 @@ class ClientCodec:
             arrays[f"residual/{k}"] = self.residual[k]
             if self.last_sent is not None:
                 arrays[f"last_sent/{k}"] = self.last_sent[k]
+        for k, v in self.comp_state.items():
+            arrays[f"comp/{k}"] = np.asarray(v)
         st = self.encoder.state
         scalars["enc.device_id"] = -1 if st.device_id is None else int(st.device_id)
         for k, h in st.tensors.items():
@@ -408,6 +426,9 @@ class ClientCodec:
             self.residual[k] = np.array(arrays[f"residual/{k}"], np.float32)
         self.last_sent = ({k: np.array(arrays[f"last_sent/{k}"], np.float32) for k in self.base}
                           if scalars.get("has_last_sent") else None)
+        if self.uplink.compressor is not None:
+            loaded = {k[len("comp/"):]: np.array(v) for k, v in arrays.items() if k.startswith("comp/")}
+            self.comp_state = loaded or self.uplink.compressor.init_state(self.base)
         self.encoder = self._new_encoder()
         st = self.encoder.state
         dev = int(scalars.get("enc.device_id", -1))
@@ -591,10 +612,13 @@ class ServerCodec:
             else:
                 if not isinstance(msg.payload, (bytes, bytearray, memoryview, np.ndarray)):
                     raise UpdateStateError(f"expected an NNC bitstream, got {type(msg.payload).__name__}")
-                dec = self.decoders.get(client)
-                if dec is None:
-                    dec = self.decoders[client] = UpdateDecoder(config=self.limits)
-                got = dec.decode_update(msg.payload)
+                if self.uplink.compressor is not None:
+                    got = self.uplink.compressor.decode(bytes(msg.payload), self.base)
+                else:
+                    dec = self.decoders.get(client)
+                    if dec is None:
+                        dec = self.decoders[client] = UpdateDecoder(config=self.limits)
+                    got = dec.decode_update(msg.payload)
                 validate_tensors(got, self.base)
             n = msg.num_examples
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
