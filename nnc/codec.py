@@ -20,6 +20,7 @@ from .dtypes import coding_kind, dtype_for_format, format_for_dtype
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
 from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
 from .topology import Topology
+from . import tools as _tools
 
 __all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "encode", "decode", "decode_model"]
 
@@ -38,6 +39,7 @@ class _Plan:
     qp: int | None                  # None for NNR_PT_INT
     dq: bool
     data_format: int | None         # nnr_decompressed_data_format to signal, or None
+    codebook: tuple | None = None   # (values, zero_offset, egk) for codebook tensors
 
 
 def _validate_name(name) -> str:
@@ -64,7 +66,7 @@ def _as_array(name: str, value) -> np.ndarray:
         raise InputError(f"tensor {name!r} cannot be converted to a numpy array: {e}") from None
 
 
-def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig) -> _Plan:
+def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | None = None) -> _Plan:
     kind = coding_kind(name, arr.dtype)
     shape = tuple(int(d) for d in arr.shape) or (1,)
     if any(d == 0 for d in shape):
@@ -88,9 +90,20 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig) -> _Plan:
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
         raise InputError(f"tensor {name!r} holds a non-finite value (first at flat index {bad}); "
                          "NNC quantisation needs finite numbers")
-    qp = cfg.qp_for(name, len(arr.shape))
-    scan = cfg.scan_order if len(shape) > 1 else 0
-    q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=_effective_scan(shape, scan))
+    qp = cfg.qp_for(name, len(arr.shape)) if qp is None else qp
+    scan = _effective_scan(shape, cfg.scan_order if len(shape) > 1 else 0)
+    bits = None
+    if cfg.bitdepth is not None and ".num_batches_tracked" not in name:
+        bits = _tools.bitdepth.effective_bits(cfg.bitdepth, len(arr.shape) > 1)
+    if cfg.codebook != "off":
+        ch = _tools.codebook.codebook_quantize(
+            x, qp, cfg.qp_density, mode=cfg.codebook, dq=cfg.dq, scan_order=scan, profile=cfg.profile,
+            param_opt=cfg.param_opt, unary_length_minus1=cfg.unary_length_minus1, bitdepth=bits)
+        cb = None if ch.values is None else (ch.values, ch.zero_offset, ch.egk)
+        return _Plan(name, index, shape, ch.q, ch.qp, ch.dq, fmt, cb)
+    q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan)
+    if bits is not None:
+        q = _tools.bitdepth.clip_levels(q, x, bits)
     return _Plan(name, index, shape, q, qp_used, cfg.dq, fmt)
 
 
@@ -131,11 +144,16 @@ def _encode_ndu(plan: _Plan, cfg: EncoderConfig, *, parent_signalling: bool, par
         scan_order=scan,
         dq=plan.dq,
         parent_present=parent is not None,
+        codebook_size=len(plan.codebook[0]) if plan.codebook is not None and cfg.profile == 1 else 0,
+        codebook_zero=plan.codebook[1] if plan.codebook is not None and cfg.profile == 1 else 0,
         tca_base=parent.tca_base if parent is not None and parent.tca else None,
         hdsp_history=parent.hdsp_history if parent is not None else None,
     )
     options = deepcabac.EncodeOptions(param_opt=cfg.param_opt, row_skipping=cfg.row_skipping and cfg.profile == 1,
-                                      hdsp=bool(parent is not None and parent.hdsp))
+                                      hdsp=bool(parent is not None and parent.hdsp),
+                                      # bit-depth clipping of DQ levels ignores the parity rule, as NNCodec does
+                                      # (spec §6 item 30): code the clipped values as the reference does
+                                      allow_dq_mismatch=bool(plan.dq and cfg.bitdepth is not None))
     payload, eps = deepcabac.encode_payload([(plan.q, coding, plan.qp or 0, options)])
     header = bs.NduHeaderSpec(
         payload_type=bs.PayloadType.NNR_PT_INT if plan.qp is None else bs.PayloadType.NNR_PT_FLOAT,
@@ -152,6 +170,7 @@ def _encode_ndu(plan: _Plan, cfg: EncoderConfig, *, parent_signalling: bool, par
         parent_node_id_present=parent is not None,
         temporal_context_modeling_flag=bool(parent is not None and parent.tca),
         decompressed_data_format=plan.data_format,
+        codebook=None if plan.codebook is None else bs.Codebook.from_values(*plan.codebook),
     )
     return bs.ndu_unit(header, payload, profile=cfg.profile)
 
@@ -175,7 +194,10 @@ class Encoder:
         if not tensors:
             raise InputError("no tensors to encode")
         items = [(_validate_name(k), _as_array(k, v)) for k, v in tensors.items()]
-        return self._map(lambda iv: _plan(iv[1][0], iv[1][1], iv[0], self.config), list(enumerate(items)))
+        arrays, qps = _tools.prepare(dict(items), self.config)
+        items = [(k, arrays[k]) for k, _ in items]
+        return self._map(lambda iv: _plan(iv[1][0], iv[1][1], iv[0], self.config, qps.get(iv[1][0])),
+                         list(enumerate(items)))
 
     def encode(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None,
                progress: bool = False) -> bytes:
@@ -192,9 +214,12 @@ class Encoder:
         if not tensors:
             raise InputError("no tensors to encode")
         items = [(i, _validate_name(k), _as_array(k, v)) for i, (k, v) in enumerate(tensors.items())]
+        # model-level encoder tools: sparsification, opt_qp, bit-depth qps, rate control (nnc.tools)
+        arrays, qps = _tools.prepare({k: a for _, k, a in items}, cfg)
+        items = [(i, k, arrays[k]) for i, k, _ in items]
 
         def one(item) -> bytes:
-            plan = _plan(item[1], item[2], item[0], cfg)
+            plan = _plan(item[1], item[2], item[0], cfg, qps.get(item[1]))
             return _encode_ndu(plan, cfg, parent_signalling=False)
 
         units = [bs.start_unit(cfg.profile),

@@ -47,6 +47,18 @@ class EncoderConfig:
         signal_dtype: for inputs that are neither float32 nor int32 (float16, float64, int8, int16, int64),
             write ``nnr_decompressed_data_format`` so that decoding restores the dtype.
         threads: worker threads for coding independent tensors (the C++ core releases the GIL).
+        codebook: ``"off"``, ``"auto"`` (codebook per tensor when it codes smaller than uniform/DQ, NNCodec's
+            ``codebook_mode=2``) or ``"force"`` (always, ``codebook_mode=1``). With ``dq=True`` the codebook
+            levels come from URQ at ``qp - 2**qp_density`` (spec §2.5).
+        bitdepth: integer-aligned mode with this many bits (1..31): per-tensor qps from the 99.95th
+            percentile of |w| and clipped levels (spec §2.7); replaces ``qp``/``nonweight_qp``.
+        opt_qp: NNCodec's per-tensor QP heuristic from tensor sizes and spreads (:mod:`nnc.tools.optqp`).
+        sparsity: unstructured sparsification before quantisation (weights below half a step are zeroed;
+            a value > 0 is the overall target fraction of zeros); ``None`` = off.
+        struct_sparsity: structured sparsification gain (zero output channels whose mean |w| is below
+            ``gain`` times the mean); ``None`` = off.
+        target_bits_per_param / max_rel_error: rate control instead of a fixed qp (:meth:`for_size`,
+            :meth:`for_error`; :mod:`nnc.tools.ratecontrol`).
     """
 
     qp: int = -38
@@ -62,6 +74,13 @@ class EncoderConfig:
     device_id: int = 0
     signal_dtype: bool = True
     threads: int = 1
+    codebook: str = "off"
+    bitdepth: int | None = None
+    opt_qp: bool = False
+    sparsity: float | None = None
+    struct_sparsity: float | None = None
+    target_bits_per_param: float | None = None
+    max_rel_error: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.qp_density <= 7:
@@ -94,6 +113,27 @@ class EncoderConfig:
             raise ConfigError("device_id must be >= 0")
         if self.threads < 1:
             raise ConfigError("threads must be >= 1")
+        if self.codebook not in ("off", "auto", "force"):
+            raise ConfigError(f"codebook must be 'off', 'auto' or 'force', got {self.codebook!r}")
+        if self.bitdepth is not None:
+            if isinstance(self.bitdepth, bool) or not isinstance(self.bitdepth, int) or not 1 <= self.bitdepth <= 31:
+                raise ConfigError(f"bitdepth must be an int in 1..31 or None, got {self.bitdepth!r}")
+            if self.qp_per_tensor or self.opt_qp:
+                raise ConfigError("bitdepth derives every tensor's qp; it cannot be combined with qp_per_tensor "
+                                  "or opt_qp")
+        for what in ("sparsity", "struct_sparsity"):
+            v = getattr(self, what)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
+                raise ConfigError(f"{what} must be None or a number in 0..1, got {v!r}")
+        targets = [t for t in ("target_bits_per_param", "max_rel_error") if getattr(self, t) is not None]
+        if len(targets) > 1:
+            raise ConfigError("give either target_bits_per_param or max_rel_error, not both")
+        for t in targets:
+            v = getattr(self, t)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"{t} must be a positive number, got {v!r}")
+            if self.bitdepth is not None or self.opt_qp:
+                raise ConfigError(f"{t} chooses the qps itself; it cannot be combined with bitdepth or opt_qp")
         object.__setattr__(self, "qp_per_tensor", MappingProxyType(dict(self.qp_per_tensor)))
 
     # --- named constructors -------------------------------------------------------------------------
@@ -111,6 +151,28 @@ class EncoderConfig:
     def fast(cls, qp: int = -38, **kw) -> "EncoderConfig":
         """Uniform quantisation without trellis or parameter optimisation: fastest encode, larger output."""
         return cls(qp=qp, dq=False, param_opt=False, **kw)
+
+    @classmethod
+    def with_codebook(cls, qp: int = -38, mode: str = "auto", **kw) -> "EncoderConfig":
+        """Codebook quantisation (``mode`` ``"auto"`` or ``"force"``) at ``qp``."""
+        return cls(qp=qp, codebook=mode, **kw)
+
+    @classmethod
+    def integer_aligned(cls, bits: int, **kw) -> "EncoderConfig":
+        """Integer-aligned bit-depth mode: every tensor's levels fit ``bits``-bit integers."""
+        return cls(bitdepth=bits, **kw)
+
+    @classmethod
+    def for_size(cls, bits_per_param: float, **kw) -> "EncoderConfig":
+        """Choose per-tensor qps so that the payload is about ``bits_per_param`` bits per float parameter,
+        spending bits where they reduce the squared error most (equal-slope allocation)."""
+        return cls(target_bits_per_param=float(bits_per_param), **kw)
+
+    @classmethod
+    def for_error(cls, max_rel_error: float, **kw) -> "EncoderConfig":
+        """Choose for every float tensor the coarsest qp whose relative RMS error
+        ``||w - w_hat|| / ||w||`` stays at or below ``max_rel_error``."""
+        return cls(max_rel_error=float(max_rel_error), **kw)
 
     def replace(self, **changes) -> "EncoderConfig":
         """A copy with some fields changed (validated again)."""
@@ -153,6 +215,13 @@ class DecoderConfig:
     max_rank: int = 16
     max_codebook_size: int = 1 << 16
     threads: int = 1
+    codebook: str = "off"
+    bitdepth: int | None = None
+    opt_qp: bool = False
+    sparsity: float | None = None
+    struct_sparsity: float | None = None
+    target_bits_per_param: float | None = None
+    max_rel_error: float | None = None
 
     def __post_init__(self):
         for name in ("max_tensor_elements", "max_total_bytes", "max_units", "max_rank", "max_codebook_size",
