@@ -9,6 +9,12 @@
 #include "deepcabac.h"
 #include "engine.h"
 
+#if defined(_MSC_VER)
+#define NNC_LAMBDA_INLINE
+#else
+#define NNC_LAMBDA_INLINE __attribute__((always_inline))
+#endif
+
 namespace nncabac {
 namespace {
 
@@ -68,7 +74,7 @@ Geometry make_geometry(const TensorSpec& t) {
 // Walk the matrix in scan order. visit(pos) codes one element and returns false to abort; skip_segment()
 // is called for a skipped row segment; boundary() after each block row but the last.
 template <class Visit, class Skip, class Boundary>
-bool traverse(const Geometry& g, const uint8_t* skip_rows, Visit&& visit, Skip&& skip_segment,
+NNC_INLINE bool traverse(const Geometry& g, const uint8_t* skip_rows, Visit&& visit, Skip&& skip_segment,
               Boundary&& boundary) {
   for (int64_t br = 0; br < g.block_rows; ++br) {
     const int64_t y0 = br * g.bh;
@@ -387,7 +393,7 @@ class TensorEncoder {
     const bool nothing = codebook_active(t_) && t_.codebook_size == 1;
     traverse(
         g_, skip,
-        [&](int64_t pos) {
+        [&](int64_t pos) NNC_LAMBDA_INLINE {
           const int32_t v = q[pos];
           int64_t k = v;
           if (kDq && v != 0) {
@@ -448,7 +454,7 @@ class TensorEncoder {
     int64_t bad = -1;
     traverse(
         g_, skip,
-        [&](int64_t pos) {
+        [&](int64_t pos) NNC_LAMBDA_INLINE {
           const int32_t v = q_[pos];
           if (v != 0 && ((v & 1) != (state & 1))) {
             bad = pos;
@@ -594,7 +600,7 @@ class TensorDecoder {
     Status bad = Status::kOk;
     const bool ok = traverse(
         g_, skip,
-        [&](int64_t pos) {
+        [&](int64_t pos) NNC_LAMBDA_INLINE {
           if (kTca) site.base = base[pos];
           if (kHd) site.hd = hist[pos] != 0;
           int64_t k = 0;

@@ -279,7 +279,7 @@ class ArithEncoder {
   }
 
  private:
-  void put_byte() {
+  NNC_INLINE void put_byte() {
     const uint32_t lead = low_ >> (24 - bits_left_);
     bits_left_ += 8;
     low_ &= 0xFFFFFFFFu >> bits_left_;
