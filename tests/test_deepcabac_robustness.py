@@ -225,3 +225,58 @@ def test_encode_payloads_in_parallel_matches_serial():
     jobs = [items for _, items, _ in PAYLOADS]
     res = encode_payloads(jobs, max_workers=3)
     assert [r[0] for r in res] == [data for _, _, data in PAYLOADS]
+
+
+def test_parallel_block_rows_from_entry_points():
+    from nnc.deepcabac import EntryPoint
+
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        h = int(rng.integers(9, 300))
+        w = int(rng.integers(2, 120))
+        scan = int(rng.integers(1, 5))
+        dq = bool(trial % 2)
+        others = []
+        if dq:
+            q = quantize((rng.standard_normal((h, w)) * 0.1).astype(np.float32), 0.01, dq=True, scan_order=scan)
+        else:
+            q = np.round(rng.standard_normal((h, w)) * 3).astype(np.int32)
+            q[rng.random(h) < 0.3] = 0
+        c = TensorCoding(shape=(h, w), scan_order=scan, dq=dq)
+        bias = np.arange(h, dtype=np.int32) - h // 2
+        cb = TensorCoding(shape=(h,))
+        items = [(bias, cb, 3, EncodeOptions()), (q, c, -30, EncodeOptions(row_skipping=not dq))]
+        if trial % 3 == 0:  # a second multi-row tensor after the first
+            items.append((q.copy(), c, -31, EncodeOptions()))
+        data, eps = encode_payload(items)
+        codings = [it[1] for it in items]
+        seq = decode_payload(data, codings, threads=1)
+        par = decode_payload(data, codings, entry_points=eps, threads=4)
+        assert par.consumed == seq.consumed == len(data)
+        for a, b, it in zip(seq.levels, par.levels, items):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(b, it[0].reshape(it[1].shape))
+        assert par.entry_points == seq.entry_points == eps
+        assert par.parallel == [len(e) > 0 for e in eps] and not any(seq.parallel)
+        # Wrong entry points: decoding falls back to the sequential result.
+        bad = [list(e) for e in eps]
+        for e in bad:
+            if e:
+                e[0] = EntryPoint(e[0].value ^ 1, e[0].dq_state, e[0].bit_offset + 3)
+        fb = decode_payload(data, codings, entry_points=bad, threads=4)
+        assert not any(fb.parallel)
+        for a, b in zip(seq.levels, fb.levels):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_tv3_parallel_decode_with_signalled_entry_points():
+    from test_deepcabac_vectors import TV3_CABAC
+
+    from nnc.deepcabac import EntryPoint
+
+    c = TensorCoding(shape=(20, 10), scan_order=1)
+    eps = [[EntryPoint(0, 0, 690), EntryPoint(17, 0, 798)]]
+    par = decode_payload(TV3_CABAC, [c], entry_points=eps, threads=3)
+    seq = decode_payload(TV3_CABAC, [c])
+    np.testing.assert_array_equal(par.levels[0], seq.levels[0])
+    assert par.parallel == [True]

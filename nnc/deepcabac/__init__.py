@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -107,6 +107,7 @@ class DecodedPayload:
     row_skip_flags: list[bool]
     entry_points: list[list[EntryPoint]]
     consumed: int
+    parallel: list[bool] = field(default_factory=list)  # block rows decoded in parallel (extension)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,12 +240,18 @@ def encode_payload(
     return payload, [_entry_points(e) for e in eps]
 
 
-def decode_payload(data, tensors: Sequence[TensorCoding]) -> DecodedPayload:
+def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
+                   threads: int | None = None) -> DecodedPayload:
     """Decode the CABAC payload of one NDU holding ``tensors`` (in coding order).
 
     ``data`` must be exactly the CABAC bytes (the NDU payload after the header); a payload that is too
     short raises :class:`nnc.errors.TruncatedBitstreamError`, one that is inconsistent or has trailing
     bytes raises :class:`nnc.errors.BitstreamError`.
+
+    Optional (extension): ``entry_points`` = per tensor the entry points signalled in the NDU header (or
+    None). Tensors with two or more block rows are then decoded with their block rows in parallel on
+    ``threads`` threads (default: all CPUs). Entry points that do not join up exactly with the payload are
+    ignored (the tensor is decoded sequentially, which is what a sequential decoder would produce).
     """
     if isinstance(data, np.ndarray):
         buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
@@ -252,7 +259,18 @@ def decode_payload(data, tensors: Sequence[TensorCoding]) -> DecodedPayload:
         buf = np.frombuffer(data, dtype=np.uint8)
     table, tca, hist = _spec_table(tensors)
     outs = [np.empty(c.size, dtype=np.int32) for c in tensors]
-    st, ti, pos, msg, consumed, info = _core.decode(buf, table, tca, hist, outs)
+    eps: list = [None] * len(tensors)
+    if entry_points is not None:
+        if len(entry_points) != len(tensors):
+            raise ConfigError("entry_points needs one entry (list or None) per tensor")
+        for i, e in enumerate(entry_points):
+            if e:
+                eps[i] = [(int(p.value), int(p.dq_state), int(p.bit_offset)) for p in e]
+                if any(v < 0 or d < 0 or o < 0 for v, d, o in eps[i]):
+                    raise BitstreamError(f"negative entry-point field for tensor {i}")
+    if threads is None:
+        threads = os.cpu_count() or 1
+    st, ti, pos, msg, consumed, info = _core.decode(buf, table, tca, hist, outs, eps, int(max(1, threads)))
     if st != _OK:
         where = []
         if ti is not None and ti >= 0:
@@ -274,6 +292,7 @@ def decode_payload(data, tensors: Sequence[TensorCoding]) -> DecodedPayload:
         row_skip_flags=[bool(t[3]) for t in info],
         entry_points=[_entry_points(t[4]) for t in info],
         consumed=int(consumed),
+        parallel=[bool(t[5]) for t in info],
     )
 
 

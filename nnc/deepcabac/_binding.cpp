@@ -7,6 +7,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -104,7 +105,8 @@ nb::tuple encode(nb::list levels, I64Table spec_table, I64Table setting_table, n
   return nb::make_tuple(static_cast<int>(st), err.tensor, err.position, err.message, payload, ep_list);
 }
 
-nb::tuple decode(U8In data, I64Table spec_table, nb::list tca, nb::list hist, nb::list outs) {
+nb::tuple decode(U8In data, I64Table spec_table, nb::list tca, nb::list hist, nb::list outs, nb::list eps,
+                 int threads) {
   std::vector<nncabac::TensorSpec> specs = read_specs(spec_table, tca, hist);
   const size_t n = specs.size();
   if (nb::len(outs) != n) throw nb::value_error("one output array per tensor expected");
@@ -115,6 +117,18 @@ nb::tuple decode(U8In data, I64Table spec_table, nb::list tca, nb::list hist, nb
       throw nb::value_error("output array has the wrong element count");
     ptrs[i] = a.data();
   }
+  if (nb::len(eps) != n) throw nb::value_error("one entry-point list (or None) per tensor expected");
+  std::vector<std::vector<nncabac::EntryPoint>> signalled(n);
+  for (size_t i = 0; i < n; ++i) {
+    nb::handle h = eps[i];
+    if (h.is_none()) continue;
+    for (nb::handle e : h) {
+      auto t = nb::cast<std::tuple<uint64_t, uint64_t, uint64_t>>(e);
+      signalled[i].push_back(nncabac::EntryPoint{static_cast<uint32_t>(std::min<uint64_t>(std::get<0>(t), 1u << 30)),
+                                                 static_cast<uint32_t>(std::min<uint64_t>(std::get<1>(t), 1u << 30)),
+                                                 std::get<2>(t)});
+    }
+  }
   std::vector<nncabac::DecodedTensorInfo> info;
   size_t consumed = 0;
   nncabac::ErrorInfo err;
@@ -123,13 +137,14 @@ nb::tuple decode(U8In data, I64Table spec_table, nb::list tca, nb::list hist, nb
   const size_t size = data.shape(0);
   {
     nb::gil_scoped_release release;
-    st = nncabac::decode_session(bytes, size, specs.data(), ptrs.data(), n, info, consumed, err);
+    st = nncabac::decode_session(bytes, size, specs.data(), ptrs.data(), n, info, consumed, err, signalled.data(),
+                                 threads);
   }
   nb::list info_list;
   for (const auto& t : info) {
     nb::list one;
     for (const auto& e : t.entry_points) one.append(nb::make_tuple(e.value, e.dq_state, e.bit_offset));
-    info_list.append(nb::make_tuple(t.qp_offset, t.has_qp, t.hdsp_flag, t.row_skip_flag, one));
+    info_list.append(nb::make_tuple(t.qp_offset, t.has_qp, t.hdsp_flag, t.row_skip_flag, one, t.parallel));
   }
   return nb::make_tuple(static_cast<int>(st), err.tensor, err.position, err.message, consumed, info_list);
 }
@@ -153,6 +168,6 @@ nb::tuple quantize(F32In x, I32Out q, int64_t height, int64_t width, float step,
 NB_MODULE(_core, m) {
   m.doc() = "nnc DeepCABAC core (C++)";
   m.def("encode", &encode, "levels"_a, "specs"_a, "settings"_a, "tca"_a, "hist"_a);
-  m.def("decode", &decode, "data"_a, "specs"_a, "tca"_a, "hist"_a, "outs"_a);
+  m.def("decode", &decode, "data"_a, "specs"_a, "tca"_a, "hist"_a, "outs"_a, "eps"_a, "threads"_a);
   m.def("quantize", &quantize, "x"_a, "q"_a, "height"_a, "width"_a, "step"_a, "dq"_a, "scan_order"_a);
 }

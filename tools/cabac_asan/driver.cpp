@@ -82,6 +82,21 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "round trip failed in session %d: %s\n", s, err.message.c_str());
       return 3;
     }
+    // Parallel block-row decoding from the entry points must give the same result.
+    {
+      std::vector<std::vector<int32_t>> out2(count);
+      std::vector<int32_t*> outp2(count);
+      for (int i = 0; i < count; ++i) {
+        out2[i].resize(levels[i].size());
+        outp2[i] = out2[i].data();
+      }
+      if (decode_session(payload.data(), payload.size(), specs.data(), outp2.data(), count, info, consumed, err,
+                         eps.data(), 3) != Status::kOk ||
+          out2 != levels) {
+        std::fprintf(stderr, "parallel round trip failed in session %d\n", s);
+        return 5;
+      }
+    }
     ++roundtrips;
     // Every prefix, copied into an exactly sized heap buffer so that ASan sees any over-read.
     // (all prefixes of short payloads; for long ones about 1500 cuts plus the last 64 positions)
@@ -107,6 +122,15 @@ int main(int argc, char** argv) {
       uint8_t* exact = static_cast<uint8_t*>(std::malloc(bad.size() ? bad.size() : 1));
       if (!bad.empty()) std::memcpy(exact, bad.data(), bad.size());
       Status st = decode_session(exact, bad.size(), specs.data(), outp.data(), count, info, consumed, err);
+      // The same corrupted payload through the parallel entry-point path.
+      if (m % 4 == 0) {
+        Status st2 = decode_session(exact, bad.size(), specs.data(), outp.data(), count, info, consumed, err,
+                                    eps.data(), 3);
+        if (st2 != st) {
+          std::fprintf(stderr, "parallel and sequential decoding disagree in session %d\n", s);
+          return 4;
+        }
+      }
       std::free(exact);
       st == Status::kOk ? ++decoded_ok : ++rejected;
     }

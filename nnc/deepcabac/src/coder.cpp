@@ -1,7 +1,9 @@
 // Tensor-level DeepCABAC coding: preamble, context-parameter signalling, binarisation, context selection,
 // scan orders, block rows / entry points, row skipping, DQ, TCA and HDSP (NNC_BITSTREAM.md §1.10-§3.14).
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <thread>
 #include <limits>
 #include <string>
 #include <vector>
@@ -74,9 +76,9 @@ Geometry make_geometry(const TensorSpec& t) {
 // Walk the matrix in scan order. visit(pos) codes one element and returns false to abort; skip_segment()
 // is called for a skipped row segment; boundary() after each block row but the last.
 template <class Visit, class Skip, class Boundary>
-NNC_INLINE bool traverse(const Geometry& g, const uint8_t* skip_rows, Visit&& visit, Skip&& skip_segment,
-              Boundary&& boundary) {
-  for (int64_t br = 0; br < g.block_rows; ++br) {
+NNC_INLINE bool traverse_rows(const Geometry& g, const uint8_t* skip_rows, int64_t br_begin, int64_t br_end,
+                              Visit&& visit, Skip&& skip_segment, Boundary&& boundary) {
+  for (int64_t br = br_begin; br < br_end; ++br) {
     const int64_t y0 = br * g.bh;
     const int64_t y1 = std::min(g.h, y0 + g.bh);
     for (int64_t x0 = 0; x0 < g.w; x0 += g.bw) {
@@ -92,9 +94,15 @@ NNC_INLINE bool traverse(const Geometry& g, const uint8_t* skip_rows, Visit&& vi
         }
       }
     }
-    if (br + 1 < g.block_rows) boundary();
+    if (br + 1 < br_end) boundary();
   }
   return true;
+}
+
+template <class Visit, class Skip, class Boundary>
+NNC_INLINE bool traverse(const Geometry& g, const uint8_t* skip_rows, Visit&& visit, Skip&& skip_segment,
+                         Boundary&& boundary) {
+  return traverse_rows(g, skip_rows, 0, g.block_rows, visit, skip_segment, boundary);
 }
 
 bool preamble_present(const TensorSpec& t) {
@@ -544,27 +552,25 @@ class TensorDecoder {
     if (limited && (Z == 0 || Z == S - 1)) sign_mode_ = Z != 0 ? 2 : 1;
 
     if (g_.block_rows > 1) dec_.reset_range();
-    last_t_ = dec_.bit_position();
 
     nothing_coded_ = limited && S == 1;  // every element is 0 and no bin is read
     return dispatch(skip, info, err);
   }
 
- private:
-  void boundary(DecodedTensorInfo& info, int state = 0) {
-    for (auto& c : ctx_) c.reset();
-    dec_.reset_range();
-    const uint64_t t = dec_.bit_position();
-    info.entry_points.push_back(EntryPoint{dec_.value_high(), static_cast<uint32_t>(state), t - last_t_});
-    last_t_ = t;
+  // Entry points signalled for this tensor (enables parallel block-row decoding when threads > 1).
+  void set_entry_points(const EntryPoint* eps, size_t count, int threads) {
+    eps_ = eps;
+    eps_count_ = count;
+    threads_ = threads;
   }
 
+ private:
   Status dispatch(const uint8_t* skip, DecodedTensorInfo& info, ErrorInfo& err) {
     const bool tca = t_.tca_base != nullptr && t_.profile == 1;
     const bool hd = hdsp_ && t_.hdsp_history != nullptr && t_.profile == 1;
     const bool lim = codebook_active(t_);
 #define NNC_DQ_CASES(L, T, H)                                                              \
-  return t_.dq ? pass<true, T, H, L>(skip, info, err) : pass<false, T, H, L>(skip, info, err)
+  return t_.dq ? rows<true, T, H, L>(skip, info, err) : rows<false, T, H, L>(skip, info, err)
     if (lim) {
       if (tca) {
         if (hd) NNC_DQ_CASES(true, true, true);
@@ -582,24 +588,113 @@ class TensorDecoder {
 #undef NNC_DQ_CASES
   }
 
+  // Decode all block rows: in parallel from the signalled entry points when possible and consistent,
+  // otherwise (or as a fallback) sequentially.
   template <bool kDq, bool kTca, bool kHd, bool kLimited>
-  Status pass(const uint8_t* skip, DecodedTensorInfo& info, ErrorInfo& err) {
+  Status rows(const uint8_t* skip, DecodedTensorInfo& info, ErrorInfo& err) {
+    const int64_t nbr = g_.block_rows;
+    if (threads_ > 1 && nbr > 1 && eps_ != nullptr && eps_count_ == static_cast<size_t>(nbr - 1)) {
+      if (parallel_rows<kDq, kTca, kHd, kLimited>(skip, info)) return Status::kOk;
+    }
+    int state = 0;
+    int64_t bad_pos = -1;
+    ArithDecoder dec = dec_;
+    const Status st =
+        decode_rows<kDq, kTca, kHd, kLimited>(dec, ctx_.data(), skip, 0, nbr, state, &info, bad_pos);
+    dec_ = dec;
+    if (st == Status::kTruncated)
+      return fail(err, st, index_, bad_pos, "CABAC payload ends before " + where(index_, bad_pos));
+    if (st != Status::kOk)
+      return fail(err, st, index_, bad_pos, "decoded level does not fit in int32 at " + where(index_, bad_pos));
+    return Status::kOk;
+  }
+
+  template <bool kDq, bool kTca, bool kHd, bool kLimited>
+  bool parallel_rows(const uint8_t* skip, DecodedTensorInfo& info) {
+    const int64_t nbr = g_.block_rows;
+    std::vector<uint64_t> start_t(static_cast<size_t>(nbr));
+    start_t[0] = dec_.bit_position();
+    const uint64_t limit = 8 * static_cast<uint64_t>(dec_.size() + kReadSlack);
+    for (int64_t r = 1; r < nbr; ++r) {
+      const EntryPoint& e = eps_[r - 1];
+      if (e.value > 255 || e.dq_state > 7 || e.bit_offset > limit) return false;
+      start_t[r] = start_t[r - 1] + e.bit_offset;
+      if (start_t[r] > limit) return false;
+    }
+    struct RowResult {
+      ArithDecoder dec;
+      int state;
+      Status st;
+    };
+    std::vector<RowResult> res(static_cast<size_t>(nbr), RowResult{dec_, 0, Status::kOk});
+    const std::vector<Context> init = ctx_;
+    std::atomic<int64_t> next{0};
+    auto worker = [&]() {
+      std::vector<Context> ctx;
+      for (;;) {
+        const int64_t r = next.fetch_add(1);
+        if (r >= nbr) break;
+        ctx = init;
+        RowResult& rr = res[static_cast<size_t>(r)];
+        rr.state = 0;
+        if (r > 0) {
+          rr.dec.seek(start_t[r], eps_[r - 1].value);
+          rr.state = static_cast<int>(eps_[r - 1].dq_state);
+        }
+        int64_t bad_pos = -1;
+        rr.st = decode_rows<kDq, kTca, kHd, kLimited>(rr.dec, ctx.data(), skip, r, r + 1, rr.state, nullptr,
+                                                      bad_pos);
+      }
+    };
+    const int nthreads = static_cast<int>(std::min<int64_t>(threads_, nbr));
+    std::vector<std::thread> pool;
+    try {
+      for (int i = 1; i < nthreads; ++i) pool.emplace_back(worker);
+    } catch (...) {
+      // No threads available: the calling thread does all rows.
+    }
+    worker();
+    for (auto& th : pool) th.join();
+
+    // The rows must join up exactly as the entry points claim, otherwise decode sequentially.
+    for (int64_t r = 0; r < nbr; ++r) {
+      RowResult& rr = res[static_cast<size_t>(r)];
+      if (rr.st != Status::kOk) return false;
+      if (r + 1 < nbr) {
+        rr.dec.reset_range();
+        const EntryPoint& e = eps_[r];
+        if (rr.dec.bit_position() != start_t[r + 1] || rr.dec.value_high() != e.value ||
+            static_cast<uint32_t>(rr.state) != e.dq_state)
+          return false;
+      }
+    }
+    dec_ = res[static_cast<size_t>(nbr - 1)].dec;
+    info.entry_points.assign(eps_, eps_ + eps_count_);
+    info.parallel = true;
+    return true;
+  }
+
+  // Decode block rows [br0, br1) with `dec` and contexts `ctx`, starting in DQ state `state`. Entry points
+  // met between rows are appended to info (when given).
+  template <bool kDq, bool kTca, bool kHd, bool kLimited>
+  Status decode_rows(ArithDecoder& dec_io, Context* ctx, const uint8_t* skip, int64_t br0, int64_t br1, int& state,
+                     DecodedTensorInfo* info, int64_t& bad_pos) {
     uint8_t skip_map[8];
     if (kDq && skip) skip_transition(g_.w, skip_map);
-    Site site{0, 0, 0, false};
-    Context* ctx = ctx_.data();
+    Site site{state, 0, 0, false};
     int32_t* out = out_;
     const int32_t* base = t_.tca_base;
     const uint8_t* hist = t_.hdsp_history;
     const Layout& L = L_;
     const int64_t m_neg = m_neg_, m_pos = m_pos_;
     const int sign_mode = sign_mode_;
-    ArithDecoder dec = dec_;  // local copy: lets the compiler keep the coder registers in registers
+    const int nctx = L_.total;
+    ArithDecoder dec = dec_io;  // local copy: lets the compiler keep the coder registers in registers
     const bool nothing = nothing_coded_;
-    int64_t bad_pos = -1;
+    uint64_t last_t = dec.bit_position();
     Status bad = Status::kOk;
-    const bool ok = traverse(
-        g_, skip,
+    const bool ok = traverse_rows(
+        g_, skip, br0, br1,
         [&](int64_t pos) NNC_LAMBDA_INLINE {
           if (kTca) site.base = base[pos];
           if (kHd) site.hd = hist[pos] != 0;
@@ -636,19 +731,23 @@ class TensorDecoder {
         },
         [&]() {
           site.nb = 0;
-          dec_ = dec;
-          boundary(info, site.state);
-          dec = dec_;
+          for (int i = 0; i < nctx; ++i) ctx[i].reset();
+          dec.reset_range();
+          const uint64_t t = dec.bit_position();
+          if (info)
+            info->entry_points.push_back(
+                EntryPoint{dec.value_high(), static_cast<uint32_t>(site.state), t - last_t});
+          last_t = t;
         });
-    dec_ = dec;
-    if (!ok) {
-      if (bad == Status::kTruncated)
-        return fail(err, bad, index_, bad_pos, "CABAC payload ends before " + where(index_, bad_pos));
-      return fail(err, bad, index_, bad_pos, "decoded level does not fit in int32 at " + where(index_, bad_pos));
-    }
+    dec_io = dec;
+    state = site.state;
+    if (!ok) return bad;
     return Status::kOk;
   }
 
+  const EntryPoint* eps_ = nullptr;
+  size_t eps_count_ = 0;
+  int threads_ = 1;
   ArithDecoder& dec_;
   const TensorSpec& t_;
   int32_t* out_;
@@ -661,7 +760,6 @@ class TensorDecoder {
   int sign_mode_ = 0;
   bool hdsp_ = false;
   bool nothing_coded_ = false;
-  uint64_t last_t_ = 0;
 };
 
 }  // namespace
@@ -741,7 +839,8 @@ Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, c
 }
 
 Status decode_session(const uint8_t* data, size_t size, const TensorSpec* specs, int32_t* const* out, size_t count,
-                      std::vector<DecodedTensorInfo>& info, size_t& consumed, ErrorInfo& err) {
+                      std::vector<DecodedTensorInfo>& info, size_t& consumed, ErrorInfo& err,
+                      const std::vector<EntryPoint>* signalled, int threads) {
   info.assign(count, {});
   consumed = 0;
   for (size_t i = 0; i < count; ++i)
@@ -750,6 +849,7 @@ Status decode_session(const uint8_t* data, size_t size, const TensorSpec* specs,
   dec.start();
   for (size_t i = 0; i < count; ++i) {
     TensorDecoder td(dec, specs[i], out[i], int64_t(i));
+    if (signalled && !signalled[i].empty()) td.set_entry_points(signalled[i].data(), signalled[i].size(), threads);
     if (Status st = td.run(info[i], err); st != Status::kOk) {
       err.tensor = int64_t(i);
       return st;

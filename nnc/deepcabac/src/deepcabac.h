@@ -63,6 +63,7 @@ struct DecodedTensorInfo {
   bool has_qp = false;
   bool hdsp_flag = false;
   bool row_skip_flag = false;
+  bool parallel = false;  // block rows were decoded in parallel from signalled entry points
   std::vector<EntryPoint> entry_points;
 };
 
@@ -81,8 +82,11 @@ Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, c
 
 // Decode `count` tensors from one CABAC payload of `size` bytes into out[i] (H*W int32 each).
 // `consumed` receives the number of bytes the decoder had consumed when the terminating bin was read.
+// Optional `signalled[i]`: the entry points signalled for tensor i; with threads > 1 its block rows are
+// then decoded in parallel (falling back to sequential decoding if they do not join up exactly).
 Status decode_session(const uint8_t* data, size_t size, const TensorSpec* specs, int32_t* const* out, size_t count,
-                      std::vector<DecodedTensorInfo>& info, size_t& consumed, ErrorInfo& err);
+                      std::vector<DecodedTensorInfo>& info, size_t& consumed, ErrorInfo& err,
+                      const std::vector<EntryPoint>* signalled = nullptr, int threads = 1);
 
 // Reference-exact quantizers (lambda 0). x and q are H*W row-major; processing follows the scan order.
 Status quantize(const float* x, int32_t* q, int64_t height, int64_t width, float step, bool dq, int scan_order,

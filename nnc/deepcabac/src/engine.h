@@ -375,6 +375,15 @@ class ArithDecoder {
 
   void reset_range() { range_ = 256; }
 
+  // Continue at bit position t (a block-row start, §1.11): V = v8 * 128 + stream bits t+9 .. t+15, R = 256.
+  void seek(uint64_t t, uint32_t v8) {
+    pos_ = 2 + static_cast<size_t>(t / 8);
+    bits_needed_ = static_cast<int>(t % 8) - 8;
+    const uint32_t last = pos_ - 1 < size_ ? data_[pos_ - 1] : 0u;
+    value_ = (v8 << 7) + ((last << (8 + bits_needed_)) & 127u);
+    range_ = 256;
+  }
+
   // Number of value-register shifts since start().
   uint64_t bit_position() const {
     return 8 * static_cast<uint64_t>(pos_) - 8 + static_cast<int64_t>(bits_needed_);
