@@ -145,6 +145,8 @@ def test_argument_errors():
         encode_payload([(q, TensorCoding(shape=(4, 4), scan_order=5), 0, EncodeOptions())])
     with pytest.raises(ConfigError):
         encode_payload([(q, TensorCoding(shape=(4, 4), profile=0, tca_base=q), 0, EncodeOptions())])
+    with pytest.raises(ConfigError):
+        encode_payload([(q, TensorCoding(shape=(4, 4), tca_base=q), 0, EncodeOptions())])
     with pytest.raises(InputError):
         encode_payload([(q, TensorCoding(shape=(5, 4)), 0, EncodeOptions())])
     with pytest.raises(InputError, match="codebook"):

@@ -60,7 +60,7 @@ class TensorCoding:
     codebook_size: int = 0
     codebook_zero: int = 0
     tca_base: np.ndarray | None = None
-    hdsp_history: np.ndarray | None = None
+    hdsp_history: np.ndarray | None = None  # history mask; a nonzero entry marks an HDSP-active position
 
     @property
     def height(self) -> int:
@@ -161,8 +161,8 @@ def _check_coding(i: int, c: TensorCoding) -> None:
         raise ConfigError(f"tensor {i}: scan_order must be in 0..4")
     if c.codebook_size < 0 or (c.codebook_size > 0 and not 0 <= c.codebook_zero < c.codebook_size):
         raise ConfigError(f"tensor {i}: codebook_zero must be in 0..codebook_size-1")
-    if c.tca_base is not None and c.profile != 1:
-        raise ConfigError(f"tensor {i}: TCA needs profile 1")
+    if c.tca_base is not None and (c.profile != 1 or not c.parent_present):
+        raise ConfigError(f"tensor {i}: TCA needs profile 1 and parent_present (temporal_context_modeling_flag)")
 
 
 def _spec_table(codings: Sequence[TensorCoding]) -> tuple[np.ndarray, list, list]:

@@ -786,6 +786,8 @@ Status check_spec(const TensorSpec& t, ErrorInfo& err, int64_t i) {
   if (t.codebook_size > 0 && (t.codebook_zero < 0 || t.codebook_zero >= t.codebook_size))
     return bad("codebook zero offset must be in 0..S-1");
   if (t.tca_base && t.profile != 1) return bad("TCA needs profile 1");
+  if (t.tca_base && !t.parent_present)
+    return bad("TCA needs parent_node_id_present_flag = 1 (temporal_context_modeling_flag lives there)");
   return Status::kOk;
 }
 
