@@ -272,18 +272,13 @@ def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
         threads = os.cpu_count() or 1
     st, ti, pos, msg, consumed, info = _core.decode(buf, table, tca, hist, outs, eps, int(max(1, threads)))
     if st != _OK:
-        where = []
-        if ti is not None and ti >= 0:
-            where.append(f"tensor {ti}")
-        if pos is not None and pos >= 0:
-            where.append(f"element {pos}")
-        path = "deepcabac." + ".".join(w.replace(" ", "[") + "]" for w in where) if where else "deepcabac"
-        byte = int(consumed) if consumed else None
+        # The message names the tensor and element; location fields are left to the caller (which knows
+        # where the payload sits in the bitstream), see BitstreamError.located().
         if st == _TRUNCATED:
-            raise TruncatedBitstreamError(msg, syntax_path=path, byte_offset=byte)
+            raise TruncatedBitstreamError(msg)
         if st == _BAD_CONFIG:
             raise ConfigError(msg)
-        raise BitstreamError(msg, syntax_path=path, byte_offset=byte)
+        raise BitstreamError(msg)
     levels = [o.reshape(tuple(int(d) for d in c.shape)) for o, c in zip(outs, tensors)]
     return DecodedPayload(
         levels=levels,
