@@ -51,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-param-opt", action="store_true", help="no context-initialisation optimisation")
     e.add_argument("--scan-order", type=int, default=0, help="0 row-major, 1..4 block scans")
     e.add_argument("--threads", type=int, default=1, help="tensors coded in parallel")
+    e.add_argument("--codebook", choices=["off", "auto", "force"], default="off",
+                   help="codebook quantisation: auto = per tensor when smaller (NNCodec codebook_mode 2)")
+    e.add_argument("--bitdepth", type=int, default=None, metavar="N",
+                   help="integer-aligned mode: per-tensor qps so that levels fit N-bit integers (1..31)")
+    e.add_argument("--opt-qp", action="store_true", help="NNCodec's per-tensor QP heuristic (sizes, spreads)")
+    e.add_argument("--sparsity", type=float, default=None, metavar="FRACTION",
+                   help="unstructured sparsification before quantisation, target fraction of zeros (0..1)")
+    e.add_argument("--struct-sparsity", type=float, default=None, metavar="GAIN",
+                   help="structured sparsification: zero output channels below GAIN x mean magnitude")
+    rc = e.add_mutually_exclusive_group()
+    rc.add_argument("--bits-per-param", type=float, default=None,
+                    help="rate control: choose per-tensor QPs for about this many bits per float parameter")
+    rc.add_argument("--max-rel-error", type=float, default=None,
+                    help="rate control: coarsest QP per tensor with relative RMS error <= this")
     e.add_argument("--no-verify", action="store_true", help="skip decoding back to report the error")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -107,7 +121,10 @@ def _cmd_encode(a) -> int:
 
     cfg = EncoderConfig(qp=a.qp, qp_density=a.qp_density, nonweight_qp=a.nonweight_qp,
                         qp_per_tensor=dict(a.qp_per_tensor), dq=not a.no_dq, row_skipping=not a.no_row_skipping,
-                        param_opt=not a.no_param_opt, scan_order=a.scan_order, threads=a.threads)
+                        param_opt=not a.no_param_opt, scan_order=a.scan_order, threads=a.threads,
+                        codebook=a.codebook, bitdepth=a.bitdepth, opt_qp=a.opt_qp, sparsity=a.sparsity,
+                        struct_sparsity=a.struct_sparsity, target_bits_per_param=a.bits_per_param,
+                        max_rel_error=a.max_rel_error)
     t0 = time.perf_counter()
     model = converters.load_model(a.input)
     t_load = time.perf_counter() - t0

@@ -14,7 +14,9 @@ Jobs:
   {"op": "encode_seq", "inputs": ["u0.npz", ...], "outputs": ["u0.nnc", ...], "settings": {...}, "tca": true}
   {"op": "decode_seq", "inputs": ["u0.nnc", ...], "outputs": ["u0.npz", ...]}
 Settings (all optional): qp, qp_density, nonweight_qp, dq, row_skipping, param_opt, codebook_mode (0/1/2),
-bitdepth, qp_per_tensor, opt_qp.
+bitdepth, qp_per_tensor, opt_qp, lambda_scale, sparsity (unstructured target, applied with the reference's
+apply_unstruct_spars_v2 before compress when not None), struct_spars_factor (apply_struct_spars_v2 gain when
+not None).
 """
 import contextlib
 import json
@@ -38,8 +40,24 @@ def _load(path):
         return out
 
 
+def _sparsify(params, s):
+    if s.get("sparsity") is None and s.get("struct_spars_factor") is None:
+        return params
+    from nncodec.framework.applications.utils.sparsification import apply_struct_spars_v2, apply_unstruct_spars_v2
+    floats = {k: v for k, v in params.items() if v.dtype == np.float32}
+    if s.get("sparsity") is not None:
+        floats = apply_unstruct_spars_v2(s.get("qp", -38), floats, target_sparsity=s["sparsity"],
+                                         qp_density=np.int32(s.get("qp_density", 2)))
+    if s.get("struct_spars_factor") is not None:
+        floats = apply_struct_spars_v2(floats, gain=s["struct_spars_factor"])
+    return {k: np.ascontiguousarray(floats[k], dtype=np.float32) if k in floats else v for k, v in params.items()}
+
+
 def _compress(params, s, **extra):
     from nncodec import nnc
+    params = _sparsify(params, s)
+    if s.get("lambda_scale"):
+        extra.setdefault("lambda_scale", s["lambda_scale"])
     bitdepth = s.get("bitdepth")
     return bytes(nnc.compress(
         params, bitstream_path=None, return_bitstream=True, verbose=False, device_id=0,

