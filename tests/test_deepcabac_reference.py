@@ -201,7 +201,7 @@ def make_tensor(rng, key, arrays, allow_tca=True):
     scan = int(rng.integers(0, 5))
     if len(shape) == 1:
         scan = 0
-    N = int(rng.choice([1, 2, 5, 10, 11, 11, 11, 16]))
+    N = int(rng.choice([1, 2, 5, 10, 11, 11, 11, 16, 40, 256]))
     qp_bits = int(rng.choice([0, 8, 8, 9, 6]))
     qp = int(rng.integers(-(1 << (qp_bits - 1)), 1 << (qp_bits - 1))) if qp_bits else 0
     row_skip = bool(profile == 1 and rng.random() < 0.5)
