@@ -363,6 +363,9 @@ if _FlwrFedAvg is not None:
             self.dropped: dict[int, dict] = {}
 
         def _setup(self, grid) -> None:
+            deadline = time.monotonic() + 300
+            while len(list(grid.get_node_ids())) < max(1, self.min_available_nodes) and time.monotonic() < deadline:
+                time.sleep(0.5)
             nodes = sorted(grid.get_node_ids())
             self._key = {n: n for n in nodes}
             if self.by_partition:
