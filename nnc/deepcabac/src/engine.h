@@ -325,10 +325,11 @@ class ArithDecoder {
     const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
     const uint32_t mps_range = range_ - lps;
     const uint32_t scaled = mps_range << 7;
-    const uint32_t is_lps = value_ >= scaled ? 1u : 0u;
-    value_ -= scaled & (0u - is_lps);
-    const uint32_t r = is_lps ? lps : mps_range;
-    const unsigned bin = c.mps() ^ is_lps;
+    // All-ones when the LPS is decoded (value >= scaled; both are below 2^17), computed without a branch.
+    const uint32_t lps_mask = static_cast<uint32_t>(static_cast<int32_t>(scaled - 1u - value_) >> 31);
+    value_ -= scaled & lps_mask;
+    const uint32_t r = mps_range ^ ((mps_range ^ lps) & lps_mask);
+    const unsigned bin = c.mps() ^ (lps_mask & 1u);
     const int n = leading_zeros32(r) - 23;
     range_ = r << n;
     value_ <<= n;
