@@ -59,6 +59,8 @@ class EncoderConfig:
             ``gain`` times the mean); ``None`` = off.
         target_bits_per_param / max_rel_error: rate control instead of a fixed qp (:meth:`for_size`,
             :meth:`for_error`; :mod:`nnc.tools.ratecontrol`).
+        tensor_weights: per-tensor distortion weights for ``target_bits_per_param`` (task sensitivities, e.g.
+            from :func:`nnc.tools.ratecontrol.sensitivities`); missing names weigh 1.
     """
 
     qp: int = -38
@@ -81,6 +83,7 @@ class EncoderConfig:
     struct_sparsity: float | None = None
     target_bits_per_param: float | None = None
     max_rel_error: float | None = None
+    tensor_weights: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if not 0 <= self.qp_density <= 7:
@@ -134,6 +137,10 @@ class EncoderConfig:
                 raise ConfigError(f"{t} must be a positive number, got {v!r}")
             if self.bitdepth is not None or self.opt_qp:
                 raise ConfigError(f"{t} chooses the qps itself; it cannot be combined with bitdepth or opt_qp")
+        for k, v in dict(self.tensor_weights).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ConfigError(f"tensor_weights[{k!r}] must be a number >= 0, got {v!r}")
+        object.__setattr__(self, "tensor_weights", MappingProxyType(dict(self.tensor_weights)))
         object.__setattr__(self, "qp_per_tensor", MappingProxyType(dict(self.qp_per_tensor)))
 
     # --- named constructors -------------------------------------------------------------------------

@@ -4,10 +4,10 @@
   ``||w - w_hat|| / ||w||`` is at most the target.
 * ``target_bits_per_param``: equal-slope allocation. Each tensor's rate R_i(qp) (actual CABAC bits, measured
   on a row sample for large tensors) and distortion D_i(qp) are measured on a grid of qps; the distortion is
-  the squared error relative to the tensor's mean square (so every tensor's relative error counts, which is
-  what layer-normalised networks are sensitive to; ``weighting="mse"`` uses the plain squared error). A
-  Lagrange multiplier is bisected so that the tensors' choices ``argmin D_i + lambda R_i`` add up to the
-  bit budget.
+  the squared error, optionally weighted per tensor by ``EncoderConfig.tensor_weights`` (task sensitivities
+  measured on calibration data with :func:`sensitivities`). A Lagrange multiplier is bisected so that the
+  tensors' choices ``argmin w_i D_i + lambda R_i`` add up to the bit budget. Rate tables can be measured once
+  (:func:`measure_rd`) and reused for many budgets (:func:`allocate_from_table`).
 
 Only qps are chosen; everything else (DQ, row skipping, codebook...) follows the config, and the stream is a
 standard one that any NNC decoder reads.
@@ -22,7 +22,7 @@ import numpy as np
 from .. import deepcabac
 from ..quant import qp_for_step, quantize_tensor, reconstruct_uniform
 
-__all__ = ["allocate_qps", "qp_for_rel_error", "rd_points"]
+__all__ = ["allocate_qps", "qp_for_rel_error", "rd_points", "measure_rd", "allocate_from_table", "sensitivities"]
 
 _SAMPLE = 1 << 17   # elements measured per tensor when estimating rates/errors of large tensors
 
@@ -106,9 +106,79 @@ def rd_points(x: np.ndarray, qps, cfg) -> tuple[np.ndarray, np.ndarray]:
     return bits, err
 
 
-def allocate_qps(tensors: Mapping[str, np.ndarray], cfg, *, weighting: str = "relative",
-                 grid: int = 13) -> dict[str, int]:
-    """qp per float tensor for ``cfg.max_rel_error`` or ``cfg.target_bits_per_param`` (see module doc)."""
+def measure_rd(tensors: Mapping[str, np.ndarray], cfg, *, center_bits: float = 5.0, points: int = 25
+               ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per float tensor (not all zero): (qps, bits, squared error) on a grid of ``points`` qps (half-octave
+    spacing is too coarse: consecutive qps 2 apart) centred where a uniform quantiser spends about
+    ``center_bits`` bits per parameter."""
+    k = 1 << cfg.qp_density
+    lo_lim, hi_lim = _qp_limits(cfg.qp_density)
+    rel0 = 2.0 ** (-center_bits)
+    table = {}
+    for name, a in tensors.items():
+        x = _coded(a)
+        if not x.any():
+            continue
+        q0 = _start_qp(x, rel0, cfg.qp_density)
+        step = max(k // 2, 1)
+        half = (points // 2) * step
+        qps = sorted({min(max(q0 + d, lo_lim), hi_lim) for d in range(-half, half + 1, step)})
+        bits, err = rd_points(x, qps, cfg)
+        table[name] = (np.array(qps), bits, err)
+    return table
+
+
+def allocate_from_table(table, budget_bits: float, weights: Mapping[str, float] | None = None
+                        ) -> dict[str, int]:
+    """Equal-slope choice: per tensor ``argmin w_i * D_i(qp) + lambda * R_i(qp)`` with lambda bisected so that
+    the total rate fits ``budget_bits`` (the cheapest choices if even the coarsest grid point does not)."""
+    weights = weights or {}
+
+    def choose(lam):
+        pick, total = {}, 0.0
+        for name, (qps, bits, dist) in table.items():
+            i = int(np.argmin(float(weights.get(name, 1.0)) * dist + lam * bits))
+            pick[name] = int(qps[i])
+            total += bits[i]
+        return pick, total
+
+    lo, hi = 1e-30, 1e30
+    for _ in range(300):
+        mid = math.sqrt(lo * hi)
+        _, total = choose(mid)
+        if total > budget_bits:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1.00001:
+            break
+    pick, total = choose(hi)
+    # spend what the discrete hull left of the budget: finer steps with the best distortion drop per bit
+    idx = {n: int(np.flatnonzero(table[n][0] == q)[0]) for n, q in pick.items()}
+    while True:
+        best = None
+        for n, i in idx.items():
+            qps, bits, dist = table[n]
+            if i == 0:
+                continue
+            d_bits = bits[i - 1] - bits[i]
+            gain = float(weights.get(n, 1.0)) * (dist[i] - dist[i - 1])
+            if d_bits > 0 and total + d_bits <= budget_bits and gain > 0:
+                if best is None or gain / d_bits > best[0]:
+                    best = (gain / d_bits, n, d_bits)
+        if best is None:
+            break
+        idx[best[1]] -= 1
+        total += best[2]
+    return {n: int(table[n][0][i]) for n, i in idx.items()}
+
+
+def allocate_qps(tensors: Mapping[str, np.ndarray], cfg, *, table=None) -> dict[str, int]:
+    """qp per float tensor for ``cfg.max_rel_error`` or ``cfg.target_bits_per_param`` (see module doc).
+
+    For a bit target only weight tensors (rank > 1) are allocated; the others keep ``cfg.qp_for`` (their
+    measured rate is subtracted from the budget). ``cfg.tensor_weights`` scales each tensor's distortion
+    (e.g. from :func:`sensitivities`)."""
     out: dict[str, int] = {}
     if cfg.max_rel_error is not None:
         for name, a in tensors.items():
@@ -117,44 +187,34 @@ def allocate_qps(tensors: Mapping[str, np.ndarray], cfg, *, weighting: str = "re
                 out[name] = q
         return out
     budget = cfg.target_bits_per_param * sum(int(np.asarray(a).size) for a in tensors.values())
-    k = 1 << cfg.qp_density
-    lo_lim, hi_lim = _qp_limits(cfg.qp_density)
-    table = {}
-    fixed_bits = 0.0
-    rel0 = 2.0 ** (-cfg.target_bits_per_param)     # a relative error in the right region for the start qp
+    weights = {k: v for k, v in tensors.items() if np.asarray(v).ndim > 1}
     for name, a in tensors.items():
-        x = _coded(a)
-        energy = float(np.dot(x.reshape(-1).astype(np.float64), x.reshape(-1).astype(np.float64)))
-        if energy == 0.0:
-            fixed_bits += 8.0 * x.shape[0] / 8 + 64
+        if name not in weights:
+            x = _coded(a)
+            if x.any():
+                budget -= _bits(x, cfg.qp_for(name, np.asarray(a).ndim), cfg)
+    if table is None:
+        table = measure_rd(weights, cfg, center_bits=cfg.target_bits_per_param)
+    out.update(allocate_from_table(table, budget, dict(cfg.tensor_weights)))
+    return out
+
+
+def sensitivities(tensors: Mapping[str, np.ndarray], distortion, *, names=None, rel_noise: float = 0.01,
+                  seed: int = 0) -> dict[str, float]:
+    """Distortion weights for :attr:`EncoderConfig.tensor_weights`: for each tensor, the task distortion
+    ``distortion(perturbed_tensors)`` caused by Gaussian noise of ``rel_noise`` times the tensor's RMS, divided
+    by the squared error of that noise. ``distortion`` is the caller's task measure (lower is better, 0 for
+    the original), evaluated on calibration data."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in (names if names is not None else [k for k, v in tensors.items() if np.asarray(v).ndim > 1]):
+        x = np.asarray(tensors[name], dtype=np.float32)
+        rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        if rms == 0:
             continue
-        q0 = _start_qp(x, rel0, cfg.qp_density)
-        span = (grid // 2) * k // 2
-        qps = sorted({min(max(q0 + d, lo_lim), hi_lim) for d in range(-2 * span, 2 * span + 1, k // 2 or 1)})
-        bits, err = rd_points(x, qps, cfg)
-        w = (x.size / energy) if weighting == "relative" else 1.0
-        table[name] = (np.array(qps), bits, err * w)
-    budget -= fixed_bits
-
-    def choose(lam):
-        pick, total = {}, 0.0
-        for name, (qps, bits, dist) in table.items():
-            i = int(np.argmin(dist + lam * bits))
-            pick[name] = int(qps[i])
-            total += bits[i]
-        return pick, total
-
-    lo, hi = 1e-30, 1e30
-    pick, total = choose(math.sqrt(lo * hi))
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        pick, total = choose(mid)
-        if total > budget:
-            lo = mid          # too many bits: weigh rate more
-        else:
-            hi = mid
-        if hi / lo < 1.0001:
-            break
-    pick, _ = choose(hi)      # the cheapest choice that fits the budget
-    out.update(pick)
+        noise = (rng.standard_normal(x.shape) * rel_noise * rms).astype(np.float32)
+        t = dict(tensors)
+        t[name] = x + noise
+        sse = float(np.sum(np.square(noise, dtype=np.float64)))
+        out[name] = max(float(distortion(t)), 0.0) / sse
     return out
