@@ -73,7 +73,7 @@ def replay(name: str, mutations: int, seed: int) -> dict:
         src = blobs[int(rng.integers(0, len(blobs)))]
         run(mutate(rng, src, blobs), f"mutation {i} (seed {seed})")
     return {"harness": name, "corpus_inputs": len(files), "mutations": mutations,
-            "total": len(files) + mutations, "findings": len(findings), "details": findings[:5],
+            "seed": seed, "total": len(files) + mutations, "findings": len(findings), "details": findings[:5],
             "seconds": round(time.perf_counter() - t, 1)}
 
 
@@ -84,7 +84,7 @@ def main(argv):
     mutations = int(os.environ.get("NNC_REPLAY_MUTATIONS", "20000"))
     bad = 0
     for name in argv or ["decode", "inspect", "check", "update", "fl"]:
-        r = replay(name, mutations, seed=17)
+        r = replay(name, mutations, seed=int(os.environ.get("NNC_REPLAY_SEED", "17")))
         print(json.dumps(r), flush=True)
         bad += r["findings"]
     return 1 if bad else 0

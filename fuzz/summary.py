@@ -13,12 +13,16 @@ def main() -> int:
     total = findings = 0
     for log in sorted(OUT.glob("*/log.txt")):
         text = log.read_text(errors="replace")
-        runs = sum(int(x) for x in re.findall(r"stat::number_of_executed_units: (\d+)", text))
-        slow = max((int(x) for x in re.findall(r"stat::slowest_unit_time_sec: (\d+)", text)), default=0)
+        # libFuzzer ends a run with "Done N in T second(s)" (atheris_runs) or "Done N runs in T second(s)"
+        # (max_total_time); final stats, when printed, repeat the same N
+        done = re.findall(r"^Done (\d+) (?:runs )?in (\d+) second", text, re.M)
+        runs = sum(int(n) for n, _ in done)
+        seconds = sum(int(t) for _, t in done)
+        slow = len(re.findall(r"Slowest unit: ", text))   # libFuzzer reports units slower than 10 s
         targets = sorted(set(re.findall(r"\[fuzz_\w+\] target: (.*)", text)))
         art = [p.name for p in log.parent.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-", "leak-"))]
         cov = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", text)
-        rows.append((log.parent.name, "guided (Release core)", runs, len(art), slow,
+        rows.append((log.parent.name, f"guided, Release core, {len(done)} run(s), {seconds} s", runs, len(art), slow,
                      f"cov {cov[-1][0]}, ft {cov[-1][1]}, corpus {cov[-1][2]}" if cov else "",
                      "; ".join(targets)))
         total += runs
@@ -32,7 +36,7 @@ def main() -> int:
                              f"{r['corpus_inputs']} corpus + {r['mutations']} mutations, {r['seconds']} s", ""))
                 total += r["total"]
                 findings += r["findings"]
-    print("| harness | mode | inputs | findings | slowest (s) | coverage / detail | target |")
+    print("| harness | mode | inputs | findings | slow units (>10 s) | coverage / detail | target |")
     print("|---|---|---:|---:|---:|---|---|")
     for r in rows:
         print("| " + " | ".join(str(x) for x in r) + " |")
