@@ -389,7 +389,7 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
     idx = unit.index
     ptype = h.nnr_compressed_data_unit_payload_type
     if ptype == bs.PayloadType.NNR_PT_BLOCK:
-        raise UnsupportedFeatureError("NNR_PT_BLOCK NDUs are not supported yet")
+        return _prepare_block(unit, ctx, cfg, budget, state)
     if ptype == bs.PayloadType.NNR_PT_RAW_FLOAT:
         raise UnsupportedFeatureError("NNR_PT_RAW_FLOAT NDUs are not supported yet")
     name = h.topology_elem_id
@@ -436,6 +436,80 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
         codebook_zero=cb_zero, tca_base=tca_base, hdsp_history=hdsp_hist)
     kind = "int" if is_int else ("codebook" if codebook is not None else "uniform")
     return _NduJob(unit, [name], [coding], [kind], unit.payload, ctx, out_dtype, codebook)
+
+
+def block_members(cpt: int) -> list[tuple[str, int]]:
+    """(role, index into topology_elem_id_list) of a non-DC block's tensors in coding order (spec §1.10.2):
+    ls, bias, bn.beta, bn.gamma, bn.mean, bn.var, then the weight (index 0)."""
+    T = bs.CompressedParameterTypes
+    ls, bn, bi = bool(cpt & T.NNR_CPT_LS), bool(cpt & T.NNR_CPT_BN), bool(cpt & T.NNR_CPT_BI)
+    out = []
+    if ls:
+        out.append(("ls", 1))
+    if bi:
+        out.append(("bias", 1 + ls + (4 if bn else 0)))
+    if bn:
+        out += [(role, 1 + ls + i) for i, role in enumerate(("bn.beta", "bn.gamma", "bn.mean", "bn.var"))]
+    out.append(("weight", 0))
+    return out
+
+
+def _prepare_block(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
+    """An NNR_PT_BLOCK NDU: a weight with its LS / bias / BN vectors in one CABAC stream (spec §1.10.2).
+    All members share dq_flag and scan_order, each has its own qp offset; only the weight may use the
+    codebook. Decomposed (DC) blocks and incremental (parent) blocks are not supported."""
+    h = unit.body
+    idx = unit.index
+    cpt = int(h.compressed_parameter_types or 0)
+    if cpt & bs.CompressedParameterTypes.NNR_CPT_DC:
+        raise UnsupportedFeatureError("NNR_PT_BLOCK NDUs with decomposed tensors (NNR_CPT_DC) are not supported")
+    if getattr(h, "parent_node_id_present_flag", 0) or state is not None:
+        raise UnsupportedFeatureError("incremental (parent) NNR_PT_BLOCK NDUs are not supported")
+    if h.tensor_dimensions is None:
+        raise UnsupportedFeatureError(f"unit {idx}: tensor dimensions are not in the bitstream (out-of-band "
+                                      "signalling is not supported)")
+    dims = tuple(int(d) for d in h.tensor_dimensions)
+    if len(dims) > cfg.max_rank:
+        raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={cfg.max_rank}", unit_index=idx,
+                                 syntax_path="NNR_NDU.count_tensor_dimensions")
+    if not dims or any(d <= 0 for d in dims):
+        raise BitstreamError(f"block has impossible dimensions {list(dims)}", unit_index=idx,
+                             syntax_path="NNR_NDU.tensor_dimensions")
+    names = [str(n) for n in h.element_names]
+    members = block_members(cpt)
+    if len(names) != len(members):
+        raise BitstreamError(f"compressed_parameter_types {cpt} implies {len(members)} tensors, the NDU lists "
+                             f"{len(names)}", unit_index=idx, syntax_path="NNR_NDU.topology_elem_id_list")
+    out_dtype = None
+    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
+        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
+    itemsize = max(4, np.dtype(out_dtype).itemsize if out_dtype is not None else 4)
+    scan_order = h.scan_order or 0
+    if scan_order > 4:
+        raise BitstreamError(f"reserved scan_order {scan_order}", unit_index=idx, syntax_path="NNR_NDU.scan_order")
+    codebook = None
+    cb_size = cb_zero = 0
+    if getattr(h, "codebook_present_flag", 0):
+        cb = h.codebook
+        if cb.codebook_size > cfg.max_codebook_size:
+            raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
+                                     f"{cfg.max_codebook_size}", unit_index=idx,
+                                     syntax_path="NNR_NDU.codebook.codebook_size")
+        codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
+        if ctx.profile == 1:
+            cb_size, cb_zero = len(cb.values), cb.zero_offset
+    coded_names, codings, kinds = [], [], []
+    for role, pos in members:
+        shape = dims if role == "weight" else (dims[0],)
+        budget.take(math.prod(shape), itemsize, idx, names[pos])
+        is_w = role == "weight"
+        codings.append(deepcabac.TensorCoding(
+            shape=shape, profile=ctx.profile, unary_length=_unary_length_minus1(h) + 1, qp_bits=6 + ctx.qp_density,
+            scan_order=scan_order if is_w else 0, dq=bool(h.dq_flag),
+            codebook_size=cb_size if is_w else 0, codebook_zero=cb_zero if is_w else 0))
+        coded_names.append(names[pos])
+        kinds.append("codebook" if is_w and codebook is not None else "uniform")
+    return _NduJob(unit, coded_names, codings, kinds, unit.payload, ctx, out_dtype, codebook)
 
 
 def _unary_length_minus1(h) -> int:
