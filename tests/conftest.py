@@ -30,3 +30,10 @@ def reference():
         pytest.skip(f"NNCodec reference venv not found at {ref.reference_python().parent.parent} "
                     "(run tools/setup_reference.sh)")
     return ref
+
+
+# Flower's simulation engine (Ray) cannot be started twice in one process: a second run_simulation in the
+# same pytest process hangs. The Flower tests therefore live in tests/flower/ and each file runs in a fresh
+# interpreter through tests/test_flower_apps.py; they are collected directly only inside that subprocess.
+if not os.environ.get("NNC_FLOWER_SUBPROCESS"):
+    collect_ignore_glob = ["flower/*"]
