@@ -41,23 +41,37 @@ def roundtrip_file(codec, src, dest, qp, **cfg):
     return lm, bs, dm
 
 
-# tol is relative to max(1, max |reference output|): silero's recurrent state reaches ~8 and, measured, moves by
-# 0.16 at QP -38 (2%) while its speech probability moves by < 0.01
-@pytest.mark.parametrize("key,qp,tol", [("ocr_cls", -38, 0.03), ("silero_vad", -38, 0.03),
-                                        pytest.param("ocr_cls", -32, 0.08, marks=pytest.mark.slow),
-                                        pytest.param("silero_vad", -32, 0.08, marks=pytest.mark.slow),
-                                        pytest.param("ocr_det", -38, 0.05, marks=pytest.mark.slow)])
-def test_onnx_model_encode_decode_runs(codec, tmp_path, key, qp, tol):
+# Output-error bounds per (model, QP, output), about twice what was measured with nnc 0.1.0 on the fixed inputs of
+# nnc.converters._realmodels ("rel" = ||ref - out|| / ||ref||, "abs" = max |ref - out|). Measured: ocr_cls probs
+# rel 0.000 / 0.005 (QP -38 / -32); ocr_det map rel 0.027 / 0.066; silero_vad state rel 0.009 / 0.096 and
+# speech_prob abs 0.007 / 0.005 (the synthetic input has no speech, so the probability is ~0.03 and only its
+# absolute error is meaningful).
+BOUNDS = {
+    ("ocr_cls", -38): {"probs": ("rel", 0.02)}, ("ocr_cls", -32): {"probs": ("rel", 0.02)},
+    ("ocr_det", -38): {"map": ("rel", 0.06)}, ("ocr_det", -32): {"map": ("rel", 0.13)},
+    ("silero_vad", -38): {"state": ("rel", 0.03), "speech_prob": ("abs", 0.02)},
+    ("silero_vad", -32): {"state": ("rel", 0.2), "speech_prob": ("abs", 0.02)},
+}
+
+
+@pytest.mark.parametrize("key,qp", [("ocr_cls", -38), ("silero_vad", -38),
+                                    pytest.param("ocr_cls", -32, marks=pytest.mark.slow),
+                                    pytest.param("silero_vad", -32, marks=pytest.mark.slow),
+                                    pytest.param("ocr_det", -38, marks=pytest.mark.slow),
+                                    pytest.param("ocr_det", -32, marks=pytest.mark.slow)])
+def test_onnx_model_encode_decode_runs(codec, tmp_path, key, qp):
     src = need(key)
     dest = tmp_path / "restored.onnx"
     lm, bs, dm = roundtrip_file(codec, src, dest, qp)
     assert dm.topology is not None and dm.topology.storage_format == 2
     onnx.checker.check_model(str(dest))
     ref, out = R.run_onnx(key, src), R.run_onnx(key, str(dest))
-    for name in ref:
-        err = float(np.max(np.abs(ref[name] - out[name])))
-        scale = max(1.0, float(np.max(np.abs(ref[name]))))
-        assert err < tol * scale, f"{key} qp={qp}: output {name} max abs error {err} (scale {scale})"
+    bounds = BOUNDS[(key, qp)]
+    assert set(bounds) == set(ref)
+    for name, (kind, limit) in bounds.items():
+        diff = (ref[name] - out[name]).astype(np.float64)
+        err = float(np.linalg.norm(diff) / np.linalg.norm(ref[name])) if kind == "rel" else float(np.abs(diff).max())
+        assert err <= limit, f"{key} qp={qp}: output {name} {kind} error {err:.4g} > {limit}"
     assert len(bs) < 0.5 * sum(a.nbytes for a in lm.tensors.values())
 
 
