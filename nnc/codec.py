@@ -384,6 +384,21 @@ class _NduJob:
     codebook: tuple | None
 
 
+def _header_dims(h, idx: int, cfg: DecoderConfig, what: str) -> tuple[int, ...]:
+    """The NDU header's tensor dimensions, checked against the rank limit and for impossible values."""
+    if h.tensor_dimensions is None:
+        raise UnsupportedFeatureError(f"unit {idx}: tensor dimensions are not in the bitstream (out-of-band "
+                                      "signalling is not supported)")
+    dims = tuple(int(d) for d in h.tensor_dimensions)
+    if len(dims) > cfg.max_rank:
+        raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={cfg.max_rank}", unit_index=idx,
+                                 syntax_path="NNR_NDU.count_tensor_dimensions")
+    if not dims or any(d <= 0 for d in dims):
+        raise BitstreamError(f"{what} has impossible dimensions {list(dims)}", unit_index=idx,
+                             syntax_path="NNR_NDU.tensor_dimensions")
+    return dims
+
+
 def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
     h = unit.body
     idx = unit.index
@@ -393,16 +408,7 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
     if ptype == bs.PayloadType.NNR_PT_RAW_FLOAT:
         raise UnsupportedFeatureError("NNR_PT_RAW_FLOAT NDUs are not supported yet")
     name = h.topology_elem_id
-    if h.tensor_dimensions is None:
-        raise UnsupportedFeatureError(f"unit {idx}: tensor dimensions are not in the bitstream (out-of-band "
-                                      "signalling is not supported)")
-    dims = tuple(int(d) for d in h.tensor_dimensions)
-    if len(dims) > cfg.max_rank:
-        raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={cfg.max_rank}", unit_index=idx,
-                                 syntax_path="NNR_NDU.count_tensor_dimensions")
-    if not dims or any(d <= 0 for d in dims):
-        raise BitstreamError(f"tensor {name!r} has impossible dimensions {list(dims)}", unit_index=idx,
-                             syntax_path="NNR_NDU.tensor_dimensions")
+    dims = _header_dims(h, idx, cfg, f"tensor {name!r}")
     n = math.prod(dims)
     is_int = ptype == bs.PayloadType.NNR_PT_INT
     out_dtype = None
@@ -465,16 +471,7 @@ def _prepare_block(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budge
         raise UnsupportedFeatureError("NNR_PT_BLOCK NDUs with decomposed tensors (NNR_CPT_DC) are not supported")
     if getattr(h, "parent_node_id_present_flag", 0) or state is not None:
         raise UnsupportedFeatureError("incremental (parent) NNR_PT_BLOCK NDUs are not supported")
-    if h.tensor_dimensions is None:
-        raise UnsupportedFeatureError(f"unit {idx}: tensor dimensions are not in the bitstream (out-of-band "
-                                      "signalling is not supported)")
-    dims = tuple(int(d) for d in h.tensor_dimensions)
-    if len(dims) > cfg.max_rank:
-        raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={cfg.max_rank}", unit_index=idx,
-                                 syntax_path="NNR_NDU.count_tensor_dimensions")
-    if not dims or any(d <= 0 for d in dims):
-        raise BitstreamError(f"block has impossible dimensions {list(dims)}", unit_index=idx,
-                             syntax_path="NNR_NDU.tensor_dimensions")
+    dims = _header_dims(h, idx, cfg, "block")
     names = [str(n) for n in h.element_names]
     members = block_members(cpt)
     if len(names) != len(members):

@@ -222,13 +222,6 @@ class DecoderConfig:
     max_rank: int = 16
     max_codebook_size: int = 1 << 16
     threads: int = 1
-    codebook: str = "off"
-    bitdepth: int | None = None
-    opt_qp: bool = False
-    sparsity: float | None = None
-    struct_sparsity: float | None = None
-    target_bits_per_param: float | None = None
-    max_rel_error: float | None = None
 
     def __post_init__(self):
         for name in ("max_tensor_elements", "max_total_bytes", "max_units", "max_rank", "max_codebook_size",
