@@ -399,6 +399,9 @@ class TensorEncoder {
     const int64_t m_neg = m_neg_, m_pos = m_pos_;
     const int sign_mode = sign_mode_;
     const bool nothing = codebook_active(t_) && t_.codebook_size == 1;
+    // Each element codes at most one bin per context, so flushing the shadow rate accumulators every
+    // kFlushBins elements keeps them from overflowing.
+    uint32_t until_flush = ShadowContext::kFlushBins;
     traverse(
         g_, skip,
         [&](int64_t pos) NNC_LAMBDA_INLINE {
@@ -413,6 +416,10 @@ class TensorEncoder {
           if (kPseudo) {
             write_level(shadow, L, site, v, kUnbounded, kUnbounded, 0);
             site.nb = neighbour_class(v);
+            if (--until_flush == 0) {
+              for (auto& s : shadow_) s.flush();
+              until_flush = ShadowContext::kFlushBins;
+            }
           } else {
             if (!nothing) write_level(real, L, site, k, m_neg, m_pos, sign_mode);
             site.nb = neighbour_class(k);

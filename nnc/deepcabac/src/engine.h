@@ -80,21 +80,38 @@ struct Context {
 #define NNC_SHADOW_SSE2 1
 #endif
 
+constexpr uint32_t max_est_bits() {
+  uint32_t m = 0;
+  for (const auto& row : kEstBits)
+    for (uint32_t v : row) m = v > m ? v : m;
+  return m;
+}
+
 struct ShadowContext {
+  // Per-bin rates are summed in 32-bit accumulators (acc, acc8) and moved into the 64-bit totals (cost) by
+  // flush(). A bin costs at most kEstBits[0][1] = 237777 < 2^18 units, so up to kFlushBins = 2^14 bins may
+  // be accounted between two flushes without overflow; the caller flushes at least that often.
+  static constexpr uint32_t kFlushBins = 16384;
+  static_assert(uint64_t(max_est_bits()) * kFlushBins <= 0xFFFFFFFFull, "32-bit rate accumulators overflow");
 #ifdef NNC_SHADOW_SSE2
   alignas(16) int16_t p[8];
   alignas(16) int16_t fast[8];
+  alignas(16) uint32_t acc[8];
 #else
   int16_t p[8];
   int16_t fast[8];
+  uint32_t acc[8];
 #endif
   int32_t p8;
   int32_t fast8;
+  uint32_t acc8;
   uint64_t cost[9];
 
   void init() {
     reset_states();
     for (int e = 0; e < 9; ++e) cost[e] = 0;
+    for (int e = 0; e < 8; ++e) acc[e] = 0;
+    acc8 = 0;
   }
   void reset_states() {
     for (int e = 0; e < 8; ++e) {
@@ -104,6 +121,14 @@ struct ShadowContext {
     p8 = kInitSets[8].p0;
     fast8 = kInitSets[8].s0;
   }
+  void flush() {
+    for (int e = 0; e < 8; ++e) {
+      cost[e] += acc[e];
+      acc[e] = 0;
+    }
+    cost[8] += acc8;
+    acc8 = 0;
+  }
 
   template <unsigned kBin>
   NNC_INLINE void account_bin() {
@@ -112,12 +137,12 @@ struct ShadowContext {
 #else
     for (int e = 0; e < 8; ++e) {
       int pe = p[e], f = fast[e];
-      scalar_lane<kBin>(e, pe, f);
+      scalar_lane<kBin>(acc[e], e, pe, f);
       p[e] = static_cast<int16_t>(pe);
       fast[e] = static_cast<int16_t>(f);
     }
 #endif
-    scalar_lane<kBin>(8, p8, fast8);
+    scalar_lane<kBin>(acc8, 8, p8, fast8);
   }
   NNC_INLINE void account(unsigned bin) {
     if (bin)
@@ -125,7 +150,8 @@ struct ShadowContext {
     else
       account_bin<0>();
   }
-  unsigned best() const {
+  unsigned best() {
+    flush();
     unsigned best_e = 0;
     uint64_t best_cost = cost[0];
     for (unsigned e = 1; e < 9; ++e) {
@@ -140,8 +166,8 @@ struct ShadowContext {
 
  private:
   template <unsigned kBin>
-  NNC_INLINE void scalar_lane(int e, int32_t& pe, int32_t& fe) {
-    cost[e] += kEstBits[512 + (pe >> 3)][kBin];
+  NNC_INLINE void scalar_lane(uint32_t& acc_e, int e, int32_t& pe, int32_t& fe) {
+    acc_e += kEstBits[512 + (pe >> 3)][kBin];
     int f = fe;
     int s = pe - 16 * f;
     const int fs = kInitSets[e].fast_shift, ss = kInitSets[e].slow_shift;
@@ -178,9 +204,27 @@ struct ShadowContext {
     __m128i P = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
     __m128i F = _mm_load_si128(reinterpret_cast<const __m128i*>(fast));
 
-    alignas(16) int16_t idx[8];
-    _mm_store_si128(reinterpret_cast<__m128i*>(idx), _mm_srai_epi16(P, 3));
-    for (int e = 0; e < 8; ++e) cost[e] += kEstBits[512 + idx[e]][kBin];
+    // Rates of the eight lanes: 32-bit table loads gathered into two vectors of 4 x uint32.
+    const __m128i I = _mm_add_epi16(_mm_srai_epi16(P, 3), _mm_set1_epi16(512));  // 0..1023
+    const uint32_t* col = &kEstBits[0][kBin];
+#if defined(__x86_64__) || defined(_M_X64)
+    // Lane indices via two 64-bit moves and shifts (cheaper than eight pextrw).
+    const uint64_t lo = static_cast<uint64_t>(_mm_cvtsi128_si64(I));
+    const uint64_t hi = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_unpackhi_epi64(I, I)));
+#define NNC_LANE(k) ((((k) < 4 ? lo : hi) >> (16 * ((k) & 3))) & 0xFFFFu)
+#else
+#define NNC_LANE(k) static_cast<unsigned>(_mm_extract_epi16(I, k))
+#endif
+#define NNC_RATE(k) _mm_cvtsi32_si128(static_cast<int>(col[2 * NNC_LANE(k)]))
+    const __m128i r0 = _mm_unpacklo_epi64(_mm_unpacklo_epi32(NNC_RATE(0), NNC_RATE(1)),
+                                          _mm_unpacklo_epi32(NNC_RATE(2), NNC_RATE(3)));
+    const __m128i r1 = _mm_unpacklo_epi64(_mm_unpacklo_epi32(NNC_RATE(4), NNC_RATE(5)),
+                                          _mm_unpacklo_epi32(NNC_RATE(6), NNC_RATE(7)));
+#undef NNC_RATE
+#undef NNC_LANE
+    __m128i* A = reinterpret_cast<__m128i*>(acc);
+    _mm_store_si128(A, _mm_add_epi32(_mm_load_si128(A), r0));
+    _mm_store_si128(A + 1, _mm_add_epi32(_mm_load_si128(A + 1), r1));
 
     __m128i S = _mm_sub_epi16(P, _mm_slli_epi16(F, 4));
     if (kBin) {
