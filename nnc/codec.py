@@ -187,17 +187,21 @@ class Encoder:
         if not isinstance(self.config, EncoderConfig):
             raise TypeError(f"config must be an EncoderConfig, got {type(self.config).__name__}")
 
-    def plan(self, tensors: Mapping[str, np.ndarray]) -> list[_Plan]:
-        """Validate and quantise ``tensors`` (name -> array) in order."""
+    def _prepare(self, tensors: Mapping[str, np.ndarray]) -> tuple[list[tuple[int, str, np.ndarray]], dict]:
+        """Validate names and arrays and apply the model-level encoder tools (sparsification, opt_qp, bit-depth
+        QPs, rate control; ``nnc.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
         if not isinstance(tensors, Mapping):
             raise InputError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
         if not tensors:
             raise InputError("no tensors to encode")
         items = [(_validate_name(k), _as_array(k, v)) for k, v in tensors.items()]
         arrays, qps = _tools.prepare(dict(items), self.config)
-        items = [(k, arrays[k]) for k, _ in items]
-        return self._map(lambda iv: _plan(iv[1][0], iv[1][1], iv[0], self.config, qps.get(iv[1][0])),
-                         list(enumerate(items)))
+        return [(i, k, arrays[k]) for i, (k, _) in enumerate(items)], qps
+
+    def plan(self, tensors: Mapping[str, np.ndarray]) -> list[_Plan]:
+        """Validate and quantise ``tensors`` (name -> array) in order."""
+        items, qps = self._prepare(tensors)
+        return self._map(lambda it: _plan(it[1], it[2], it[0], self.config, qps.get(it[1])), items)
 
     def encode(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None,
                progress: bool = False) -> bytes:
@@ -209,14 +213,7 @@ class Encoder:
             InputError: a name, dtype, shape or value cannot be coded.
         """
         cfg = self.config
-        if not isinstance(tensors, Mapping):
-            raise InputError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
-        if not tensors:
-            raise InputError("no tensors to encode")
-        items = [(i, _validate_name(k), _as_array(k, v)) for i, (k, v) in enumerate(tensors.items())]
-        # model-level encoder tools: sparsification, opt_qp, bit-depth qps, rate control (nnc.tools)
-        arrays, qps = _tools.prepare({k: a for _, k, a in items}, cfg)
-        items = [(i, k, arrays[k]) for i, k, _ in items]
+        items, qps = self._prepare(tensors)
 
         def one(item) -> bytes:
             plan = _plan(item[1], item[2], item[0], cfg, qps.get(item[1]))
