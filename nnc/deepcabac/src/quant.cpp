@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -70,21 +71,21 @@ inline int32_t first_candidate(double org) {
   return t - 1 > 1 ? t - 1 : 1;
 }
 
+// One trellis step for state C: the three branch costs in table order, first strict minimum (the running
+// minimum starts at DBL_MAX and every cost is below it). Written as selects so that no data-dependent
+// branches are emitted; the 2-bit choice is packed into the per-element decision word.
 template <int C>
-inline void relax(const double* cost, const double* dist, double* next, uint8_t* dec) {
+inline double relax(const double (&cost)[8], const double (&dist)[5], uint32_t& dec) {
   constexpr Branch b0 = kTrellis.b[C][0], b1 = kTrellis.b[C][1], b2 = kTrellis.b[C][2];
   const double c0 = cost[b0.prev] + dist[b0.slot];
   const double c1 = cost[b1.prev] + dist[b1.slot];
   const double c2 = cost[b2.prev] + dist[b2.slot];
-  // First strict minimum (the running minimum starts at DBL_MAX and every cost is below it); written
-  // as selects so that the compiler emits no data-dependent branches.
   const unsigned t1 = c1 < c0;
   const double m01 = c1 < c0 ? c1 : c0;  // minsd
   const unsigned t2 = c2 < m01;
   const double best = c2 < m01 ? c2 : m01;
-  const uint8_t choice = static_cast<uint8_t>((t2 << 1) | (t1 & (t2 ^ 1u)));
-  next[C] = best;
-  dec[C] = choice;
+  dec |= ((t2 << 1) | (t1 & (t2 ^ 1u))) << (2 * C);
+  return best;
 }
 
 // Overflow tests of the reference: round(v * scale) > 2^31 - 3 or < -(2^31 - 2), written without round().
@@ -96,12 +97,6 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
   const double dscale = 1.0 / static_cast<double>(step);
   const bool direct = (w <= 1 || h <= 1 || scan == 0);
 
-  // Positions in scan order (only for block scans).
-  std::vector<int64_t> order;
-  if (!direct) {
-    order.reserve(static_cast<size_t>(n));
-    for_each_in_scan(h, w, scan, [&](int64_t pos) { order.push_back(pos); });
-  }
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     if (std::isnan(v)) return fail(err, Status::kBadInput, i, "NaN at element " + std::to_string(i));
@@ -109,33 +104,54 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
       return fail(err, Status::kOverflow, i, "quantized value at element " + std::to_string(i) + " does not fit in int32");
   }
 
-  std::vector<uint8_t> decisions(static_cast<size_t>(n) * 8);
-  double cost[8], next[8];
+  // Block scans: gather the values in coding order once (and remember their positions for the write-back).
+  std::unique_ptr<int64_t[]> order;
+  std::unique_ptr<float[]> scanned;
+  const float* xs = x;
+  if (!direct) {
+    order.reset(new int64_t[static_cast<size_t>(n)]);
+    scanned.reset(new float[static_cast<size_t>(n)]);
+    int64_t k = 0;
+    for_each_in_scan(h, w, scan, [&](int64_t pos) {
+      order[static_cast<size_t>(k)] = pos;
+      scanned[static_cast<size_t>(k)] = x[pos];
+      ++k;
+    });
+    xs = scanned.get();
+  }
+
+  // Per element, 2 bits per state: the index (0..2) of the chosen branch in kTrellis.b[state].
+  std::unique_ptr<uint16_t[]> decisions(new uint16_t[static_cast<size_t>(n)]);
+  double cost[8];
   cost[0] = 0.0;
   for (int s = 1; s < 8; ++s) cost[s] = 0.5 * std::numeric_limits<double>::max();
 
   for (int64_t k = 0; k < n; ++k) {
-    const float v = x[direct ? k : order[static_cast<size_t>(k)]];
-    const double sign = v < 0 ? -1.0 : 1.0;
-    const double org = dscale * static_cast<double>(v) * sign;
+    const float v = xs[k];
+    // |dscale * v|: identical to the reference's (dscale * v) * sign, as multiplying by +-1 only flips the
+    // sign bit (for v == -0.0 the reference keeps -0.0, which gives the same candidates and distances).
+    const double org = std::fabs(dscale * static_cast<double>(v));
     const int32_t m = first_candidate(org);
+    // dist[s] for s = 0..3: squared distance to the candidate c in m..m+3 with c % 4 == s; dist[4]: zero.
     double dist[5];
-    for (int i = 0; i < 4; ++i) {
-      const int32_t c = m + i;
+    for (int s = 0; s < 4; ++s) {
+      const int32_t c = m + ((s - m) & 3);
       const double d = org - static_cast<double>(c);
-      dist[c & 3] = d * d;
+      dist[s] = d * d;
     }
     dist[4] = org * org;
-    uint8_t* dec = &decisions[static_cast<size_t>(k) * 8];
-    relax<0>(cost, dist, next, dec);
-    relax<1>(cost, dist, next, dec);
-    relax<2>(cost, dist, next, dec);
-    relax<3>(cost, dist, next, dec);
-    relax<4>(cost, dist, next, dec);
-    relax<5>(cost, dist, next, dec);
-    relax<6>(cost, dist, next, dec);
-    relax<7>(cost, dist, next, dec);
-    std::memcpy(cost, next, sizeof(cost));
+    uint32_t dec = 0;
+    const double n0 = relax<0>(cost, dist, dec);
+    const double n1 = relax<1>(cost, dist, dec);
+    const double n2 = relax<2>(cost, dist, dec);
+    const double n3 = relax<3>(cost, dist, dec);
+    const double n4 = relax<4>(cost, dist, dec);
+    const double n5 = relax<5>(cost, dist, dec);
+    const double n6 = relax<6>(cost, dist, dec);
+    const double n7 = relax<7>(cost, dist, dec);
+    cost[0] = n0; cost[1] = n1; cost[2] = n2; cost[3] = n3;
+    cost[4] = n4; cost[5] = n5; cost[6] = n6; cost[7] = n7;
+    decisions[static_cast<size_t>(k)] = static_cast<uint16_t>(dec);
   }
 
   int state = 0;
@@ -143,19 +159,18 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
     if (cost[s] < cost[state]) state = s;
 
   for (int64_t k = n - 1; k >= 0; --k) {
-    const Branch br = kTrellis.b[state][decisions[static_cast<size_t>(k) * 8 + state]];
+    const unsigned idx = (decisions[static_cast<size_t>(k)] >> (2 * state)) & 3u;
+    const Branch br = kTrellis.b[state][idx];
     const int64_t pos = direct ? k : order[static_cast<size_t>(k)];
-    int32_t value = 0;
-    if (br.slot != 4) {
-      const float v = x[pos];
-      const double org = dscale * static_cast<double>(v) * (v < 0 ? -1.0 : 1.0);
-      const int32_t m = first_candidate(org);
-      const int32_t c = m + ((br.slot - m) & 3);
-      const int32_t level = (c + 1) >> 1;
-      const int32_t mag = 2 * level - (br.prev & 1);
-      value = v < 0 ? -mag : mag;
-    }
-    q[pos] = value;
+    // Branch-free: the magnitude is computed for every slot and masked out for the zero slot.
+    const float v = xs[k];
+    const double org = std::fabs(dscale * static_cast<double>(v));
+    const int32_t m = first_candidate(org);
+    const int64_t c = int64_t(m) + ((br.slot - m) & 3);  // 64-bit: no overflow in the masked-out case
+    const int64_t level = (c + 1) >> 1;
+    const int32_t mag = static_cast<int32_t>((2 * level - (br.prev & 1)) & -static_cast<int64_t>(br.slot != 4));
+    const int32_t neg = -static_cast<int32_t>(v < 0);  // all ones for negative values
+    q[pos] = (mag ^ neg) - neg;
     state = br.prev;
   }
   return Status::kOk;
