@@ -23,6 +23,11 @@ namespace {
 constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
 constexpr size_t kReadSlack = 2;  // bytes the decoder may virtually read past the end before giving up
 
+// A row that row skipping may leave out: every stored integer is zero (§3.11).
+inline bool row_is_zero(const int32_t* row, int64_t width) {
+  return std::all_of(row, row + width, [](int32_t v) { return v == 0; });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Context index layout for unary length N (§3.4).
 struct Layout {
@@ -315,13 +320,7 @@ class TensorEncoder {
       if (row_skip) {
         skip_.assign(static_cast<size_t>(g_.h), 0);
         for (int64_t y = 0; y < g_.h; ++y) {
-          const int32_t* row = q_ + y * g_.w;
-          bool zero = true;
-          for (int64_t x = 0; x < g_.w; ++x)
-            if (row[x] != 0) {
-              zero = false;
-              break;
-            }
+          const bool zero = row_is_zero(q_ + y * g_.w, g_.w);
           skip_[y] = zero ? 1 : 0;
           enc_.encode(zero ? 1u : 0u, ctx_[L_.rs]);
         }
@@ -451,16 +450,7 @@ class TensorEncoder {
     const uint8_t* skip = nullptr;
     if (preamble_present(t_) && es_.row_skipping) {
       skip_rows.assign(static_cast<size_t>(g_.h), 0);
-      for (int64_t y = 0; y < g_.h; ++y) {
-        const int32_t* row = q_ + y * g_.w;
-        bool zero = true;
-        for (int64_t x = 0; x < g_.w; ++x)
-          if (row[x] != 0) {
-            zero = false;
-            break;
-          }
-        skip_rows[y] = zero ? 1 : 0;
-      }
+      for (int64_t y = 0; y < g_.h; ++y) skip_rows[y] = row_is_zero(q_ + y * g_.w, g_.w) ? 1 : 0;
       skip = skip_rows.data();
     }
     uint8_t skip_map[8];
