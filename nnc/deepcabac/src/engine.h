@@ -262,22 +262,17 @@ class ArithEncoder {
   }
 
   NNC_INLINE void encode(unsigned bin, Context& c) {
+    // Branch-free: whether the bin is the LPS is data-dependent and would mispredict often.
     const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
-    range_ -= lps;
-    if (bin == c.mps()) {
-      if (range_ < 256) {
-        range_ <<= 1;
-        low_ <<= 1;
-        if (--bits_left_ < 12) put_byte();
-      }
-    } else {
-      const int n = leading_zeros32(lps) - 23;
-      low_ += range_;
-      range_ = lps << n;
-      low_ <<= n;
-      bits_left_ -= n;
-      if (bits_left_ < 12) put_byte();
-    }
+    const uint32_t mps_range = range_ - lps;
+    const uint32_t lps_mask = 0u - ((bin ^ c.mps()) & 1u);
+    low_ += mps_range & lps_mask;
+    const uint32_t r = mps_range ^ ((mps_range ^ lps) & lps_mask);
+    const int n = leading_zeros32(r) - 23;
+    range_ = r << n;
+    low_ <<= n;
+    bits_left_ -= n;
+    if (bits_left_ < 12) put_byte();
     c.update(bin);
   }
 
