@@ -36,19 +36,89 @@ inline int leading_zeros32(uint32_t x) {
 
 // ---------------------------------------------------------------------------------------------
 // Probability model: a fast and a slow estimator combined in P = slow + 16 * fast.
+//
+// The update is table-driven (tables below, derived from kAdaptCurve and the shifts of the initialisation
+// sets): the fast estimator's successor is looked up, the slow estimator's step is read pre-shifted. This
+// is arithmetically identical to stepping by (kAdaptCurve[..] >> shift) with a sign, but needs no
+// multiplications or variable shifts. Reachable states keep both table indices in 0..31 and |P| < 3900
+// (checked exhaustively from all nine initialisation sets).
+
+// kFastNext.v[fast_shift - 4][bin][uint8_t(fast)] = next fast estimator (8-bit register semantics).
+struct FastNextTable {
+  int8_t v[4][2][256];
+};
+constexpr FastNextTable make_fast_next() {
+  FastNextTable t{};
+  for (int sh = 4; sh <= 7; ++sh)
+    for (int bin = 0; bin < 2; ++bin)
+      for (int b = 0; b < 256; ++b) {
+        const int f = b < 128 ? b : b - 256;
+        const int g = bin ? 1 : -1;
+        const int idx = 16 + ((g * f) >> 3);
+        const int step = (idx >= 0 && idx < 32) ? (kAdaptCurve[idx] >> sh) : 0;
+        const int n = (f + g * step) & 0xFF;
+        t.v[sh - 4][bin][b] = static_cast<int8_t>(n >= 128 ? n - 256 : n);
+      }
+  return t;
+}
+alignas(64) inline constexpr FastNextTable kFastNext = make_fast_next();
+
+// kSlowStep.v[slow_shift - 4][i] = kAdaptCurve[i] >> slow_shift.
+struct SlowStepTable {
+  int16_t v[3][32];
+};
+constexpr SlowStepTable make_slow_step() {
+  SlowStepTable t{};
+  for (int sh = 4; sh <= 6; ++sh)
+    for (int i = 0; i < 32; ++i) t.v[sh - 4][i] = static_cast<int16_t>(kAdaptCurve[i] >> sh);
+  return t;
+}
+alignas(64) inline constexpr SlowStepTable kSlowStep = make_slow_step();
+
+// LPS sub-range by signed column: kLpsSigned.v[(R & 0xE0) * 2 + 32 + (P >> 7)] = kLpsRange[(R & 0xE0) + |P >> 7|].
+// Saves the absolute value on the way from P to the table.
+struct LpsSignedTable {
+  uint8_t v[512];
+};
+constexpr LpsSignedTable make_lps_signed() {
+  LpsSignedTable t{};
+  for (int cls = 0; cls < 8; ++cls)
+    for (int q = -32; q < 32; ++q) {
+      const int a = q < 0 ? -q : q;
+      t.v[cls * 64 + 32 + q] = a < 32 ? kLpsRange[cls * 32 + a] : kLpsRange[cls * 32 + 31];
+    }
+  return t;
+}
+alignas(64) inline constexpr LpsSignedTable kLpsSigned = make_lps_signed();
+
+// Renormalisation shift after an LPS: the n with 256 <= lps << n < 512.
+struct LpsShiftTable {
+  uint8_t v[256];
+};
+constexpr LpsShiftTable make_lps_shift() {
+  LpsShiftTable t{};
+  for (int l = 1; l < 256; ++l) {
+    int n = 0;
+    while ((l << n) < 256) ++n;
+    t.v[l] = static_cast<uint8_t>(n);
+  }
+  return t;
+}
+alignas(64) inline constexpr LpsShiftTable kLpsShift = make_lps_shift();
+
 struct Context {
   int16_t p;       // combined state; MPS = (p >= 0)
-  int16_t fast;    // fast estimator (an 8-bit quantity; kept in 16 bits so stores do not alias everything)
-  int16_t fast_shift;
-  int16_t slow_shift;
+  int16_t fast;    // fast estimator (an 8-bit quantity)
   int16_t eco;     // initialisation set in use (restored by reset())
+  const int8_t* fast_next;   // kFastNext row pair of this context's fast shift
+  const int16_t* slow_step;  // kSlowStep row of this context's slow shift
 
   void init(unsigned e) {
     const InitSet& s = kInitSets[e];
     p = s.p0;
     fast = s.s0;
-    fast_shift = s.fast_shift;
-    slow_shift = s.slow_shift;
+    fast_next = &kFastNext.v[s.fast_shift - 4][0][0];
+    slow_step = &kSlowStep.v[s.slow_shift - 4][0];
     eco = static_cast<int16_t>(e);
   }
   void reset() {
@@ -56,19 +126,20 @@ struct Context {
     fast = kInitSets[eco].s0;
   }
   unsigned mps() const { return p >= 0 ? 1u : 0u; }
-  unsigned column() const {
-    const int q = p >> 7;  // floor division by 128
-    return static_cast<unsigned>(q < 0 ? -q : q);
+  // LPS sub-range for range R.
+  NNC_INLINE uint32_t lps(uint32_t range) const {
+    return kLpsSigned.v[2 * (range & 0xE0u) + 32 + (p >> 7)];
   }
   NNC_INLINE void update(unsigned bin) {
-    const int g = static_cast<int>(bin << 1) - 1;  // +1 / -1
-    int f = fast;
-    int s = p - 16 * f;
-    f += g * (kAdaptCurve[16 + ((g * f) >> 3)] >> fast_shift);
-    s += g * (kAdaptCurve[16 + ((g * s) >> 7)] >> slow_shift);
-    f = static_cast<int8_t>(f);
-    fast = static_cast<int16_t>(f);
-    p = static_cast<int16_t>(s + 16 * f);
+    const int f = fast;
+    const int s = p - 16 * f;
+    const int fn = fast_next[(bin << 8) | static_cast<uint8_t>(f)];
+    const int m = static_cast<int>(bin) - 1;  // 0 for bin 1, -1 for bin 0
+    const int t = (s ^ m) - m;                // s for bin 1, -s for bin 0
+    const int step = slow_step[16 + (t >> 7)];
+    const int sn = s + ((step ^ m) - m);
+    fast = static_cast<int16_t>(fn);
+    p = static_cast<int16_t>(sn + 16 * fn);
   }
 };
 
@@ -263,12 +334,14 @@ class ArithEncoder {
 
   NNC_INLINE void encode(unsigned bin, Context& c) {
     // Branch-free: whether the bin is the LPS is data-dependent and would mispredict often.
-    const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
+    const uint32_t lps = c.lps(range_);
     const uint32_t mps_range = range_ - lps;
     const uint32_t lps_mask = 0u - ((bin ^ c.mps()) & 1u);
     low_ += mps_range & lps_mask;
     const uint32_t r = mps_range ^ ((mps_range ^ lps) & lps_mask);
-    const int n = leading_zeros32(r) - 23;
+    // mps_range >= 128 always, so an MPS needs at most one shift; an LPS needs kLpsShift[lps].
+    const uint32_t n_mps = mps_range < 256 ? 1u : 0u;
+    const int n = static_cast<int>(n_mps ^ ((n_mps ^ kLpsShift.v[lps]) & lps_mask));
     range_ = r << n;
     low_ <<= n;
     bits_left_ -= n;
@@ -345,48 +418,53 @@ class ArithEncoder {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Arithmetic decoder (§3.1). Reads bytes lazily; bytes beyond the buffer read as zero but are counted,
-// so that callers can detect over-reads (pos_ > size_) without ever touching memory past the end.
+// Arithmetic decoder (§3.1).
+//
+// The specification's decoder holds a 16-bit value V and reads one byte whenever 8 bits have been shifted
+// out. This one keeps V in bits 62..47 of a 64-bit register (bit 63 is headroom for the 17-bit value a
+// bypass bin compares) followed by the next stream bits, and refills several bytes at a time when fewer
+// than 24 valid bits remain (one bin shifts out at most 7), so the refill branch is rarely taken. The comparisons only look at V, so the extra low bits change nothing.
+// Bytes beyond the buffer read as zero but are counted, so that callers can detect over-reads
+// (bytes_consumed() > size) without ever touching memory past the end.
 class ArithDecoder {
  public:
   ArithDecoder(const uint8_t* data, size_t size) : data_(data), size_(size) {}
 
   void start() {
     pos_ = 0;
-    const uint32_t b0 = next_byte();
-    const uint32_t b1 = next_byte();
-    value_ = (b0 << 8) | b1;
+    val_ = 0;
+    cnt_ = 1;  // the headroom bit
+    refill();
     range_ = 510;
-    bits_needed_ = -8;
   }
 
   NNC_INLINE unsigned decode(Context& c) {
-    const uint32_t lps = kLpsRange[(range_ & 0xE0u) + c.column()];
+    const uint32_t lps = c.lps(range_);
     const uint32_t mps_range = range_ - lps;
-    const uint32_t scaled = mps_range << 7;
-    // All-ones when the LPS is decoded (value >= scaled; both are below 2^17), computed without a branch.
-    const uint32_t lps_mask = static_cast<uint32_t>(static_cast<int32_t>(scaled - 1u - value_) >> 31);
-    value_ -= scaled & lps_mask;
-    const uint32_t r = mps_range ^ ((mps_range ^ lps) & lps_mask);
-    const unsigned bin = c.mps() ^ (lps_mask & 1u);
-    const int n = leading_zeros32(r) - 23;
+    const uint64_t scaled = static_cast<uint64_t>(mps_range) << 54;
+    // All-ones when the LPS is decoded, computed without a branch.
+    const uint64_t lps_mask = 0u - static_cast<uint64_t>(val_ >= scaled);
+    val_ -= scaled & lps_mask;
+    const uint32_t m32 = static_cast<uint32_t>(lps_mask);
+    const uint32_t r = mps_range ^ ((mps_range ^ lps) & m32);
+    // mps_range >= 128 always, so an MPS needs at most one shift; an LPS needs kLpsShift[lps].
+    const uint32_t n_mps = mps_range < 256 ? 1u : 0u;
+    const uint32_t n = n_mps ^ ((n_mps ^ kLpsShift.v[lps]) & m32);
+    const unsigned bin = c.mps() ^ (m32 & 1u);
     range_ = r << n;
-    value_ <<= n;
-    bits_needed_ += n;
-    if (bits_needed_ >= 0) load();
+    val_ <<= n;
+    cnt_ -= static_cast<int>(n);
+    if (cnt_ < kMinBits) refill();
     c.update(bin);
     return bin;
   }
 
   inline unsigned bypass() {
-    value_ <<= 1;
-    if (++bits_needed_ >= 0) {
-      value_ += next_byte();
-      bits_needed_ = -8;
-    }
-    const uint32_t scaled = range_ << 7;
-    if (value_ >= scaled) {
-      value_ -= scaled;
+    val_ <<= 1;
+    if (--cnt_ < kMinBits) refill();
+    const uint64_t scaled = static_cast<uint64_t>(range_) << 54;
+    if (val_ >= scaled) {
+      val_ -= scaled;
       return 1;
     }
     return 0;
@@ -400,15 +478,12 @@ class ArithDecoder {
 
   unsigned terminate() {
     range_ -= 2;
-    const uint32_t scaled = range_ << 7;
-    if (value_ >= scaled) return 1;
+    const uint64_t scaled = static_cast<uint64_t>(range_) << 54;
+    if (val_ >= scaled) return 1;
     if (range_ < 256) {
       range_ <<= 1;
-      value_ <<= 1;
-      if (++bits_needed_ >= 0) {
-        value_ += next_byte();
-        bits_needed_ = -8;
-      }
+      val_ <<= 1;
+      if (--cnt_ < kMinBits) refill();
     }
     return 0;
   }
@@ -417,39 +492,55 @@ class ArithDecoder {
 
   // Continue at bit position t (a block-row start, §1.11): V = v8 * 128 + stream bits t+9 .. t+15, R = 256.
   void seek(uint64_t t, uint32_t v8) {
-    pos_ = 2 + static_cast<size_t>(t / 8);
-    bits_needed_ = static_cast<int>(t % 8) - 8;
-    const uint32_t last = pos_ - 1 < size_ ? data_[pos_ - 1] : 0u;
-    value_ = (v8 << 7) + ((last << (8 + bits_needed_)) & 127u);
+    const uint64_t first = t + 9;  // first stream bit below the 9 bits given by v8
+    pos_ = static_cast<size_t>(first / 8);
+    const int skip = static_cast<int>(first % 8);
+    const uint64_t b = next_byte();
+    val_ = (static_cast<uint64_t>(v8 & 0x1FFu) << 54) | (((b << skip) & 0xFFu) << 46);
+    cnt_ = 1 + 9 + 8 - skip;
+    refill();
     range_ = 256;
   }
 
   // Number of value-register shifts since start().
-  uint64_t bit_position() const {
-    return 8 * static_cast<uint64_t>(pos_) - 8 + static_cast<int64_t>(bits_needed_);
-  }
-  uint32_t value_high() const { return value_ >> 7; }
-  size_t bytes_consumed() const { return pos_; }
+  uint64_t bit_position() const { return 8 * static_cast<uint64_t>(pos_) + 1 - static_cast<uint64_t>(cnt_); }
+  uint32_t value_high() const { return static_cast<uint32_t>(val_ >> 54); }
+  // Bytes the specification's decoder would have read by now (its two initial bytes plus one per 8 shifts).
+  size_t bytes_consumed() const { return 2 + static_cast<size_t>(bit_position() / 8); }
   size_t size() const { return size_; }
-  bool overrun(size_t slack) const { return pos_ > size_ + slack; }
+  bool overrun(size_t slack) const { return bytes_consumed() > size_ + slack; }
 
  private:
-  inline uint32_t next_byte() {
-    const uint32_t b = pos_ < size_ ? data_[pos_] : 0u;
+  static constexpr int kMinBits = 24;
+
+  inline uint64_t next_byte() {
+    const uint64_t b = pos_ < size_ ? data_[pos_] : 0u;
     ++pos_;
     return b;
   }
-  inline void load() {
-    value_ += next_byte() << bits_needed_;
-    bits_needed_ -= 8;
+  // Load whole bytes while they fit below the cnt_ valid bits.
+  void refill() {
+    if (pos_ + 8 <= size_) {
+      uint64_t chunk = 0;
+      for (int i = 0; i < 8; ++i) chunk = (chunk << 8) | data_[pos_ + i];  // compiles to one load + bswap
+      val_ |= chunk >> cnt_;
+      const int take = (63 - cnt_) >> 3;
+      pos_ += static_cast<size_t>(take);
+      cnt_ += 8 * take;
+    } else {
+      while (cnt_ <= 56) {
+        val_ |= next_byte() << (56 - cnt_);
+        cnt_ += 8;
+      }
+    }
   }
 
   const uint8_t* data_;
   size_t size_;
   size_t pos_ = 0;
-  uint32_t value_ = 0;
+  uint64_t val_ = 0;
+  int cnt_ = 1;  // valid bits at the top of val_, counting the headroom bit
   uint32_t range_ = 510;
-  int bits_needed_ = -8;
 };
 
 }  // namespace nncabac
