@@ -10,17 +10,12 @@
 
 #include "deepcabac.h"
 #include "engine.h"
-
-#if defined(_MSC_VER)
-#define NNC_LAMBDA_INLINE
-#else
-#define NNC_LAMBDA_INLINE __attribute__((always_inline))
-#endif
+#include "scan.h"
+#include "shadow.h"
 
 namespace nncabac {
 namespace {
 
-constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
 constexpr size_t kReadSlack = 2;  // bytes the decoder may virtually read past the end before giving up
 
 // A row that row skipping may leave out: every stored integer is zero (§3.11).
@@ -28,108 +23,11 @@ inline bool row_is_zero(const int32_t* row, int64_t width) {
   return std::all_of(row, row + width, [](int32_t v) { return v == 0; });
 }
 
-// ---------------------------------------------------------------------------------------------
-// Context index layout for unary length N (§3.4).
-struct Layout {
-  int n;
-  int gt;        // greater-than flags, no TCA base
-  int gt_tca;    // greater-than flags with TCA base
-  int rem;       // Exp-Golomb prefix flags
-  int po;        // ecoIdx signalling flag
-  int rs;        // row skip flags
-  int total;
-  explicit Layout(int unary_length) : n(unary_length) {
-    gt = 53;
-    gt_tca = 53 + 2 * n;
-    rem = 53 + 4 * n;
-    po = rem + 34;
-    rs = rem + 36;
-    total = rem + 37;
-  }
-};
-constexpr int kSigTca = 24;
-constexpr int kSigHdsp = 40;
-constexpr int kSign = 48;
-constexpr int kSignTca = 51;
-
-// ---------------------------------------------------------------------------------------------
-// Geometry of the scan (§3.9, §3.10).
-struct Geometry {
-  int64_t h, w, nw;
-  int scan;        // effective scan order
-  int64_t bh, bw;  // block height / width (whole matrix for scan 0)
-  int64_t block_rows;
-};
-
-Geometry make_geometry(const TensorSpec& t) {
-  Geometry g;
-  g.h = t.height;
-  g.w = t.width;
-  g.nw = g.h * g.w;
-  g.scan = effective_scan_order(t);
-  if (g.scan == 0) {
-    g.bh = g.h;
-    g.bw = g.w;
-    g.block_rows = 1;
-  } else {
-    g.bh = g.bw = int64_t(4) << g.scan;
-    g.block_rows = (g.h + g.bh - 1) / g.bh;
-  }
-  return g;
-}
-
-// Walk the matrix in scan order. visit(pos) codes one element and returns false to abort; skip_segment()
-// is called for a skipped row segment; boundary() after each block row but the last.
-template <class Visit, class Skip, class Boundary>
-NNC_INLINE bool traverse_rows(const Geometry& g, const uint8_t* skip_rows, int64_t br_begin, int64_t br_end,
-                              Visit&& visit, Skip&& skip_segment, Boundary&& boundary) {
-  for (int64_t br = br_begin; br < br_end; ++br) {
-    const int64_t y0 = br * g.bh;
-    const int64_t y1 = std::min(g.h, y0 + g.bh);
-    for (int64_t x0 = 0; x0 < g.w; x0 += g.bw) {
-      const int64_t x1 = std::min(g.w, x0 + g.bw);
-      for (int64_t y = y0; y < y1; ++y) {
-        if (skip_rows && skip_rows[y]) {
-          skip_segment(y, x0, x1);
-          continue;
-        }
-        const int64_t base = y * g.w;
-        for (int64_t pos = base + x0; pos < base + x1; ++pos) {
-          if (!visit(pos)) return false;
-        }
-      }
-    }
-    if (br + 1 < br_end) boundary();
-  }
-  return true;
-}
-
-template <class Visit, class Skip, class Boundary>
-NNC_INLINE bool traverse(const Geometry& g, const uint8_t* skip_rows, Visit&& visit, Skip&& skip_segment,
-                         Boundary&& boundary) {
-  return traverse_rows(g, skip_rows, 0, g.block_rows, visit, skip_segment, boundary);
-}
-
 bool preamble_present(const TensorSpec& t) {
   return t.profile == 1 && t.width > 1 && t.height > 1 && t.codebook_size != 1;
 }
 
 bool codebook_active(const TensorSpec& t) { return t.profile == 1 && t.codebook_size > 0; }
-
-// State after `w` zero-parity transitions, for each start state (row skipping with DQ, §3.11).
-void skip_transition(int64_t w, uint8_t out[8]) {
-  // The zero-parity map is a permutation of period dividing 8 (cycles {0}, {5}, {1,7,4,2}, {3,6}).
-  const int64_t steps = w % 8;
-  for (int s = 0; s < 8; ++s) {
-    int cur = s;
-    for (int64_t i = 0; i < steps; ++i) cur = kDqNext[cur][0];
-    out[s] = static_cast<uint8_t>(cur);
-  }
-}
-
-inline int neighbour_class(int64_t v) { return v == 0 ? 0 : (v < 0 ? 1 : 2); }
-
-inline uint64_t abs64(int64_t v) { return v < 0 ? uint64_t(0) - uint64_t(v) : uint64_t(v); }
 
 // Ordered list of contexts whose ecoIdx is signalled (§3.6).
 void signalled_contexts(const TensorSpec& t, const Layout& L, bool tca, bool hdsp, std::vector<int>& out) {
@@ -159,76 +57,11 @@ void signalled_contexts(const TensorSpec& t, const Layout& L, bool tca, bool hds
   }
 }
 
-// Per-position inputs to context selection.
-struct Site {
-  int state;     // DQ state
-  int nb;        // neighbour class 0/1/2
-  int32_t base;  // TCA base (0 if unused)
-  bool hd;       // HDSP active here
-};
-
-inline int sig_context(const Site& s) {
-  if (s.hd) return kSigHdsp + s.state;
-  if (s.base != 0) return kSigTca + 2 * s.state + (abs64(s.base) > 1 ? 1 : 0);
-  return 3 * s.state + s.nb;
-}
-inline int sign_context(const Site& s) {
-  if (s.base != 0) return s.base < 0 ? kSignTca : kSignTca + 1;
-  return kSign + s.nb;
-}
-inline int gt_context(const Layout& L, const Site& s, int j, bool neg) {
-  if (s.base != 0) return L.gt_tca + 2 * j + (abs64(s.base) >= uint64_t(j) ? 0 : 1);
-  return L.gt + 2 * j + (neg ? 1 : 0);
-}
-
-// Binarise one level (§3.7). Sink provides bin(value, ctx) and bypass(value, nbits).
-// m_neg / m_pos: magnitude limits (kUnbounded without codebook); sign_mode: 0 coded, 1 forced positive,
-// 2 forced negative.
-template <class Sink>
-NNC_INLINE void write_level(Sink& sink, const Layout& L, const Site& site, int64_t v, int64_t m_neg, int64_t m_pos,
-                        int sign_mode) {
-  sink.bin(v != 0, sig_context(site));
-  if (v == 0) return;
-  const bool neg = v < 0;
-  const int64_t a = static_cast<int64_t>(abs64(v));
-  if (sign_mode == 0) sink.bin(neg ? 1u : 0u, sign_context(site));
-  const int64_t m = neg ? m_neg : m_pos;
-  if (m <= 1) return;
-  int64_t acc = 1;
-  unsigned f = 0;
-  for (int j = 0;; ++j) {
-    f = a > acc ? 1u : 0u;
-    sink.bin(f, gt_context(L, site, j, neg));
-    acc += f;
-    if (!f || j == L.n - 1 || acc >= m) break;
-  }
-  if (f && acc < m) {
-    int rb = 0;
-    for (int j = 0;; ++j) {
-      const int64_t next = acc + (int64_t(1) << rb);
-      f = a >= next ? 1u : 0u;
-      sink.bin(f, L.rem + j);
-      if (f) {
-        acc = next;
-        ++rb;
-      }
-      if (!f || j == 30 || acc + (int64_t(1) << rb) > m) break;
-    }
-    sink.bypass(static_cast<uint32_t>(a - acc), rb);
-  }
-}
-
 struct RealSink {
   ArithEncoder& enc;
   Context* ctx;
   NNC_INLINE void bin(unsigned b, int c) { enc.encode(b, ctx[c]); }
   inline void bypass(uint32_t v, int n) { enc.bypass_bits(v, n); }
-};
-
-struct ShadowSink {
-  ShadowContext* ctx;
-  NNC_INLINE void bin(unsigned b, int c) { ctx[c].account(b); }
-  inline void bypass(uint32_t, int) {}
 };
 
 // Decode one level; returns false on magnitude overflow (corrupt data).
@@ -331,21 +164,26 @@ class TensorEncoder {
     const bool tca = t_.tca_base != nullptr;
 
     const bool optimise = es_.param_opt && !(t_.profile == 1 && S == 1);
+    std::vector<uint8_t> best(static_cast<size_t>(L_.total), 0);
     if (optimise) {
-      shadow_.resize(L_.total);
-      for (auto& s : shadow_) s.init();
-      dispatch_pass<true>(skip);
+      ShadowTask task;
+      task.spec = &t_;
+      task.levels = q_;
+      task.skip = skip;
+      task.tca = t_.tca_base != nullptr && t_.profile == 1;
+      task.hd = hdsp_flag && t_.hdsp_history != nullptr && t_.profile == 1;
+      if (!shadow_best_avx2(task, best.data())) shadow_best_portable(task, best.data());
     }
     std::vector<int> list;
     signalled_contexts(t_, L_, tca, hdsp_flag, list);
     for (int i : list) {
-      const unsigned e = optimise ? shadow_[i].best() : 0u;
+      const unsigned e = best[static_cast<size_t>(i)];
       enc_.encode(e ? 1u : 0u, ctx_[L_.po]);
       if (e) enc_.bypass_bits(e - 1, 3);
       ctx_[i].init(e);
     }
     if (g_.block_rows > 1) enc_.reset_range();
-    dispatch_pass<false>(skip);
+    dispatch_pass(skip);
     return Status::kOk;
   }
 
@@ -364,33 +202,32 @@ class TensorEncoder {
     return Status::kOk;
   }
 
-  template <bool kPseudo>
   void dispatch_pass(const uint8_t* skip) {
     const bool tca = t_.tca_base != nullptr && t_.profile == 1;
     const bool hd = hdsp_ && t_.hdsp_history != nullptr && t_.profile == 1;
     if (t_.dq) {
       if (tca) {
-        hd ? pass<kPseudo, true, true, true>(skip) : pass<kPseudo, true, true, false>(skip);
+        hd ? pass<true, true, true>(skip) : pass<true, true, false>(skip);
       } else {
-        hd ? pass<kPseudo, true, false, true>(skip) : pass<kPseudo, true, false, false>(skip);
+        hd ? pass<true, false, true>(skip) : pass<true, false, false>(skip);
       }
     } else {
       if (tca) {
-        hd ? pass<kPseudo, false, true, true>(skip) : pass<kPseudo, false, true, false>(skip);
+        hd ? pass<false, true, true>(skip) : pass<false, true, false>(skip);
       } else {
-        hd ? pass<kPseudo, false, false, true>(skip) : pass<kPseudo, false, false, false>(skip);
+        hd ? pass<false, false, true>(skip) : pass<false, false, false>(skip);
       }
     }
   }
 
-  template <bool kPseudo, bool kDq, bool kTca, bool kHd>
+  // Code the levels (after the preamble and the signalled context initialisations).
+  template <bool kDq, bool kTca, bool kHd>
   void pass(const uint8_t* skip) {
     uint8_t skip_map[8];
     if (kDq && skip) skip_transition(g_.w, skip_map);
     Site site{0, 0, 0, false};
     ArithEncoder enc = enc_;  // local copy (written back below)
     RealSink real{enc, ctx_.data()};
-    ShadowSink shadow{shadow_.data()};
     const int32_t* q = q_;
     const int32_t* base = t_.tca_base;
     const uint8_t* hist = t_.hdsp_history;
@@ -398,9 +235,6 @@ class TensorEncoder {
     const int64_t m_neg = m_neg_, m_pos = m_pos_;
     const int sign_mode = sign_mode_;
     const bool nothing = codebook_active(t_) && t_.codebook_size == 1;
-    // Each element codes at most one bin per context, so flushing the shadow rate accumulators every
-    // kFlushBins elements keeps them from overflowing.
-    uint32_t until_flush = ShadowContext::kFlushBins;
     traverse(
         g_, skip,
         [&](int64_t pos) NNC_LAMBDA_INLINE {
@@ -412,17 +246,8 @@ class TensorEncoder {
           }
           if (kTca) site.base = base[pos];
           if (kHd) site.hd = hist[pos] != 0;
-          if (kPseudo) {
-            write_level(shadow, L, site, v, kUnbounded, kUnbounded, 0);
-            site.nb = neighbour_class(v);
-            if (--until_flush == 0) {
-              for (auto& s : shadow_) s.flush();
-              until_flush = ShadowContext::kFlushBins;
-            }
-          } else {
-            if (!nothing) write_level(real, L, site, k, m_neg, m_pos, sign_mode);
-            site.nb = neighbour_class(k);
-          }
+          if (!nothing) write_level(real, L, site, k, m_neg, m_pos, sign_mode);
+          site.nb = neighbour_class(k);
           if (kDq) site.state = kDqNext[site.state][k & 1];
           return true;
         },
@@ -430,13 +255,9 @@ class TensorEncoder {
           if (kDq) site.state = skip_map[site.state];
         },
         [&]() {
-          if (kPseudo) {
-            for (auto& s : shadow_) s.reset_states();
-          } else {
-            for (auto& c : ctx_) c.reset();
-            site.nb = 0;
-            enc.reset_range();
-          }
+          for (auto& c : ctx_) c.reset();
+          site.nb = 0;
+          enc.reset_range();
         });
     enc_ = enc;
   }
@@ -487,7 +308,6 @@ class TensorEncoder {
   Layout L_;
   Geometry g_;
   std::vector<Context> ctx_;
-  std::vector<ShadowContext> shadow_;
   std::vector<uint8_t> skip_;
   int64_t m_neg_ = kUnbounded, m_pos_ = kUnbounded;
   int sign_mode_ = 0;
@@ -762,6 +582,13 @@ class TensorDecoder {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+int context_count(int unary_length) { return Layout(unary_length).total; }
+
+void shadow_best_portable(const ShadowTask& t, uint8_t* best) {
+  std::vector<ShadowContext> shadow(static_cast<size_t>(context_count(t.spec->unary_length)));
+  shadow_best(t, shadow.data(), best);
+}
+
 int effective_scan_order(const TensorSpec& t) {
   if (t.width <= 1 || t.height <= 1) return 0;
   return t.scan_order;

@@ -1,0 +1,28 @@
+// Parameter-optimisation pass (§3.6) entry points. The pass runs nine shadow probability models per
+// context-coded bin; shadow_avx2.cpp holds a build of it for CPUs with AVX2 (all nine models in one
+// register), chosen at run time.
+#pragma once
+
+#include <cstdint>
+
+#include "deepcabac.h"
+
+namespace nncabac {
+
+struct ShadowTask {
+  const TensorSpec* spec = nullptr;
+  const int32_t* levels = nullptr;  // stored integers, row-major
+  const uint8_t* skip = nullptr;    // row-skip flags or nullptr
+  bool tca = false;                 // TCA context selection in use
+  bool hd = false;                  // HDSP context selection in use
+};
+
+// Number of contexts of a tensor with unary length n (size of best[]).
+int context_count(int unary_length);
+
+// best[i] = ecoIdx (0..8) with the lowest estimated cost for context i.
+void shadow_best_portable(const ShadowTask& t, uint8_t* best);
+// Same result; false when this build or this CPU has no AVX2 (best[] untouched).
+bool shadow_best_avx2(const ShadowTask& t, uint8_t* best);
+
+}  // namespace nncabac

@@ -1,0 +1,77 @@
+"""The AVX2 build of the parameter-optimisation pass chooses exactly what the portable build chooses.
+
+The encoder picks the AVX2 pass at run time on CPUs that have it; ``NNC_DISABLE_AVX2=1`` forces the portable
+(SSE2 + scalar) pass. A child process encodes the same sessions with the portable pass and the payloads
+must be byte-identical. On a CPU without AVX2 both runs use the portable pass (the test then only checks
+determinism), which the skip reason below reports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import hashlib, sys
+    import numpy as np
+    from nnc.deepcabac import EncodeOptions, TensorCoding, encode_payload, quantize
+
+    rng = np.random.default_rng(2024)
+    digests = []
+    for case in range(24):
+        h = int(rng.integers(1, 300)); w = int(rng.integers(1, 400))
+        dq = bool(case % 2)
+        scale = float(rng.choice([0.3, 3.0, 40.0]))
+        x = (rng.standard_normal((h, w)) * scale).astype(np.float32)
+        if case % 5 == 0:
+            x[rng.random((h, w)) < 0.9] = 0  # sparse; with row skipping below
+        scan = int(case % 4)
+        q = quantize(x, 0.5, dq=dq, scan_order=scan)
+        kw = {}
+        opts = EncodeOptions(row_skipping=case % 5 == 0)
+        if case % 3 == 0:  # TCA and HDSP contexts
+            kw = dict(parent_present=True, tca_base=np.round(rng.standard_normal((h, w)) * 2).astype(np.int32),
+                      hdsp_history=rng.random((h, w)) < 0.3)
+            opts = EncodeOptions(row_skipping=opts.row_skipping, hdsp=True)
+        c = TensorCoding(shape=(h, w), dq=dq, scan_order=scan, unary_length=int(rng.integers(1, 14)), **kw)
+        data, _ = encode_payload([(q, c, -32, opts)])
+        digests.append(hashlib.sha256(data).hexdigest())
+    # one tensor longer than the 16384-bin flush interval of the rate accumulators
+    big = np.round(rng.standard_normal((300, 700)) * 6).astype(np.int32)
+    data, _ = encode_payload([(big, TensorCoding(shape=big.shape), 0, EncodeOptions())])
+    digests.append(hashlib.sha256(data).hexdigest())
+    print(" ".join(digests))
+    """
+)
+
+
+def _run(disable: bool) -> list[str]:
+    env = dict(os.environ)
+    env.pop("NNC_DISABLE_AVX2", None)
+    if disable:
+        env["NNC_DISABLE_AVX2"] = "1"
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        return False
+
+
+def test_avx2_and_portable_parameter_optimisation_give_identical_payloads():
+    fast = _run(disable=False)
+    portable = _run(disable=True)
+    assert len(fast) == len(portable) == 25
+    assert fast == portable
+    if not _cpu_has_avx2():
+        pytest.skip("this CPU has no AVX2: both runs used the portable pass (only determinism was checked)")
