@@ -1,9 +1,11 @@
-"""The AVX2 build of the parameter-optimisation pass chooses exactly what the portable build chooses.
+"""The SIMD builds chosen at run time give exactly what the portable builds give.
 
-The encoder picks the AVX2 pass at run time on CPUs that have it; ``NNC_DISABLE_AVX2=1`` forces the portable
-(SSE2 + scalar) pass. A child process encodes the same sessions with the portable pass and the payloads
-must be byte-identical. On a CPU without AVX2 both runs use the portable pass (the test then only checks
-determinism), which the skip reason below reports.
+* The AVX2 parameter-optimisation pass (``NNC_DISABLE_AVX2=1`` forces the portable SSE2 + scalar pass): a
+  child process encodes the same sessions with each, the payloads must be byte-identical.
+* The AVX-512 forward pass of the DQ trellis (``NNC_DISABLE_AVX512=1`` forces the scalar pass): the
+  quantized levels must be identical.
+On a CPU without the instruction set both runs use the portable code (the test then only checks
+determinism), which the skip reason reports.
 """
 
 from __future__ import annotations
@@ -50,28 +52,59 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(disable: bool) -> list[str]:
+QUANT_SCRIPT = textwrap.dedent(
+    """
+    import hashlib
+    import numpy as np
+    from nnc.deepcabac import quantize
+
+    rng = np.random.default_rng(7)
+    digests = []
+    for case in range(60):
+        h = int(rng.integers(1, 120)); w = int(rng.integers(1, 300))
+        x = (rng.standard_normal((h, w)) * rng.choice([1e-4, 0.01, 1.0, 300.0])).astype(np.float32)
+        x[rng.random((h, w)) < 0.3] = 0
+        if case % 7 == 0:
+            x[rng.random((h, w)) < 0.5] *= -1e-30  # denormal-sized and negative-zero values
+        q = quantize(x, float(rng.choice([0.001, 0.0039, 0.05, 1.0])), dq=True, scan_order=int(case % 5))
+        digests.append(hashlib.sha256(q.tobytes()).hexdigest())
+    print(" ".join(digests))
+    """
+)
+
+
+def _run(script: str, disable: str | None) -> list[str]:
     env = dict(os.environ)
     env.pop("NNC_DISABLE_AVX2", None)
+    env.pop("NNC_DISABLE_AVX512", None)
     if disable:
-        env["NNC_DISABLE_AVX2"] = "1"
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+        env[disable] = "1"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
 
-def _cpu_has_avx2() -> bool:
+def _cpu_has(flag: str) -> bool:
     try:
         with open("/proc/cpuinfo") as f:
-            return " avx2" in f.read()
+            return f" {flag}" in f.read()
     except OSError:
         return False
 
 
 def test_avx2_and_portable_parameter_optimisation_give_identical_payloads():
-    fast = _run(disable=False)
-    portable = _run(disable=True)
+    fast = _run(SCRIPT, None)
+    portable = _run(SCRIPT, "NNC_DISABLE_AVX2")
     assert len(fast) == len(portable) == 25
     assert fast == portable
-    if not _cpu_has_avx2():
+    if not _cpu_has("avx2"):
         pytest.skip("this CPU has no AVX2: both runs used the portable pass (only determinism was checked)")
+
+
+def test_avx512_and_portable_dq_trellis_give_identical_levels():
+    fast = _run(QUANT_SCRIPT, None)
+    portable = _run(QUANT_SCRIPT, "NNC_DISABLE_AVX512")
+    assert len(fast) == len(portable) == 60
+    assert fast == portable
+    if not _cpu_has("avx512f"):
+        pytest.skip("this CPU has no AVX-512F: both runs used the scalar trellis (only determinism was checked)")

@@ -9,6 +9,7 @@
 
 #include "deepcabac.h"
 #include "tables.h"
+#include "trellis.h"
 
 namespace nncabac {
 namespace {
@@ -41,36 +42,6 @@ void for_each_in_scan(int64_t h, int64_t w, int scan, F&& f) {
   }
 }
 
-// Trellis structure (§2.8): every state c has one parity-0 predecessor p0 and one parity-1 predecessor p1.
-// Candidate slots: 0..3 = the candidate x with x % 4 == slot, 4 = zero. From an even state the parity-0
-// branch uses slot 0 (or zero) and the parity-1 branch slot 2; from an odd state slots 3 (or zero) and 1.
-// For the tie rule the branches are tried in increasing predecessor order (non-zero before zero).
-struct Branch {
-  uint8_t prev;
-  uint8_t slot;
-};
-struct TrellisTable {
-  Branch b[8][3];
-  constexpr TrellisTable() : b{} {
-    int count[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int p = 0; p < 8; ++p) {
-      const int c0 = kDqNext[p][0];
-      const int c1 = kDqNext[p][1];
-      const bool odd = (p & 1) != 0;
-      b[c0][count[c0]++] = Branch{uint8_t(p), uint8_t(odd ? 3 : 0)};
-      b[c0][count[c0]++] = Branch{uint8_t(p), 4};
-      b[c1][count[c1]++] = Branch{uint8_t(p), uint8_t(odd ? 1 : 2)};
-    }
-  }
-};
-constexpr TrellisTable kTrellis{};
-
-inline int32_t first_candidate(double org) {
-  // max(1, trunc(org) - 1); org is bounded by the overflow check before this is called.
-  const int32_t t = org >= 2147483647.0 ? 2147483647 : static_cast<int32_t>(org);
-  return t - 1 > 1 ? t - 1 : 1;
-}
-
 // One trellis step for state C: the three branch costs in table order, first strict minimum (the running
 // minimum starts at DBL_MAX and every cost is below it). Written as selects so that no data-dependent
 // branches are emitted; the 2-bit choice is packed into the per-element decision word.
@@ -86,6 +57,37 @@ inline double relax(const double (&cost)[8], const double (&dist)[5], uint32_t& 
   const double best = c2 < m01 ? c2 : m01;
   dec |= ((t2 << 1) | (t1 & (t2 ^ 1u))) << (2 * C);
   return best;
+}
+
+// Forward pass of the trellis (portable build); see trellis_forward_avx512.
+void trellis_forward(const float* xs, int64_t n, double dscale, uint16_t* decisions, double (&cost)[8]) {
+  for (int64_t k = 0; k < n; ++k) {
+    const float v = xs[k];
+    // |dscale * v|: identical to the reference's (dscale * v) * sign, as multiplying by +-1 only flips the
+    // sign bit (for v == -0.0 the reference keeps -0.0, which gives the same candidates and distances).
+    const double org = std::fabs(dscale * static_cast<double>(v));
+    const int32_t m = first_candidate(org);
+    // dist[s] for s = 0..3: squared distance to the candidate c in m..m+3 with c % 4 == s; dist[4]: zero.
+    double dist[5];
+    for (int s = 0; s < 4; ++s) {
+      const int32_t c = m + ((s - m) & 3);
+      const double d = org - static_cast<double>(c);
+      dist[s] = d * d;
+    }
+    dist[4] = org * org;
+    uint32_t dec = 0;
+    const double n0 = relax<0>(cost, dist, dec);
+    const double n1 = relax<1>(cost, dist, dec);
+    const double n2 = relax<2>(cost, dist, dec);
+    const double n3 = relax<3>(cost, dist, dec);
+    const double n4 = relax<4>(cost, dist, dec);
+    const double n5 = relax<5>(cost, dist, dec);
+    const double n6 = relax<6>(cost, dist, dec);
+    const double n7 = relax<7>(cost, dist, dec);
+    cost[0] = n0; cost[1] = n1; cost[2] = n2; cost[3] = n3;
+    cost[4] = n4; cost[5] = n5; cost[6] = n6; cost[7] = n7;
+    decisions[k] = static_cast<uint16_t>(dec);
+  }
 }
 
 // Overflow tests of the reference: round(v * scale) > 2^31 - 3 or < -(2^31 - 2), written without round().
@@ -126,33 +128,7 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
   cost[0] = 0.0;
   for (int s = 1; s < 8; ++s) cost[s] = 0.5 * std::numeric_limits<double>::max();
 
-  for (int64_t k = 0; k < n; ++k) {
-    const float v = xs[k];
-    // |dscale * v|: identical to the reference's (dscale * v) * sign, as multiplying by +-1 only flips the
-    // sign bit (for v == -0.0 the reference keeps -0.0, which gives the same candidates and distances).
-    const double org = std::fabs(dscale * static_cast<double>(v));
-    const int32_t m = first_candidate(org);
-    // dist[s] for s = 0..3: squared distance to the candidate c in m..m+3 with c % 4 == s; dist[4]: zero.
-    double dist[5];
-    for (int s = 0; s < 4; ++s) {
-      const int32_t c = m + ((s - m) & 3);
-      const double d = org - static_cast<double>(c);
-      dist[s] = d * d;
-    }
-    dist[4] = org * org;
-    uint32_t dec = 0;
-    const double n0 = relax<0>(cost, dist, dec);
-    const double n1 = relax<1>(cost, dist, dec);
-    const double n2 = relax<2>(cost, dist, dec);
-    const double n3 = relax<3>(cost, dist, dec);
-    const double n4 = relax<4>(cost, dist, dec);
-    const double n5 = relax<5>(cost, dist, dec);
-    const double n6 = relax<6>(cost, dist, dec);
-    const double n7 = relax<7>(cost, dist, dec);
-    cost[0] = n0; cost[1] = n1; cost[2] = n2; cost[3] = n3;
-    cost[4] = n4; cost[5] = n5; cost[6] = n6; cost[7] = n7;
-    decisions[static_cast<size_t>(k)] = static_cast<uint16_t>(dec);
-  }
+  if (!trellis_forward_avx512(xs, n, dscale, decisions.get(), cost)) trellis_forward(xs, n, dscale, decisions.get(), cost);
 
   int state = 0;
   for (int s = 1; s < 8; ++s)

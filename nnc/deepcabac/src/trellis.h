@@ -1,0 +1,49 @@
+// The 8-state trellis of dependent quantization (NNC_BITSTREAM.md §2.8), shared by the quantizer builds.
+// Internal header: internal linkage only (see scan.h).
+#pragma once
+
+#include <cstdint>
+
+#include "tables.h"
+
+namespace nncabac {
+namespace {
+
+// Trellis structure (§2.8): every state c has one parity-0 predecessor p0 and one parity-1 predecessor p1.
+// Candidate slots: 0..3 = the candidate x with x % 4 == slot, 4 = zero. From an even state the parity-0
+// branch uses slot 0 (or zero) and the parity-1 branch slot 2; from an odd state slots 3 (or zero) and 1.
+// For the tie rule the branches are tried in increasing predecessor order (non-zero before zero).
+struct Branch {
+  uint8_t prev;
+  uint8_t slot;
+};
+struct TrellisTable {
+  Branch b[8][3];
+  constexpr TrellisTable() : b{} {
+    int count[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int p = 0; p < 8; ++p) {
+      const int c0 = kDqNext[p][0];
+      const int c1 = kDqNext[p][1];
+      const bool odd = (p & 1) != 0;
+      b[c0][count[c0]++] = Branch{uint8_t(p), uint8_t(odd ? 3 : 0)};
+      b[c0][count[c0]++] = Branch{uint8_t(p), 4};
+      b[c1][count[c1]++] = Branch{uint8_t(p), uint8_t(odd ? 1 : 2)};
+    }
+  }
+};
+constexpr TrellisTable kTrellis{};
+
+inline int32_t first_candidate(double org) {
+  // max(1, trunc(org) - 1); org is bounded by the overflow check before this is called.
+  const int32_t t = org >= 2147483647.0 ? 2147483647 : static_cast<int32_t>(org);
+  return t - 1 > 1 ? t - 1 : 1;
+}
+
+}  // namespace
+
+// Forward (cost) pass of the lambda-0 DQ trellis over n values in coding order: decisions[k] gets the
+// 2-bit branch choice of every state, cost[] (in: start costs) the final path costs. Returns false when this
+// build or CPU has no AVX-512 (nothing written). NNC_DISABLE_AVX512=1 forces false.
+bool trellis_forward_avx512(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]);
+
+}  // namespace nncabac
