@@ -68,7 +68,7 @@ struct RealSink {
 template <bool kLimited>
 NNC_INLINE bool read_level(ArithDecoder& dec, Context* ctx, const Layout& L, const Site& site, int64_t m_neg,
                        int64_t m_pos, int sign_mode, int64_t& out) {
-  if (!dec.decode(ctx[sig_context(site)])) {
+  if (!dec.decode_predicted(ctx[sig_context(site)])) {
     out = 0;
     return true;
   }
@@ -83,14 +83,14 @@ NNC_INLINE bool read_level(ArithDecoder& dec, Context* ctx, const Layout& L, con
   if (!kLimited || m > 1) {
     unsigned f = 0;
     for (int j = 0;; ++j) {
-      f = dec.decode(ctx[gt_context(L, site, j, neg)]);
+      f = dec.decode_predicted(ctx[gt_context(L, site, j, neg)]);
       acc += f;
       if (!f || j == L.n - 1 || (kLimited && acc >= m)) break;
     }
     if (f && (!kLimited || acc < m)) {
       int rb = 0;
       for (int j = 0;; ++j) {
-        f = dec.decode(ctx[L.rem + j]);
+        f = dec.decode_predicted(ctx[L.rem + j]);
         if (f) {
           acc += int64_t(1) << rb;
           ++rb;
