@@ -422,10 +422,13 @@ class ArithEncoder {
 // ---------------------------------------------------------------------------------------------
 // Arithmetic decoder (§3.1).
 //
-// The specification's decoder holds a 16-bit value V and reads one byte whenever 8 bits have been shifted
-// out. This one keeps V in bits 62..47 of a 64-bit register (bit 63 is headroom for the 17-bit value a
-// bypass bin compares) followed by the next stream bits, and refills several bytes at a time when fewer
-// than 24 valid bits remain (one bin shifts out at most 7), so the refill branch is rarely taken. The comparisons only look at V, so the extra low bits change nothing.
+// The specification's decoder holds the value V in a 32-bit register and reads one byte whenever 8 bits
+// have been shifted out. This one keeps that 32-bit register in the top half of a 64-bit one, followed by
+// the next stream bits, and refills several bytes at a time when fewer than 32 bits of look-ahead remain
+// (one bin shifts out at most 7), so the refill branch is rarely taken. The LPS test only depends on the
+// top half, and it is evaluated exactly as a 32-bit decoder with the sign-bit test would (also for the
+// out-of-range values that corrupt data can produce after a range reset), so every payload, valid or
+// not, decodes to the same bins as the byte-wise formulation.
 // Bytes beyond the buffer read as zero but are counted, so that callers can detect over-reads
 // (bytes_consumed() > size) without ever touching memory past the end.
 class ArithDecoder {
@@ -434,8 +437,10 @@ class ArithDecoder {
 
   void start() {
     pos_ = 0;
-    val_ = 0;
-    cnt_ = 1;  // the headroom bit
+    const uint64_t b0 = next_byte();
+    const uint64_t b1 = next_byte();
+    val_ = (b0 << 40) | (b1 << 32);
+    cnt_ = 32;
     refill();
     range_ = 510;
   }
@@ -443,9 +448,8 @@ class ArithDecoder {
   NNC_INLINE unsigned decode(Context& c) {
     const uint32_t lps = c.lps(range_);
     const uint32_t mps_range = range_ - lps;
-    const uint64_t scaled = static_cast<uint64_t>(mps_range) << 54;
-    // All-ones when the LPS is decoded, computed without a branch.
-    const uint64_t lps_mask = 0u - static_cast<uint64_t>(val_ >= scaled);
+    const uint64_t scaled = static_cast<uint64_t>(mps_range) << 39;
+    const uint64_t lps_mask = lps_test(scaled);
     val_ -= scaled & lps_mask;
     const uint32_t m32 = static_cast<uint32_t>(lps_mask);
     const uint32_t r = mps_range ^ ((mps_range ^ lps) & m32);
@@ -468,10 +472,10 @@ class ArithDecoder {
   NNC_INLINE unsigned decode_predicted(Context& c) {
     const uint32_t lps = c.lps(range_);
     const uint32_t mps_range = range_ - lps;
-    const uint64_t scaled = static_cast<uint64_t>(mps_range) << 54;
+    const uint64_t scaled = static_cast<uint64_t>(mps_range) << 39;
     unsigned bin = c.mps();
     uint32_t n;
-    if (NNC_LIKELY(val_ < scaled)) {
+    if (NNC_LIKELY(!lps_test(scaled))) {
       n = mps_range < 256 ? 1u : 0u;
       range_ = mps_range << n;
     } else {
@@ -490,7 +494,7 @@ class ArithDecoder {
   inline unsigned bypass() {
     val_ <<= 1;
     if (--cnt_ < kMinBits) refill();
-    const uint64_t scaled = static_cast<uint64_t>(range_) << 54;
+    const uint64_t scaled = static_cast<uint64_t>(range_) << 39;
     if (val_ >= scaled) {
       val_ -= scaled;
       return 1;
@@ -506,7 +510,7 @@ class ArithDecoder {
 
   unsigned terminate() {
     range_ -= 2;
-    const uint64_t scaled = static_cast<uint64_t>(range_) << 54;
+    const uint64_t scaled = static_cast<uint64_t>(range_) << 39;
     if (val_ >= scaled) return 1;
     if (range_ < 256) {
       range_ <<= 1;
@@ -524,22 +528,28 @@ class ArithDecoder {
     pos_ = static_cast<size_t>(first / 8);
     const int skip = static_cast<int>(first % 8);
     const uint64_t b = next_byte();
-    val_ = (static_cast<uint64_t>(v8 & 0x1FFu) << 54) | (((b << skip) & 0xFFu) << 46);
-    cnt_ = 1 + 9 + 8 - skip;
+    val_ = (static_cast<uint64_t>(v8) << 39) | (((b << skip) & 0xFFu) << 31);
+    cnt_ = 25 + 8 - skip;
     refill();
     range_ = 256;
   }
 
   // Number of value-register shifts since start().
-  uint64_t bit_position() const { return 8 * static_cast<uint64_t>(pos_) + 1 - static_cast<uint64_t>(cnt_); }
-  uint32_t value_high() const { return static_cast<uint32_t>(val_ >> 54); }
-  // Bytes the specification's decoder would have read by now (its two initial bytes plus one per 8 shifts).
+  uint64_t bit_position() const { return 8 * static_cast<uint64_t>(pos_) + 16 - static_cast<uint64_t>(cnt_); }
+  uint32_t value_high() const { return static_cast<uint32_t>(val_ >> 39); }
+  // Bytes the byte-wise decoder would have read by now (its two initial bytes plus one per 8 shifts).
   size_t bytes_consumed() const { return 2 + static_cast<size_t>(bit_position() / 8); }
   size_t size() const { return size_; }
   bool overrun(size_t slack) const { return bytes_consumed() > size_ + slack; }
 
  private:
-  static constexpr int kMinBits = 24;
+  static constexpr int kMinBits = 40;  // 32-bit value register + at least 8 look-ahead bits
+
+  // All-ones when the bin is the LPS: the sign of (scaled - 1 - V) in 32-bit arithmetic, V = val_ >> 32.
+  // (The low half only borrows into bit 32, never into the sign bit, so one 64-bit subtraction gives it.)
+  NNC_INLINE uint64_t lps_test(uint64_t scaled) const {
+    return static_cast<uint64_t>(static_cast<int64_t>(scaled - 1u - val_) >> 63);
+  }
 
   inline uint64_t next_byte() {
     const uint64_t b = pos_ < size_ ? data_[pos_] : 0u;
@@ -566,8 +576,8 @@ class ArithDecoder {
   const uint8_t* data_;
   size_t size_;
   size_t pos_ = 0;
-  uint64_t val_ = 0;
-  int cnt_ = 1;  // valid bits at the top of val_, counting the headroom bit
+  uint64_t val_ = 0;  // bits 63..32: the value register; below: look-ahead stream bits
+  int cnt_ = 32;      // valid bits at the top of val_
   uint32_t range_ = 510;
 };
 
