@@ -1,0 +1,62 @@
+"""Record the CABAC sessions that ``nnc.encode`` codes for a model, for the C++-only timing harness.
+
+    python benchmarks/core/dump_sessions.py MODEL OUT.raw [--qp -32] [--no-dq]
+
+MODEL: a model file nnc can read (safetensors, ONNX, .pt, .npz) or one of the names of
+``nnc.converters._realmodels.model_paths()`` (minilm, ocr_rec, ...). The file holds, per session (NDU), the
+spec table row, the encoder settings and the stored integers of every tensor, exactly as passed to the
+core's encoder (format: see bench_core.cpp). The harness then times the core alone, without Python.
+"""
+from __future__ import annotations
+
+import argparse
+import struct
+
+import numpy as np
+
+import nnc
+import nnc.deepcabac as dc
+from nnc.converters import load_model
+from nnc.converters._realmodels import model_paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("--qp", type=int, default=-32)
+    ap.add_argument("--no-dq", action="store_true")
+    a = ap.parse_args()
+    path = model_paths().get(a.model, a.model)
+    model = load_model(path)
+    tensors = {k: np.asarray(v) for k, v in (model.tensors if hasattr(model, "tensors") else model).items()}
+
+    sessions = []
+    real_encode = dc._core.encode
+
+    def recording_encode(levels, table, settings, tca, hist):
+        if any(x is not None for x in tca) or any(x is not None for x in hist):
+            raise SystemExit("TCA/HDSP sessions are not supported by the harness")
+        sessions.append(([np.array(lv, dtype=np.int32) for lv in levels], table.copy(), settings.copy()))
+        return real_encode(levels, table, settings, tca, hist)
+
+    dc._core.encode = recording_encode
+    try:
+        data = nnc.encode(tensors, nnc.EncoderConfig(qp=a.qp, dq=not a.no_dq))
+    finally:
+        dc._core.encode = real_encode
+    with open(a.out, "wb") as f:
+        f.write(struct.pack("<q", len(sessions)))
+        for levels, table, settings in sessions:
+            f.write(struct.pack("<q", len(levels)))
+            for i, lv in enumerate(levels):
+                f.write(table[i].astype("<i8").tobytes())
+                f.write(settings[i].astype("<i8").tobytes())
+                f.write(struct.pack("<q", lv.size))
+                f.write(lv.astype("<i4").tobytes())
+    print(f"{len(sessions)} sessions, {sum(lv.size for s in sessions for lv in s[0]):,} elements, "
+          f"nnc.encode gave {len(data):,} bytes -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()
