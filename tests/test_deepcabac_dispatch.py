@@ -2,8 +2,8 @@
 
 * The AVX2 parameter-optimisation pass (``NNC_DISABLE_AVX2=1`` forces the portable SSE2 + scalar pass): a
   child process encodes the same sessions with each, the payloads must be byte-identical.
-* The AVX-512 forward pass of the DQ trellis (``NNC_DISABLE_AVX512=1`` forces the scalar pass): the
-  quantized levels must be identical.
+* The AVX-512 and AVX2 forward passes of the DQ trellis (``NNC_DISABLE_AVX512=1`` falls back to the AVX2
+  pass, adding ``NNC_DISABLE_AVX2=1`` to the scalar one): the quantized levels must be identical.
 On a CPU without the instruction set both runs use the portable code (the test then only checks
 determinism), which the skip reason reports.
 """
@@ -73,12 +73,12 @@ QUANT_SCRIPT = textwrap.dedent(
 )
 
 
-def _run(script: str, disable: str | None) -> list[str]:
+def _run(script: str, *disable: str) -> list[str]:
     env = dict(os.environ)
     env.pop("NNC_DISABLE_AVX2", None)
     env.pop("NNC_DISABLE_AVX512", None)
-    if disable:
-        env[disable] = "1"
+    for name in disable:
+        env[name] = "1"
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
@@ -93,7 +93,7 @@ def _cpu_has(flag: str) -> bool:
 
 
 def test_avx2_and_portable_parameter_optimisation_give_identical_payloads():
-    fast = _run(SCRIPT, None)
+    fast = _run(SCRIPT)
     portable = _run(SCRIPT, "NNC_DISABLE_AVX2")
     assert len(fast) == len(portable) == 25
     assert fast == portable
@@ -101,10 +101,13 @@ def test_avx2_and_portable_parameter_optimisation_give_identical_payloads():
         pytest.skip("this CPU has no AVX2: both runs used the portable pass (only determinism was checked)")
 
 
-def test_avx512_and_portable_dq_trellis_give_identical_levels():
-    fast = _run(QUANT_SCRIPT, None)
-    portable = _run(QUANT_SCRIPT, "NNC_DISABLE_AVX512")
-    assert len(fast) == len(portable) == 60
-    assert fast == portable
-    if not _cpu_has("avx512f"):
-        pytest.skip("this CPU has no AVX-512F: both runs used the scalar trellis (only determinism was checked)")
+def test_avx512_avx2_and_scalar_dq_trellis_give_identical_levels():
+    avx512 = _run(QUANT_SCRIPT)
+    avx2 = _run(QUANT_SCRIPT, "NNC_DISABLE_AVX512")
+    scalar = _run(QUANT_SCRIPT, "NNC_DISABLE_AVX512", "NNC_DISABLE_AVX2")
+    assert len(avx512) == len(avx2) == len(scalar) == 60
+    assert avx512 == scalar
+    assert avx2 == scalar
+    missing = [f for f in ("avx2", "avx512f") if not _cpu_has(f)]
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)}: those runs used a fallback (only determinism was checked)")

@@ -45,5 +45,7 @@ inline int32_t first_candidate(double org) {
 // 2-bit branch choice of every state, cost[] (in: start costs) the final path costs. Returns false when this
 // build or CPU has no AVX-512 (nothing written). NNC_DISABLE_AVX512=1 forces false.
 bool trellis_forward_avx512(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]);
+// Same for CPUs with AVX2 (NNC_DISABLE_AVX2=1 forces false).
+bool trellis_forward_avx2(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]);
 
 }  // namespace nncabac
