@@ -16,7 +16,7 @@ if [ "$(uname -m)" = x86_64 ]; then simd2=-mavx2; simd512=-mavx512f; fi
 ${CXX:-g++} $flags $simd2 -c "$src/shadow_avx2.cpp" -o "$out/shadow_avx2.o"
 ${CXX:-g++} $flags $simd2 -c "$src/quant_avx2.cpp" -o "$out/quant_avx2.o"
 ${CXX:-g++} $flags $simd512 -c "$src/quant_avx512.cpp" -o "$out/quant_avx512.o"
-${CXX:-g++} $flags "$here/bench_core.cpp" "$src/coder.cpp" "$src/quant.cpp" "$out/shadow_avx2.o" \
+${CXX:-g++} $flags "$here/bench_core.cpp" "$src/coder.cpp" "$src/cpu.cpp" "$src/quant.cpp" "$out/shadow_avx2.o" \
   "$out/quant_avx2.o" "$out/quant_avx512.o" -pthread -o "$out/bench_core"
 for dq in on off; do
   flag=""; [ "$dq" = off ] && flag="--no-dq"

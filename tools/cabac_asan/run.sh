@@ -8,7 +8,7 @@ out=${TMPDIR:-/tmp}/nnc_cabac_asan
 mkdir -p "$out"
 ${CXX:-g++} -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
   -I"$root/nnc/deepcabac/src" \
-  "$here/driver.cpp" "$root/nnc/deepcabac/src/coder.cpp" "$root/nnc/deepcabac/src/quant.cpp" \
+  "$here/driver.cpp" "$root/nnc/deepcabac/src/coder.cpp" "$root/nnc/deepcabac/src/cpu.cpp" "$root/nnc/deepcabac/src/quant.cpp" \
   "$root/nnc/deepcabac/src/shadow_avx2.cpp" "$root/nnc/deepcabac/src/quant_avx2.cpp" \
   "$root/nnc/deepcabac/src/quant_avx512.cpp" \
   $(uname -m | grep -q x86_64 && echo -mavx2) \

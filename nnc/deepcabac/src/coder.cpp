@@ -12,6 +12,7 @@
 #include "engine.h"
 #include "scan.h"
 #include "shadow.h"
+#include "cpu.h"
 
 namespace nncabac {
 namespace {
@@ -172,7 +173,7 @@ class TensorEncoder {
       task.skip = skip;
       task.tca = t_.tca_base != nullptr && t_.profile == 1;
       task.hd = hdsp_flag && t_.hdsp_history != nullptr && t_.profile == 1;
-      if (!shadow_best_avx2(task, best.data())) shadow_best_portable(task, best.data());
+      if (!(cpu_has_avx2() && shadow_best_avx2(task, best.data()))) shadow_best_portable(task, best.data());
     }
     std::vector<int> list;
     signalled_contexts(t_, L_, tca, hdsp_flag, list);

@@ -10,6 +10,7 @@
 #include "deepcabac.h"
 #include "tables.h"
 #include "trellis.h"
+#include "cpu.h"
 
 namespace nncabac {
 namespace {
@@ -128,8 +129,8 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
   cost[0] = 0.0;
   for (int s = 1; s < 8; ++s) cost[s] = 0.5 * std::numeric_limits<double>::max();
 
-  if (!trellis_forward_avx512(xs, n, dscale, decisions.get(), cost) &&
-      !trellis_forward_avx2(xs, n, dscale, decisions.get(), cost))
+  if (!(cpu_has_avx512f() && trellis_forward_avx512(xs, n, dscale, decisions.get(), cost)) &&
+      !(cpu_has_avx2() && trellis_forward_avx2(xs, n, dscale, decisions.get(), cost)))
     trellis_forward(xs, n, dscale, decisions.get(), cost);
 
   int state = 0;

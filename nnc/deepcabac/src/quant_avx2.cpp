@@ -3,7 +3,7 @@
 // entered only from the even states {0, 2, 4, 6} and states 4..7 only from the odd ones, so with the costs
 // kept as E = (c0, c2, c4, c6) and O = (c1, c3, c5, c7) every branch is a permutation inside one register.
 // Same comparisons as the portable pass (first strict minimum), so costs and decisions are bit-identical.
-// Built with -mavx2 on x86-64 only; trellis_forward_avx2() checks the CPU at run time and declines elsewhere.
+// Built with -mavx2 on x86-64 only (elsewhere a stub that declines); the caller checks the CPU first (cpu.h).
 #include "trellis.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX2__)
@@ -14,7 +14,6 @@
 #include <immintrin.h>
 
 #include <cmath>
-#include <cstdlib>
 #endif
 
 namespace nncabac {
@@ -42,19 +41,6 @@ static_assert(layout_matches(), "the AVX2 trellis layout does not match the DQ s
 constexpr uint8_t kSpread4[16] = {0x00, 0x01, 0x04, 0x05, 0x10, 0x11, 0x14, 0x15,
                                   0x40, 0x41, 0x44, 0x45, 0x50, 0x51, 0x54, 0x55};
 
-bool cpu_has_avx2() {
-  static const bool has = [] {
-    const char* off = std::getenv("NNC_DISABLE_AVX2");
-    if (off && *off && *off != '0') return false;
-#if defined(__GNUC__) || defined(__clang__)
-    return __builtin_cpu_supports("avx2") != 0;
-#else
-    return true;
-#endif
-  }();
-  return has;
-}
-
 // Decision bits of one 4-state half: 2 bits per state (see relax() in quant.cpp).
 inline uint32_t half_decisions(__m256d c0, __m256d c1, __m256d c2, __m256d m01) {
   const unsigned t1 = static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(c1, c0, _CMP_LT_OQ)));
@@ -65,7 +51,6 @@ inline uint32_t half_decisions(__m256d c0, __m256d c1, __m256d c2, __m256d m01) 
 }  // namespace
 
 bool trellis_forward_avx2(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]) {
-  if (!cpu_has_avx2()) return false;
   __m256d E = _mm256_setr_pd(cost[0], cost[2], cost[4], cost[6]);
   __m256d O = _mm256_setr_pd(cost[1], cost[3], cost[5], cost[7]);
   const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);

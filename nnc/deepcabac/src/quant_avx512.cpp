@@ -1,8 +1,8 @@
 // Forward pass of the DQ trellis (§2.8) for CPUs with AVX-512F: the eight state costs are one 8 x double
 // register; each of the three branches into a state is a permutation of the costs plus a permutation of the
 // five candidate distances, and the first strict minimum is taken with the same comparisons as the
-// portable pass (quant.cpp), so costs and decisions are bit-identical. Built with -mavx512f on x86-64 only;
-// trellis_forward_avx512() checks the CPU at run time and declines elsewhere.
+// portable pass (quant.cpp), so costs and decisions are bit-identical. Built with -mavx512f on x86-64 only
+// (elsewhere a stub that declines); the caller checks the CPU first (cpu.h).
 #include "trellis.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512F__)
@@ -13,7 +13,6 @@
 #include <immintrin.h>
 
 #include <cmath>
-#include <cstdlib>
 #endif
 
 namespace nncabac {
@@ -37,23 +36,9 @@ constexpr SpreadTable make_spread() {
 }
 constexpr SpreadTable kSpread = make_spread();
 
-bool cpu_has_avx512() {
-  static const bool has = [] {
-    const char* off = std::getenv("NNC_DISABLE_AVX512");
-    if (off && *off && *off != '0') return false;
-#if defined(__GNUC__) || defined(__clang__)
-    return __builtin_cpu_supports("avx512f") != 0;
-#else
-    return true;
-#endif
-  }();
-  return has;
-}
-
 }  // namespace
 
 bool trellis_forward_avx512(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]) {
-  if (!cpu_has_avx512()) return false;
   __m512i prev[3], slot[3];
   for (int j = 0; j < 3; ++j) {
     alignas(64) int64_t p[8], s[8];

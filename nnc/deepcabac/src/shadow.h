@@ -22,7 +22,7 @@ int context_count(int unary_length);
 
 // best[i] = ecoIdx (0..8) with the lowest estimated cost for context i.
 void shadow_best_portable(const ShadowTask& t, uint8_t* best);
-// Same result; false when this build or this CPU has no AVX2 (best[] untouched).
+// Same result; false when this build has no AVX2 version (best[] untouched). Call only when cpu_has_avx2().
 bool shadow_best_avx2(const ShadowTask& t, uint8_t* best);
 
 }  // namespace nncabac

@@ -1,7 +1,8 @@
 // Parameter-optimisation pass (§3.6) for CPUs with AVX2: the nine shadow copies of a context live in one
 // 16 x int16 register (lanes 9..15 are idle copies of set 0), so one bin updates all nine models with a
 // handful of vector instructions instead of eight SIMD lanes plus a scalar ninth (engine.h). Built with
-// -mavx2 on x86-64 only; shadow_best_avx2() checks the CPU at run time and declines elsewhere.
+// -mavx2 on x86-64 only (elsewhere shadow_best_avx2() is a stub that declines); the caller checks the CPU
+// first (cpu.h).
 //
 // This file must not include engine.h: its inline functions have external linkage, and a copy compiled
 // with AVX2 could be picked by the linker for the portable code. scan.h has internal linkage throughout.
@@ -14,7 +15,6 @@
 #ifdef NNC_HAVE_AVX2_BUILD
 #include <immintrin.h>
 
-#include <cstdlib>
 #include <vector>
 
 #include "est_bits.h"
@@ -140,24 +140,9 @@ struct alignas(32) ShadowAvx2 {
   }
 };
 
-// NNC_DISABLE_AVX2=1 in the environment forces the portable pass (tests compare the two).
-bool cpu_has_avx2() {
-  static const bool has = [] {
-    const char* off = std::getenv("NNC_DISABLE_AVX2");
-    if (off && *off && *off != '0') return false;
-#if defined(__GNUC__) || defined(__clang__)
-    return __builtin_cpu_supports("avx2") != 0;
-#else
-    return true;
-#endif
-  }();
-  return has;
-}
-
 }  // namespace
 
 bool shadow_best_avx2(const ShadowTask& t, uint8_t* best) {
-  if (!cpu_has_avx2()) return false;
   std::vector<ShadowAvx2> shadow(static_cast<size_t>(context_count(t.spec->unary_length)));
   shadow_best(t, shadow.data(), best);
   return true;

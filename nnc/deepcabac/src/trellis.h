@@ -43,9 +43,9 @@ inline int32_t first_candidate(double org) {
 
 // Forward (cost) pass of the lambda-0 DQ trellis over n values in coding order: decisions[k] gets the
 // 2-bit branch choice of every state, cost[] (in: start costs) the final path costs. Returns false when this
-// build or CPU has no AVX-512 (nothing written). NNC_DISABLE_AVX512=1 forces false.
+// build has no AVX-512 version (nothing written). Call only when cpu_has_avx512f() (cpu.h).
 bool trellis_forward_avx512(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]);
-// Same for CPUs with AVX2 (NNC_DISABLE_AVX2=1 forces false).
+// Same for AVX2; call only when cpu_has_avx2().
 bool trellis_forward_avx2(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]);
 
 }  // namespace nncabac
