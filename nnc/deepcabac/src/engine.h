@@ -223,19 +223,6 @@ struct ShadowContext {
     else
       account_bin<0>();
   }
-  unsigned best() {
-    flush();
-    unsigned best_e = 0;
-    uint64_t best_cost = cost[0];
-    for (unsigned e = 1; e < 9; ++e) {
-      const uint64_t c = cost[e] + 3u * 32768u;
-      if (c < best_cost) {
-        best_cost = c;
-        best_e = e;
-      }
-    }
-    return best_e;
-  }
 
  private:
   template <unsigned kBin>

@@ -53,15 +53,10 @@ inline uint32_t half_decisions(__m256d c0, __m256d c1, __m256d c2, __m256d m01) 
 bool trellis_forward_avx2(const float* xs, int64_t n, double dscale, uint16_t* decisions, double cost[8]) {
   __m256d E = _mm256_setr_pd(cost[0], cost[2], cost[4], cost[6]);
   __m256d O = _mm256_setr_pd(cost[1], cost[3], cost[5], cost[7]);
-  const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
-  const __m128i three = _mm_set1_epi32(3);
   for (int64_t k = 0; k < n; ++k) {
     const double org = std::fabs(dscale * static_cast<double>(xs[k]));
     const int32_t m = first_candidate(org);
-    const __m128i M = _mm_set1_epi32(m);
-    const __m128i cand = _mm_add_epi32(M, _mm_and_si128(_mm_sub_epi32(lane, M), three));
-    const __m256d d = _mm256_sub_pd(_mm256_set1_pd(org), _mm256_cvtepi32_pd(cand));
-    const __m256d dd = _mm256_mul_pd(d, d);  // (d0, d1, d2, d3): distances to the slot-0..3 candidates
+    const __m256d dd = candidate_distances(org, m);  // (d0, d1, d2, d3): distances to the slot-0..3 candidates
     const __m256d z = _mm256_set1_pd(org * org);  // slot 4: the zero candidate
     // Distances per branch for new states 0..3 (A) and 4..7 (B).
     const __m256d a0 = _mm256_movedup_pd(dd);                                     // d0 d0 d2 d2

@@ -49,17 +49,12 @@ bool trellis_forward_avx512(const float* xs, int64_t n, double dscale, uint16_t*
     prev[j] = _mm512_load_si512(p);
     slot[j] = _mm512_load_si512(s);
   }
-  const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
-  const __m128i three = _mm_set1_epi32(3);
   __m512d C = _mm512_loadu_pd(cost);
   for (int64_t k = 0; k < n; ++k) {
     const double org = std::fabs(dscale * static_cast<double>(xs[k]));
     const int32_t m = first_candidate(org);
-    // Distances to the candidates m + ((s - m) & 3), s = 0..3 (lanes 0..3), and to zero (lanes 4..7).
-    const __m128i M = _mm_set1_epi32(m);
-    const __m128i cand = _mm_add_epi32(M, _mm_and_si128(_mm_sub_epi32(lane, M), three));
-    const __m256d d = _mm256_sub_pd(_mm256_set1_pd(org), _mm256_cvtepi32_pd(cand));
-    const __m512d D = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_mul_pd(d, d)), _mm256_set1_pd(org * org), 1);
+    // Distances to the slot-0..3 candidates (lanes 0..3) and to zero (lanes 4..7).
+    const __m512d D = _mm512_insertf64x4(_mm512_castpd256_pd512(candidate_distances(org, m)), _mm256_set1_pd(org * org), 1);
     const __m512d c0 = _mm512_add_pd(_mm512_permutexvar_pd(prev[0], C), _mm512_permutexvar_pd(slot[0], D));
     const __m512d c1 = _mm512_add_pd(_mm512_permutexvar_pd(prev[1], C), _mm512_permutexvar_pd(slot[1], D));
     const __m512d c2 = _mm512_add_pd(_mm512_permutexvar_pd(prev[2], C), _mm512_permutexvar_pd(slot[2], D));

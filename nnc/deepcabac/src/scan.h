@@ -182,8 +182,8 @@ NNC_SCAN_INLINE void write_level(Sink& sink, const Layout& L, const Site& site, 
 
 // The parameter-optimisation pass (§3.6): binarise every level as the reference's estimation pass does
 // (the stored integer v itself, also under DQ, whose state still follows the coded level) and feed each
-// context-coded bin to shadow[ctx].account(bin). Shadow provides account(bin), flush(), reset_states()
-// and kFlushBins (bins one context may take between two flushes).
+// context-coded bin to shadow[ctx].account(bin). Shadow provides account(bin), flush() (moves the running
+// rates into cost[9]), reset_states(), init() and kFlushBins (bins one context may take between flushes).
 template <class Shadow>
 struct ShadowSinkT {
   Shadow* ctx;
@@ -230,6 +230,21 @@ void shadow_pass(Shadow* shadow, int nctx, const Geometry& g, const Layout& L, c
       });
 }
 
+// The ecoIdx with the lowest estimated cost; a set other than 0 pays 3 bits (in 1/32768 bit) for its
+// signalling, and the first of equal costs wins.
+inline unsigned choose_ecoidx(const uint64_t (&cost)[9]) {
+  unsigned best_e = 0;
+  uint64_t best_cost = cost[0];
+  for (unsigned e = 1; e < 9; ++e) {
+    const uint64_t c = cost[e] + 3u * 32768u;
+    if (c < best_cost) {
+      best_cost = c;
+      best_e = e;
+    }
+  }
+  return best_e;
+}
+
 // Run the pass for task `t` with Shadow models and store the chosen ecoIdx of every context in best[].
 template <class Shadow>
 void shadow_best(const ShadowTask& t, Shadow* shadow, uint8_t* best) {
@@ -253,7 +268,10 @@ void shadow_best(const ShadowTask& t, Shadow* shadow, uint8_t* best) {
     }
   }
 #undef NNC_SHADOW_CASE
-  for (int i = 0; i < L.total; ++i) best[i] = static_cast<uint8_t>(shadow[i].best());
+  for (int i = 0; i < L.total; ++i) {
+    shadow[i].flush();
+    best[i] = static_cast<uint8_t>(choose_ecoidx(shadow[i].cost));
+  }
 }
 
 }  // namespace

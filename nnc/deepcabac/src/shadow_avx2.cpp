@@ -58,19 +58,6 @@ struct alignas(32) ShadowAvx2 {
     cost[8] += acc8;
     acc8 = 0;
   }
-  unsigned best() {
-    flush();
-    unsigned best_e = 0;
-    uint64_t best_cost = cost[0];
-    for (unsigned e = 1; e < 9; ++e) {
-      const uint64_t c = cost[e] + 3u * 32768u;  // the signalling cost of a non-default set
-      if (c < best_cost) {
-        best_cost = c;
-        best_e = e;
-      }
-    }
-    return best_e;
-  }
 
   // kAdaptCurve[i] for i in 0..31 as max(2512 - 224 i, 1424 - 96 i, 1040 - 64 i, 64), and 0 for i = 31.
   static inline __m256i curve(__m256i i) {

@@ -4,6 +4,10 @@
 
 #include <cstdint>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "tables.h"
 
 namespace nncabac {
@@ -38,6 +42,17 @@ inline int32_t first_candidate(double org) {
   const int32_t t = org >= 2147483647.0 ? 2147483647 : static_cast<int32_t>(org);
   return t - 1 > 1 ? t - 1 : 1;
 }
+
+#if defined(__AVX2__)
+// Squared distances of org to the candidates m + ((s - m) & 3) for s = 0..3 (the slot-s candidate, §2.8),
+// computed as the portable pass does (double subtraction and multiplication, no FMA).
+inline __m256d candidate_distances(double org, int32_t m) {
+  const __m128i M = _mm_set1_epi32(m);
+  const __m128i cand = _mm_add_epi32(M, _mm_and_si128(_mm_sub_epi32(_mm_setr_epi32(0, 1, 2, 3), M), _mm_set1_epi32(3)));
+  const __m256d d = _mm256_sub_pd(_mm256_set1_pd(org), _mm256_cvtepi32_pd(cand));
+  return _mm256_mul_pd(d, d);
+}
+#endif
 
 }  // namespace
 
