@@ -43,7 +43,7 @@ inline int leading_zeros32(uint32_t x) {
 // sets): the fast estimator's successor is looked up, the slow estimator's step is read pre-shifted. This
 // is arithmetically identical to stepping by (kAdaptCurve[..] >> shift) with a sign, but needs no
 // multiplications or variable shifts. Reachable states keep both table indices in 0..31 and |P| < 3900
-// (checked exhaustively from all nine initialisation sets).
+// (checked exhaustively from all nine initialisation sets: tests/test_context_states.py).
 
 // kFastNext.v[fast_shift - 4][bin][uint8_t(fast)] = next fast estimator (8-bit register semantics).
 struct FastNextTable {
