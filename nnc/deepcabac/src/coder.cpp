@@ -171,8 +171,8 @@ class TensorEncoder {
       task.spec = &t_;
       task.levels = q_;
       task.skip = skip;
-      task.tca = t_.tca_base != nullptr && t_.profile == 1;
-      task.hd = hdsp_flag && t_.hdsp_history != nullptr && t_.profile == 1;
+      task.tca = tca_active();
+      task.hd = hd_active();
       if (!(cpu_has_avx2() && shadow_best_avx2(task, best.data()))) shadow_best_portable(task, best.data());
     }
     std::vector<int> list;
@@ -203,22 +203,16 @@ class TensorEncoder {
     return Status::kOk;
   }
 
+  // TCA / HDSP context selection in use (valid once the preamble has set hdsp_).
+  bool tca_active() const { return t_.tca_base != nullptr && t_.profile == 1; }
+  bool hd_active() const { return hdsp_ && t_.hdsp_history != nullptr && t_.profile == 1; }
+
   void dispatch_pass(const uint8_t* skip) {
-    const bool tca = t_.tca_base != nullptr && t_.profile == 1;
-    const bool hd = hdsp_ && t_.hdsp_history != nullptr && t_.profile == 1;
-    if (t_.dq) {
-      if (tca) {
-        hd ? pass<true, true, true>(skip) : pass<true, true, false>(skip);
-      } else {
-        hd ? pass<true, false, true>(skip) : pass<true, false, false>(skip);
-      }
-    } else {
-      if (tca) {
-        hd ? pass<false, true, true>(skip) : pass<false, true, false>(skip);
-      } else {
-        hd ? pass<false, false, true>(skip) : pass<false, false, false>(skip);
-      }
-    }
+    with_flags(
+        [&](auto dq, auto tca, auto hd) {
+          pass<decltype(dq)::value, decltype(tca)::value, decltype(hd)::value>(skip);
+        },
+        t_.dq, tca_active(), hd_active());
   }
 
   // Code the levels (after the preamble and the signalled context initialisations).
@@ -386,24 +380,12 @@ class TensorDecoder {
   Status dispatch(const uint8_t* skip, DecodedTensorInfo& info, ErrorInfo& err) {
     const bool tca = t_.tca_base != nullptr && t_.profile == 1;
     const bool hd = hdsp_ && t_.hdsp_history != nullptr && t_.profile == 1;
-    const bool lim = codebook_active(t_);
-#define NNC_DQ_CASES(L, T, H)                                                              \
-  return t_.dq ? rows<true, T, H, L>(skip, info, err) : rows<false, T, H, L>(skip, info, err)
-    if (lim) {
-      if (tca) {
-        if (hd) NNC_DQ_CASES(true, true, true);
-        NNC_DQ_CASES(true, true, false);
-      }
-      if (hd) NNC_DQ_CASES(true, false, true);
-      NNC_DQ_CASES(true, false, false);
-    }
-    if (tca) {
-      if (hd) NNC_DQ_CASES(false, true, true);
-      NNC_DQ_CASES(false, true, false);
-    }
-    if (hd) NNC_DQ_CASES(false, false, true);
-    NNC_DQ_CASES(false, false, false);
-#undef NNC_DQ_CASES
+    return with_flags(
+        [&](auto dq, auto t, auto h, auto lim) {
+          constexpr bool kDq = decltype(dq)::value, kTca = decltype(t)::value, kHd = decltype(h)::value;
+          return rows<kDq, kTca, kHd, decltype(lim)::value>(skip, info, err);
+        },
+        t_.dq, tca, hd, codebook_active(t_));
   }
 
   // Decode all block rows: in parallel from the signalled entry points when possible and consistent,

@@ -9,9 +9,6 @@
 #include "est_bits.h"
 #include "tables.h"
 
-#if defined(_MSC_VER)
-#include <intrin.h>
-#endif
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #endif
@@ -25,16 +22,6 @@
 #endif
 
 namespace nncabac {
-
-inline int leading_zeros32(uint32_t x) {
-#if defined(_MSC_VER)
-  unsigned long idx;
-  _BitScanReverse(&idx, x);
-  return 31 - static_cast<int>(idx);
-#else
-  return __builtin_clz(x);
-#endif
-}
 
 // ---------------------------------------------------------------------------------------------
 // Probability model: a fast and a slow estimator combined in P = slow + 16 * fast.

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "deepcabac.h"
 #include "shadow.h"
@@ -23,6 +24,18 @@ namespace nncabac {
 namespace {
 
 constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
+
+// Compile-time dispatch on run-time flags: with_flags(f, b0, b1, ...) calls f(std::integral_constant<bool,
+// b0>{}, ...), so f can instantiate one specialised loop per flag combination (decltype(arg)::value).
+template <class F>
+decltype(auto) with_flags(F&& f) {
+  return f();
+}
+template <class F, class... Rest>
+decltype(auto) with_flags(F&& f, bool b, Rest... rest) {
+  if (b) return with_flags([&](auto... c) { return f(std::true_type{}, c...); }, rest...);
+  return with_flags([&](auto... c) { return f(std::false_type{}, c...); }, rest...);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Context index layout for unary length N (§3.4).
@@ -253,21 +266,12 @@ void shadow_best(const ShadowTask& t, Shadow* shadow, uint8_t* best) {
   for (int i = 0; i < L.total; ++i) shadow[i].init();
   const int32_t* base = t.tca ? t.spec->tca_base : nullptr;
   const uint8_t* hist = t.hd ? t.spec->hdsp_history : nullptr;
-#define NNC_SHADOW_CASE(D, T, H) shadow_pass<Shadow, D, T, H>(shadow, L.total, g, L, t.levels, base, hist, t.skip)
-  if (t.spec->dq) {
-    if (t.tca) {
-      t.hd ? NNC_SHADOW_CASE(true, true, true) : NNC_SHADOW_CASE(true, true, false);
-    } else {
-      t.hd ? NNC_SHADOW_CASE(true, false, true) : NNC_SHADOW_CASE(true, false, false);
-    }
-  } else {
-    if (t.tca) {
-      t.hd ? NNC_SHADOW_CASE(false, true, true) : NNC_SHADOW_CASE(false, true, false);
-    } else {
-      t.hd ? NNC_SHADOW_CASE(false, false, true) : NNC_SHADOW_CASE(false, false, false);
-    }
-  }
-#undef NNC_SHADOW_CASE
+  with_flags(
+      [&](auto dq, auto tca, auto hd) {
+        shadow_pass<Shadow, decltype(dq)::value, decltype(tca)::value, decltype(hd)::value>(
+            shadow, L.total, g, L, t.levels, base, hist, t.skip);
+      },
+      t.spec->dq, t.tca, t.hd);
   for (int i = 0; i < L.total; ++i) {
     shadow[i].flush();
     best[i] = static_cast<uint8_t>(choose_ecoidx(shadow[i].cost));
