@@ -40,7 +40,7 @@ import numpy as np
 from ..codec import decode, encode
 from ..config import EncoderConfig
 from ..quant import step_size
-from .simulate import client_rng, evaluate, init_mlp, select_clients, train_local
+from .simulate import client_rng, evaluate, forward, init_mlp, minibatch_sgd, select_clients, train_local
 
 __all__ = ["grid_levels", "grid_size", "quantize_soft_labels", "dequantize", "Q_b", "rank_grid", "unrank_grid",
            "LabelCodecConfig", "SoftLabelEncoder", "SoftLabelDecoder", "softmax", "predict_proba", "train_soft",
@@ -350,40 +350,15 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _logits(p, x):
-    if "fc.weight" in p:
-        return x @ p["fc.weight"].T + p["fc.bias"], None
-    h = np.maximum(x @ p["fc1.weight"].T + p["fc1.bias"], 0)
-    return h @ p["fc2.weight"].T + p["fc2.bias"], h
-
-
 def predict_proba(p, x) -> np.ndarray:
-    return softmax(_logits(p, x)[0])
+    return softmax(forward(p, x)[0])
 
 
 def train_soft(params, x, q, *, epochs: int = 1, lr: float = 0.05, batch: int = 32,
                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """Minibatch SGD on cross-entropy against soft targets ``q`` (distillation)."""
-    rng = rng or np.random.default_rng(0)
-    p = {k: v.astype(np.float32).copy() for k, v in params.items()}
-    n = len(x)
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for i in range(0, n, batch):
-            idx = order[i:i + batch]
-            xb = x[idx]
-            logits, h = _logits(p, xb)
-            g = ((softmax(logits) - q[idx]) / len(idx)).astype(np.float32)
-            if h is None:
-                p["fc.weight"] -= lr * (g.T @ xb)
-                p["fc.bias"] -= lr * g.sum(0)
-            else:
-                gh = (g @ p["fc2.weight"]) * (h > 0)
-                p["fc2.weight"] -= lr * (g.T @ h)
-                p["fc2.bias"] -= lr * g.sum(0)
-                p["fc1.weight"] -= lr * (gh.T @ xb)
-                p["fc1.bias"] -= lr * gh.sum(0)
-    return p
+    return minibatch_sgd(params, x, lambda logits, idx: ((softmax(logits) - q[idx]) / len(idx)).astype(np.float32),
+                         epochs=epochs, lr=lr, batch=batch, rng=rng)
 
 
 # --------------------------------------------------------------------------------------------------------

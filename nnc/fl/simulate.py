@@ -33,7 +33,7 @@ def init_mlp(n_in: int, n_out: int, hidden: int = 64, seed: int = 0) -> dict[str
             "fc2.bias": np.zeros(n_out, np.float32)}
 
 
-def _forward(p, x):
+def forward(p, x):
     if "fc.weight" in p:
         return x @ p["fc.weight"].T + p["fc.bias"], None
     h = np.maximum(x @ p["fc1.weight"].T + p["fc1.bias"], 0)
@@ -41,7 +41,7 @@ def _forward(p, x):
 
 
 def predict(p, x) -> np.ndarray:
-    return _forward(p, x)[0].argmax(1)
+    return forward(p, x)[0].argmax(1)
 
 
 def evaluate(p, x, y) -> float:
@@ -49,25 +49,23 @@ def evaluate(p, x, y) -> float:
     return float((predict(p, x) == y).mean())
 
 
-def train_local(params, x, y, *, epochs: int = 1, lr: float = 0.05, batch: int = 32,
-                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """Plain minibatch SGD on softmax cross-entropy; returns new float32 parameters."""
+def minibatch_sgd(params, x, grad: Callable[[np.ndarray, np.ndarray], np.ndarray], *, epochs: int, lr: float,
+                  batch: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """Minibatch SGD for the MLPs of :func:`init_mlp`; returns new float32 parameters.
+
+    ``grad(logits, idx)`` gives the loss gradient with respect to the logits of the batch ``x[idx]``
+    (float32, already divided by the batch size); it is back-propagated through the one or two layers.
+    """
     rng = rng or np.random.default_rng(0)
     p = {k: v.astype(np.float32).copy() for k, v in params.items()}
     n = len(x)
-    if n == 0:
-        return p
-    for _ in range(epochs):
+    for _ in range(epochs if n else 0):
         order = rng.permutation(n)
         for i in range(0, n, batch):
             idx = order[i:i + batch]
-            xb, yb = x[idx], y[idx]
-            logits, h = _forward(p, xb)
-            logits = logits - logits.max(1, keepdims=True)
-            pr = np.exp(logits)
-            pr /= pr.sum(1, keepdims=True)
-            pr[np.arange(len(yb)), yb] -= 1
-            g = (pr / len(yb)).astype(np.float32)
+            xb = x[idx]
+            logits, h = forward(p, xb)
+            g = grad(logits, idx)
             if h is None:
                 p["fc.weight"] -= lr * (g.T @ xb)
                 p["fc.bias"] -= lr * g.sum(0)
@@ -77,7 +75,22 @@ def train_local(params, x, y, *, epochs: int = 1, lr: float = 0.05, batch: int =
                 p["fc2.bias"] -= lr * g.sum(0)
                 p["fc1.weight"] -= lr * (gh.T @ xb)
                 p["fc1.bias"] -= lr * gh.sum(0)
-    return {k: v.astype(np.float32) for k, v in p.items()}
+    return p
+
+
+def train_local(params, x, y, *, epochs: int = 1, lr: float = 0.05, batch: int = 32,
+                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Plain minibatch SGD on softmax cross-entropy; returns new float32 parameters."""
+
+    def grad(logits, idx):
+        yb = y[idx]
+        logits = logits - logits.max(1, keepdims=True)
+        pr = np.exp(logits)
+        pr /= pr.sum(1, keepdims=True)
+        pr[np.arange(len(yb)), yb] -= 1
+        return (pr / len(yb)).astype(np.float32)
+
+    return minibatch_sgd(params, x, grad, epochs=epochs, lr=lr, batch=batch, rng=rng)
 
 
 # --------------------------------------------------------------------------------------------------------
