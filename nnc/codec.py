@@ -396,6 +396,37 @@ def _header_dims(h, idx: int, cfg: DecoderConfig, what: str) -> tuple[int, ...]:
     return dims
 
 
+def _output_dtype(h) -> tuple[np.dtype | None, int]:
+    """The signalled output dtype (None: int32/float32 by payload type) and the bytes per element of the
+    returned array: 4, or the signalled dtype's size if wider (float64, int64)."""
+    out_dtype = None
+    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
+        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
+    return out_dtype, max(4, np.dtype(out_dtype).itemsize if out_dtype is not None else 4)
+
+
+def _scan_order(h, idx: int) -> int:
+    scan_order = h.scan_order or 0
+    if scan_order > 4:
+        raise BitstreamError(f"reserved scan_order {scan_order}", unit_index=idx, syntax_path="NNR_NDU.scan_order")
+    return scan_order
+
+
+def _codebook(h, ctx: _StreamContext, cfg: DecoderConfig, idx: int):
+    """(values and zero offset, or None; S and Z for the CABAC layer, 0 unless profile 1) of an NDU."""
+    if not getattr(h, "codebook_present_flag", 0):
+        return None, 0, 0
+    cb = h.codebook
+    if cb.codebook_size > cfg.max_codebook_size:   # checked before the value list is built
+        raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
+                                 f"{cfg.max_codebook_size}", unit_index=idx,
+                                 syntax_path="NNR_NDU.codebook.codebook_size")
+    codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
+    if ctx.profile == 1:
+        return codebook, len(cb.values), cb.zero_offset
+    return codebook, 0, 0
+
+
 def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
     h = unit.body
     idx = unit.index
@@ -408,26 +439,10 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
     dims = _header_dims(h, idx, cfg, f"tensor {name!r}")
     n = math.prod(dims)
     is_int = ptype == bs.PayloadType.NNR_PT_INT
-    out_dtype = None
-    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
-        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
-    # bytes per element of the returned array: int32/float32, or the signalled dtype if wider (float64, int64)
-    itemsize = max(4, np.dtype(out_dtype).itemsize if out_dtype is not None else 4)
+    out_dtype, itemsize = _output_dtype(h)
     budget.take(n, itemsize, idx, name)
-    scan_order = h.scan_order or 0
-    if scan_order > 4:
-        raise BitstreamError(f"reserved scan_order {scan_order}", unit_index=idx, syntax_path="NNR_NDU.scan_order")
-    cb_size = cb_zero = 0
-    codebook = None
-    if getattr(h, "codebook_present_flag", 0):
-        cb = h.codebook
-        if cb.codebook_size > cfg.max_codebook_size:   # checked before the value list is built
-            raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
-                                     f"{cfg.max_codebook_size}", unit_index=idx,
-                                     syntax_path="NNR_NDU.codebook.codebook_size")
-        codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
-        if ctx.profile == 1:
-            cb_size, cb_zero = len(cb.values), cb.zero_offset
+    scan_order = _scan_order(h, idx)
+    codebook, cb_size, cb_zero = _codebook(h, ctx, cfg, idx)
     tca_base = hdsp_hist = None
     parent_present = bool(getattr(h, "parent_node_id_present_flag", 0))
     if state is not None:
@@ -474,24 +489,9 @@ def _prepare_block(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budge
     if len(names) != len(members):
         raise BitstreamError(f"compressed_parameter_types {cpt} implies {len(members)} tensors, the NDU lists "
                              f"{len(names)}", unit_index=idx, syntax_path="NNR_NDU.topology_elem_id_list")
-    out_dtype = None
-    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
-        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
-    itemsize = max(4, np.dtype(out_dtype).itemsize if out_dtype is not None else 4)
-    scan_order = h.scan_order or 0
-    if scan_order > 4:
-        raise BitstreamError(f"reserved scan_order {scan_order}", unit_index=idx, syntax_path="NNR_NDU.scan_order")
-    codebook = None
-    cb_size = cb_zero = 0
-    if getattr(h, "codebook_present_flag", 0):
-        cb = h.codebook
-        if cb.codebook_size > cfg.max_codebook_size:
-            raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
-                                     f"{cfg.max_codebook_size}", unit_index=idx,
-                                     syntax_path="NNR_NDU.codebook.codebook_size")
-        codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
-        if ctx.profile == 1:
-            cb_size, cb_zero = len(cb.values), cb.zero_offset
+    out_dtype, itemsize = _output_dtype(h)
+    scan_order = _scan_order(h, idx)
+    codebook, cb_size, cb_zero = _codebook(h, ctx, cfg, idx)
     coded_names, codings, kinds = [], [], []
     for role, pos in members:
         shape = dims if role == "weight" else (dims[0],)
