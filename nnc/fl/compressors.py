@@ -171,6 +171,8 @@ class Compressor:
         st = {"step": np.zeros(1, np.int64)}
         if self.error_feedback:
             st.update({f"residual/{k}": np.zeros(np.shape(v), np.float32) for k, v in model.items()})
+        if getattr(self, "momentum", 0):  # compressors with a momentum option (Signum, DGC)
+            st.update({f"momentum/{k}": np.zeros(np.shape(v), np.float32) for k, v in model.items()})
         return st
 
     def residual(self, state: State) -> dict[str, np.ndarray]:
@@ -373,12 +375,6 @@ class SignSGD(Compressor):
     def label(self):
         return ("signum" if self.momentum else "signsgd") + ("+ef" if self.error_feedback else "")
 
-    def init_state(self, model):
-        st = super().init_state(model)
-        if self.momentum:
-            st.update({f"momentum/{k}": np.zeros(np.shape(v), np.float32) for k, v in model.items()})
-        return st
-
     def prepare(self, update, state):
         if self.momentum:
             b = np.float32(self.momentum)
@@ -433,12 +429,6 @@ class TopK(Compressor):
     @property
     def label(self):
         return ("dgc" if self.momentum else "topk") + f"({self.fraction:g},{self.encoding})"
-
-    def init_state(self, model):
-        st = super().init_state(model)
-        if self.momentum:
-            st.update({f"momentum/{k}": np.zeros(np.shape(v), np.float32) for k, v in model.items()})
-        return st
 
     def prepare(self, update, state):
         if self.momentum:
