@@ -298,6 +298,8 @@ def simulate_cfl(base: Tensors, clients: Mapping, *, config: CFLConfig | None = 
 try:  # pragma: no cover - exercised by the Flower test when flwr is installed
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
     from flwr.serverapp.strategy import FedAvg as _FlwrFedAvg
+
+    from .flower import query_partitions, wait_for_nodes
 except ImportError:  # Flower is optional
     _FlwrFedAvg = None
 
@@ -363,16 +365,10 @@ if _FlwrFedAvg is not None:
             self.dropped: dict[int, dict] = {}
 
         def _setup(self, grid) -> None:
-            deadline = time.monotonic() + 300
-            while len(list(grid.get_node_ids())) < max(1, self.min_available_nodes) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            nodes = sorted(grid.get_node_ids())
+            nodes = wait_for_nodes(grid, self.min_available_nodes, poll=0.5)
             self._key = {n: n for n in nodes}
             if self.by_partition:
-                msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
-                for rep in grid.send_and_receive(msgs):
-                    if not rep.has_error():
-                        self._key[rep.metadata.src_node_id] = int(rep.content["config"]["partition-id"])
+                self._key.update(query_partitions(grid, nodes))
             self.server = ClusterServer(self.base, list(self._key.values()), self.cfl_config)
 
         def configure_train(self, server_round, arrays, config, grid):

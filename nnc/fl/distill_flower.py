@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from .distill import (STYPE_SOFT_LABELS, FDResult, LabelCodecConfig, SoftLabelDecoder, SoftLabelEncoder,
                       predict_proba, train_soft)
-from .flower import from_arrayrecord, partition_query, to_arrayrecord
+from .flower import from_arrayrecord, partition_query, query_partitions, to_arrayrecord, wait_for_nodes
 from .simulate import client_rng, evaluate, init_mlp, select_clients, train_local
 
 __all__ = ["CFDFedAvg", "cfd_train", "cfd_client_app", "LABELS_KEY"]
@@ -187,15 +187,8 @@ class CFDFedAvg(FedAvg):
 
     # ---- discovery
     def _discover(self, grid) -> None:
-        deadline = time.monotonic() + 300
-        while len(list(grid.get_node_ids())) < max(1, self.min_available_nodes) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        nodes = sorted(grid.get_node_ids())
-        msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
-        self._node_of = {}
-        for rep in grid.send_and_receive(msgs):
-            if not rep.has_error():
-                self._node_of[int(rep.content["config"]["partition-id"])] = rep.metadata.src_node_id
+        nodes = wait_for_nodes(grid, self.min_available_nodes, poll=0.2)
+        self._node_of = {p: n for n, p in query_partitions(grid, nodes).items()}
         self._key_of_node = {n: p for p, n in self._node_of.items()}
         for p in self._node_of:
             self._up_dec[p] = SoftLabelDecoder(self.up, self.shape)

@@ -13,6 +13,7 @@ Only the ``arrays`` of train messages are touched; evaluate and query messages p
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -145,6 +146,24 @@ def partition_query(msg: Message, ctx: Context) -> Message:
 # --------------------------------------------------------------------------------------------------------
 # server side
 # --------------------------------------------------------------------------------------------------------
+def wait_for_nodes(grid, min_nodes: int, poll: float, timeout: float = 300.0) -> list[int]:
+    """Wait (at most ``timeout`` seconds) until ``min_nodes`` nodes are connected; returns the sorted node ids."""
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < max(1, min_nodes) and time.monotonic() < deadline:
+        time.sleep(poll)
+    return sorted(grid.get_node_ids())
+
+
+def query_partitions(grid, nodes: Iterable[int]) -> dict[int, int]:
+    """Ask each node for its partition id (answered by :func:`partition_query`); returns node id -> partition
+    id, in reply order, for the nodes that answered."""
+    msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    out = {}
+    for rep in grid.send_and_receive(msgs):
+        if not rep.has_error():
+            out[rep.metadata.src_node_id] = int(rep.content["config"]["partition-id"])
+    return out
+
 class NNCFedAvg(FedAvg):
     """FedAvg whose train messages carry nnc bitstreams, with per-client uplink state on the server.
 
@@ -170,12 +189,7 @@ class NNCFedAvg(FedAvg):
         self.dropped: dict[int, dict] = {}
 
     def _discover(self, grid) -> None:
-        nodes = sorted(grid.get_node_ids())
-        msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
-        self._node_of = {}
-        for rep in grid.send_and_receive(msgs):
-            if not rep.has_error():
-                self._node_of[int(rep.content["config"]["partition-id"])] = rep.metadata.src_node_id
+        self._node_of = {p: n for n, p in query_partitions(grid, sorted(grid.get_node_ids())).items()}
         self._key_of_node = {n: p for p, n in self._node_of.items()}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
