@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .transport import ClientCodec, DownlinkConfig, RejectedUpdateError, ServerCodec, UplinkConfig
+from .transport import ClientCodec, DownlinkConfig, ServerCodec, UplinkConfig
 
 __all__ = ["init_mlp", "train_local", "evaluate", "dirichlet_partition", "load_digits_data", "load_mnist5k",
            "select_clients", "simulate", "SimResult", "client_rng"]

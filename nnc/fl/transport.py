@@ -33,7 +33,7 @@ from ..codec import Encoder
 from ..config import DecoderConfig, EncoderConfig
 from ..errors import NNCError, UpdateStateError
 from ..incremental import UpdateDecoder, UpdateEncoder
-from ..quant import qp_for_step, reconstruct_uniform, step_size
+from ..quant import qp_for_step, reconstruct_uniform
 from . import sparsify as sp
 
 __all__ = ["UplinkConfig", "DownlinkConfig", "DownlinkMessage", "UplinkMessage", "ClientCodec", "ServerCodec",
