@@ -1,54 +1,27 @@
 """Fuzz ``nnc.inspect`` (unit-by-unit summary, used by ``nnc info``).
 
-``nnc.inspect`` is being written concurrently; until ``nnc/inspect.py`` exists this harness fuzzes the layer
-it is built on: ``nnc.bitstream.parse`` in lenient mode (errors collected per unit, as ``info`` reports
-them) and in strict mode, plus re-serialisation of every unit that parsed cleanly. The banner printed at
-start-up says which target ran.
+Contract: returns a summary for any input or raises ``nnc.NNCError``, and the summary renders as dict and
+text. The banner printed at start-up names the target (fuzz/summary.py collects it).
 """
 import sys
 
 from _common import main
 
-_target = None
+_started = False
 
 
-def _pick():
-    try:
-        from nnc.inspect import inspect as insp
-    except ImportError:
-        insp = None
-    if insp is not None:
-        def run(data):
-            info = insp(data)
-            for meth in ("to_dict", "to_text"):
-                if hasattr(info, meth):
-                    getattr(info, meth)()
-        return "nnc.inspect", run
-
-    from nnc import bitstream as bs
-
-    def run(data):
-        parsed = bs.parse(data, strict=False, max_units=4096)
-        for u in parsed:
-            repr(u)
-            if u.ok and u.body is not None:
-                u.to_bytes()
-        _ = parsed.topology if parsed.topology_unit is not None and parsed.topology_unit.topology_data is not None \
-            else None
-        bs.parse(data, strict=True, max_units=4096)
-    return "nnc.bitstream.parse (nnc.inspect not present yet)", run
-
-
-def TestOneInput(data: bytes) -> None:  # noqa: N802
-    global _target
+def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
+    global _started
     import nnc
-    if _target is None:
-        name, _target = _pick()
-        print(f"[fuzz_inspect] target: {name}", file=sys.stderr)
+    if not _started:
+        print("[fuzz_inspect] target: nnc.inspect", file=sys.stderr)
+        _started = True
     try:
-        _target(data)
+        info = nnc.inspect(data)
     except nnc.NNCError:
         return
+    info.to_dict()
+    info.to_text()
 
 
 if __name__ == "__main__":
