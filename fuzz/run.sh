@@ -23,14 +23,7 @@ x = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32) * 0.1
 open(sys.argv[1], "wb").write(c.encode({"delta.weight": x}).payload)' "$out/seeds/fl_upload.nnc"
 fi
 if [ "${NNC_FUZZ_ASAN:-1}" = 1 ]; then
-  so=$(ls "$root"/build/asan/_core*.so 2>/dev/null || "$here/build_asan.sh")
-  export NNC_CORE_SO="$so"
-  # libstdc++ too: otherwise ASan cannot find the real __cxa_throw when a C++ exception is thrown
-  export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
-  # leaks: CPython never frees its arenas; allocator_may_return_null: a huge allocation becomes a Python
-  # MemoryError (reported by the harness as a finding) instead of an ASan abort without a Python stack.
-  export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:symbolize=1"
-  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  . "$here/asan_env.sh"
 fi
 cd "$here"
 exec "$py" "fuzz_$h.py" "$out/corpus" "$out/seeds" -atheris_runs="$runs" -timeout=10 -rss_limit_mb=4096 \
