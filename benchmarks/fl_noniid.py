@@ -46,31 +46,20 @@ def run_flower(data, uplink, downlink, a, alpha, rounds):
     """The same configuration through flwr.simulation.run_simulation (the first ``rounds`` rounds); returns
     accuracy and bytes per round."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from flwr.app import Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
+    from flwr.app import MetricRecord
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from nnc.fl.flower import NNCFedAvg, from_arrayrecord, nnc_mod, partition_query, to_arrayrecord
-    from nnc.fl.simulate import client_rng, dirichlet_partition, evaluate, init_mlp, train_local
+    from nnc.fl.flower import NNCFedAvg, fedavg_client_app, from_arrayrecord, to_arrayrecord
+    from nnc.fl.simulate import dirichlet_partition, evaluate, init_mlp
 
     parts = dirichlet_partition(data[1], a.clients, alpha, a.seed)
 
     def base_fn():
         return init_mlp(data[0].shape[1], 10, a.hidden, a.seed)
 
-    app_c = ClientApp(mods=[nnc_mod(base_fn, uplink, downlink)])
-
-    @app_c.train()
-    def train(msg, ctx):
-        pid, r = int(ctx.node_config["partition-id"]), int(msg.content["config"]["server-round"])
-        xs, ys = data[0][parts[pid]], data[1][parts[pid]]
-        new = train_local(from_arrayrecord(msg.content["arrays"]), xs, ys, epochs=a.epochs, lr=a.lr,
-                          batch=a.batch, rng=client_rng(a.seed, r, pid))
-        return Message(RecordDict({"arrays": to_arrayrecord(new),
-                                   "metrics": MetricRecord({"num-examples": len(xs)})}), reply_to=msg)
-
-    app_c.query()(partition_query)
+    app_c = fedavg_client_app(base_fn, data, parts, uplink=uplink, downlink=downlink, epochs=a.epochs, lr=a.lr,
+                              batch=a.batch, seed=a.seed)
     out = {}
     app_s = ServerApp()
 

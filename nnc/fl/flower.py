@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from .simulate import select_clients
+from .simulate import client_rng, select_clients, train_local
 from .transport import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec,
                         UplinkConfig, UplinkMessage)
 
@@ -141,6 +141,30 @@ def partition_query(msg: Message, ctx: Context) -> Message:
     ``app.query()(partition_query)``); :class:`NNCFedAvg` uses it to select clients by partition."""
     return Message(RecordDict({"config": ConfigRecord({"partition-id": int(ctx.node_config["partition-id"])})}),
                    reply_to=msg)
+
+
+def fedavg_client_app(base_fn: Callable[[], Mapping[str, np.ndarray]], data, parts, *,
+                      uplink: UplinkConfig | None = None, downlink: DownlinkConfig | None = None, epochs: int = 1,
+                      lr: float = 0.05, batch: int = 32, seed: int = 0):
+    """A ClientApp for :class:`NNCFedAvg` on the MLPs of :mod:`nnc.fl.simulate`: the node with
+    ``node_config["partition-id"] = p`` trains on ``data[0][parts[p]], data[1][parts[p]]`` with
+    :func:`~nnc.fl.simulate.train_local` (round ``r`` uses ``client_rng(seed, r, p)``, as the in-process
+    loop does), inside :func:`nnc_mod`; it also answers the partition ``query``."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp(mods=[nnc_mod(base_fn, uplink, downlink)])
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        pid, r = int(ctx.node_config["partition-id"]), int(msg.content["config"]["server-round"])
+        xs, ys = data[0][parts[pid]], data[1][parts[pid]]
+        new = train_local(from_arrayrecord(msg.content["arrays"]), xs, ys, epochs=epochs, lr=lr, batch=batch,
+                          rng=client_rng(seed, r, pid))
+        return Message(RecordDict({"arrays": to_arrayrecord(new),
+                                   "metrics": MetricRecord({"num-examples": len(xs)})}), reply_to=msg)
+
+    app.query()(partition_query)
+    return app
 
 
 # --------------------------------------------------------------------------------------------------------

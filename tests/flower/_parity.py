@@ -1,13 +1,11 @@
 """Shared by the Flower tests: one FL setup run twice, through Flower's simulation engine (nnc_mod + NNCFedAvg)
 and through the in-process loop nnc.fl.simulate, so a test can compare bytes and accuracy."""
-from flwr.app import Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import MetricRecord
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from nnc.fl.flower import NNCFedAvg, from_arrayrecord, nnc_mod, partition_query, to_arrayrecord
-from nnc.fl.simulate import (client_rng, dirichlet_partition, evaluate, init_mlp, load_digits_data, simulate,
-                             train_local)
+from nnc.fl.flower import NNCFedAvg, fedavg_client_app, from_arrayrecord, to_arrayrecord
+from nnc.fl.simulate import dirichlet_partition, evaluate, init_mlp, load_digits_data, simulate
 
 
 def flower_and_inprocess(uplink, downlink, *, num_clients: int, rounds: int, seed: int = 0):
@@ -19,18 +17,7 @@ def flower_and_inprocess(uplink, downlink, *, num_clients: int, rounds: int, see
     def base_fn():
         return init_mlp(64, 10, 32, seed)
 
-    app_c = ClientApp(mods=[nnc_mod(base_fn, uplink, downlink)])
-
-    @app_c.train()
-    def train(msg, ctx):
-        pid, r = int(ctx.node_config["partition-id"]), int(msg.content["config"]["server-round"])
-        xs, ys = data[0][parts[pid]], data[1][parts[pid]]
-        new = train_local(from_arrayrecord(msg.content["arrays"]), xs, ys, epochs=1, lr=0.1,
-                          rng=client_rng(seed, r, pid))
-        return Message(RecordDict({"arrays": to_arrayrecord(new),
-                                   "metrics": MetricRecord({"num-examples": len(xs)})}), reply_to=msg)
-
-    app_c.query()(partition_query)
+    app_c = fedavg_client_app(base_fn, data, parts, uplink=uplink, downlink=downlink, epochs=1, lr=0.1, seed=seed)
     out = {}
     app_s = ServerApp()
 
