@@ -62,6 +62,23 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def _collect(results: list[dict], op: str, strict: bool, timings: list | None, load) -> list:
+    """Per job: ``load(i)`` for a success, a :class:`ReferenceError` for a failure (raised when ``strict``);
+    the reference's timings are appended to ``timings`` when given."""
+    out = []
+    for i, res in enumerate(results):
+        if timings is not None:
+            timings.append(res.get("seconds"))
+        if "error" in res:
+            err = ReferenceError(f"reference {op} of case {i} failed: {res['error']}")
+            if strict:
+                raise err
+            out.append(err)
+        else:
+            out.append(load(i))
+    return out
+
+
 def encode_many(cases: Sequence[tuple[Mapping[str, np.ndarray], Mapping]], *, timeout: float = 1800,
                 strict: bool = True, timings: list | None = None) -> list[bytes | ReferenceError]:
     """Encode each ``(tensors, settings)`` with the reference; returns the bitstreams in order.
@@ -76,18 +93,7 @@ def encode_many(cases: Sequence[tuple[Mapping[str, np.ndarray], Mapping]], *, ti
             _save_npz(tmp / f"{i}.npz", tensors)
             jobs.append({"op": "encode", "input": str(tmp / f"{i}.npz"), "output": str(tmp / f"{i}.nnc"),
                          "settings": dict(settings)})
-        out: list[bytes | ReferenceError] = []
-        for i, res in enumerate(_run(jobs, timeout)):
-            if timings is not None:
-                timings.append(res.get("seconds"))
-            if "error" in res:
-                err = ReferenceError(f"reference encode of case {i} failed: {res['error']}")
-                if strict:
-                    raise err
-                out.append(err)
-            else:
-                out.append((tmp / f"{i}.nnc").read_bytes())
-        return out
+        return _collect(_run(jobs, timeout), "encode", strict, timings, lambda i: (tmp / f"{i}.nnc").read_bytes())
 
 
 def decode_many(bitstreams: Sequence[bytes], *, timeout: float = 1800, strict: bool = True,
@@ -100,18 +106,7 @@ def decode_many(bitstreams: Sequence[bytes], *, timeout: float = 1800, strict: b
         for i, bs in enumerate(bitstreams):
             (tmp / f"{i}.nnc").write_bytes(bytes(bs))
             jobs.append({"op": "decode", "input": str(tmp / f"{i}.nnc"), "output": str(tmp / f"{i}.npz")})
-        out: list[dict[str, np.ndarray] | ReferenceError] = []
-        for i, res in enumerate(_run(jobs, timeout)):
-            if timings is not None:
-                timings.append(res.get("seconds"))
-            if "error" in res:
-                err = ReferenceError(f"reference decode of case {i} failed: {res['error']}")
-                if strict:
-                    raise err
-                out.append(err)
-            else:
-                out.append(_load_npz(tmp / f"{i}.npz"))
-        return out
+        return _collect(_run(jobs, timeout), "decode", strict, timings, lambda i: _load_npz(tmp / f"{i}.npz"))
 
 
 def encode_sequence(updates: Sequence[Mapping[str, np.ndarray]], settings: Mapping, *, tca: bool = True,
