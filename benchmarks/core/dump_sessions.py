@@ -28,8 +28,7 @@ def main() -> None:
     ap.add_argument("--no-dq", action="store_true")
     a = ap.parse_args()
     path = model_paths().get(a.model, a.model)
-    model = load_model(path)
-    tensors = {k: np.asarray(v) for k, v in (model.tensors if hasattr(model, "tensors") else model).items()}
+    tensors = {k: np.asarray(v) for k, v in load_model(path).tensors.items()}
 
     sessions = []
     real_encode = dc._core.encode
