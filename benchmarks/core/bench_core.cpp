@@ -1,6 +1,8 @@
 // Times the DeepCABAC core alone (no Python): encode and decode of the sessions recorded by
 // dump_sessions.py, best of N runs, with a round-trip check and an FNV-1a hash of the payloads (the hash
-// must not change when the core is optimised). Build and run with run.sh.
+// must not change when the core is optimised). Then the engine alone: a replay of the same bins with known
+// contexts, and the per-bin latency on a stream of MPS bins (see replay_decode / mps_chain_ns_per_bin).
+// Build and run with run.sh.
 //
 // Input format (little-endian): int64 session count; per session int64 tensor count; per tensor
 // int64[10] spec row (as nnc.deepcabac passes it), int64[5] settings row, int64 n, int32[n] levels.
@@ -11,6 +13,9 @@
 #include <vector>
 
 #include "deepcabac.h"
+#include "engine.h"
+#include "scan.h"
+#include "shadow.h"
 
 using namespace nncabac;
 
@@ -67,6 +72,114 @@ bool load(const char* path, std::vector<Session>& out, int64_t& elements) {
   }
   std::fclose(f);
   return ok;
+}
+
+// Engine replay: the context-coded and bypass bins of every tensor, with their context indices, recorded
+// from the binarisation (§3.7) of the levels (contexts initialised with the ecoIdx the parameter
+// optimisation chooses, DQ state followed; row-skip flags left out, so a few bins differ from the real
+// stream), coded as one stream and decoded again in a loop that knows the context of every bin in advance.
+// That loop does only what every decoder of these bins must do (arithmetic decoding and probability update
+// of each bin) and none of the binarisation or context selection: its time is what the core decoder would
+// take if those were free.
+struct Replay {
+  std::vector<uint32_t> rec;  // (context << 1) | bin; kBypass << 1 | bin for a bypass bin
+  std::vector<Context> ctx;
+  int64_t ctx_bins = 0, bypass_bins = 0;
+  static constexpr uint32_t kBypass = 0x7FFFFFFFu;
+};
+
+struct RecordSink {
+  Replay& r;
+  uint32_t off;
+  void bin(unsigned b, int c) {
+    r.rec.push_back(((off + static_cast<uint32_t>(c)) << 1) | b);
+    ++r.ctx_bins;
+  }
+  void bypass(uint32_t v, int n) {
+    for (int i = n - 1; i >= 0; --i) r.rec.push_back((Replay::kBypass << 1) | ((v >> i) & 1u));
+    r.bypass_bins += n;
+  }
+};
+
+void record(const TensorSpec& t, const int32_t* q, Replay& r) {
+  const Layout L(t.unary_length);
+  std::vector<uint8_t> best(static_cast<size_t>(L.total));
+  ShadowTask task;
+  task.spec = &t;
+  task.levels = q;
+  shadow_best_portable(task, best.data());
+  const uint32_t off = static_cast<uint32_t>(r.ctx.size());
+  for (int i = 0; i < L.total; ++i) {
+    r.ctx.emplace_back();
+    r.ctx.back().init(best[static_cast<size_t>(i)]);
+  }
+  RecordSink sink{r, off};
+  Site site{0, 0, 0, false};
+  for (int64_t pos = 0; pos < t.height * t.width; ++pos) {
+    int64_t k = q[pos];
+    if (t.dq && k != 0) {
+      const int64_t odd = site.state & 1;
+      k = (k + (k < 0 ? -odd : odd)) >> 1;
+    }
+    write_level(sink, L, site, k, kUnbounded, kUnbounded, 0);
+    site.nb = neighbour_class(k);
+    if (t.dq) site.state = kDqNext[site.state][k & 1];
+  }
+}
+
+std::vector<uint8_t> encode_replay(const Replay& r) {
+  std::vector<uint8_t> stream;
+  std::vector<Context> ctx = r.ctx;
+  ArithEncoder enc(&stream);
+  enc.start();
+  for (const uint32_t e : r.rec) {
+    if ((e >> 1) == Replay::kBypass)
+      enc.bypass(e & 1u);
+    else
+      enc.encode(e & 1u, ctx[e >> 1]);
+  }
+  enc.finish();
+  return stream;
+}
+
+// Decode the replay stream `repeats` times; returns the best time, or -1 if a bin came out wrong.
+template <bool kPredicted>
+double replay_decode(const Replay& r, const std::vector<uint8_t>& stream, int repeats) {
+  double best = 1e30;
+  for (int rep = 0; rep < repeats; ++rep) {
+    std::vector<Context> ctx = r.ctx;
+    const double t0 = now();
+    ArithDecoder dec(stream.data(), stream.size());
+    dec.start();
+    uint32_t wrong = 0;
+    for (const uint32_t e : r.rec) {
+      const uint32_t c = e >> 1;
+      unsigned b;
+      if (c == Replay::kBypass)
+        b = dec.bypass();
+      else if (kPredicted)
+        b = dec.decode_predicted(ctx[c]);
+      else
+        b = dec.decode(ctx[c]);
+      wrong |= b ^ (e & 1u);
+    }
+    best = std::min(best, now() - t0);
+    if (wrong) return -1;
+  }
+  return best;
+}
+
+// The same loop on a stream of MPS bins (no mispredictions) cycling through `contexts` contexts: with one
+// context each bin also waits for the previous bin's probability update; with several, only the coder's
+// range links one bin to the next, so the time per bin is the latency of the engine's serial chain.
+double mps_chain_ns_per_bin(int64_t bins, uint32_t contexts, int repeats) {
+  Replay r;
+  r.ctx.resize(contexts);
+  for (Context& c : r.ctx) c.init(0);
+  r.rec.resize(static_cast<size_t>(bins));
+  for (int64_t i = 0; i < bins; ++i) r.rec[static_cast<size_t>(i)] = (static_cast<uint32_t>(i) % contexts) << 1;
+  const double t = replay_decode<true>(r, encode_replay(r), repeats);
+  return t < 0 ? -1.0 : t / static_cast<double>(bins) * 1e9;
 }
 
 }  // namespace
@@ -132,10 +245,26 @@ int main(int argc, char** argv) {
     best_enc = std::min(best_enc, t1 - t0);
     best_dec = std::min(best_dec, t2 - t1);
   }
+  Replay rp;
+  for (Session& s : sessions)
+    for (size_t i = 0; i < s.specs.size(); ++i) record(s.specs[i], s.levels[i].data(), rp);
+  const std::vector<uint8_t> stream = encode_replay(rp);
+  const double replay_pred = replay_decode<true>(rp, stream, repeats);
+  const double replay_sel = replay_decode<false>(rp, stream, repeats);
+  if (replay_pred < 0 || replay_sel < 0) {
+    std::fprintf(stderr, "engine replay mismatch\n");
+    return 1;
+  }
+  const double chain1_ns = mps_chain_ns_per_bin(int64_t(1) << 26, 1, repeats);
+  const double chain8_ns = mps_chain_ns_per_bin(int64_t(1) << 26, 8, repeats);
   std::printf("{\"elements\": %lld, \"bytes\": %llu, \"payload_fnv1a\": \"%016llx\", \"encode_s\": %.4f, "
-              "\"decode_s\": %.4f, \"encode_ns_per_element\": %.2f, \"decode_ns_per_element\": %.2f}\n",
+              "\"decode_s\": %.4f, \"encode_ns_per_element\": %.2f, \"decode_ns_per_element\": %.2f, "
+              "\"context_bins\": %lld, \"bypass_bins\": %lld, \"replay_stream_bytes\": %zu, "
+              "\"replay_decode_s\": %.4f, \"replay_decode_branchfree_s\": %.4f, "
+              "\"mps_chain_ns_per_bin_1ctx\": %.3f, \"mps_chain_ns_per_bin_8ctx\": %.3f}\n",
               static_cast<long long>(elements), static_cast<unsigned long long>(bytes),
               static_cast<unsigned long long>(hash), best_enc, best_dec, best_enc / elements * 1e9,
-              best_dec / elements * 1e9);
+              best_dec / elements * 1e9, static_cast<long long>(rp.ctx_bins),
+              static_cast<long long>(rp.bypass_bins), stream.size(), replay_pred, replay_sel, chain1_ns, chain8_ns);
   return 0;
 }
