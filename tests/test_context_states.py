@@ -4,8 +4,9 @@ The C++ core (nnc/deepcabac/src/engine.h) updates a context with table lookups w
 bounds if every reachable state keeps them there: the fast- and slow-estimator step indices in 0..31 and the
 LPS column P >> 7 in -32..31. A context starts in one of the nine initialisation sets and changes only through
 the update, whatever the bins are, so walking every state reachable with bins 0 and 1 from each set proves the
-bounds for any payload, valid or hostile. Constants: the adaptation curve and the initialisation sets of
-tables.h (format data).
+bounds for any payload, valid or hostile. The same walk checks that the core's signed slow-estimator table
+(kSlowDelta, indexed by (S + bin - 1) >> 7 for both bins) gives the step of the format's rule in every
+reachable state. Constants: the adaptation curve and the initialisation sets of tables.h (format data).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def _wrap(x: int, bits: int) -> int:
     return x - (1 << bits) if x >> (bits - 1) else x
 
 
+def _slow_delta(slow_shift: int, b: int, k: int) -> int:
+    """engine.h's kSlowDelta.v[slow_shift - 4][b][k], rebuilt from its definition."""
+    return (CURVE[k] >> slow_shift) if b else -(CURVE[31 - k] >> slow_shift)
+
+
 def test_every_reachable_context_state_keeps_table_indices_in_bounds():
     total = 0
     for fast_shift, slow_shift, p0, s0 in INIT_SETS:
@@ -36,6 +42,8 @@ def test_every_reachable_context_state_keeps_table_indices_in_bounds():
                 fi = 16 + ((g * f) >> 3)
                 si = 16 + ((g * s) >> 7)
                 assert 0 <= fi < 32 and 0 <= si < 32, (p, f, b)
+                k = 16 + ((s + b - 1) >> 7)  # the core's index into its signed slow-step row
+                assert 0 <= k < 32 and _slow_delta(slow_shift, b, k) == g * (CURVE[si] >> slow_shift), (p, f, b)
                 f2 = _wrap(f + g * (CURVE[fi] >> fast_shift), 8)
                 p2 = _wrap(s + g * (CURVE[si] >> slow_shift) + 16 * f2, 16)
                 if (p2, f2) not in seen:

@@ -27,9 +27,9 @@ namespace nncabac {
 // Probability model: a fast and a slow estimator combined in P = slow + 16 * fast.
 //
 // The update is table-driven (tables below, derived from kAdaptCurve and the shifts of the initialisation
-// sets): the fast estimator's successor is looked up, the slow estimator's step is read pre-shifted. This
-// is arithmetically identical to stepping by (kAdaptCurve[..] >> shift) with a sign, but needs no
-// multiplications or variable shifts. Reachable states keep both table indices in 0..31 and |P| < 3900
+// sets): the fast estimator's successor is looked up, the slow estimator's step is read pre-shifted and
+// signed. This is arithmetically identical to stepping by (kAdaptCurve[..] >> shift) with a sign, but needs
+// no multiplications, variable shifts or sign selects. Reachable states keep both table indices in 0..31 and |P| < 3900
 // (checked exhaustively from all nine initialisation sets: tests/test_context_states.py).
 
 // kFastNext.v[fast_shift - 4][bin][uint8_t(fast)] = next fast estimator (8-bit register semantics).
@@ -52,17 +52,23 @@ constexpr FastNextTable make_fast_next() {
 }
 alignas(64) inline constexpr FastNextTable kFastNext = make_fast_next();
 
-// kSlowStep.v[slow_shift - 4][i] = kAdaptCurve[i] >> slow_shift.
-struct SlowStepTable {
-  int16_t v[3][32];
+// kSlowDelta.v[slow_shift - 4][bin][16 + ((S + bin - 1) >> 7)] = signed change of the slow estimator S.
+// For bin 1 that is +(kAdaptCurve[16 + (S >> 7)] >> shift). For bin 0 it is -(kAdaptCurve[16 + ((-S) >> 7)]
+// >> shift), and (-S) >> 7 == -1 - ((S - 1) >> 7) (as -S == ~(S - 1)), so both bins index their row with
+// (S + bin - 1) >> 7 and the sign is part of the entry.
+struct SlowDeltaTable {
+  int16_t v[3][2][32];
 };
-constexpr SlowStepTable make_slow_step() {
-  SlowStepTable t{};
+constexpr SlowDeltaTable make_slow_delta() {
+  SlowDeltaTable t{};
   for (int sh = 4; sh <= 6; ++sh)
-    for (int i = 0; i < 32; ++i) t.v[sh - 4][i] = static_cast<int16_t>(kAdaptCurve[i] >> sh);
+    for (int k = 0; k < 32; ++k) {
+      t.v[sh - 4][1][k] = static_cast<int16_t>(kAdaptCurve[k] >> sh);
+      t.v[sh - 4][0][k] = static_cast<int16_t>(-(kAdaptCurve[31 - k] >> sh));
+    }
   return t;
 }
-alignas(64) inline constexpr SlowStepTable kSlowStep = make_slow_step();
+alignas(64) inline constexpr SlowDeltaTable kSlowDelta = make_slow_delta();
 
 // LPS sub-range by signed column: kLpsSigned.v[(R & 0xE0) * 2 + 32 + (P >> 7)] = kLpsRange[(R & 0xE0) + |P >> 7|].
 // Saves the absolute value on the way from P to the table.
@@ -100,14 +106,14 @@ struct Context {
   int16_t fast;    // fast estimator (an 8-bit quantity)
   int16_t eco;     // initialisation set in use (restored by reset())
   const int8_t* fast_next;   // kFastNext row pair of this context's fast shift
-  const int16_t* slow_step;  // kSlowStep row of this context's slow shift
+  const int16_t* slow_delta;  // &kSlowDelta.v[slow shift - 4][0][16]
 
   void init(unsigned e) {
     const InitSet& s = kInitSets[e];
     p = s.p0;
     fast = s.s0;
     fast_next = &kFastNext.v[s.fast_shift - 4][0][0];
-    slow_step = &kSlowStep.v[s.slow_shift - 4][0];
+    slow_delta = &kSlowDelta.v[s.slow_shift - 4][0][16];
     eco = static_cast<int16_t>(e);
   }
   void reset() {
@@ -122,11 +128,9 @@ struct Context {
   NNC_INLINE void update(unsigned bin) {
     const int f = fast;
     const int s = p - 16 * f;
+    const int b = static_cast<int>(bin);
     const int fn = fast_next[(bin << 8) | static_cast<uint8_t>(f)];
-    const int m = static_cast<int>(bin) - 1;  // 0 for bin 1, -1 for bin 0
-    const int t = (s ^ m) - m;                // s for bin 1, -s for bin 0
-    const int step = slow_step[16 + (t >> 7)];
-    const int sn = s + ((step ^ m) - m);
+    const int sn = s + slow_delta[32 * b + ((s + b - 1) >> 7)];
     fast = static_cast<int16_t>(fn);
     p = static_cast<int16_t>(sn + 16 * fn);
   }
