@@ -184,13 +184,16 @@ def ndu_header(context: Context, *, tensor_dimensions, topology_elem_id: str | N
                put_node_depth: int = 0, parent_node_id_present_flag: int = 0, parent_node_id_type: int = 0,
                temporal_context_modeling_flag: int = 0, parent_device_id: int = 0,
                parent_node_payload_sha256: int | None = None, parent_node_payload_sha512: int | None = None,
-               nnr_decompressed_data_format: int | None = None, first_tensor_dimension_shift: int = 0) -> NduHeader:
+               nnr_decompressed_data_format: int | None = None, first_tensor_dimension_shift: int = 0,
+               canonicalize: bool = True) -> NduHeader:
     """Build an :class:`NduHeader` with the presence flags and counts derived from the values given.
 
     ``entry_points``: (value, dq_state, bit_offset) tuples with first-order bit offsets (§1.11); their
     number must be :func:`entry_point_count` of the header. ``device_id=None`` omits the node id
     (``node_id_present_flag = 0``, profile 1). ``cabac_unary_length_minus1=None`` omits it (decoders then
-    use 9). Element lists (``topology_elem_id_list``/``..._index_list``) select the multiple-elements form."""
+    use 9). Element lists (``topology_elem_id_list``/``..._index_list``) select the multiple-elements form.
+    ``canonicalize=False`` returns the header as built, without the write-and-read of :func:`canonical`
+    (for callers that write it at once, which raises the same errors)."""
     pt = int(payload_type)
     multi = topology_elem_id_list is not None or topology_elem_id_index_list is not None
     names = topology_elem_id_list if topology_elem_id_list is not None else topology_elem_id_index_list
@@ -227,7 +230,7 @@ def ndu_header(context: Context, *, tensor_dimensions, topology_elem_id: str | N
     want = entry_point_count(_HeaderView(h))
     if len(h.cabac_entry_point_list) != want:
         raise ConfigError(f"{len(h.cabac_entry_point_list)} entry point(s) given, the header needs {want} (§1.11)")
-    return canonical(h, context)
+    return canonical(h, context) if canonicalize else h
 
 
 def canonical(body, context: Context | None = None):
@@ -276,7 +279,7 @@ class NduHeaderSpec:
     decompressed_data_format: int | None = None
     codebook: Codebook | None = None
 
-    def to_header(self, context: Context) -> NduHeader:
+    def to_header(self, context: Context, canonicalize: bool = True) -> NduHeader:
         pt = int(self.payload_type)
         return ndu_header(
             context, tensor_dimensions=list(self.shape) or [1], topology_elem_id=self.name, payload_type=pt,
@@ -286,7 +289,8 @@ class NduHeaderSpec:
             device_id=self.device_id, parameter_id=self.parameter_id, put_node_depth=self.put_node_depth,
             parent_node_id_present_flag=int(bool(self.parent_node_id_present)),
             temporal_context_modeling_flag=int(bool(self.temporal_context_modeling_flag)),
-            nnr_decompressed_data_format=self.decompressed_data_format, codebook=self.codebook)
+            nnr_decompressed_data_format=self.decompressed_data_format, codebook=self.codebook,
+            canonicalize=canonicalize)
 
 
 def ndu_unit(*args, context: Context | None = None, profile: int | None = None,
@@ -303,7 +307,7 @@ def ndu_unit(*args, context: Context | None = None, profile: int | None = None,
             if profile is None:
                 raise ConfigError("ndu_unit needs context= (or profile=)")
             context = Context(general_profile_idc=profile)
-        h = ndu_header(context, **header_fields)
+        h = ndu_header(context, canonicalize=False, **header_fields)
         payload = args[0]
     elif len(args) == 2 and isinstance(args[0], (NduHeader, NduHeaderSpec)) and not header_fields:
         h, payload = args
@@ -313,7 +317,7 @@ def ndu_unit(*args, context: Context | None = None, profile: int | None = None,
             parent = int(bool(getattr(h, "parent_signalling", False))) if profile == 1 else 0
             context = Context(general_profile_idc=profile, mps_parent_signalling_enabled_flag=parent)
         if isinstance(h, NduHeaderSpec):
-            h = h.to_header(context)
+            h = h.to_header(context, canonicalize=False)
     else:
         raise ConfigError("ndu_unit(payload, context=..., **fields) or ndu_unit(header, payload, context=...)")
     return write_unit(h, context=context, payload=payload, independently_decodable_flag=independently_decodable_flag,
