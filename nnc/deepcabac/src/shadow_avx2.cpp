@@ -33,7 +33,7 @@ struct alignas(32) ShadowAvx2 {
   static constexpr uint32_t kFlushBins = 16384;
   int16_t p[16];
   int16_t fast[16];
-  uint32_t acc[8];  // lanes 0..7
+  alignas(32) uint32_t acc[8];  // lanes 0..7
   uint32_t acc8;    // lane 8
   uint64_t cost[9];
 
@@ -90,14 +90,18 @@ struct alignas(32) ShadowAvx2 {
     const uint64_t lo = static_cast<uint64_t>(_mm_cvtsi128_si64(lo128));
     const uint64_t hi = static_cast<uint64_t>(_mm_extract_epi64(lo128, 1));
     const uint32_t* col = &kEstBits[0][kBin];
-    acc[0] += col[2 * (lo & 0xFFFF)];
-    acc[1] += col[2 * ((lo >> 16) & 0xFFFF)];
-    acc[2] += col[2 * ((lo >> 32) & 0xFFFF)];
-    acc[3] += col[2 * (lo >> 48)];
-    acc[4] += col[2 * (hi & 0xFFFF)];
-    acc[5] += col[2 * ((hi >> 16) & 0xFFFF)];
-    acc[6] += col[2 * ((hi >> 32) & 0xFFFF)];
-    acc[7] += col[2 * (hi >> 48)];
+    const __m128i r_lo = _mm_insert_epi32(
+        _mm_insert_epi32(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(col[2 * (lo & 0xFFFF)])),
+                                          static_cast<int>(col[2 * ((lo >> 16) & 0xFFFF)]), 1),
+                         static_cast<int>(col[2 * ((lo >> 32) & 0xFFFF)]), 2),
+        static_cast<int>(col[2 * (lo >> 48)]), 3);
+    const __m128i r_hi = _mm_insert_epi32(
+        _mm_insert_epi32(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(col[2 * (hi & 0xFFFF)])),
+                                          static_cast<int>(col[2 * ((hi >> 16) & 0xFFFF)]), 1),
+                         static_cast<int>(col[2 * ((hi >> 32) & 0xFFFF)]), 2),
+        static_cast<int>(col[2 * (hi >> 48)]), 3);
+    __m256i* A = reinterpret_cast<__m256i*>(acc);
+    _mm256_store_si256(A, _mm256_add_epi32(_mm256_load_si256(A), _mm256_set_m128i(r_hi, r_lo)));
     const unsigned i8 = static_cast<uint16_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(I, 1)));
     acc8 += col[2 * i8];
 
