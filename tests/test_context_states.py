@@ -24,7 +24,7 @@ def _wrap(x: int, bits: int) -> int:
 
 
 def _slow_delta(slow_shift: int, b: int, k: int) -> int:
-    """engine.h's kSlowDelta.v[slow_shift - 4][b][k], rebuilt from its definition."""
+    """engine.h's kSlowDelta.v[slow_shift - 4][32 * b + k], rebuilt from its definition."""
     return (CURVE[k] >> slow_shift) if b else -(CURVE[31 - k] >> slow_shift)
 
 

@@ -29,12 +29,13 @@ namespace nncabac {
 // The update is table-driven (tables below, derived from kAdaptCurve and the shifts of the initialisation
 // sets): the fast estimator's successor is looked up, the slow estimator's step is read pre-shifted and
 // signed. This is arithmetically identical to stepping by (kAdaptCurve[..] >> shift) with a sign, but needs
-// no multiplications, variable shifts or sign selects. Reachable states keep both table indices in 0..31 and |P| < 3900
-// (checked exhaustively from all nine initialisation sets: tests/test_context_states.py).
+// no multiplications, variable shifts or sign selects. Reachable states keep both table indices in 0..31
+// and |P| < 3900 (checked exhaustively from all nine initialisation sets: tests/test_context_states.py).
+// Each table row holds both bins, so a context's pointer into its row covers every index it uses.
 
-// kFastNext.v[fast_shift - 4][bin][uint8_t(fast)] = next fast estimator (8-bit register semantics).
+// kFastNext.v[fast_shift - 4][256 * bin + uint8_t(fast)] = next fast estimator (8-bit register semantics).
 struct FastNextTable {
-  int8_t v[4][2][256];
+  int8_t v[4][512];
 };
 constexpr FastNextTable make_fast_next() {
   FastNextTable t{};
@@ -46,25 +47,25 @@ constexpr FastNextTable make_fast_next() {
         const int idx = 16 + ((g * f) >> 3);
         const int step = (idx >= 0 && idx < 32) ? (kAdaptCurve[idx] >> sh) : 0;
         const int n = (f + g * step) & 0xFF;
-        t.v[sh - 4][bin][b] = static_cast<int8_t>(n >= 128 ? n - 256 : n);
+        t.v[sh - 4][256 * bin + b] = static_cast<int8_t>(n >= 128 ? n - 256 : n);
       }
   return t;
 }
 alignas(64) inline constexpr FastNextTable kFastNext = make_fast_next();
 
-// kSlowDelta.v[slow_shift - 4][bin][16 + ((S + bin - 1) >> 7)] = signed change of the slow estimator S.
+// kSlowDelta.v[slow_shift - 4][32 * bin + 16 + ((S + bin - 1) >> 7)] = signed change of the slow estimator S.
 // For bin 1 that is +(kAdaptCurve[16 + (S >> 7)] >> shift). For bin 0 it is -(kAdaptCurve[16 + ((-S) >> 7)]
 // >> shift), and (-S) >> 7 == -1 - ((S - 1) >> 7) (as -S == ~(S - 1)), so both bins index their row with
 // (S + bin - 1) >> 7 and the sign is part of the entry.
 struct SlowDeltaTable {
-  int16_t v[3][2][32];
+  int16_t v[3][64];
 };
 constexpr SlowDeltaTable make_slow_delta() {
   SlowDeltaTable t{};
   for (int sh = 4; sh <= 6; ++sh)
     for (int k = 0; k < 32; ++k) {
-      t.v[sh - 4][1][k] = static_cast<int16_t>(kAdaptCurve[k] >> sh);
-      t.v[sh - 4][0][k] = static_cast<int16_t>(-(kAdaptCurve[31 - k] >> sh));
+      t.v[sh - 4][32 + k] = static_cast<int16_t>(kAdaptCurve[k] >> sh);
+      t.v[sh - 4][k] = static_cast<int16_t>(-(kAdaptCurve[31 - k] >> sh));
     }
   return t;
 }
@@ -105,15 +106,15 @@ struct Context {
   int16_t p;       // combined state; MPS = (p >= 0)
   int16_t fast;    // fast estimator (an 8-bit quantity)
   int16_t eco;     // initialisation set in use (restored by reset())
-  const int8_t* fast_next;   // kFastNext row pair of this context's fast shift
-  const int16_t* slow_delta;  // &kSlowDelta.v[slow shift - 4][0][16]
+  const int8_t* fast_next;    // kFastNext row of this context's fast shift
+  const int16_t* slow_delta;  // &kSlowDelta.v[slow shift - 4][16]
 
   void init(unsigned e) {
     const InitSet& s = kInitSets[e];
     p = s.p0;
     fast = s.s0;
-    fast_next = &kFastNext.v[s.fast_shift - 4][0][0];
-    slow_delta = &kSlowDelta.v[s.slow_shift - 4][0][16];
+    fast_next = &kFastNext.v[s.fast_shift - 4][0];
+    slow_delta = &kSlowDelta.v[s.slow_shift - 4][16];
     eco = static_cast<int16_t>(e);
   }
   void reset() {
