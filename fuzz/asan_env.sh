@@ -1,6 +1,7 @@
 # Sourced by the fuzz scripts (needs $here = fuzz/ and $root = the repository): load the ASan/UBSan build of
-# the C++ core (built by build_asan.sh when missing) into Python.
-so=$(ls "$root"/build/asan/_core*.so 2>/dev/null || "$here/build_asan.sh")
+# the C++ core into Python. build_asan.sh runs every time: its incremental build is a no-op when the build is
+# current and rebuilds it after a change to the core (a stale build would test old code).
+so=$("$here/build_asan.sh")
 export NNC_CORE_SO="$so"
 # libstdc++ too: otherwise ASan cannot find the real __cxa_throw when a C++ exception is thrown
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
