@@ -1,10 +1,10 @@
-#!/bin/sh
+#!/bin/bash
 # C++-only timing of the DeepCABAC core on a real model (docs/performance.md, "Core alone").
 #   benchmarks/core/run.sh [model] [qp]        model: minilm (default), ocr_rec, ... or a model file
 # Builds the harness with the same flags as the extension (SIMD files with their own -m flags), records the
 # model's sessions with nnc.encode (DQ on and off), prints a table (one row per setting) and writes the rows
 # to benchmarks/results/core_<model>_qp<qp>.json (or $NNC_CORE_JSON).
-set -eu
+set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../../nnc/deepcabac/src" && pwd)
 model=${1:-minilm}

@@ -28,6 +28,8 @@ def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     rows = [json.loads(line) for line in sys.stdin if line.strip()]
+    if not rows:
+        sys.exit("table.py: no results (the harness failed)")
     print("| model | qp | dq | " + " | ".join(h for _, h, _ in COLUMNS) + " |")
     print("|---|---:|---|" + "---:|" * len(COLUMNS))
     for r in rows:
