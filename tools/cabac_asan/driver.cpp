@@ -1,6 +1,9 @@
 // Sanitizer driver for the DeepCABAC core: encodes random tensors with many configurations, then feeds
 // the decoder every prefix and many random mutations of each payload. Built with ASan + UBSan by run.sh.
 // Exit status 0 = no crash and every result was either a clean decode or a reported error.
+// It also prints a digest of every outcome (status, error location and message, or consumed bytes and
+// decoded levels) and of every payload it encoded: a change to the core that must not change behaviour,
+// on valid or corrupt input, must leave the digest as it was.
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
@@ -11,6 +14,31 @@
 
 using namespace nncabac;
 
+namespace {
+
+struct Digest {
+  uint64_t h = 1469598103934665603ull;
+  void bytes(const void* p, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  }
+  template <class T>
+  void value(T v) { bytes(&v, sizeof v); }
+  void outcome(Status st, const ErrorInfo& err, size_t consumed, const std::vector<std::vector<int32_t>>& out) {
+    value(static_cast<int>(st));
+    if (st != Status::kOk) {
+      value(err.tensor);
+      value(err.position);
+      bytes(err.message.data(), err.message.size());
+      return;
+    }
+    value(consumed);
+    for (const auto& o : out) bytes(o.data(), o.size() * sizeof(int32_t));
+  }
+};
+
+}  // namespace
+
 int main(int argc, char** argv) {
   const int sessions = argc > 1 ? std::atoi(argv[1]) : 60;
   const int mutations = argc > 2 ? std::atoi(argv[2]) : 400;
@@ -18,6 +46,7 @@ int main(int argc, char** argv) {
   auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   std::normal_distribution<double> gauss(0.0, 1.0);
   long decoded_ok = 0, rejected = 0, roundtrips = 0;
+  Digest digest;
   for (int s = 0; s < sessions; ++s) {
     const int count = static_cast<int>(uni(1, 3));
     std::vector<TensorSpec> specs(count);
@@ -68,6 +97,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "encode failed: %s\n", err.message.c_str());
       return 2;
     }
+    digest.bytes(payload.data(), payload.size());
     std::vector<std::vector<int32_t>> out(count);
     std::vector<int32_t*> outp(count);
     for (int i = 0; i < count; ++i) {
@@ -106,6 +136,7 @@ int main(int argc, char** argv) {
       uint8_t* exact = static_cast<uint8_t*>(std::malloc(cut ? cut : 1));
       if (cut) std::memcpy(exact, part.data(), cut);
       Status st = decode_session(exact, cut, specs.data(), outp.data(), count, info, consumed, err);
+      digest.outcome(st, err, consumed, out);
       std::free(exact);
       st == Status::kOk ? ++decoded_ok : ++rejected;
     }
@@ -122,6 +153,7 @@ int main(int argc, char** argv) {
       uint8_t* exact = static_cast<uint8_t*>(std::malloc(bad.size() ? bad.size() : 1));
       if (!bad.empty()) std::memcpy(exact, bad.data(), bad.size());
       Status st = decode_session(exact, bad.size(), specs.data(), outp.data(), count, info, consumed, err);
+      digest.outcome(st, err, consumed, out);
       // The same corrupted payload through the parallel entry-point path.
       if (m % 4 == 0) {
         Status st2 = decode_session(exact, bad.size(), specs.data(), outp.data(), count, info, consumed, err,
@@ -135,7 +167,8 @@ int main(int argc, char** argv) {
       st == Status::kOk ? ++decoded_ok : ++rejected;
     }
   }
-  std::printf("cabac_asan: %ld round trips, %ld corrupted inputs rejected with an error, %ld decoded cleanly\n",
-              roundtrips, rejected, decoded_ok);
+  std::printf("cabac_asan: %ld round trips, %ld corrupted inputs rejected with an error, %ld decoded cleanly; "
+              "outcome digest %016llx\n",
+              roundtrips, rejected, decoded_ok, static_cast<unsigned long long>(digest.h));
   return 0;
 }
