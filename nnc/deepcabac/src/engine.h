@@ -454,7 +454,9 @@ class ArithDecoder {
     const uint64_t scaled = static_cast<uint64_t>(mps_range) << 39;
     unsigned bin = c.mps();
     uint32_t n;
-    if (NNC_LIKELY(!lps_test(scaled))) {
+    // MPS iff lps_test() is clear. The first comparison decides every bin of a valid payload; the second
+    // gives the 32-bit rule's answer when V exceeds the sub-range by 2^31 or more (corrupt payloads only).
+    if (NNC_LIKELY(val_ < scaled) || static_cast<int64_t>(val_ - scaled) < 0) {
       n = mps_range < 256 ? 1u : 0u;
       range_ = mps_range << n;
     } else {
