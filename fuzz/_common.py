@@ -77,6 +77,29 @@ def _instrument_nnc(atheris) -> int:
     return n
 
 
+def report_harness(harness: str, entry: str):
+    """TestOneInput for an entry point that returns a report-like object for bytes (``nnc.check``,
+    ``nnc.inspect``): an :class:`nnc.NNCError` is tolerated, anything returned must render with
+    ``to_dict()`` and ``to_text()``. The first call prints the banner naming the target (fuzz/summary.py
+    collects it)."""
+    started = False
+
+    def test_one_input(data: bytes) -> None:
+        nonlocal started
+        import nnc
+        if not started:
+            print(f"[{harness}] target: nnc.{entry}", file=sys.stderr)
+            started = True
+        try:
+            result = getattr(nnc, entry)(data)
+        except nnc.NNCError:
+            return
+        result.to_dict()
+        result.to_text()
+
+    return test_one_input
+
+
 def main(test_one_input, extra_imports=()):
     """Common main: load the optional core, instrument nnc, run libFuzzer with the command line."""
     import atheris
