@@ -116,11 +116,7 @@ void record(const TensorSpec& t, const int32_t* q, Replay& r) {
   RecordSink sink{r, off};
   Site site{0, 0, 0, false};
   for (int64_t pos = 0; pos < t.height * t.width; ++pos) {
-    int64_t k = q[pos];
-    if (t.dq && k != 0) {
-      const int64_t odd = site.state & 1;
-      k = (k + (k < 0 ? -odd : odd)) >> 1;
-    }
+    const int64_t k = t.dq ? dq_coded_level(q[pos], site.state) : q[pos];
     write_level(sink, L, site, k, kUnbounded, kUnbounded, 0);
     site.nb = neighbour_class(k);
     if (t.dq) site.state = kDqNext[site.state][k & 1];

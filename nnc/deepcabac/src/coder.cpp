@@ -234,11 +234,7 @@ class TensorEncoder {
         g_, skip,
         [&](int64_t pos) NNC_LAMBDA_INLINE {
           const int32_t v = q[pos];
-          int64_t k = v;
-          if (kDq && v != 0) {
-            const int64_t odd = site.state & 1;
-            k = (int64_t(v) + (v < 0 ? -odd : odd)) >> 1;
-          }
+          const int64_t k = kDq ? dq_coded_level(v, site.state) : v;
           if (kTca) site.base = base[pos];
           if (kHd) site.hd = hist[pos] != 0;
           if (!nothing) write_level(real, L, site, k, m_neg, m_pos, sign_mode);
@@ -281,9 +277,7 @@ class TensorEncoder {
             bad = pos;
             return false;
           }
-          const int64_t odd = state & 1;
-          const int64_t k = v == 0 ? 0 : (int64_t(v) + (v < 0 ? -odd : odd)) >> 1;
-          state = kDqNext[state][k & 1];
+          state = kDqNext[state][dq_coded_level(v, state) & 1];
           return true;
         },
         [&](int64_t, int64_t, int64_t) { state = skip_map[state]; }, [&]() {});

@@ -130,6 +130,13 @@ void skip_transition(int64_t w, uint8_t out[8]) {
   }
 }
 
+// The DQ level k that codes the stored integer v in DQ state `state` (v = 2k - sgn(k) * (state & 1), §2.4).
+inline int64_t dq_coded_level(int32_t v, int state) {
+  if (v == 0) return 0;
+  const int64_t odd = state & 1;
+  return (int64_t(v) + (v < 0 ? -odd : odd)) >> 1;
+}
+
 inline int neighbour_class(int64_t v) { return v == 0 ? 0 : (v < 0 ? 1 : 2); }
 
 inline uint64_t abs64(int64_t v) { return v < 0 ? uint64_t(0) - uint64_t(v) : uint64_t(v); }
@@ -225,14 +232,7 @@ void shadow_pass(Shadow* shadow, int nctx, const Geometry& g, const Layout& L, c
           for (int i = 0; i < nctx; ++i) shadow[i].flush();
           until_flush = Shadow::kFlushBins;
         }
-        if (kDq) {
-          int64_t k = v;
-          if (v != 0) {
-            const int64_t odd = site.state & 1;
-            k = (int64_t(v) + (v < 0 ? -odd : odd)) >> 1;
-          }
-          site.state = kDqNext[site.state][k & 1];
-        }
+        if (kDq) site.state = kDqNext[site.state][dq_coded_level(v, site.state) & 1];
         return true;
       },
       [&](int64_t, int64_t, int64_t) {
