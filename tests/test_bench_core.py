@@ -39,4 +39,7 @@ def test_core_harness_runs_on_a_small_model(tmp_path):
         assert core["bytes"] > 0 and len(core["payload_fnv1a"]) == 16
         # the replay stream codes the same bins as the real payloads (row-skip flags aside)
         assert abs(core["replay_stream_bytes"] - core["bytes"]) <= 0.05 * core["bytes"] + 16
-        assert core["context_bins"] > core["elements"] and core["replay_decode_s"] > 0
+        # the harness exits non-zero when a replayed bin decodes wrongly; the timings of a model this small
+        # round to 0 at the printed precision, so only their presence is checked
+        assert core["context_bins"] > core["elements"]
+        assert core["replay_decode_s"] >= 0 and core["mps_chain_ns_per_bin_8ctx"] > 0
