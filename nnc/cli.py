@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -215,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"nnc: unsupported: {_one_line(e)}", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # the reader of our output went away (`nnc info x.nnc | head`): stop quietly, as Unix tools do, and
+        # point stdout at /dev/null so the interpreter's final flush does not complain either
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (NNCError, OSError) as e:
         if a.debug:
             raise

@@ -159,3 +159,18 @@ def test_process_prints_no_traceback_without_debug(tmp_path):
     r = subprocess.run(cmd + ["--debug", "decode", str(bad), "-o", str(tmp_path / "o.npz")], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert r.returncode != 0 and "Traceback" in r.stderr and "LimitExceededError" in r.stderr
+
+
+def test_closed_stdout_pipe_ends_quietly(tmp_path):
+    # `nnc info x.nnc | head -1`: the reader goes away; nnc stops without an error message (exit 141, as a
+    # process killed by SIGPIPE reports in a shell) instead of "nnc: error: [Errno 32] Broken pipe"
+    rng = np.random.default_rng(0)
+    stream = tmp_path / "many.nnc"
+    stream.write_bytes(nnc.encode({f"layer{i}.weight": rng.standard_normal((4, 4), dtype=np.float32)
+                                   for i in range(400)}, nnc.EncoderConfig(qp=-32)))
+    p = subprocess.Popen([sys.executable, "-m", "nnc.cli", "info", str(stream)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=ROOT)
+    p.stdout.close()  # before the interpreter has started: every write of nnc's meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert err == ""
