@@ -58,8 +58,9 @@ def _as_array(name: str, value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
-        raise InputError(f"tensor {name!r} is a torch tensor; convert it with nnc.converters.from_torch() "
-                         "or .numpy() first")
+        raise InputError(f"tensor {name!r} is a torch tensor; nnc.encode takes numpy arrays: use "
+                         "lm = nnc.converters.from_torch(model_or_state_dict), then "
+                         "nnc.encode(lm.tensors, config, topology=lm.topology)")
     try:
         return np.asarray(value)
     except Exception as e:  # noqa: BLE001 - report any conversion failure as bad input
@@ -191,7 +192,15 @@ class Encoder:
         """Validate names and arrays and apply the model-level encoder tools (sparsification, opt_qp, bit-depth
         QPs, rate control; ``nnc.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
         if not isinstance(tensors, Mapping):
-            raise InputError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
+            kind = type(tensors).__name__
+            if hasattr(tensors, "tensors") and hasattr(tensors, "topology"):  # nnc.converters.LoadedModel
+                raise InputError(f"tensors must be a mapping name -> array, got a {kind}: pass "
+                                 "nnc.encode(m.tensors, config, topology=m.topology)")
+            if hasattr(tensors, "state_dict"):  # a torch.nn.Module, without importing torch
+                raise InputError(f"tensors must be a mapping name -> array, got a {kind} module: use "
+                                 "lm = nnc.converters.from_torch(module), then "
+                                 "nnc.encode(lm.tensors, config, topology=lm.topology)")
+            raise InputError(f"tensors must be a mapping name -> array, got {kind}")
         if not tensors:
             raise InputError("no tensors to encode")
         items = [(_validate_name(k), _as_array(k, v)) for k, v in tensors.items()]

@@ -119,3 +119,17 @@ def test_limits_fail_before_allocation():
         nnc.Decoder(nnc.DecoderConfig(max_tensor_elements=1000)).decode(data)
     with pytest.raises(nnc.LimitExceededError):
         nnc.Decoder(nnc.DecoderConfig(max_total_bytes=1000)).decode(data)
+
+
+def test_torch_inputs_get_a_message_with_the_call_that_works():
+    torch = pytest.importorskip("torch")
+    import nnc.converters as C
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    for wrong in (model.state_dict(), model, C.from_torch(model)):
+        with pytest.raises(nnc.InputError) as e:
+            nnc.encode(wrong)
+        assert "nnc.encode(" in str(e.value) and "topology=" in str(e.value)
+    lm = C.from_torch(model)  # the call the messages name
+    out = nnc.decode(nnc.encode(lm.tensors, nnc.EncoderConfig(qp=-40), topology=lm.topology))
+    assert list(out) == list(model.state_dict())
