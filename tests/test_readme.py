@@ -64,3 +64,20 @@ def test_setup_command_encodes_and_reports_size_and_error(tmp_path):
     assert re.search(r"bitstream [\d,]+ bytes", out.stdout), out.stdout
     assert re.search(r"max \|w - w\^\| [\d.e-]+", out.stdout), out.stdout
     assert (tmp_path / "vad.nnc").stat().st_size > 1000
+
+
+def test_repository_paths_named_in_the_docs_exist():
+    # every file path (a name with an extension) under a top-level folder of the repository that README.md or
+    # docs/*.md mentions must exist; globs must match something
+    import glob
+
+    folders = "tests|benchmarks|docs|nnc|tools|fuzz|conformance|\\.ci"
+    pattern = re.compile(rf"(?<![\w/.-])((?:{folders})/[\w./*-]*\.[\w*]+)")
+    missing = []
+    for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in set(pattern.findall(md.read_text())):
+            path = path.rstrip(".")
+            found = glob.glob(str(ROOT / path)) if "*" in path else (ROOT / path).exists()
+            if not found:
+                missing.append(f"{md.relative_to(ROOT)}: {path}")
+    assert not missing, missing
