@@ -1,5 +1,6 @@
 """Regression tests for findings of the hostile-input work (docs/fuzzing.md lists them), with the inputs
 inline, plus the no-pickle guard. Each case must raise the nnc.NNCError subclass shown, nothing else."""
+import ast
 import pickle
 import re
 import zipfile
@@ -91,6 +92,11 @@ def test_no_pickle_loading_anywhere_in_nnc():
         for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
             if "weights_only=True" not in m.group(1):
                 offenders.append(f"{py.relative_to(ROOT)}: torch.load without weights_only=True")
+        for node in ast.walk(ast.parse(text)):  # calls only: messages may name torch.jit.load
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("jit.load"):
+                offenders.append(f"{py.relative_to(ROOT)}: torch.jit.load compiles and runs an archive's code")
+        if re.search(r"pickle\.Unpickler\b", text) and "def find_class" not in text:
+            offenders.append(f"{py.relative_to(ROOT)}: an Unpickler without a restricted find_class")
         for m in re.finditer(r"np\.load\(([^)]*)\)", text):
             if "allow_pickle=False" not in m.group(1):
                 offenders.append(f"{py.relative_to(ROOT)}: np.load without allow_pickle=False")

@@ -4,14 +4,17 @@
 :class:`~nnc.topology.Topology` for the NNR_TPL unit; ``save_model`` writes decoded tensors back as a model
 file. See ``docs/converters.md`` for the topology carried per format and how the reference decoder treats it.
 
-=============  ==============================  =============================================================
-format         read                            topology written
-=============  ==============================  =============================================================
-onnx           ``.onnx`` / ``onnx.ModelProto``  storage format 2 (NNR_TPL_ONNX), deflate: the weightless graph
-pytorch        ``.pt`` ``.pth`` / Module / dict  storage format 3 (NNR_TPL_PYT): empty, or a JSON record
-safetensors    ``.safetensors``                storage format 0 (NNR_TPL_UNREC): empty, or a JSON record
-npz            ``.npz``                        storage format 0: empty, or a JSON record
-=============  ==============================  =============================================================
+=============  ===========================================  ====================================================
+format         read                                         topology written
+=============  ===========================================  ====================================================
+onnx           ``.onnx`` / ``onnx.ModelProto``              storage format 2 (NNR_TPL_ONNX), deflate: the graph
+pytorch        ``.pt`` ``.pth`` ``.jit`` / Module / dict    storage format 3 (NNR_TPL_PYT): empty, or a JSON record
+safetensors    ``.safetensors``                             storage format 0 (NNR_TPL_UNREC): empty, or a record
+npz            ``.npz``                                     storage format 0: empty, or a JSON record
+=============  ===========================================  ====================================================
+
+TorchScript archives (``torch.jit.save``, any of the PyTorch extensions) are read as their state_dict without
+running them; nnc does not write TorchScript.
 
 The JSON record (UTF-8, no NUL byte, uncompressed, so NNCodec 2.1.3 reads and ignores it) holds what NNC itself
 does not carry: original dtypes other than float32 (bfloat16, float16, int64, bool...), the shape of 0-d tensors,
@@ -38,7 +41,8 @@ __all__ = [
 ]
 
 #: canonical format names and the file extensions that select them
-FORMATS = {"onnx": (".onnx",), "pytorch": (".pt", ".pth"), "safetensors": (".safetensors",), "npz": (".npz",)}
+FORMATS = {"onnx": (".onnx",), "pytorch": (".pt", ".pth", ".jit"), "safetensors": (".safetensors",),
+           "npz": (".npz",)}
 _ALIASES = {"torch": "pytorch", "pt": "pytorch", "pth": "pytorch", "pytorch": "pytorch", "onnx": "onnx",
             "safetensors": "safetensors", "npz": "npz", "numpy": "npz"}
 
@@ -229,6 +233,9 @@ def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | Non
         _onnx.write_onnx_file(path, tensors, topology)
         return
     record = _record_for(topology)
+    if fmt == "pytorch" and os.path.splitext(path)[1].lower() == ".jit":
+        raise ModelFormatError(f"cannot write {path!r}: nnc writes PyTorch state_dicts, not TorchScript programs; "
+                               "write .pt and load it with torch.jit.load(original).load_state_dict(...)")
     if fmt == "pytorch":
         from . import _torch
         _torch.write_torch_file(path, tensors, record)

@@ -1,4 +1,5 @@
-"""PyTorch: nn.Module / state_dict / .pt files (loaded only with ``weights_only=True``)."""
+"""PyTorch: nn.Module / state_dict / .pt files (loaded only with ``weights_only=True``; TorchScript archives
+through the restricted reader in ``_torchscript``)."""
 from __future__ import annotations
 
 import os
@@ -103,6 +104,9 @@ def load_torch_file(path: str):
     torch = _torch()
     if not os.path.isfile(path):
         raise ModelFormatError(f"cannot read {path!r}: no such file")
+    from . import _torchscript
+    if _torchscript.is_torchscript_archive(path):  # torch.jit.save output: read its state_dict, run nothing
+        return state_dict_to_tensors(_torchscript.read_state_dict(path))
     obj = None
     errors = []
     for mmap in (True, False):

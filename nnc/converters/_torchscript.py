@@ -1,0 +1,243 @@
+"""TorchScript archives (``torch.jit.save``: ``.pt`` / ``.jit``) read as a state_dict, without running them.
+
+``torch.jit.load`` compiles the archive's code and runs its ``__setstate__`` methods, and ``torch.load`` with
+``weights_only=True`` refuses such archives. This reader does neither: it unpickles ``data.pkl`` with a closed
+list of globals (tensor rebuilds, typed storages, TorchScript list builders, ``OrderedDict``); every
+``__torch__.*`` object becomes an inert record of its attribute dict. Which attributes are parameters and
+buffers is read from the ``__parameters__`` / ``__buffers__`` literals of the class declarations under
+``code/`` (parsed with ``ast.literal_eval``, nothing executed). The result has the names and order of
+``torch.jit.load(path).state_dict()``; other tensor attributes (RNN states and the like) are not part of it.
+"""
+from __future__ import annotations
+
+import ast
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from typing import Any
+
+from ..errors import ModelFormatError
+
+# decompressed size allowed for one pickle or code file of the archive (tensor data is checked against the
+# sizes the pickle declares instead)
+_MAX_PICKLE_BYTES = 256 << 20
+_MAX_CODE_BYTES = 64 << 20
+
+_STORAGE_DTYPES = {
+    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+    "ByteStorage": "uint8", "BoolStorage": "bool",
+}
+_LIST_BUILDERS = ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist")
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """True for a zip file laid out as ``torch.jit.save`` writes it (``<root>/data.pkl`` and ``<root>/code/``)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    roots = {n[: -len("data.pkl")] for n in names if n.endswith("data.pkl") and n.count("/") == 1}
+    return any(any(n.startswith(r + "code/") for n in names) for r in roots)
+
+
+class _ScriptObject:
+    """An unpickled ``__torch__`` object: its class name and attribute state, nothing callable."""
+
+    qualname = ""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _StorageType:
+    def __init__(self, dtype_name: str):
+        self.dtype_name = dtype_name
+
+
+class _Archive:
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise ModelFormatError(f"{path!r} is not a readable TorchScript archive: {e}") from None
+        names = self.zip.namelist()
+        roots = sorted({n[: -len("data.pkl")] for n in names if n.endswith("data.pkl") and n.count("/") == 1})
+        if len(roots) != 1:
+            raise ModelFormatError(f"{path!r}: expected one <root>/data.pkl in the TorchScript archive, "
+                                   f"found {len(roots)}")
+        self.root = roots[0]
+        self.entries = set(names)
+        self.classes: dict[str, tuple[list[str], list[str]] | None] = {}
+        self.storages: dict[str, Any] = {}
+        self.object_types: dict[str, type] = {}
+
+    def close(self):
+        self.zip.close()
+
+    def read(self, name: str, limit: int) -> bytes:
+        if name not in self.entries:
+            raise ModelFormatError(f"{self.path!r}: the TorchScript archive has no entry {name!r}")
+        info = self.zip.getinfo(name)
+        if info.file_size > limit:
+            raise ModelFormatError(f"{self.path!r}: entry {name!r} is {info.file_size} bytes, more than {limit}")
+        try:
+            return self.zip.read(name)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise ModelFormatError(f"{self.path!r}: cannot read entry {name!r}: {e}") from None
+
+    # -- class declarations ---------------------------------------------------------------------------------
+    def declaration(self, qualname: str) -> tuple[list[str], list[str]] | None:
+        """(parameters, buffers) of a ``__torch__`` module class, None for a class that is not a Module."""
+        if qualname not in self.classes:
+            module, _, cls = qualname.rpartition(".")
+            source = self.read(self.root + "code/" + module.replace(".", "/") + ".py", _MAX_CODE_BYTES)
+            self._parse_code(module, source.decode("utf-8", errors="replace"))
+            self.classes.setdefault(qualname, None)
+        return self.classes[qualname]
+
+    def _parse_code(self, module: str, text: str):
+        # top-level "class Name(Module):" blocks; the two literals follow the class line
+        for block in re.split(r"^(?=class )", text, flags=re.M):
+            head = re.match(r"class (\w+)\((\w+)\):", block)
+            if head is None:
+                continue
+            name = f"{module}.{head.group(1)}"
+            if head.group(2) != "Module":
+                self.classes.setdefault(name, None)
+                continue
+            lists = []
+            for key in ("__parameters__", "__buffers__"):
+                m = re.search(rf"^  {key} = (\[[^\]\n]*\])\s*$", block, flags=re.M)
+                try:
+                    value = ast.literal_eval(m.group(1)) if m else []
+                except (ValueError, SyntaxError):
+                    raise ModelFormatError(f"{self.path!r}: class {name} has an unreadable {key} list") from None
+                if not all(isinstance(v, str) for v in value):
+                    raise ModelFormatError(f"{self.path!r}: class {name} has a non-string entry in {key}")
+                lists.append(value)
+            self.classes[name] = (lists[0], lists[1])
+
+    # -- unpickling -----------------------------------------------------------------------------------------
+    def storage(self, pid):
+        torch = _torch()
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+            raise ModelFormatError(f"{self.path!r}: unexpected persistent id {pid!r:.100} in data.pkl")
+        _, kind, key, _location, numel = pid
+        if not re.fullmatch(r"\w+", key):
+            raise ModelFormatError(f"{self.path!r}: storage key {key!r:.40} is not a plain name")
+        cached = self.storages.get(key)
+        if cached is not None:
+            return cached
+        dtype = getattr(torch, kind.dtype_name)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if numel < 0:
+            raise ModelFormatError(f"{self.path!r}: storage {key} has a negative size")
+        raw = self.read(f"{self.root}data/{key}", numel * itemsize)
+        if len(raw) != numel * itemsize:
+            raise ModelFormatError(f"{self.path!r}: storage {key} holds {len(raw)} bytes, its header says "
+                                   f"{numel} x {itemsize}")
+        flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        self.storages[key] = flat
+        return flat
+
+    def rebuild_tensor(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+        torch = _torch()
+        ints = lambda v: isinstance(v, tuple) and all(isinstance(i, int) and i >= 0 for i in v)  # noqa: E731
+        if not (isinstance(storage, torch.Tensor) and isinstance(offset, int) and offset >= 0
+                and ints(size) and ints(stride) and len(size) == len(stride)):
+            raise ModelFormatError(f"{self.path!r}: malformed tensor record in data.pkl")
+        if all(size):
+            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+            if last >= storage.numel():
+                raise ModelFormatError(f"{self.path!r}: a tensor of shape {list(size)} reaches element {last} of a "
+                                       f"storage of {storage.numel()}")
+        return storage.as_strided(size, stride, offset)
+
+    def object_type(self, qualname: str) -> type:
+        t = self.object_types.get(qualname)
+        if t is None:
+            t = type("ScriptObject", (_ScriptObject,), {"qualname": qualname})
+            self.object_types[qualname] = t
+        return t
+
+    def load_data(self):
+        archive = self
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module, name):
+                if module.startswith("__torch__.") or module == "__torch__":
+                    return archive.object_type(f"{module}.{name}")
+                if module == "torch" and name in _STORAGE_DTYPES:
+                    return _StorageType(_STORAGE_DTYPES[name])
+                if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                    return archive.rebuild_tensor
+                if module == "torch._utils" and name == "_rebuild_parameter":
+                    return lambda data, requires_grad=False, hooks=None: data
+                if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
+                    return list
+                if module == "torch.jit._pickle" and name == "restore_type_tag":
+                    return lambda value, type_str: value
+                if module == "collections" and name == "OrderedDict":
+                    return OrderedDict
+                raise ModelFormatError(f"{archive.path!r}: data.pkl refers to {module}.{name}, which a TorchScript "
+                                       f"state_dict reader does not accept")
+
+            def persistent_load(self, pid):
+                return archive.storage(pid)
+
+        import io
+        data = self.read(self.root + "data.pkl", _MAX_PICKLE_BYTES)
+        try:
+            return Restricted(io.BytesIO(data)).load()
+        except ModelFormatError:
+            raise
+        except RecursionError:
+            raise ModelFormatError(f"{self.path!r}: data.pkl nests too deeply") from None
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise ModelFormatError(f"{self.path!r}: data.pkl cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _torch():
+    from ._torch import _torch as get
+    return get()
+
+
+def read_state_dict(path: str) -> "OrderedDict[str, Any]":
+    """The state_dict (names -> torch tensors, ``ScriptModule.state_dict()`` order) of a TorchScript archive."""
+    torch = _torch()
+    archive = _Archive(path)
+    try:
+        root = archive.load_data()
+        if not isinstance(root, _ScriptObject):
+            raise ModelFormatError(f"{path!r}: data.pkl does not hold a TorchScript module")
+        out: OrderedDict[str, Any] = OrderedDict()
+        stack = [(root, "", 0)]
+        # depth-first, a module's own parameters and buffers before its submodules, as Module.state_dict()
+        while stack:
+            obj, prefix, depth = stack.pop()
+            if depth > 256:
+                raise ModelFormatError(f"{path!r}: modules nest more than 256 levels deep")
+            decl = archive.declaration(obj.qualname)
+            state = getattr(obj, "state", None)
+            if decl is None or not isinstance(state, dict):
+                raise ModelFormatError(f"{path!r}: {prefix or 'the root'} ({obj.qualname}) is not a plain module")
+            params, buffers = decl
+            for name in params + buffers:
+                value = state.get(name)
+                if value is None:  # an optional parameter set to None (bias=False)
+                    continue
+                if not isinstance(value, torch.Tensor):
+                    raise ModelFormatError(f"{path!r}: {prefix}{name} is declared a parameter or buffer but holds "
+                                           f"a {type(value).__name__}")
+                out[prefix + name] = value
+            children = [(v, f"{prefix}{k}.", depth + 1) for k, v in state.items()
+                        if isinstance(v, _ScriptObject) and archive.declaration(v.qualname) is not None]
+            stack.extend(reversed(children))
+        return out
+    finally:
+        archive.close()

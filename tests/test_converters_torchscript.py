@@ -1,0 +1,224 @@
+"""TorchScript archives (torch.jit.save) are read as their state_dict without running or compiling them."""
+import importlib.util
+import io
+import pickle
+import sys
+import types
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnc
+import nnc.converters as C
+from nnc.converters import _torchscript
+from nnc.errors import ModelFormatError
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+
+class Inner(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)  # a None parameter (bias) in the archive
+        self.bn = nn.BatchNorm2d(4)  # int64 buffer num_batches_tracked
+        self.register_buffer("scale", torch.tensor(2.0))  # 0-d buffer
+        self.register_buffer("tmp", torch.zeros(3), persistent=False)  # TorchScript keeps no persistence flag
+        self.state = torch.zeros(2)  # a tensor attribute that is neither parameter nor buffer
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) * self.scale
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = Inner()
+        self.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+        self.head = nn.Linear(8, 8)
+        self.head.weight = self.blocks[0].weight  # tied
+        self.emb = nn.Embedding(10, 8).to(torch.bfloat16)
+        self.p = nn.Parameter(torch.randn(5, dtype=torch.float64))
+        self.seq = nn.Sequential(nn.Linear(8, 2), nn.ReLU(), nn.Sequential(nn.Linear(2, 2)))
+
+    def forward(self, x, y):
+        z = self.inner(x).mean()
+        for b in self.blocks:
+            y = b(y)
+        return self.seq(self.head(y)) + z + self.p.sum().float()
+
+
+def _example():
+    torch.manual_seed(0)
+    return Outer().eval(), (torch.randn(1, 3, 6, 6), torch.randn(2, 8))
+
+
+@pytest.fixture(params=["script", "trace"])
+def archive(request, tmp_path):
+    model, args = _example()
+    sm = torch.jit.script(model) if request.param == "script" else torch.jit.trace(model, args)
+    path = tmp_path / f"{request.param}.pt"
+    sm.save(str(path))
+    return path, args
+
+
+def test_reads_the_state_dict_torch_jit_load_gives(archive, monkeypatch):
+    path, _ = archive
+    expected = torch.jit.load(str(path)).state_dict()
+    # nothing of the archive is run or compiled: torch.jit.load / torch.load are not called
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load called"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    sd = _torchscript.read_state_dict(str(path))
+    assert list(sd) == list(expected)
+    assert "inner.state" not in sd and "inner.conv.bias" not in sd
+    for k, v in expected.items():
+        assert sd[k].dtype == v.dtype and torch.equal(sd[k], v), k
+    assert sd["head.weight"].untyped_storage().data_ptr() == sd["blocks.0.weight"].untyped_storage().data_ptr()
+
+    lm = C.load_model(path)
+    assert lm.source_format == "pytorch"
+    assert "head.weight" not in lm.tensors  # tied: coded once
+    assert lm.tensors["emb.weight"].dtype == np.float32  # bfloat16 widened
+
+
+def test_round_trip_into_the_scripted_model(archive):
+    path, args = archive
+    lm = C.load_model(path)
+    dm = nnc.decode_model(nnc.encode(lm.tensors, nnc.EncoderConfig(qp=-40), topology=lm.topology))
+    restored = C.to_state_dict(dm.tensors, dm.topology)
+    original = torch.jit.load(str(path))
+    target = torch.jit.load(str(path))
+    target.load_state_dict(restored)
+    sd = target.state_dict()
+    assert sd["emb.weight"].dtype == torch.bfloat16 and sd["inner.bn.num_batches_tracked"].dtype == torch.int64
+    assert torch.equal(sd["inner.bn.num_batches_tracked"], original.state_dict()["inner.bn.num_batches_tracked"])
+    with torch.no_grad():
+        a, b = original(*args), target(*args)
+    assert torch.allclose(a, b, atol=0.05), (a - b).abs().max()
+
+
+def test_cli_encodes_a_jit_file_and_refuses_to_write_one(archive, tmp_path, capsys):
+    from nnc.cli import main
+
+    path, _ = archive
+    jit = tmp_path / "model.jit"
+    jit.write_bytes(path.read_bytes())
+    assert main(["encode", str(jit), "-o", str(tmp_path / "m.nnc"), "--qp", "-36"]) == 0
+    assert main(["decode", str(tmp_path / "m.nnc"), "-o", str(tmp_path / "m.pt")]) == 0
+    assert list(torch.load(tmp_path / "m.pt", weights_only=True)) == list(torch.jit.load(str(path)).state_dict())
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path / "m.nnc"), "-o", str(tmp_path / "out.jit")]) == 2
+    assert "not TorchScript" in capsys.readouterr().err
+    assert not (tmp_path / "out.jit").exists()
+
+
+def test_silero_vad_jit_codes_like_its_state_dict():
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None:
+        pytest.skip("silero-vad is not installed")
+    path = Path(spec.origin).parent / "data" / "silero_vad.jit"
+    expected = torch.jit.load(str(path)).state_dict()
+    lm = C.load_model(path)
+    assert list(lm.tensors) == list(expected)
+    cfg = nnc.EncoderConfig(qp=-32)
+    via_torch = C.from_torch(expected)
+    assert nnc.encode(lm.tensors, cfg, topology=lm.topology) == nnc.encode(via_torch.tensors, cfg,
+                                                                           topology=via_torch.topology)
+
+
+# -- hostile archives ----------------------------------------------------------------------------------------
+def _craft(tmp_path, *, size=(2, 2), stride=(2, 1), offset=0, numel=4, data_len=None, extra=None,
+           code="class Mod(Module):\n  __parameters__ = [\"w\", ]\n  __buffers__ = []\n  training : bool\n"):
+    """An archive as torch.jit.save lays it out, with one module holding one parameter 'w' whose tensor record
+    and storage can be made inconsistent; ``extra`` adds an attribute pickled as-is."""
+    mod = types.ModuleType("__torch__.crafted")
+
+    class Mod:
+        def __reduce__(self):
+            state = {"training": False, "w": Rebuild()}
+            if extra is not None:
+                state["extra"] = extra
+            return (Mod, (), state)
+
+    class Rebuild:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (StorageRef(), offset, size, stride, False, OrderedDict()))
+
+    class StorageRef:
+        pass
+
+    Mod.__module__, Mod.__qualname__ = "__torch__.crafted", "Mod"
+    mod.Mod = Mod
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, StorageRef) else None
+
+    buf = io.BytesIO()
+    fake = {"__torch__": types.ModuleType("__torch__"), mod.__name__: mod}
+    saved = {k: sys.modules.get(k) for k in fake}
+    sys.modules.update(fake)
+    try:
+        P(buf, protocol=2).dump(Mod())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del sys.modules[k]
+            else:
+                sys.modules[k] = v
+    path = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/code/__torch__/crafted.py", code)
+        z.writestr("archive/data/0", np.arange(numel if data_len is None else data_len, dtype=np.float32).tobytes())
+        z.writestr("archive/constants.pkl", pickle.dumps(()))
+    return path
+
+
+def test_crafted_archive_reads(tmp_path):
+    sd = _torchscript.read_state_dict(str(_craft(tmp_path)))
+    assert list(sd) == ["w"] and sd["w"].tolist() == [[0, 1], [2, 3]]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"size": (3, 2)}, "reaches element"),
+    ({"offset": 1}, "reaches element"),
+    ({"stride": (3, 1)}, "reaches element"),
+    ({"numel": 5, "data_len": 4}, "holds 16 bytes"),
+    ({"numel": 10**12, "data_len": 4}, "holds 16 bytes"),
+    ({"data_len": 3}, "holds 12 bytes"),
+    ({"numel": 2, "data_len": 4}, "more than"),
+    ({"size": (2, -2)}, "malformed tensor"),
+    ({"code": "class Mod(Module):\n  __parameters__ = [__import__('os').system('true')]\n"}, "unreadable"),
+    ({"code": "class Other(Module):\n  __parameters__ = []\n"}, "not a plain module"),
+])
+def test_inconsistent_archives_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(ModelFormatError, match=message):
+        C.load_model(_craft(tmp_path, **kwargs))
+
+
+def test_globals_outside_the_list_are_refused(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(ModelFormatError, match="os.system|posix.system"):
+        C.load_model(_craft(tmp_path, extra=Evil()))
+    assert not marker.exists()
+
+
+def test_truncated_archives_are_refused(archive, tmp_path):
+    path, _ = archive
+    data = path.read_bytes()
+    for cut in (10, len(data) // 2, len(data) - 30):
+        p = tmp_path / f"cut{cut}.pt"
+        p.write_bytes(data[:cut])
+        with pytest.raises(ModelFormatError):
+            C.load_model(p)
