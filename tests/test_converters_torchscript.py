@@ -222,3 +222,55 @@ def test_truncated_archives_are_refused(archive, tmp_path):
         p.write_bytes(data[:cut])
         with pytest.raises(ModelFormatError):
             C.load_model(p)
+
+
+def test_mutated_pickles_and_declarations_raise_model_format_error_only(tmp_path):
+    # byte mutations of data.pkl and of the class declarations, re-zipped so that they get past the zip CRCs
+    model, _ = _example()
+    src = tmp_path / "src.pt"
+    torch.jit.script(model).save(str(src))
+    with zipfile.ZipFile(src) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    targets = [n for n in entries if n.endswith("/data.pkl")] + [n for n in entries if "/code/" in n
+                                                                  and n.endswith(".py")]
+    rng = np.random.default_rng(7)
+    outcomes = {"read": 0, "refused": 0}
+    for i in range(400):
+        name = targets[0] if i % 4 else targets[rng.integers(1, len(targets))]
+        data = bytearray(entries[name])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        p = tmp_path / "m.pt"
+        with zipfile.ZipFile(p, "w") as z:
+            for n, b in entries.items():
+                z.writestr(n, bytes(data) if n == name else b)
+        try:
+            C.load_model(p)
+            outcomes["read"] += 1
+        except ModelFormatError:
+            outcomes["refused"] += 1
+    assert outcomes["read"] > 0 and outcomes["refused"] > 0, outcomes
+
+
+@pytest.mark.parametrize("inserted, message", [
+    (b"N" + b"r\xff\xff\xff\x7f" + b"0", "memo slot 2147483647"),  # the C unpickler would size its memo by it
+    (b"h\x05" + b"0", "before it is stored"),
+    (b"I12\n" + b"0", "opcode INT"),  # text opcodes are not what torch.jit.save writes
+    (b"\x8a\x04\x00\x00\x00" + b"0", "malformed"),  # LONG1 whose length runs past the end of the data
+])
+def test_screened_opcodes(tmp_path, inserted, message):
+    model, _ = _example()
+    src = tmp_path / "src.pt"
+    torch.jit.script(model).save(str(src))
+    with zipfile.ZipFile(src) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in entries if n.endswith("/data.pkl"))
+    assert entries[name][:2] == b"\x80\x02"
+    entries[name] = entries[name][:2] + inserted + entries[name][2:] if message != "malformed" else \
+        entries[name][:-1] + inserted[:3]
+    p = tmp_path / "m.pt"
+    with zipfile.ZipFile(p, "w") as z:
+        for n, b in entries.items():
+            z.writestr(n, b)
+    with pytest.raises(ModelFormatError, match=message):
+        C.load_model(p)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from typing import Any
@@ -30,6 +32,12 @@ _STORAGE_DTYPES = {
     "ByteStorage": "uint8", "BoolStorage": "bool",
 }
 _LIST_BUILDERS = ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist")
+# the opcodes a TorchScript data.pkl is made of (binary protocol 2, as torch's pickler writes it), plus a few
+# harmless equivalents; text forms, extension codes, INST/OBJ and huge integers (LONG4) are not accepted
+_OPCODES = frozenset("""PROTO STOP GLOBAL MARK TUPLE EMPTY_TUPLE TUPLE1 TUPLE2 TUPLE3 NEWOBJ BUILD REDUCE BINPERSID
+    BININT BININT1 BININT2 LONG1 BINFLOAT BINUNICODE SHORT_BINUNICODE NONE NEWTRUE NEWFALSE EMPTY_LIST APPEND
+    APPENDS LIST EMPTY_DICT SETITEM SETITEMS DICT BINPUT LONG_BINPUT BINGET LONG_BINGET MEMOIZE POP
+    POP_MARK""".split())
 
 
 def is_torchscript_archive(path: str) -> bool:
@@ -158,6 +166,35 @@ class _Archive:
                                        f"storage of {storage.numel()}")
         return storage.as_strided(size, stride, offset)
 
+    def screen(self, data: bytes) -> None:
+        """Walk the opcodes without executing them: only the accepted ones, and memo slots used in order (the
+        C unpickler sizes its memo by the largest index, so one mutated BINPUT could ask for gigabytes)."""
+        try:
+            with warnings.catch_warnings():  # genops decodes text-opcode arguments before we can refuse them
+                warnings.simplefilter("ignore")
+                self._screen_ops(data)
+        except ModelFormatError:
+            raise
+        except Exception as e:  # noqa: BLE001 - genops' complaints about malformed opcodes or arguments
+            raise ModelFormatError(f"{self.path!r}: data.pkl is malformed ({e})") from None
+
+    def _screen_ops(self, data: bytes) -> None:
+        puts = 0
+        for op, arg, pos in pickletools.genops(data):
+            if op.name not in _OPCODES:
+                raise ModelFormatError(f"{self.path!r}: data.pkl uses opcode {op.name} at byte {pos}, which "
+                                       f"torch.jit.save does not write")
+            if op.name in ("BINPUT", "LONG_BINPUT"):
+                if arg > puts:
+                    raise ModelFormatError(f"{self.path!r}: data.pkl stores memo slot {arg} at byte {pos} after "
+                                           f"{puts} slots")
+                puts += arg == puts
+            elif op.name == "MEMOIZE":
+                puts += 1
+            elif op.name in ("BINGET", "LONG_BINGET") and arg >= puts:
+                raise ModelFormatError(f"{self.path!r}: data.pkl reads memo slot {arg} at byte {pos} before it is "
+                                       f"stored")
+
     def object_type(self, qualname: str) -> type:
         t = self.object_types.get(qualname)
         if t is None:
@@ -192,6 +229,7 @@ class _Archive:
 
         import io
         data = self.read(self.root + "data.pkl", _MAX_PICKLE_BYTES)
+        self.screen(data)
         try:
             return Restricted(io.BytesIO(data)).load()
         except ModelFormatError:
