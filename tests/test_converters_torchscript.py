@@ -131,17 +131,22 @@ def test_silero_vad_jit_codes_like_its_state_dict():
 
 
 # -- hostile archives ----------------------------------------------------------------------------------------
-def _craft(tmp_path, *, size=(2, 2), stride=(2, 1), offset=0, numel=4, data_len=None, extra=None,
+def _craft(tmp_path, *, size=(2, 2), stride=(2, 1), offset=0, numel=4, data_len=None, extra=None, graph=None,
            code="class Mod(Module):\n  __parameters__ = [\"w\", ]\n  __buffers__ = []\n  training : bool\n"):
     """An archive as torch.jit.save lays it out, with one module holding one parameter 'w' whose tensor record
-    and storage can be made inconsistent; ``extra`` adds an attribute pickled as-is."""
+    and storage can be made inconsistent; ``extra`` adds an attribute pickled as-is; ``graph(Mod)`` returns
+    another root built from modules ``Mod(links)`` whose ``links`` become submodule attributes."""
     mod = types.ModuleType("__torch__.crafted")
 
     class Mod:
+        def __init__(self, links=None):
+            self.links = links if links is not None else {}
+
         def __reduce__(self):
             state = {"training": False, "w": Rebuild()}
             if extra is not None:
                 state["extra"] = extra
+            state.update(self.links)
             return (Mod, (), state)
 
     class Rebuild:
@@ -163,7 +168,7 @@ def _craft(tmp_path, *, size=(2, 2), stride=(2, 1), offset=0, numel=4, data_len=
     saved = {k: sys.modules.get(k) for k in fake}
     sys.modules.update(fake)
     try:
-        P(buf, protocol=2).dump(Mod())
+        P(buf, protocol=2).dump(Mod() if graph is None else graph(Mod))
     finally:
         for k, v in saved.items():
             if v is None:
@@ -274,3 +279,31 @@ def test_screened_opcodes(tmp_path, inserted, message):
             z.writestr(n, b)
     with pytest.raises(ModelFormatError, match=message):
         C.load_model(p)
+
+
+def _cycle(Mod):
+    root = Mod()
+    root.links["again"] = root
+    return root
+
+
+def _diamonds(Mod):
+    node = Mod()
+    for _ in range(40):  # 2**40 paths from the root to the leaf
+        node = Mod({"a": node, "b": node})
+    return node
+
+
+@pytest.mark.parametrize("graph, message", [(_cycle, "nest more than"), (_diamonds, "module visits")])
+def test_module_graphs_that_are_not_trees_end_quickly(tmp_path, graph, message):
+    with pytest.raises(ModelFormatError, match=message):
+        C.load_model(_craft(tmp_path, graph=graph))
+
+
+def test_a_shared_submodule_is_listed_under_both_names(tmp_path):
+    def shared(Mod):
+        child = Mod()
+        return Mod({"x": child, "y": child})
+
+    sd = _torchscript.read_state_dict(str(_craft(tmp_path, graph=shared)))
+    assert list(sd) == ["w", "x.w", "y.w"]

@@ -25,6 +25,8 @@ from ..errors import ModelFormatError
 # sizes the pickle declares instead)
 _MAX_PICKLE_BYTES = 256 << 20
 _MAX_CODE_BYTES = 64 << 20
+_MAX_DEPTH = 256
+_MAX_VISITS = 200_000
 
 _STORAGE_DTYPES = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
@@ -255,11 +257,18 @@ def read_state_dict(path: str) -> "OrderedDict[str, Any]":
             raise ModelFormatError(f"{path!r}: data.pkl does not hold a TorchScript module")
         out: OrderedDict[str, Any] = OrderedDict()
         stack = [(root, "", 0)]
-        # depth-first, a module's own parameters and buffers before its submodules, as Module.state_dict()
+        visits = 0
+        # depth-first, a module's own parameters and buffers before its submodules, as Module.state_dict(); a
+        # submodule shared under two names is listed under both (its tensors are tied), so a pickle can make a
+        # graph whose paths multiply: visits are capped, as is the depth (a cycle)
         while stack:
             obj, prefix, depth = stack.pop()
-            if depth > 256:
-                raise ModelFormatError(f"{path!r}: modules nest more than 256 levels deep")
+            visits += 1
+            if depth > _MAX_DEPTH:
+                raise ModelFormatError(f"{path!r}: modules nest more than {_MAX_DEPTH} levels deep")
+            if visits > _MAX_VISITS:
+                raise ModelFormatError(f"{path!r}: more than {_MAX_VISITS} module visits (submodules shared "
+                                       f"along many paths)")
             decl = archive.declaration(obj.qualname)
             state = getattr(obj, "state", None)
             if decl is None or not isinstance(state, dict):
