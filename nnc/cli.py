@@ -34,6 +34,10 @@ def _qp_override(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"QP in {text!r} is not an integer") from None
 
 
+# nnc.converters.FORMATS' names (not imported here: the CLI starts without loading the converters)
+_FORMAT_CHOICES = ("onnx", "pytorch", "safetensors", "npz")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnc", description="MPEG NNC (ISO/IEC 15938-17) neural network coding")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -42,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="encode a model file (.npz .safetensors .pt/.pth .onnx) to .nnc")
     e.add_argument("input")
     e.add_argument("-o", "--output", required=True)
+    e.add_argument("--format", choices=_FORMAT_CHOICES, default=None,
+                   help="input model format when the extension does not tell (e.g. pytorch for a .bin file)")
     e.add_argument("--qp", type=int, default=-38, help="QP of weight tensors (rank > 1); default -38")
     e.add_argument("--qp-density", type=int, default=2, help="QP steps per octave = 2**density; default 2")
     e.add_argument("--nonweight-qp", type=int, default=-75, help="QP of rank <= 1 tensors; default -75")
@@ -73,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decode", help="decode .nnc to .npz / .safetensors / .pt / .onnx")
     d.add_argument("input")
     d.add_argument("-o", "--output", required=True)
+    d.add_argument("--format", choices=_FORMAT_CHOICES, default=None,
+                   help="output model format when the extension does not tell")
     d.add_argument("--threads", type=int, default=1)
 
     i = sub.add_parser("info", help="unit-by-unit summary of a bitstream")
@@ -127,7 +135,7 @@ def _cmd_encode(a) -> int:
                         struct_sparsity=a.struct_sparsity, target_bits_per_param=a.bits_per_param,
                         max_rel_error=a.max_rel_error)
     t0 = time.perf_counter()
-    model = converters.load_model(a.input)
+    model = converters.load_model(a.input, format=a.format)
     t_load = time.perf_counter() - t0
     enc = Encoder(cfg)
     t0 = time.perf_counter()
@@ -165,7 +173,7 @@ def _cmd_decode(a) -> int:
 
     data = _read_input(a.input)
     model = Decoder(DecoderConfig(threads=a.threads)).decode_model(data)
-    converters.save_model(a.output, model.tensors, model.topology)
+    converters.save_model(a.output, model.tensors, model.topology, format=a.format)
     print(f"{a.input} -> {a.output}: {len(model.tensors)} tensors")
     return 0
 

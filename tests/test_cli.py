@@ -43,3 +43,25 @@ def test_no_dq_and_nonweight_qp_flags(tmp_path):
                  "--quiet"]) == 0
     d = nnc.decode_model(out.read_bytes()).details
     assert d["w"].qp == -30 and d["b"].qp == -50
+
+
+def test_format_flag_for_files_whose_extension_does_not_tell(tmp_path, capsys):
+    import pytest
+
+    from nnc import cli, converters
+
+    assert cli._FORMAT_CHOICES == tuple(converters.FORMATS)
+    w = {"fc.weight": np.random.default_rng(0).standard_normal((8, 16)).astype("f4")}
+    np.savez(tmp_path / "weights.npz", **w)
+    (tmp_path / "weights.data").write_bytes((tmp_path / "weights.npz").read_bytes())
+    assert main(["encode", str(tmp_path / "weights.data"), "-o", str(tmp_path / "a.nnc")]) == 2
+    assert "--format" in capsys.readouterr().err  # the message names the flag that helps
+    assert main(["encode", str(tmp_path / "weights.data"), "--format", "npz", "-o", str(tmp_path / "a.nnc")]) == 0
+    assert main(["decode", str(tmp_path / "a.nnc"), "--format", "safetensors", "-o", str(tmp_path / "out.w")]) == 0
+    assert list(converters.load_model(tmp_path / "out.w", format="safetensors").tensors) == ["fc.weight"]
+
+    torch = pytest.importorskip("torch")
+    torch.save({k: torch.from_numpy(v) for k, v in w.items()}, tmp_path / "pytorch_model.bin")  # Hugging Face name
+    assert main(["encode", str(tmp_path / "pytorch_model.bin"), "-o", str(tmp_path / "b.nnc")]) == 0
+    a, b = (nnc.decode((tmp_path / f).read_bytes()) for f in ("a.nnc", "b.nnc"))
+    assert list(a) == list(b) == ["fc.weight"] and np.array_equal(a["fc.weight"], b["fc.weight"])

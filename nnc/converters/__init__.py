@@ -4,14 +4,14 @@
 :class:`~nnc.topology.Topology` for the NNR_TPL unit; ``save_model`` writes decoded tensors back as a model
 file. See ``docs/converters.md`` for the topology carried per format and how the reference decoder treats it.
 
-=============  ===========================================  ====================================================
-format         read                                         topology written
-=============  ===========================================  ====================================================
-onnx           ``.onnx`` / ``onnx.ModelProto``              storage format 2 (NNR_TPL_ONNX), deflate: the graph
-pytorch        ``.pt`` ``.pth`` ``.jit`` / Module / dict    storage format 3 (NNR_TPL_PYT): empty, or a JSON record
-safetensors    ``.safetensors``                             storage format 0 (NNR_TPL_UNREC): empty, or a record
-npz            ``.npz``                                     storage format 0: empty, or a JSON record
-=============  ===========================================  ====================================================
+===========  ============================================  =======================================================
+format       read                                          topology written
+===========  ============================================  =======================================================
+onnx         ``.onnx`` / ``onnx.ModelProto``               storage format 2 (NNR_TPL_ONNX), deflate: the graph
+pytorch      ``.pt .pth .jit .bin .ckpt`` / Module / dict  storage format 3 (NNR_TPL_PYT): empty, or a JSON record
+safetensors  ``.safetensors``                              storage format 0 (NNR_TPL_UNREC): empty, or a record
+npz          ``.npz``                                      storage format 0: empty, or a JSON record
+===========  ============================================  =======================================================
 
 TorchScript archives (``torch.jit.save``, any of the PyTorch extensions) are read as their state_dict without
 running them; nnc does not write TorchScript.
@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 #: canonical format names and the file extensions that select them
-FORMATS = {"onnx": (".onnx",), "pytorch": (".pt", ".pth", ".jit"), "safetensors": (".safetensors",),
-           "npz": (".npz",)}
+# .bin is the Hugging Face name of PyTorch weight files (pytorch_model.bin), .ckpt a Lightning checkpoint
+FORMATS = {"onnx": (".onnx",), "pytorch": (".pt", ".pth", ".jit", ".bin", ".ckpt"),
+           "safetensors": (".safetensors",), "npz": (".npz",)}
 _ALIASES = {"torch": "pytorch", "pt": "pytorch", "pth": "pytorch", "pytorch": "pytorch", "onnx": "onnx",
             "safetensors": "safetensors", "npz": "npz", "numpy": "npz"}
 
@@ -68,7 +69,7 @@ def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
             return fmt
     known = ", ".join(e for exts in FORMATS.values() for e in exts)
     raise ModelFormatError(f"cannot tell the model format of {os.fspath(path)!r} from its extension "
-                           f"{ext or '(none)'!r}; known: {known} (or pass format=...)")
+                           f"{ext or '(none)'!r}; known: {known} (or pass format=..., on the command line --format)")
 
 
 def _finish(tensors: dict[str, np.ndarray], record: TensorRecord, source_format: str) -> LoadedModel:
