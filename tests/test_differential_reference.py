@@ -79,7 +79,17 @@ def _same(a, b):
 
 @pytest.mark.reference
 def test_random_dicts_interoperate_both_ways(reference):
-    cases = make_cases()
+    _interoperate(reference, make_cases())
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_more_random_dicts_interoperate_both_ways(reference):
+    # another seed and 15x the cases (about 20 s)
+    _interoperate(reference, make_cases(seed=2026, n=3000))
+
+
+def _interoperate(reference, cases):
     ours = [nnc.encode(t, _cfg(s)) for t, s in cases]
     theirs = reference.encode_many(cases)
     ref_dec_of_ours = reference.decode_many(ours)
