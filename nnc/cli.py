@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("encode", help="encode a model file (.npz .safetensors .pt/.pth .onnx) to .nnc")
+    e = sub.add_parser("encode", help="encode a model file (.npz .safetensors .pt/.pth/.bin/.jit .onnx) to .nnc")
     e.add_argument("input")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--format", choices=_FORMAT_CHOICES, default=None,
