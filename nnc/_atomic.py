@@ -5,6 +5,7 @@ An interrupted or failed write leaves the previous file (or no file) in place, n
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,11 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    # checked first, so that the error names the target (not the temporary file) and nothing is created
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "the output is a directory, not a file", str(target))
+    if not directory.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(directory))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix,
                                dir=directory)
     os.close(fd)

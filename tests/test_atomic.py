@@ -110,3 +110,20 @@ def test_successful_write_replaces_and_leaves_nothing(tmp_path):
     assert main(["encode", str(VECTORS / "in_tiny.npz"), "-o", str(out), "--quiet", "--no-verify"]) == 0
     assert out.read_bytes() != OLD and out.read_bytes()[:4] == b"\x00\x04\x02\x01"
     assert _leftovers(tmp_path, "out.nnc") == []
+
+
+def test_output_that_is_a_directory_or_in_a_missing_directory(tmp_path, capsys):
+    # the error names the target, and no temporary file is created beside it (the parent of a directory
+    # target is some other directory the user never named)
+    src = str(VECTORS / "gauss_qp-32_dq.nnc")
+    (tmp_path / "out").mkdir()
+    before = sorted(os.listdir(tmp_path))
+    assert main(["decode", src, "--format", "npz", "-o", str(tmp_path / "out")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["encode", str(VECTORS / "in_gauss.npz"), "-o", str(tmp_path / "out")]) == 2
+    assert f"the output is a directory, not a file: '{tmp_path / 'out'}'" in capsys.readouterr().err
+    assert main(["encode", str(VECTORS / "in_gauss.npz"), "-o", str(tmp_path / "missing" / "x.nnc")]) == 2
+    assert "the output's directory does not exist" in capsys.readouterr().err
+    assert main(["encode", str(VECTORS / "in_gauss.npz"), "-o", str(tmp_path / "ok.nnc")]) == 0  # the input is fine
+    os.unlink(tmp_path / "ok.nnc")
+    assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "out") == []

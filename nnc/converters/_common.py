@@ -4,13 +4,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 import numpy as np
 
+from .._atomic import atomic_output
 from ..errors import ModelFormatError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
 
@@ -48,7 +48,8 @@ def coded_array(arr: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path in the directory of ``dest``; move it onto ``dest`` only on success.
+    """Yield a temporary path in the directory of ``dest``; move it onto ``dest`` only on success
+    (:func:`nnc._atomic.atomic_output`, with a missing directory reported as a ``ModelFormatError``).
 
     On any exception the temporary file is removed, so no partial output is ever left behind.
     """
@@ -56,15 +57,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[str]:
     directory = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(directory):
         raise ModelFormatError(f"cannot write {dest!r}: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(dest, suffix=".tmp") as tmp:
+        yield str(tmp)
 
 
 # --------------------------------------------------------------------------------------------------
