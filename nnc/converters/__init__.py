@@ -35,7 +35,7 @@ from ._common import TensorRecord, coded_array, plan_restore
 from ._bitstream import drop_topology_units
 
 __all__ = [
-    "LoadedModel", "load_model", "save_model", "detect_format", "FORMATS",
+    "LoadedModel", "load_model", "save_model", "detect_format", "FORMATS", "FOLDER_FILES",
     "from_torch", "to_state_dict", "load_into_module", "from_onnx", "to_onnx",
     "from_safetensors", "from_npz", "restore_tensors", "drop_topology_units",
 ]
@@ -144,15 +144,87 @@ def from_onnx(model, *, constant_min_elements: int = _onnx.DEFAULT_CONSTANT_MIN_
     return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
 
 
+#: weight files of a model folder (Hugging Face names), in the order they are looked for
+FOLDER_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "model.onnx")
+
+
+def _load_folder(path: str, format: str | None) -> LoadedModel:
+    for name in FOLDER_FILES:
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            if name.endswith(".index.json"):
+                return _load_sharded(candidate, format)
+            return load_model(candidate, format=format)
+    exts = {e for group in FORMATS.values() for e in group}
+    found = sorted(f for f in os.listdir(path)
+                   if os.path.splitext(f)[1].lower() in exts and os.path.isfile(os.path.join(path, f)))
+    if len(found) == 1:
+        return load_model(os.path.join(path, found[0]), format=format)
+    what = "no model file" if not found else f"several model files ({', '.join(found[:6])})"
+    raise ModelFormatError(f"cannot read {path!r}: it is a directory with {what} and none of the usual names "
+                           f"({', '.join(FOLDER_FILES)}); name the file")
+
+
+def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
+    """A checkpoint split into shards (``*.index.json`` with a ``weight_map`` name -> shard file): the shards'
+    tensors in shard order, each shard in its own order, as one model."""
+    import json
+    folder = os.path.dirname(index_path)
+    try:
+        with open(index_path, "rb") as f:
+            index = json.loads(f.read(16 << 20).decode("utf-8"))
+        weight_map = index["weight_map"]
+        if not (isinstance(weight_map, dict) and weight_map
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+            raise TypeError("weight_map must map tensor names to shard file names")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ModelFormatError(f"{index_path!r} is not a readable shard index: {e}") from None
+    shards = list(dict.fromkeys(weight_map.values()))
+    for shard in shards:
+        if os.path.basename(shard) != shard or shard in ("", ".", ".."):
+            raise ModelFormatError(f"{index_path!r}: shard {shard!r} is not a file name in the index's folder")
+        if not os.path.isfile(os.path.join(folder, shard)):
+            raise ModelFormatError(f"{index_path!r}: shard {shard!r} does not exist")
+    tensors: dict[str, np.ndarray] = {}
+    merged = None
+    order: list[str] = []
+    source = None
+    for shard in shards:
+        part = load_model(os.path.join(folder, shard), format=format)
+        rec = TensorRecord.from_topology(part.topology) or TensorRecord()
+        names = rec.order or list(part.tensors)
+        unlisted = [n for n in names if weight_map.get(n) != shard]
+        if unlisted:
+            raise ModelFormatError(f"{index_path!r}: shard {shard!r} holds {unlisted[:3]}, which the index does not "
+                                   f"place in it")
+        tensors.update(part.tensors)
+        order += names
+        source = source or part.source_format
+        if merged is None:
+            merged = rec
+        else:
+            merged.dtypes.update(rec.dtypes)
+            merged.shapes.update(rec.shapes)
+            merged.tied.update(rec.tied)
+    missing = [n for n in weight_map if n not in set(order)]
+    if missing:
+        raise ModelFormatError(f"{index_path!r}: the index lists {missing[:3]}, which no shard holds")
+    merged.order = order if merged.tied else []
+    return LoadedModel(tensors, merged.to_topology(), source)
+
+
 def load_model(source, *, format: str | None = None) -> LoadedModel:
-    """Load a model file (format from its extension unless ``format`` is given) or an in-memory model."""
+    """Load a model file (format from its extension unless ``format`` is given), a model folder (its
+    ``model.safetensors``, ``pytorch_model.bin``, ``model.onnx`` or sharded ``*.index.json``; see
+    :data:`FOLDER_FILES`) or an in-memory model."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if os.path.isdir(path):
+            return _load_folder(path, format)
         fmt = detect_format(path, format)
         if not os.path.exists(path):
             raise ModelFormatError(f"cannot read {path!r}: no such file")
-        if os.path.isdir(path):
-            raise ModelFormatError(f"cannot read {path!r}: it is a directory, not a model file")
         if fmt == "onnx":
             tensors, topology = _onnx.load_onnx_file(path)
             return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
