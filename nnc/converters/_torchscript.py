@@ -104,7 +104,11 @@ class _Archive:
         """(parameters, buffers) of a ``__torch__`` module class, None for a class that is not a Module."""
         if qualname not in self.classes:
             module, _, cls = qualname.rpartition(".")
-            source = self.read(self.root + "code/" + module.replace(".", "/") + ".py", _MAX_CODE_BYTES)
+            entry = self.root + "code/" + module.replace(".", "/") + ".py"
+            if entry not in self.entries:
+                raise ModelFormatError(f"{self.path!r}: {qualname} has no class declaration in the archive ({entry} "
+                                       f"is missing); TorchScript custom classes are not supported")
+            source = self.read(entry, _MAX_CODE_BYTES)
             self._parse_code(module, source.decode("utf-8", errors="replace"))
             self.classes.setdefault(qualname, None)
         return self.classes[qualname]
@@ -124,7 +128,7 @@ class _Archive:
                 m = re.search(rf"^  {key} = (\[[^\]\n]*\])\s*$", block, flags=re.M)
                 try:
                     value = ast.literal_eval(m.group(1)) if m else []
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
                     raise ModelFormatError(f"{self.path!r}: class {name} has an unreadable {key} list") from None
                 if not all(isinstance(v, str) for v in value):
                     raise ModelFormatError(f"{self.path!r}: class {name} has a non-string entry in {key}")
