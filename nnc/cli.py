@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True)
     d.add_argument("--format", choices=_FORMAT_CHOICES, default=None,
                    help="output model format when the extension does not tell")
+    d.add_argument("--template", default=None, metavar="ORIGINAL.jit",
+                   help="write a TorchScript archive: this program with the decoded weights (nothing is run)")
     d.add_argument("--threads", type=int, default=1)
 
     i = sub.add_parser("info", help="unit-by-unit summary of a bitstream")
@@ -173,7 +175,7 @@ def _cmd_decode(a) -> int:
 
     data = _read_input(a.input)
     model = Decoder(DecoderConfig(threads=a.threads)).decode_model(data)
-    converters.save_model(a.output, model.tensors, model.topology, format=a.format)
+    converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
     print(f"{a.input} -> {a.output}: {len(model.tensors)} tensors")
     return 0
 

@@ -101,7 +101,7 @@ def test_round_trip_into_the_scripted_model(archive):
     assert torch.allclose(a, b, atol=0.05), (a - b).abs().max()
 
 
-def test_cli_encodes_a_jit_file_and_refuses_to_write_one(archive, tmp_path, capsys):
+def test_cli_encodes_a_jit_file_and_writes_one_from_a_template(archive, tmp_path, capsys):
     from nnc.cli import main
 
     path, _ = archive
@@ -112,8 +112,11 @@ def test_cli_encodes_a_jit_file_and_refuses_to_write_one(archive, tmp_path, caps
     assert list(torch.load(tmp_path / "m.pt", weights_only=True)) == list(torch.jit.load(str(path)).state_dict())
     capsys.readouterr()
     assert main(["decode", str(tmp_path / "m.nnc"), "-o", str(tmp_path / "out.jit")]) == 2
-    assert "not TorchScript" in capsys.readouterr().err
+    assert "--template" in capsys.readouterr().err  # the program is not in the bitstream
     assert not (tmp_path / "out.jit").exists()
+    assert main(["decode", str(tmp_path / "m.nnc"), "-o", str(tmp_path / "out.jit"), "--template", str(jit)]) == 0
+    rebuilt = torch.jit.load(str(tmp_path / "out.jit")).state_dict()
+    assert list(rebuilt) == list(torch.jit.load(str(path)).state_dict())
 
 
 def test_silero_vad_jit_codes_like_its_state_dict():
@@ -307,3 +310,68 @@ def test_a_shared_submodule_is_listed_under_both_names(tmp_path):
 
     sd = _torchscript.read_state_dict(str(_craft(tmp_path, graph=shared)))
     assert list(sd) == ["w", "x.w", "y.w"]
+
+
+def test_template_rebuilds_the_program_with_decoded_weights(archive, tmp_path, monkeypatch):
+    path, args = archive
+    lm = C.load_model(path)
+    dm = nnc.decode_model(nnc.encode(lm.tensors, nnc.EncoderConfig(qp=-40), topology=lm.topology))
+    expected = C.to_state_dict(dm.tensors, dm.topology)  # the decoded weights in their original dtypes
+    out = tmp_path / "rebuilt.pt"
+    with monkeypatch.context() as m:  # the template is rewritten without being loaded by torch
+        m.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load called"))
+        C.save_model(out, dm.tensors, dm.topology, template=path)
+    original, rebuilt = torch.jit.load(str(path)), torch.jit.load(str(out))
+    sd = rebuilt.state_dict()
+    assert list(sd) == list(expected)
+    for k, v in expected.items():
+        assert sd[k].dtype == v.dtype and torch.equal(sd[k], v), k
+    assert sd["head.weight"].data_ptr() == sd["blocks.0.weight"].data_ptr()  # still tied
+    if hasattr(original.inner, "state"):  # scripted (tracing drops it): attributes outside the state_dict kept
+        assert torch.equal(rebuilt.inner.state, original.inner.state)
+    with torch.no_grad():
+        a, b = original(*args), rebuilt(*args)
+    assert 0 < (a - b).abs().max() < 0.05
+
+
+def test_template_that_does_not_fit_is_refused_without_output(archive, tmp_path):
+    path, _ = archive
+    other = tmp_path / "other.pt"
+    torch.jit.script(nn.Linear(3, 2)).save(str(other))
+    lm = C.load_model(path)
+    dm = nnc.decode_model(nnc.encode(lm.tensors, nnc.EncoderConfig(qp=-40), topology=lm.topology))
+    with pytest.raises(ModelFormatError, match="do not fit the TorchScript template"):
+        C.save_model(tmp_path / "x.jit", dm.tensors, dm.topology, template=other)
+    with pytest.raises(ModelFormatError, match="not a TorchScript archive"):
+        C.save_model(tmp_path / "x.jit", dm.tensors, dm.topology, template=tmp_path / "missing.pt")
+    with pytest.raises(ModelFormatError, match="names a safetensors file"):
+        C.save_model(tmp_path / "x.safetensors", dm.tensors, dm.topology, template=path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt", path.name]
+
+
+def test_silero_vad_rebuilt_from_its_bitstream_runs():
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None:
+        pytest.skip("silero-vad is not installed")
+    path = Path(spec.origin).parent / "data" / "silero_vad.jit"
+    lm = C.load_model(path)
+    dm = nnc.decode_model(nnc.encode(lm.tensors, nnc.EncoderConfig(qp=-32), topology=lm.topology))
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "silero_vad.jit"
+        C.save_model(out, dm.tensors, dm.topology, template=path)
+        original, rebuilt = torch.jit.load(str(path)), torch.jit.load(str(out))
+    # the trusted way to the same model: load the original program, then the decoded state_dict into it
+    loaded = torch.jit.load(str(path))
+    loaded.load_state_dict(C.to_state_dict(dm.tensors, dm.topology))
+    t = torch.linspace(0, 2, 32000)
+    audio = 0.3 * torch.sin(2 * np.pi * 220 * t) * (t > 1) + 0.01 * torch.randn(32000, generator=torch.Generator().manual_seed(0))
+
+    def speech_probs(model):
+        model.reset_states()
+        with torch.no_grad():
+            return torch.tensor([model(audio[i:i + 512][None], 16000).item() for i in range(0, 31488, 512)])
+
+    p_rebuilt, p_loaded, p_original = speech_probs(rebuilt), speech_probs(loaded), speech_probs(original)
+    assert torch.equal(p_rebuilt, p_loaded)
+    assert not torch.equal(p_rebuilt, p_original)  # the weights are the decoded ones

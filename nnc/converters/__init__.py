@@ -14,7 +14,7 @@ npz          ``.npz``                                      storage format 0: emp
 ===========  ============================================  =======================================================
 
 TorchScript archives (``torch.jit.save``, any of the PyTorch extensions) are read as their state_dict without
-running them; nnc does not write TorchScript.
+running them; ``save_model(..., template=original)`` writes the original program with the decoded weights.
 
 The JSON record (UTF-8, no NUL byte, uncompressed, so NNCodec 2.1.3 reads and ignores it) holds what NNC itself
 does not carry: original dtypes other than float32 (bfloat16, float16, int64, bool...), the shape of 0-d tensors,
@@ -293,12 +293,23 @@ def to_onnx(tensors: Mapping[str, np.ndarray], topology: Topology):
 
 
 def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | None, *,
-               format: str | None = None) -> None:
-    """Write a model file atomically (temp file in the same directory + ``os.replace``)."""
+               format: str | None = None, template: str | os.PathLike | None = None) -> None:
+    """Write a model file atomically (temp file in the same directory + ``os.replace``).
+
+    ``template``: a TorchScript archive whose state_dict the tensors replace; the result is that program with
+    the new weights (nothing of the template is run; see ``docs/converters.md``)."""
     path = os.fspath(dest)
     fmt = detect_format(path, format)
     if os.path.isdir(path):
         raise ModelFormatError(f"cannot write {path!r}: it is a directory")
+    if template is not None:
+        from . import _torchscript
+        if fmt != "pytorch":
+            raise ModelFormatError(f"a TorchScript template makes a TorchScript archive; {path!r} names a {fmt} file")
+        if not _torchscript.is_torchscript_archive(os.fspath(template)):
+            raise ModelFormatError(f"template {os.fspath(template)!r} is not a TorchScript archive")
+        _torchscript.rewrite_archive(os.fspath(template), path, restore_tensors(tensors, topology))
+        return
     if fmt == "onnx":
         if not _onnx.is_onnx_topology(topology):
             raise ModelFormatError("cannot write an .onnx model: the bitstream carries no ONNX topology "
@@ -307,8 +318,8 @@ def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | Non
         return
     record = _record_for(topology)
     if fmt == "pytorch" and os.path.splitext(path)[1].lower() == ".jit":
-        raise ModelFormatError(f"cannot write {path!r}: nnc writes PyTorch state_dicts, not TorchScript programs; "
-                               "write .pt and load it with torch.jit.load(original).load_state_dict(...)")
+        raise ModelFormatError(f"cannot write {path!r} without the TorchScript program: pass the original archive "
+                               "as template (CLI: --template original.jit), or write a .pt state_dict")
     if fmt == "pytorch":
         from . import _torch
         _torch.write_torch_file(path, tensors, record)

@@ -17,7 +17,7 @@ import re
 import warnings
 import zipfile
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import ModelFormatError
 
@@ -253,42 +253,85 @@ def _torch():
 
 def read_state_dict(path: str) -> "OrderedDict[str, Any]":
     """The state_dict (names -> torch tensors, ``ScriptModule.state_dict()`` order) of a TorchScript archive."""
-    torch = _torch()
     archive = _Archive(path)
     try:
-        root = archive.load_data()
-        if not isinstance(root, _ScriptObject):
-            raise ModelFormatError(f"{path!r}: data.pkl does not hold a TorchScript module")
-        out: OrderedDict[str, Any] = OrderedDict()
-        stack = [(root, "", 0)]
-        visits = 0
-        # depth-first, a module's own parameters and buffers before its submodules, as Module.state_dict(); a
-        # submodule shared under two names is listed under both (its tensors are tied), so a pickle can make a
-        # graph whose paths multiply: visits are capped, as is the depth (a cycle)
-        while stack:
-            obj, prefix, depth = stack.pop()
-            visits += 1
-            if depth > _MAX_DEPTH:
-                raise ModelFormatError(f"{path!r}: modules nest more than {_MAX_DEPTH} levels deep")
-            if visits > _MAX_VISITS:
-                raise ModelFormatError(f"{path!r}: more than {_MAX_VISITS} module visits (submodules shared "
-                                       f"along many paths)")
-            decl = archive.declaration(obj.qualname)
-            state = getattr(obj, "state", None)
-            if decl is None or not isinstance(state, dict):
-                raise ModelFormatError(f"{path!r}: {prefix or 'the root'} ({obj.qualname}) is not a plain module")
-            params, buffers = decl
-            for name in params + buffers:
-                value = state.get(name)
-                if value is None:  # an optional parameter set to None (bias=False)
-                    continue
-                if not isinstance(value, torch.Tensor):
-                    raise ModelFormatError(f"{path!r}: {prefix}{name} is declared a parameter or buffer but holds "
-                                           f"a {type(value).__name__}")
-                out[prefix + name] = value
-            children = [(v, f"{prefix}{k}.", depth + 1) for k, v in state.items()
-                        if isinstance(v, _ScriptObject) and archive.declaration(v.qualname) is not None]
-            stack.extend(reversed(children))
-        return out
+        return _state_dict(archive)
+    finally:
+        archive.close()
+
+
+def _state_dict(archive: _Archive) -> "OrderedDict[str, Any]":
+    """The state_dict of an open archive; its tensors are views of ``archive.storages``."""
+    torch = _torch()
+    path = archive.path
+    root = archive.load_data()
+    if not isinstance(root, _ScriptObject):
+        raise ModelFormatError(f"{path!r}: data.pkl does not hold a TorchScript module")
+    out: OrderedDict[str, Any] = OrderedDict()
+    stack = [(root, "", 0)]
+    visits = 0
+    # depth-first, a module's own parameters and buffers before its submodules, as Module.state_dict(); a
+    # submodule shared under two names is listed under both (its tensors are tied), so a pickle can make a
+    # graph whose paths multiply: visits are capped, as is the depth (a cycle)
+    while stack:
+        obj, prefix, depth = stack.pop()
+        visits += 1
+        if depth > _MAX_DEPTH:
+            raise ModelFormatError(f"{path!r}: modules nest more than {_MAX_DEPTH} levels deep")
+        if visits > _MAX_VISITS:
+            raise ModelFormatError(f"{path!r}: more than {_MAX_VISITS} module visits (submodules shared "
+                                   f"along many paths)")
+        decl = archive.declaration(obj.qualname)
+        state = getattr(obj, "state", None)
+        if decl is None or not isinstance(state, dict):
+            raise ModelFormatError(f"{path!r}: {prefix or 'the root'} ({obj.qualname}) is not a plain module")
+        params, buffers = decl
+        for name in params + buffers:
+            value = state.get(name)
+            if value is None:  # an optional parameter set to None (bias=False)
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise ModelFormatError(f"{path!r}: {prefix}{name} is declared a parameter or buffer but holds "
+                                       f"a {type(value).__name__}")
+            out[prefix + name] = value
+        children = [(v, f"{prefix}{k}.", depth + 1) for k, v in state.items()
+                    if isinstance(v, _ScriptObject) and archive.declaration(v.qualname) is not None]
+        stack.extend(reversed(children))
+    return out
+
+
+def rewrite_archive(template: str, dest: str, tensors: Mapping[str, Any]) -> None:
+    """Write ``dest``: the TorchScript archive ``template`` with its state_dict replaced by ``tensors`` (numpy
+    arrays of the same names and shapes, e.g. decoded ones). Nothing of the template is run: its code, its other
+    attributes and every byte outside the replaced tensors are copied, each tensor is written into its storage
+    (cast to the storage's dtype), and the archive is written entry by entry in the template's order."""
+    import numpy as np
+
+    from ._common import atomic_path
+    torch = _torch()
+    archive = _Archive(template)
+    try:
+        sd = _state_dict(archive)
+        missing = [n for n in sd if n not in tensors]
+        extra = [n for n in tensors if n not in sd]
+        if missing or extra:
+            raise ModelFormatError(f"the tensors do not fit the TorchScript template {template!r}: missing "
+                                   f"{missing[:5]}, not in the template {extra[:5]}")
+        for name, view in sd.items():
+            arr = np.asarray(tensors[name])
+            if tuple(arr.shape) != tuple(view.shape):
+                raise ModelFormatError(f"tensor {name!r} has shape {list(arr.shape)}, the template's "
+                                       f"{list(view.shape)}")
+            with torch.no_grad():
+                view.copy_(torch.from_numpy(np.array(arr, order="C", copy=True)).to(view.dtype))  # keeps 0-d
+        replaced = {f"{archive.root}data/{key}": flat for key, flat in archive.storages.items()}
+        with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
+            for info in archive.zip.infolist():
+                flat = replaced.get(info.filename)
+                data = (flat.view(torch.uint8).numpy().tobytes() if flat is not None and flat.numel()
+                        else b"" if flat is not None else archive.read(info.filename, info.file_size))
+                entry = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                entry.compress_type = zipfile.ZIP_STORED
+                out.writestr(entry, data)
     finally:
         archive.close()
