@@ -274,3 +274,44 @@ def test_in_process_loop_survives_a_tampering_channel(digits):
     assert any(res.dropped[i] for i in (2, 5, 8))
     assert all(not res.dropped[i] for i in (0, 1, 3, 4, 6, 7))
     assert res.accuracy[-1] > res.accuracy[0]
+
+
+def _bn_like_model():
+    # the state_dict of Linear + BatchNorm1d: a 0-d int64 counter, 1-D float buffers, a 2-D weight
+    rng = np.random.default_rng(0)
+    return {"fc.weight": rng.standard_normal((6, 5)).astype(np.float32) * 0.1, "fc.bias": np.zeros(6, np.float32),
+            "bn.running_mean": np.zeros(6, np.float32), "bn.running_var": np.ones(6, np.float32),
+            "bn.num_batches_tracked": np.array(0, np.int64)}
+
+
+def _uplinks():
+    from nnc.fl import compressors as comp
+    out = {name: pair for name, pair in nnc.fl.presets().items()}
+    for name, c in comp.ALL().items():
+        out[f"compressor {name}"] = (UplinkConfig(compressor=c), DownlinkConfig(mode="float32"))
+    return out
+
+
+@pytest.mark.parametrize("method", sorted(_uplinks()))
+def test_models_with_0d_and_integer_buffers_train_without_drops(method):
+    # BatchNorm's num_batches_tracked is a 0-d int64 tensor; NNC codes 0-d tensors with shape (1,), and every
+    # upload of such a model used to be rejected for its shape (and int64 trained values for their dtype)
+    up, down = _uplinks()[method]
+    base = _bn_like_model()
+    server = ServerCodec(base, up, down)
+    clients = {c: ClientCodec(base, up, down) for c in ("a", "b", "c")}
+    rng = np.random.default_rng(1)
+    for r in range(4):
+        msgs = {}
+        for c, cc in clients.items():
+            local = cc.receive(server.downlink_for(c))
+            assert all(isinstance(v, np.ndarray) and v.shape == np.shape(base[k]) for k, v in local.items())
+            trained = {k: (v + rng.standard_normal(v.shape).astype(np.float32) * 0.05 if k != "bn.num_batches_tracked"
+                           else np.array(round(float(v)) + 1, np.int64)) for k, v in local.items()}
+            msgs[c] = cc.encode(trained, num_examples=10)
+        server.step(msgs)
+        assert server.ledger[-1].dropped == {}, server.ledger[-1].dropped
+    assert all(isinstance(v, np.ndarray) and v.shape == np.shape(base[k]) for k, v in server.model.items())
+    assert not np.array_equal(server.model["fc.weight"], base["fc.weight"])
+    if up.compressor is None:  # nnc's own uplinks carry the counter (the classic compressors may round it away)
+        assert 2.5 < float(server.model["bn.num_batches_tracked"]) < 4.5

@@ -112,6 +112,8 @@ class _Reader:
             return None
         self.used.add(name)
         a = np.asarray(self.t[name])
+        if shape is not None and tuple(shape) == () and a.shape == (1,):  # NNC codes 0-d tensors with shape (1,)
+            a = a.reshape(())
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise UpdateStateError(f"tensor {name!r} has shape {a.shape}, expected {tuple(shape)}")
         if ndim is not None and a.ndim != ndim:

@@ -222,6 +222,15 @@ def _zeros_like(x: Tensors, dtype=np.float32) -> dict[str, np.ndarray]:
     return {k: np.zeros(np.shape(v), dtype=dtype) for k, v in x.items()}
 
 
+def _model_shape(name: str, arr: np.ndarray, reference: Tensors) -> np.ndarray:
+    """NNC has no 0-d tensors (they are coded with shape (1,)): a decoded (1,) array of a 0-d model tensor, such
+    as BatchNorm's num_batches_tracked, takes the model's shape back."""
+    ref = reference.get(name)
+    if ref is not None and np.ndim(ref) == 0 and np.shape(arr) == (1,):
+        return np.asarray(arr).reshape(())
+    return arr
+
+
 def validate_tensors(got: Tensors, reference: Tensors, *, require_all: bool = False) -> None:
     """Names must be in ``reference``, shapes equal, values finite; raises :class:`UpdateStateError`."""
     for k, v in got.items():
@@ -230,8 +239,8 @@ def validate_tensors(got: Tensors, reference: Tensors, *, require_all: bool = Fa
         if np.shape(v) != np.shape(reference[k]):
             raise UpdateStateError(f"tensor {k!r} has shape {np.shape(v)}, the model has {np.shape(reference[k])}")
         a = np.asarray(v)
-        if a.dtype.kind != "f":
-            raise UpdateStateError(f"tensor {k!r} has dtype {a.dtype}, expected float")
+        if a.dtype.kind not in "fiub":  # integer buffers (BatchNorm's num_batches_tracked) travel as floats
+            raise UpdateStateError(f"tensor {k!r} has dtype {a.dtype}, expected a float, integer or bool array")
         if not np.isfinite(a).all():
             raise UpdateStateError(f"tensor {k!r} holds non-finite values")
     if require_all:
@@ -452,7 +461,8 @@ class ClientCodec:
 # --------------------------------------------------------------------------------------------------------
 def lattice_model(base: Tensors, levels: Tensors, cfg: DownlinkConfig) -> dict[str, np.ndarray]:
     """``base + step * levels`` in float32, the same on server and clients."""
-    return {k: (base[k] + reconstruct_uniform(levels[k], cfg.qp_for(k), cfg.qp_density)).astype(np.float32)
+    # np.asarray: for 0-d tensors the sum is a numpy scalar, and the model's entries are arrays
+    return {k: np.asarray(base[k] + reconstruct_uniform(levels[k], cfg.qp_for(k), cfg.qp_density), np.float32)
             for k in base}
 
 
@@ -464,11 +474,12 @@ def decode_levels(stream, base: Tensors, cfg: DownlinkConfig, limits: DecoderCon
     for name, t in model.details.items():
         if name not in base:
             raise UpdateStateError(f"downlink names unknown tensor {name!r}")
-        if t.levels.shape != np.shape(base[name]):
-            raise UpdateStateError(f"downlink tensor {name!r} has shape {t.levels.shape}")
+        levels = _model_shape(name, t.levels, base)
+        if levels.shape != np.shape(base[name]):
+            raise UpdateStateError(f"downlink tensor {name!r} has shape {levels.shape}")
         if t.qp != cfg.qp_for(name):
             raise UpdateStateError(f"downlink tensor {name!r} has QP {t.qp}, the lattice uses {cfg.qp_for(name)}")
-        out[name] = t.levels.astype(np.int64)
+        out[name] = levels.astype(np.int64)
     return out
 
 
@@ -619,6 +630,7 @@ class ServerCodec:
                     if dec is None:
                         dec = self.decoders[client] = UpdateDecoder(config=self.limits)
                     got = dec.decode_update(msg.payload)
+                got = {k: _model_shape(k, v, self.base) for k, v in got.items()}
                 validate_tensors(got, self.base)
             n = msg.num_examples
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -647,7 +659,7 @@ class ServerCodec:
                     mean[k] += w * d[k]
         self.round += 1
         if self.downlink.mode == "float32":
-            self.model = {k: (self.model[k] + mean[k]).astype(np.float32) for k in self.model}
+            self.model = {k: np.asarray(self.model[k] + mean[k], np.float32) for k in self.model}
         else:
             dl = self.downlink
             acc = {k: mean[k] + self.residual[k] for k in mean} if dl.error_feedback else mean
