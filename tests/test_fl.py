@@ -315,3 +315,13 @@ def test_models_with_0d_and_integer_buffers_train_without_drops(method):
     assert not np.array_equal(server.model["fc.weight"], base["fc.weight"])
     if up.compressor is None:  # nnc's own uplinks carry the counter (the classic compressors may round it away)
         assert 2.5 < float(server.model["bn.num_batches_tracked"]) < 4.5
+
+
+def test_flower_records_keep_0d_arrays():
+    pytest.importorskip("flwr")
+    from nnc.fl.flower import from_arrayrecord, to_arrayrecord
+
+    d = {"w": np.ones((2, 3), np.float32)[:, ::2], "bn.num_batches_tracked": np.array(5, np.int64)}
+    back = from_arrayrecord(to_arrayrecord(d))
+    assert {k: (v.dtype, v.shape) for k, v in back.items()} == {k: (v.dtype, v.shape) for k, v in d.items()}
+    assert all(np.array_equal(back[k], d[k]) for k in d)

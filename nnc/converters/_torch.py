@@ -72,7 +72,7 @@ def state_dict_to_tensors(state_dict: Mapping[str, Any], source_format: str = "p
         if not isinstance(name, str):
             raise ModelFormatError(f"state_dict key {name!r} is not a string")
         if isinstance(t, np.ndarray):
-            t = torch.from_numpy(np.ascontiguousarray(t)) if t.dtype.kind in "fiub" else t
+            t = torch.from_numpy(np.asarray(t, order="C")) if t.dtype.kind in "fiub" else t  # keeps 0-d
         if not isinstance(t, torch.Tensor):
             raise ModelFormatError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor")
         order.append(name)

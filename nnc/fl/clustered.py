@@ -312,7 +312,7 @@ if _FlwrFedAvg is not None:
         return {k: rec[k].numpy() for k in rec.keys()}
 
     def _dict_to_rec(t: Tensors):
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in t.items()})
+        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in t.items()})  # keeps 0-d shapes
 
     def cfl_mod(qp: int | None = -40, arrays_key: str = "arrays"):
         """Client Mod: remembers the model it received and replaces the trained model in the reply by the

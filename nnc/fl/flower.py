@@ -38,7 +38,8 @@ def _bytes_array(data: bytes, stype: str) -> Array:
 
 
 def to_arrayrecord(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in tensors.items()})
+    # np.asarray(order="C"), not np.ascontiguousarray, which turns 0-d arrays into shape (1,)
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in tensors.items()})
 
 
 def from_arrayrecord(rec: ArrayRecord) -> dict[str, np.ndarray]:
@@ -54,7 +55,7 @@ def _downlink_to_records(msg: DownlinkMessage) -> tuple[ArrayRecord, dict]:
         arrays[f"nnc.stream.{i:04d}"] = _bytes_array(s, STYPE_STREAM)
     if msg.arrays is not None:
         for k, v in msg.arrays.items():
-            arrays[k] = Array(np.ascontiguousarray(v, dtype=np.float32))
+            arrays[k] = Array(np.asarray(v, dtype=np.float32, order="C"))
     meta = {"nnc.kind": msg.kind, "nnc.base-round": int(msg.base_round), "nnc.round": int(msg.round),
             "nnc.reset-uplink": bool(msg.reset_uplink)}
     return ArrayRecord(arrays), meta
