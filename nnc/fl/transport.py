@@ -23,6 +23,7 @@ Design (see docs/fl.md for the reasoning):
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
@@ -37,9 +38,18 @@ from ..quant import qp_for_step, reconstruct_uniform
 from . import sparsify as sp
 
 __all__ = ["UplinkConfig", "DownlinkConfig", "DownlinkMessage", "UplinkMessage", "ClientCodec", "ServerCodec",
-           "RejectedUpdateError", "RoundRecord", "validate_tensors"]
+           "RejectedUpdateError", "RoundRecord", "validate_tensors", "RUNNING_STATISTICS"]
 
 Tensors = Mapping[str, np.ndarray]
+
+#: fnmatch patterns of running statistics (PyTorch BatchNorm buffers). Clients do not train them by gradient
+#: steps from the global model: their next delta measures again whatever gap was not sent, so error feedback
+#: would count it twice (a running variance then overshoots below zero) and top-k would leave them stale.
+RUNNING_STATISTICS = ("*running_mean", "*running_var", "*num_batches_tracked")
+
+
+def _statistics(names: Iterable[str], patterns) -> set:
+    return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
 
 
 class RejectedUpdateError(NNCError, ValueError):
@@ -77,6 +87,9 @@ class UplinkConfig:
             upload is the compressor's one-shot NNC bitstream, its per-client state (error feedback,
             momentum, warm start) lives in :attr:`ClientCodec.comp_state` and the server rebuilds the update
             with ``compressor.decode``. Needs ``mode="nnc"``.
+        statistics: fnmatch patterns of running statistics (:data:`RUNNING_STATISTICS`: BatchNorm's
+            running_mean / running_var / num_batches_tracked). They are sent dense at ``qp`` without error
+            feedback, top-k, threshold or ternarisation (the classic compressors treat all tensors alike).
     """
 
     mode: str = "nnc"
@@ -92,6 +105,7 @@ class UplinkConfig:
     dq: bool = True
     qp_density: int = 2
     compressor: object = None
+    statistics: tuple = RUNNING_STATISTICS
 
     def __post_init__(self):
         if self.mode not in ("nnc", "float32"):
@@ -121,6 +135,8 @@ class DownlinkConfig:
         error_feedback: keep the server residual.
         initial_model_known: clients build the initial model themselves (shared seed); otherwise the first
             message to a client also carries the initial model as raw float32.
+        statistics: fnmatch patterns of running statistics, broadcast dense and without the server residual
+            (see :class:`UplinkConfig`).
     """
 
     mode: str = "float32"
@@ -132,6 +148,7 @@ class DownlinkConfig:
     error_feedback: bool = True
     initial_model_known: bool = True
     qp_density: int = 2
+    statistics: tuple = RUNNING_STATISTICS
 
     def __post_init__(self):
         if self.mode not in ("nnc", "float32"):
@@ -354,35 +371,38 @@ class ClientCodec:
             data, self.last_sent, self.comp_state = u.compressor.encode(
                 {k: np.asarray(delta[k], np.float32) for k in self.base}, self.comp_state)
             return UplinkMessage(data, num_examples)
-        acc = {k: np.asarray(delta[k], np.float32) + self.residual[k] for k in self.base} if u.error_feedback \
-            else {k: np.asarray(delta[k], np.float32) for k in self.base}
-        x = acc
-        if u.sparsity is not None:
+        stats = _statistics(self.base, u.statistics)
+        feedback = u.error_feedback
+        acc = {k: np.asarray(delta[k], np.float32) + (self.residual[k] if feedback and k not in stats else 0)
+               for k in self.base}
+        x = {k: v for k, v in acc.items() if k not in stats}
+        if u.sparsity is not None and x:
             x = sp.top_k(x, u.sparsity, scope=u.sparsity_scope)
-        if u.threshold is not None:
+        if u.threshold is not None and x:
             x = sp.threshold(x, u.threshold)
+        if u.mode == "nnc" and u.qp_mode == "ternary" and x:
+            x = sp.ternarize(x)
+        x = {k: x[k] if k in x else acc[k] for k in self.base}  # statistics dense, in the model's order
         if u.mode == "float32":
             sent = {k: v.copy() for k, v in x.items()}
             msg = UplinkMessage({k: v.copy() for k, v in sent.items()}, num_examples)
         else:
-            if u.qp_mode == "ternary":
-                x = sp.ternarize(x)
-            self.encoder.set_config(self._config_for(x))
+            self.encoder.set_config(self._config_for(x, stats))
             data = self.encoder.encode_update(x)
             rec = self.encoder.last_reconstruction
             sent = {k: rec.get(k, np.zeros_like(self.base[k])) for k in self.base}
             msg = UplinkMessage(data, num_examples)
-        self.residual = {k: acc[k] - sent[k] for k in self.base} if u.error_feedback \
-            else _zeros_like(self.base)
+        self.residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in self.base}
+                         if feedback else _zeros_like(self.base))
         self.last_sent = sent
         return msg
 
-    def _config_for(self, x: Tensors) -> EncoderConfig:
+    def _config_for(self, x: Tensors, stats: set = frozenset()) -> EncoderConfig:
         u = self.uplink
         per = {}
         for k, v in x.items():
             nz = v[v != 0]
-            if u.qp_mode == "fixed" or nz.size == 0:
+            if u.qp_mode == "fixed" or nz.size == 0 or k in stats:
                 per[k] = u.qp
             elif u.qp_mode == "ternary":
                 per[k] = _qp_for_step(float(np.abs(nz[0])), u.qp_density, round)
@@ -662,15 +682,20 @@ class ServerCodec:
             self.model = {k: np.asarray(self.model[k] + mean[k], np.float32) for k in self.model}
         else:
             dl = self.downlink
-            acc = {k: mean[k] + self.residual[k] for k in mean} if dl.error_feedback else mean
-            x = sp.top_k(acc, dl.sparsity) if dl.sparsity is not None else acc
+            stats = _statistics(mean, dl.statistics)
+            acc = {k: mean[k] + (self.residual[k] if dl.error_feedback and k not in stats else 0) for k in mean}
+            x = {k: v for k, v in acc.items() if k not in stats}
+            if dl.sparsity is not None and x:
+                x = sp.top_k(x, dl.sparsity)
+            x = {k: x[k] if k in x else acc[k] for k in mean}  # statistics dense, in the model's order
             stream = _encode_values(x, dl, dq=dl.dq)
             got = decode_levels(stream, self.base, dl, self.limits)   # exactly what clients will decode
             for k, d in got.items():
                 self.levels[k] = self.levels[k] + d
             sent = {k: reconstruct_uniform(got[k], dl.qp_for(k), dl.qp_density) if k in got
                     else np.zeros_like(self.base[k]) for k in self.base}
-            self.residual = {k: acc[k] - sent[k] for k in acc} if dl.error_feedback else _zeros_like(self.base)
+            self.residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in acc}
+                             if dl.error_feedback else _zeros_like(self.base))
             self._broadcasts[self.round] = stream
             self._snapshots[self.round] = {k: v.copy() for k, v in self.levels.items()}
             self.model = lattice_model(self.base, self.levels, dl)
