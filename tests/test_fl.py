@@ -357,3 +357,31 @@ def test_running_statistics_are_sent_dense_without_error_feedback(down):
     up = UplinkConfig(qp_mode="ternary", sparsity=0.05)
     assert np.abs(run(up) - target).max() < 0.01
     assert run(up.replace(statistics=())).min() < 0  # what it did before
+
+
+@pytest.mark.parametrize("name", ["topk(0.01,dense)", "dgc(0.01,dense)", "signsgd+ef"])
+def test_compressors_with_error_feedback_pass_running_statistics_beside_it(name):
+    from nnc.fl import compressors as comp
+    target = np.linspace(0.05, 0.4, 8).astype(np.float32)
+
+    def run(up):
+        base = _bn_like_model()
+        base["bn.running_var"] = np.ones(8, np.float32)
+        server = ServerCodec(base, up, DownlinkConfig())
+        clients = {c: ClientCodec(base, up, DownlinkConfig()) for c in ("a", "b")}
+        for r in range(6):
+            msgs = {}
+            for c, cc in clients.items():
+                local = cc.receive(server.downlink_for(c))
+                trained = dict(local)
+                trained["bn.running_var"] = local["bn.running_var"] + 0.8 * (target - local["bn.running_var"])
+                trained["fc.weight"] = local["fc.weight"] + 0.01
+                msgs[c] = cc.encode(trained, num_examples=5)
+            server.step(msgs)
+            assert server.ledger[-1].dropped == {}
+        return server.model["bn.running_var"]
+
+    up = UplinkConfig(compressor=comp.ALL()[name])
+    assert np.abs(run(up) - target).max() < 0.01
+    if name != "signsgd+ef":  # top-k with error feedback overshot before
+        assert np.abs(run(up.replace(statistics=())) - target).max() > 0.3

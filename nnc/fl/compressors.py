@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -49,6 +49,8 @@ Tensors = Mapping[str, np.ndarray]
 State = dict
 
 _QP_DENSITY = 2
+_STATISTICS_SUFFIX = ".statistics"   # running statistics travel beside the method's tensors, as dense floats
+_STATISTICS_BITS = 16
 _E_MIN, _E_MAX = -32, 31          # qp = 4 e must stay in [-128, 127] at qp_density 2
 
 
@@ -213,30 +215,43 @@ class Compressor:
             crc = zlib.crc32(np.ascontiguousarray(x[k], np.float32).tobytes(), crc)
         return np.random.default_rng([self.seed, step, crc])
 
-    def apply(self, update: Tensors, state: State) -> tuple[Packet, dict[str, np.ndarray], State]:
-        """Compress without coding: ``(packet, sent, new_state)`` (``sent`` = what the receiver rebuilds)."""
+    def apply(self, update: Tensors, state: State, statistics: Iterable[str] = ()
+              ) -> tuple[Packet, dict[str, np.ndarray], State]:
+        """Compress without coding: ``(packet, sent, new_state)`` (``sent`` = what the receiver rebuilds).
+
+        ``statistics``: names of running statistics (``nnc.fl.transport.RUNNING_STATISTICS``), which bypass the
+        method and its error feedback and travel as dense floats (their next update measures an unsent gap
+        again, so error feedback would count it twice)."""
         update = _f32(update)
+        stats = [k for k in update if k in set(statistics)]
         state = {k: np.array(v) for k, v in state.items()}
         step = int(state["step"][0]) if "step" in state else 0
-        x = self.prepare(update, state)
+        x = self.prepare({k: v for k, v in update.items() if k not in stats}, state)
         pk = self.compress(x, state, self.rng_for(x, step))
+        for k in stats:
+            qp = lattice_qp(float(np.abs(update[k]).max(initial=0)), _STATISTICS_BITS)
+            pk.add_float(k + _STATISTICS_SUFFIX, snap(update[k], qp), qp)
         if not pk.tensors:
             pk.tensors["_empty"] = np.zeros(1, np.int8)
-        sent = self.rebuild(pk.tensors, {k: v.shape for k, v in update.items()})
+        sent = self.rebuild(pk.tensors, {k: v.shape for k, v in update.items()}, stats)
         state.update(pk.state)
         self.finish(x, sent, state, pk)
         state["step"] = np.array([step + 1], np.int64)
         return pk, sent, state
 
-    def encode(self, update: Tensors, state: State) -> tuple[bytes, dict[str, np.ndarray], State]:
+    def encode(self, update: Tensors, state: State, statistics: Iterable[str] = ()
+               ) -> tuple[bytes, dict[str, np.ndarray], State]:
         """Compress and code one update: ``(bitstream, sent, new_state)``."""
-        pk, sent, state = self.apply(update, state)
+        pk, sent, state = self.apply(update, state, statistics)
         return _nnc_encode(pk.tensors, pk.encoder_config()), sent, state
 
-    def rebuild(self, tensors: Tensors, shapes: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    def rebuild(self, tensors: Tensors, shapes: Mapping[str, tuple], statistics: Iterable[str] = ()
+                ) -> dict[str, np.ndarray]:
         r = _Reader(tensors)
+        stats = set(statistics)
         try:
-            out = self.reconstruct(r, shapes)
+            out = {k: _as_float(r.need(k + _STATISTICS_SUFFIX, shapes[k]), k) for k in shapes if k in stats}
+            out.update(self.reconstruct(r, {k: v for k, v in shapes.items() if k not in stats}))
         except NNCError:
             raise
         except (ValueError, IndexError, KeyError, TypeError) as e:
@@ -246,10 +261,11 @@ class Compressor:
             raise UpdateStateError(f"{self.name}: unexpected tensors {extra[:5]}")
         return {k: np.asarray(out[k], np.float32).reshape(shapes[k]) for k in shapes}
 
-    def decode(self, data: bytes, model: Tensors, limits: DecoderConfig | None = None) -> dict[str, np.ndarray]:
+    def decode(self, data: bytes, model: Tensors, limits: DecoderConfig | None = None,
+               statistics: Iterable[str] = ()) -> dict[str, np.ndarray]:
         """Receiver: rebuild the dense update from the bitstream (shapes from ``model``; strict limits)."""
         tensors = _nnc_decode(bytes(data), limits or _limits(model))
-        return self.rebuild(tensors, {k: np.shape(v) for k, v in model.items()})
+        return self.rebuild(tensors, {k: np.shape(v) for k, v in model.items()}, statistics)
 
     def replace(self, **kw) -> "Compressor":
         return replace(self, **kw)

@@ -89,7 +89,8 @@ class UplinkConfig:
             with ``compressor.decode``. Needs ``mode="nnc"``.
         statistics: fnmatch patterns of running statistics (:data:`RUNNING_STATISTICS`: BatchNorm's
             running_mean / running_var / num_batches_tracked). They are sent dense at ``qp`` without error
-            feedback, top-k, threshold or ternarisation (the classic compressors treat all tensors alike).
+            feedback, top-k, threshold or ternarisation (with a ``compressor``: beside its tensors, as dense
+            16-bit floats, outside its error feedback).
     """
 
     mode: str = "nnc"
@@ -369,7 +370,8 @@ class ClientCodec:
         u = self.uplink
         if u.compressor is not None:
             data, self.last_sent, self.comp_state = u.compressor.encode(
-                {k: np.asarray(delta[k], np.float32) for k in self.base}, self.comp_state)
+                {k: np.asarray(delta[k], np.float32) for k in self.base}, self.comp_state,
+                _statistics(self.base, u.statistics))
             return UplinkMessage(data, num_examples)
         stats = _statistics(self.base, u.statistics)
         feedback = u.error_feedback
@@ -644,7 +646,8 @@ class ServerCodec:
                 if not isinstance(msg.payload, (bytes, bytearray, memoryview, np.ndarray)):
                     raise UpdateStateError(f"expected an NNC bitstream, got {type(msg.payload).__name__}")
                 if self.uplink.compressor is not None:
-                    got = self.uplink.compressor.decode(bytes(msg.payload), self.base)
+                    got = self.uplink.compressor.decode(bytes(msg.payload), self.base,
+                                                        statistics=_statistics(self.base, self.uplink.statistics))
                 else:
                     dec = self.decoders.get(client)
                     if dec is None:
