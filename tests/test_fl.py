@@ -327,61 +327,50 @@ def test_flower_records_keep_0d_arrays():
     assert all(np.array_equal(back[k], d[k]) for k in d)
 
 
+# A running variance is not trained from the global model by gradient steps: each round the client's value moves
+# most of the way to its data's variance again, so an unsent gap is measured again next round. With error
+# feedback on top it counts twice and overshoots (below zero under top-k + ternary); as statistics it converges.
+VAR_TARGET = np.linspace(0.05, 0.4, 8).astype(np.float32)
+
+
+def _running_variance_after_rounds(up, down, on_upload=None):
+    base = _bn_like_model()
+    base["bn.running_var"] = np.ones(8, np.float32)
+    server = ServerCodec(base, up, down)
+    clients = {c: ClientCodec(base, up, down) for c in ("a", "b")}
+    for r in range(6):
+        msgs = {}
+        for c, cc in clients.items():
+            local = cc.receive(server.downlink_for(c))
+            trained = dict(local)
+            trained["bn.running_var"] = local["bn.running_var"] + 0.8 * (VAR_TARGET - local["bn.running_var"])
+            trained["fc.weight"] = local["fc.weight"] + 0.01
+            msgs[c] = cc.encode(trained, num_examples=5)
+            if on_upload is not None:
+                on_upload(r, cc)
+        server.step(msgs)
+        assert server.ledger[-1].dropped == {}
+    return server.model["bn.running_var"]
+
+
 @pytest.mark.parametrize("down", [DownlinkConfig(), DownlinkConfig(mode="nnc", qp=-40, sparsity=0.1)])
 def test_running_statistics_are_sent_dense_without_error_feedback(down):
-    # A running variance is not trained from the global model by gradient steps: each round the client's value
-    # moves most of the way to its data's variance again, so an unsent gap is measured again next round. With
-    # error feedback on top it counts twice and overshoots (below zero here); as statistics it converges.
-    target = np.linspace(0.05, 0.4, 8).astype(np.float32)
-
-    def run(up):
-        base = _bn_like_model()
-        base["bn.running_var"] = np.ones(8, np.float32)
-        server = ServerCodec(base, up, down)
-        clients = {c: ClientCodec(base, up, down) for c in ("a", "b")}
-        for r in range(6):
-            msgs = {}
-            for c, cc in clients.items():
-                local = cc.receive(server.downlink_for(c))
-                trained = dict(local)
-                trained["bn.running_var"] = local["bn.running_var"] + 0.8 * (target - local["bn.running_var"])
-                trained["fc.weight"] = local["fc.weight"] + 0.01
-                msgs[c] = cc.encode(trained, num_examples=5)
-                if up.statistics:
-                    assert np.all(cc.residual["bn.running_var"] == 0)
-                    if r == 0:  # dense (later the gaps fall below the quantisation step)
-                        assert np.count_nonzero(cc.last_sent["bn.running_var"]) == 8
-            server.step(msgs)
-        return server.model["bn.running_var"]
+    def check(r, cc):
+        assert np.all(cc.residual["bn.running_var"] == 0)
+        if r == 0:  # dense (later the gaps fall below the quantisation step)
+            assert np.count_nonzero(cc.last_sent["bn.running_var"]) == 8
 
     up = UplinkConfig(qp_mode="ternary", sparsity=0.05)
-    assert np.abs(run(up) - target).max() < 0.01
-    assert run(up.replace(statistics=())).min() < 0  # what it did before
+    assert np.abs(_running_variance_after_rounds(up, down, check) - VAR_TARGET).max() < 0.01
+    assert _running_variance_after_rounds(up.replace(statistics=()), down).min() < 0  # what it did before
 
 
 @pytest.mark.parametrize("name", ["topk(0.01,dense)", "dgc(0.01,dense)", "signsgd+ef"])
 def test_compressors_with_error_feedback_pass_running_statistics_beside_it(name):
     from nnc.fl import compressors as comp
-    target = np.linspace(0.05, 0.4, 8).astype(np.float32)
-
-    def run(up):
-        base = _bn_like_model()
-        base["bn.running_var"] = np.ones(8, np.float32)
-        server = ServerCodec(base, up, DownlinkConfig())
-        clients = {c: ClientCodec(base, up, DownlinkConfig()) for c in ("a", "b")}
-        for r in range(6):
-            msgs = {}
-            for c, cc in clients.items():
-                local = cc.receive(server.downlink_for(c))
-                trained = dict(local)
-                trained["bn.running_var"] = local["bn.running_var"] + 0.8 * (target - local["bn.running_var"])
-                trained["fc.weight"] = local["fc.weight"] + 0.01
-                msgs[c] = cc.encode(trained, num_examples=5)
-            server.step(msgs)
-            assert server.ledger[-1].dropped == {}
-        return server.model["bn.running_var"]
 
     up = UplinkConfig(compressor=comp.ALL()[name])
-    assert np.abs(run(up) - target).max() < 0.01
+    assert np.abs(_running_variance_after_rounds(up, DownlinkConfig()) - VAR_TARGET).max() < 0.01
     if name != "signsgd+ef":  # top-k with error feedback overshot before
-        assert np.abs(run(up.replace(statistics=())) - target).max() > 0.3
+        off = _running_variance_after_rounds(up.replace(statistics=()), DownlinkConfig())
+        assert np.abs(off - VAR_TARGET).max() > 0.3
