@@ -100,3 +100,23 @@ def test_simulated_cfl_separates_permuted_label_clients():
     assert sorted(map(sorted, cfl.clusters[-1])) == [list(range(9)), [9, 10, 11]]
     assert cfl.accuracy[-1] > fed.accuracy[-1] + 0.05
     assert all(u > 0 for u in cfl.up_bytes) and cfl.up_bytes[0] < cfl.down_bytes[0]
+
+
+def test_models_with_a_0d_tensor_keep_their_shapes():
+    # NNC codes 0-d tensors (BatchNorm's num_batches_tracked) with shape (1,); the cluster models must not
+    # turn into (1,) arrays, which load_state_dict would refuse
+    import numpy as np
+
+    from nnc.fl.clustered import CFLConfig, simulate_cfl
+
+    base = {"w": np.zeros((4, 4), np.float32), "bn.num_batches_tracked": np.array(0.0, np.float32)}
+
+    def train(c, model, r):
+        out = {k: v.copy() for k, v in model.items()}
+        out["w"] = out["w"] + 0.1 * (c + 1)
+        out["bn.num_batches_tracked"] = model["bn.num_batches_tracked"] + 4
+        return out, 10, None
+
+    res = simulate_cfl(base, {0: None, 1: None}, config=CFLConfig(clustering=False), rounds=3, train_fn=train,
+                       eval_fn=lambda c, m: float(m["bn.num_batches_tracked"].shape == ()))
+    assert res.accuracy == [1.0, 1.0, 1.0, 1.0]

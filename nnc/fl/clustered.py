@@ -30,6 +30,7 @@ import numpy as np
 
 from ..codec import decode, encode
 from ..config import EncoderConfig
+from .transport import _model_shape
 
 __all__ = ["flatten", "pairwise_cosine", "optimal_bipartition", "max_cross_similarity", "CFLConfig",
            "UpdateCodec", "ClusterServer", "CFLResult", "simulate_cfl"]
@@ -126,10 +127,13 @@ class UpdateCodec:
             return {k: np.asarray(v, np.float32).copy() for k, v in delta.items()}
         return encode({k: np.asarray(v, np.float32) for k, v in delta.items()}, self.config)
 
-    def decode(self, payload) -> dict[str, np.ndarray]:
+    def decode(self, payload, model: Tensors | None = None) -> dict[str, np.ndarray]:
+        """The delta; with ``model``, 0-d tensors take their shape back (NNC codes them with shape (1,))."""
         if isinstance(payload, Mapping):
-            return {k: np.asarray(v, np.float32) for k, v in payload.items()}
-        return {k: np.asarray(v, np.float32) for k, v in decode(bytes(payload)).items()}
+            out = {k: np.asarray(v, np.float32) for k, v in payload.items()}
+        else:
+            out = {k: np.asarray(v, np.float32) for k, v in decode(bytes(payload)).items()}
+        return out if model is None else {k: _model_shape(k, v, model) for k, v in out.items()}
 
     @staticmethod
     def nbytes(payload) -> int:
@@ -281,7 +285,7 @@ def simulate_cfl(base: Tensors, clients: Mapping, *, config: CFLConfig | None = 
             delta = override if override is not None else {k: trained[k] - model[k] for k in model}
             payload = codec.encode(delta)
             ub += codec.nbytes(payload)
-            ups[c] = (codec.decode(payload), n)
+            ups[c] = (codec.decode(payload, model), n)
         server.step(r, ups)
         res.up_bytes.append(ub)
         res.down_bytes.append(db)
@@ -400,8 +404,8 @@ if _FlwrFedAvg is not None:
                         payload = bytes(rec[ks[0]].data)
                     else:
                         payload = _rec_to_dict(rec)
-                    delta = self.codec.decode(payload)
                     model = self.server.model_for(key)
+                    delta = self.codec.decode(payload, model)
                     if set(delta) != set(model) or any(delta[k].shape != model[k].shape for k in model) or \
                             not all(np.isfinite(v).all() for v in delta.values()):
                         raise ValueError("update does not fit the model")
