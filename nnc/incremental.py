@@ -99,6 +99,11 @@ class UpdateState:
             h.seen_nonzero |= (levels != 0)
 
 
+def _as_shape_of(d: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """NNC codes a 0-d tensor with shape (1,): its difference takes the model's 0-d shape back."""
+    return d.reshape(()) if np.ndim(like) == 0 and np.shape(d) == (1,) else d
+
+
 class UpdateEncoder:
     """Codes successive model updates against state it shares with an :class:`UpdateDecoder`.
 
@@ -115,6 +120,10 @@ class UpdateEncoder:
 
     def __init__(self, base: Mapping[str, np.ndarray] | None = None, config: EncoderConfig | None = None, *,
                  tca: bool = True, hdsp: bool = False):
+        if isinstance(base, EncoderConfig) and config is None:  # UpdateEncoder(config), as Encoder(config)
+            base, config = None, base
+        if base is not None and not isinstance(base, Mapping):
+            raise TypeError(f"base must be a mapping name -> array (or pass config=), got {type(base).__name__}")
         self.config = config if config is not None else EncoderConfig()
         if self.config.profile != 1:
             raise ConfigError("incremental coding needs profile 1")
@@ -141,6 +150,7 @@ class UpdateEncoder:
                 delta[k] = np.asarray(v).astype(np.int64) - old.astype(np.int64)
         data, recon = self._encode(delta)
         for k, d in recon.items():
+            d = _as_shape_of(d, self.model[k])
             self.model[k] = (self.model[k].astype(np.float32) + d).astype(self.model[k].dtype) \
                 if self.model[k].dtype.kind == "f" else (self.model[k] + d).astype(self.model[k].dtype)
         return data
@@ -151,7 +161,7 @@ class UpdateEncoder:
         if self.model is not None:
             for k, d in recon.items():
                 if k in self.model:
-                    self.model[k] = (self.model[k] + d).astype(self.model[k].dtype)
+                    self.model[k] = (self.model[k] + _as_shape_of(d, self.model[k])).astype(self.model[k].dtype)
         return data
 
     def _encode(self, delta: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -217,6 +227,10 @@ class UpdateDecoder:
     """
 
     def __init__(self, base: Mapping[str, np.ndarray] | None = None, config: DecoderConfig | None = None):
+        if isinstance(base, DecoderConfig) and config is None:  # UpdateDecoder(config), as Decoder(config)
+            base, config = None, base
+        if base is not None and not isinstance(base, Mapping):
+            raise TypeError(f"base must be a mapping name -> array (or pass config=), got {type(base).__name__}")
         self._decoder = Decoder(config)
         self.state = UpdateState()
         self.model = ({k: np.array(v, copy=True) for k, v in base.items()} if base is not None else None)
@@ -243,6 +257,7 @@ class UpdateDecoder:
         for k, d in delta.items():
             if k not in self.model:
                 raise UpdateStateError(f"update names tensor {k!r}, which the base model does not have")
+            d = _as_shape_of(d, self.model[k])
             if self.model[k].shape != d.shape:
                 raise UpdateStateError(f"update of {k!r} has shape {d.shape}, the base has {self.model[k].shape}")
             self.model[k] = (self.model[k] + d).astype(self.model[k].dtype)

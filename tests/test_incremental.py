@@ -95,3 +95,23 @@ def test_sequences_interoperate_with_reference(reference):
         got = dec.decode_update(b)
         assert list(got) == list(r)
         assert all(got[k].tobytes() == r[k].tobytes() for k in r)
+
+
+def test_0d_tensors_keep_their_shape_through_encode_and_apply():
+    # NNC codes 0-d tensors with shape (1,); the models on both sides keep the 0-d shape (the encoder's model
+    # used to become (1,), so the second encode() refused the caller's 0-d tensor, and apply() refused the update)
+    base = {"w": np.zeros((4, 4), np.float32), "bn.num_batches_tracked": np.array(0, np.int64)}
+    enc, dec = nnc.UpdateEncoder(base, nnc.EncoderConfig(qp=-36)), nnc.UpdateDecoder(base)
+    for r in range(1, 4):
+        model = dec.apply(enc.encode({"w": np.full((4, 4), 0.1 * r, np.float32),
+                                      "bn.num_batches_tracked": np.array(16 * r, np.int64)}))
+        assert model["bn.num_batches_tracked"].shape == () and int(model["bn.num_batches_tracked"]) == 16 * r
+        assert enc.model["bn.num_batches_tracked"].shape == ()
+
+
+def test_update_coders_take_their_config_positionally_like_encoder_and_decoder():
+    assert nnc.UpdateEncoder(nnc.EncoderConfig(qp=-30)).config.qp == -30
+    assert nnc.UpdateEncoder(nnc.EncoderConfig(qp=-30)).model is None
+    assert nnc.UpdateDecoder(nnc.DecoderConfig(threads=2)).model is None
+    with pytest.raises(TypeError, match="base must be a mapping"):
+        nnc.UpdateEncoder([1, 2])
