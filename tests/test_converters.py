@@ -187,6 +187,16 @@ def test_pt_checkpoint_wrapper(tmp_path):
     torch.save({"epoch": 3, "state_dict": {"a.weight": torch.ones(2, 2)}}, p)
     lm = C.load_model(p)
     assert list(lm.tensors) == ["a.weight"]
+    # an unusual key: the only entry that is a mapping of tensors (an optimizer state is not one)
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    m(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    torch.save({"net": m.state_dict(), "opt": opt.state_dict(), "epoch": 1}, p)
+    assert list(C.load_model(p).tensors) == ["weight", "bias"]
+    torch.save({"net": m.state_dict(), "ema": m.state_dict()}, p)
+    with pytest.raises(ModelFormatError, match="several state_dicts \\('net', 'ema'\\)"):
+        C.load_model(p)
 
 
 def test_bad_safetensors_and_npz(tmp_path):

@@ -126,11 +126,18 @@ def load_torch_file(path: str):
     if isinstance(obj, torch.nn.Module):  # cannot happen with weights_only, but be explicit
         obj = obj.state_dict()
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        for k in _WRAPPER_KEYS:
-            inner = obj.get(k)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = inner
-                break
+        # a checkpoint: the state_dict under a usual key, else the only entry that is a mapping of tensors
+        def tensor_map(v):
+            return isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+        usual = [k for k in _WRAPPER_KEYS if tensor_map(obj.get(k))]
+        others = [k for k, v in obj.items() if tensor_map(v)]
+        if usual:
+            obj = obj[usual[0]]
+        elif len(others) == 1:
+            obj = obj[others[0]]
+        elif others:
+            raise ModelFormatError(f"{path!r} is a checkpoint with several state_dicts ({', '.join(map(repr, others))}); "
+                                   f"save the one to code on its own")
     if not isinstance(obj, Mapping):
         raise ModelFormatError(f"{path!r} holds a {type(obj).__name__}, not a state_dict (mapping of names to tensors)")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
