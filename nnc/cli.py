@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scan-order", type=int, default=0, help="0 row-major, 1..4 block scans")
     e.add_argument("--threads", type=int, default=1, help="tensors coded in parallel")
     e.add_argument("--codebook", choices=["off", "auto", "force"], default="off",
-                   help="codebook quantisation: auto = per tensor when smaller (NNCodec codebook_mode 2)")
+                   help="codebook quantisation: auto = per tensor when smaller (NNCodec codebook_mode 2); slow "
+                        "at fine QPs (one trial encode per distinct level, as NNCodec), meant for low bit depths")
     e.add_argument("--bitdepth", type=int, default=None, metavar="N",
                    help="integer-aligned mode: per-tensor qps so that levels fit N-bit integers (1..31)")
     e.add_argument("--opt-qp", action="store_true", help="NNCodec's per-tensor QP heuristic (sizes, spreads)")
