@@ -99,9 +99,15 @@ class UpdateState:
             h.seen_nonzero |= (levels != 0)
 
 
-def _as_shape_of(d: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """NNC codes a 0-d tensor with shape (1,): its difference takes the model's 0-d shape back."""
-    return d.reshape(()) if np.ndim(like) == 0 and np.shape(d) == (1,) else d
+def in_model_shape(decoded: np.ndarray, shape) -> np.ndarray:
+    """NNC has no 0-d tensors: a 0-d model tensor is coded, and decoded, with shape (1,). Returns ``decoded``
+    with the model's ``shape`` when that is the only difference, else unchanged (callers check shapes)."""
+    return np.asarray(decoded).reshape(()) if tuple(shape) == () and np.shape(decoded) == (1,) else decoded
+
+
+def in_model_shapes(decoded: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`in_model_shape` for every decoded tensor the model has (others are left for the caller to reject)."""
+    return {k: in_model_shape(v, np.shape(model[k])) if k in model else v for k, v in decoded.items()}
 
 
 class UpdateEncoder:
@@ -150,7 +156,7 @@ class UpdateEncoder:
                 delta[k] = np.asarray(v).astype(np.int64) - old.astype(np.int64)
         data, recon = self._encode(delta)
         for k, d in recon.items():
-            d = _as_shape_of(d, self.model[k])
+            d = in_model_shape(d, self.model[k].shape)
             self.model[k] = (self.model[k].astype(np.float32) + d).astype(self.model[k].dtype) \
                 if self.model[k].dtype.kind == "f" else (self.model[k] + d).astype(self.model[k].dtype)
         return data
@@ -161,7 +167,7 @@ class UpdateEncoder:
         if self.model is not None:
             for k, d in recon.items():
                 if k in self.model:
-                    self.model[k] = (self.model[k] + _as_shape_of(d, self.model[k])).astype(self.model[k].dtype)
+                    self.model[k] = (self.model[k] + in_model_shape(d, self.model[k].shape)).astype(self.model[k].dtype)
         return data
 
     def _encode(self, delta: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -257,7 +263,7 @@ class UpdateDecoder:
         for k, d in delta.items():
             if k not in self.model:
                 raise UpdateStateError(f"update names tensor {k!r}, which the base model does not have")
-            d = _as_shape_of(d, self.model[k])
+            d = in_model_shape(d, self.model[k].shape)
             if self.model[k].shape != d.shape:
                 raise UpdateStateError(f"update of {k!r} has shape {d.shape}, the base has {self.model[k].shape}")
             self.model[k] = (self.model[k] + d).astype(self.model[k].dtype)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..codec import decode, encode
 from ..config import EncoderConfig
-from .transport import _model_shape
+from ..incremental import in_model_shapes
 
 __all__ = ["flatten", "pairwise_cosine", "optimal_bipartition", "max_cross_similarity", "CFLConfig",
            "UpdateCodec", "ClusterServer", "CFLResult", "simulate_cfl"]
@@ -133,7 +133,7 @@ class UpdateCodec:
             out = {k: np.asarray(v, np.float32) for k, v in payload.items()}
         else:
             out = {k: np.asarray(v, np.float32) for k, v in decode(bytes(payload)).items()}
-        return out if model is None else {k: _model_shape(k, v, model) for k, v in out.items()}
+        return out if model is None else in_model_shapes(out, model)
 
     @staticmethod
     def nbytes(payload) -> int:
@@ -303,7 +303,7 @@ try:  # pragma: no cover - exercised by the Flower test when flwr is installed
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
     from flwr.serverapp.strategy import FedAvg as _FlwrFedAvg
 
-    from .flower import query_partitions, wait_for_nodes
+    from .flower import from_arrayrecord, query_partitions, to_arrayrecord, wait_for_nodes
 except ImportError:  # Flower is optional
     _FlwrFedAvg = None
 
@@ -311,12 +311,6 @@ STYPE_UPDATE = "nnc/cfl-update"
 
 if _FlwrFedAvg is not None:
     __all__ += ["ClusteredFedAvg", "cfl_mod", "STYPE_UPDATE"]
-
-    def _rec_to_dict(rec) -> dict[str, np.ndarray]:
-        return {k: rec[k].numpy() for k in rec.keys()}
-
-    def _dict_to_rec(t: Tensors):
-        return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in t.items()})  # keeps 0-d shapes
 
     def cfl_mod(qp: int | None = -40, arrays_key: str = "arrays"):
         """Client Mod: remembers the model it received and replaces the trained model in the reply by the
@@ -327,22 +321,22 @@ if _FlwrFedAvg is not None:
         def mod(msg, ctx, call_next):
             if msg.metadata.message_type != MessageType.TRAIN:
                 return call_next(msg, ctx)
-            received = _rec_to_dict(msg.content[arrays_key])
+            received = from_arrayrecord(msg.content[arrays_key])
             reply = call_next(msg, ctx)
             if reply.has_error():
                 return reply
             if "update" in reply.content.array_records:
-                delta = _rec_to_dict(reply.content["update"])
+                delta = from_arrayrecord(reply.content["update"])
                 del reply.content["update"]
             else:
-                trained = _rec_to_dict(reply.content[arrays_key])
+                trained = from_arrayrecord(reply.content[arrays_key])
                 delta = {k: trained[k].astype(np.float32) - received[k].astype(np.float32) for k in received}
             payload = codec.encode(delta)
             if isinstance(payload, bytes):
                 reply.content[arrays_key] = ArrayRecord({"nnc.update": Array(
                     dtype="uint8", shape=(len(payload),), stype=STYPE_UPDATE, data=payload)})
             else:
-                reply.content[arrays_key] = _dict_to_rec(payload)
+                reply.content[arrays_key] = to_arrayrecord(payload)
             return reply
 
         return mod
@@ -384,7 +378,7 @@ if _FlwrFedAvg is not None:
                 down += sum(int(v.nbytes) for v in model.values())
                 cfg = ConfigRecord({**dict(config), "server-round": server_round,
                                     "cfl.cluster": self.server.cluster_of(key)})
-                msgs.append(Message(RecordDict({self.arrayrecord_key: _dict_to_rec(model),
+                msgs.append(Message(RecordDict({self.arrayrecord_key: to_arrayrecord(model),
                                                 self.configrecord_key: cfg}),
                                     message_type=MessageType.TRAIN, dst_node_id=node))
             self.ledger.append({"round": server_round, "down": down, "up": 0})
@@ -403,7 +397,7 @@ if _FlwrFedAvg is not None:
                     if len(ks) == 1 and rec[ks[0]].stype == STYPE_UPDATE:
                         payload = bytes(rec[ks[0]].data)
                     else:
-                        payload = _rec_to_dict(rec)
+                        payload = from_arrayrecord(rec)
                     model = self.server.model_for(key)
                     delta = self.codec.decode(payload, model)
                     if set(delta) != set(model) or any(delta[k].shape != model[k].shape for k in model) or \
@@ -422,4 +416,4 @@ if _FlwrFedAvg is not None:
             self.ledger[-1]["up"] = up
             metrics = MetricRecord({"cfl.clusters": len(self.server.clusters), "cfl.splits": len(info["splits"]),
                                     "nnc.up-bytes": up, "nnc.down-bytes": self.ledger[-1]["down"]})
-            return _dict_to_rec(self.server.models[0]), metrics
+            return to_arrayrecord(self.server.models[0]), metrics

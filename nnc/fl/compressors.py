@@ -41,6 +41,7 @@ from ..codec import decode as _nnc_decode
 from ..codec import encode as _nnc_encode
 from ..config import DecoderConfig, EncoderConfig
 from ..errors import NNCError, UpdateStateError
+from ..incremental import in_model_shape
 
 __all__ = ["Compressor", "Packet", "QSGD", "TernGrad", "SignSGD", "TopK", "PowerSGD", "Atomo", "NoCompression",
            "lattice_qp", "snap", "ALL"]
@@ -114,8 +115,8 @@ class _Reader:
             return None
         self.used.add(name)
         a = np.asarray(self.t[name])
-        if shape is not None and tuple(shape) == () and a.shape == (1,):  # NNC codes 0-d tensors with shape (1,)
-            a = a.reshape(())
+        if shape is not None:
+            a = in_model_shape(a, shape)
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise UpdateStateError(f"tensor {name!r} has shape {a.shape}, expected {tuple(shape)}")
         if ndim is not None and a.ndim != ndim:
@@ -223,7 +224,8 @@ class Compressor:
         method and its error feedback and travel as dense floats (their next update measures an unsent gap
         again, so error feedback would count it twice)."""
         update = _f32(update)
-        stats = [k for k in update if k in set(statistics)]
+        wanted = set(statistics)
+        stats = [k for k in update if k in wanted]
         state = {k: np.array(v) for k, v in state.items()}
         step = int(state["step"][0]) if "step" in state else 0
         x = self.prepare({k: v for k, v in update.items() if k not in stats}, state)

@@ -33,7 +33,7 @@ import numpy as np
 from ..codec import Encoder
 from ..config import DecoderConfig, EncoderConfig
 from ..errors import NNCError, UpdateStateError
-from ..incremental import UpdateDecoder, UpdateEncoder
+from ..incremental import UpdateDecoder, UpdateEncoder, in_model_shape, in_model_shapes
 from ..quant import qp_for_step, reconstruct_uniform
 from . import sparsify as sp
 
@@ -238,15 +238,6 @@ def _f32(x: Tensors) -> dict[str, np.ndarray]:
 
 def _zeros_like(x: Tensors, dtype=np.float32) -> dict[str, np.ndarray]:
     return {k: np.zeros(np.shape(v), dtype=dtype) for k, v in x.items()}
-
-
-def _model_shape(name: str, arr: np.ndarray, reference: Tensors) -> np.ndarray:
-    """NNC has no 0-d tensors (they are coded with shape (1,)): a decoded (1,) array of a 0-d model tensor, such
-    as BatchNorm's num_batches_tracked, takes the model's shape back."""
-    ref = reference.get(name)
-    if ref is not None and np.ndim(ref) == 0 and np.shape(arr) == (1,):
-        return np.asarray(arr).reshape(())
-    return arr
 
 
 def validate_tensors(got: Tensors, reference: Tensors, *, require_all: bool = False) -> None:
@@ -496,7 +487,7 @@ def decode_levels(stream, base: Tensors, cfg: DownlinkConfig, limits: DecoderCon
     for name, t in model.details.items():
         if name not in base:
             raise UpdateStateError(f"downlink names unknown tensor {name!r}")
-        levels = _model_shape(name, t.levels, base)
+        levels = in_model_shape(t.levels, np.shape(base[name]))
         if levels.shape != np.shape(base[name]):
             raise UpdateStateError(f"downlink tensor {name!r} has shape {levels.shape}")
         if t.qp != cfg.qp_for(name):
@@ -653,7 +644,7 @@ class ServerCodec:
                     if dec is None:
                         dec = self.decoders[client] = UpdateDecoder(config=self.limits)
                     got = dec.decode_update(msg.payload)
-                got = {k: _model_shape(k, v, self.base) for k, v in got.items()}
+                got = in_model_shapes(got, self.base)
                 validate_tensors(got, self.base)
             n = msg.num_examples
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
