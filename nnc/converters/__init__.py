@@ -207,7 +207,8 @@ def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
             merged.dtypes.update(rec.dtypes)
             merged.shapes.update(rec.shapes)
             merged.tied.update(rec.tied)
-    missing = [n for n in weight_map if n not in set(order)]
+    held = set(order)
+    missing = [n for n in weight_map if n not in held]
     if missing:
         raise ModelFormatError(f"{index_path!r}: the index lists {missing[:3]}, which no shard holds")
     merged.order = order if merged.tied else []

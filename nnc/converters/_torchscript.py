@@ -11,6 +11,7 @@ buffers is read from the ``__parameters__`` / ``__buffers__`` literals of the cl
 from __future__ import annotations
 
 import ast
+import io
 import pickle
 import pickletools
 import re
@@ -42,6 +43,11 @@ _OPCODES = frozenset("""PROTO STOP GLOBAL MARK TUPLE EMPTY_TUPLE TUPLE1 TUPLE2 T
     POP_MARK""".split())
 
 
+def _roots(names) -> list[str]:
+    """The ``<root>/`` folders of an archive's entry names that hold a ``data.pkl``."""
+    return sorted({n[: -len("data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1})
+
+
 def is_torchscript_archive(path: str) -> bool:
     """True for a zip file laid out as ``torch.jit.save`` writes it (``<root>/data.pkl`` and ``<root>/code/``)."""
     try:
@@ -49,8 +55,7 @@ def is_torchscript_archive(path: str) -> bool:
             names = z.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
-    roots = {n[: -len("data.pkl")] for n in names if n.endswith("data.pkl") and n.count("/") == 1}
-    return any(any(n.startswith(r + "code/") for n in names) for r in roots)
+    return any(any(n.startswith(r + "code/") for n in names) for r in _roots(names))
 
 
 class _ScriptObject:
@@ -75,7 +80,7 @@ class _Archive:
         except (zipfile.BadZipFile, OSError, ValueError) as e:
             raise ModelFormatError(f"{path!r} is not a readable TorchScript archive: {e}") from None
         names = self.zip.namelist()
-        roots = sorted({n[: -len("data.pkl")] for n in names if n.endswith("data.pkl") and n.count("/") == 1})
+        roots = _roots(names)
         if len(roots) != 1:
             raise ModelFormatError(f"{path!r}: expected one <root>/data.pkl in the TorchScript archive, "
                                    f"found {len(roots)}")
@@ -233,7 +238,6 @@ class _Archive:
             def persistent_load(self, pid):
                 return archive.storage(pid)
 
-        import io
         data = self.read(self.root + "data.pkl", _MAX_PICKLE_BYTES)
         self.screen(data)
         try:
@@ -328,8 +332,8 @@ def rewrite_archive(template: str, dest: str, tensors: Mapping[str, Any]) -> Non
         with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
             for info in archive.zip.infolist():
                 flat = replaced.get(info.filename)
-                data = (flat.view(torch.uint8).numpy().tobytes() if flat is not None and flat.numel()
-                        else b"" if flat is not None else archive.read(info.filename, info.file_size))
+                data = (archive.read(info.filename, info.file_size) if flat is None
+                        else flat.view(torch.uint8).numpy().tobytes())
                 entry = zipfile.ZipInfo(info.filename, date_time=info.date_time)
                 entry.compress_type = zipfile.ZIP_STORED
                 out.writestr(entry, data)

@@ -189,6 +189,7 @@ def query_partitions(grid, nodes: Iterable[int]) -> dict[int, int]:
             out[rep.metadata.src_node_id] = int(rep.content["config"]["partition-id"])
     return out
 
+
 class NNCFedAvg(FedAvg):
     """FedAvg whose train messages carry nnc bitstreams, with per-client uplink state on the server.
 
