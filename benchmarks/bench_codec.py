@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-import nnc
-from nnc.conformance import reference
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support
+
+import nnc  # noqa: E402
+from tests.support import reference  # noqa: E402
 from nnc.converters import load_model
-from nnc.converters._realmodels import model_paths
+from tests.support.realmodels import model_paths  # noqa: E402
 
 
 def _best_of(fn, repeats):

@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 import nnc  # noqa: E402
 import nnc.converters as C  # noqa: E402
-from nnc.converters import _realmodels as R  # noqa: E402
+from tests.support import realmodels as R  # noqa: E402
 
 EXT = {"ocr_det": ".onnx", "ocr_rec": ".onnx", "ocr_cls": ".onnx", "silero_vad": ".onnx", "minilm": ".safetensors"}
 

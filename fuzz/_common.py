@@ -105,7 +105,7 @@ def main(test_one_input, extra_imports=()):
     import atheris
     so = load_core_override()
     import importlib
-    for m in ("nnc", "nnc.bitstream", "nnc.codec", "nnc.incremental", "nnc.inspect", "nnc.conformance.checker",
+    for m in ("nnc", "nnc.bitstream", "nnc.codec", "nnc.incremental", "nnc.describe", "nnc.conformance.checker",
               *extra_imports):
         try:
             importlib.import_module(m)

@@ -48,4 +48,4 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802
 
 
 if __name__ == "__main__":
-    main(TestOneInput, extra_imports=("nnc.fl", "nnc.fl.transport", "nnc.inspect", "nnc.conformance.checker"))
+    main(TestOneInput, extra_imports=("nnc.fl", "nnc.fl.transport", "nnc.describe", "nnc.conformance.checker"))

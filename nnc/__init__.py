@@ -6,10 +6,13 @@ Settings: :class:`EncoderConfig`, :class:`DecoderConfig`. Errors: :class:`NNCErr
 """
 from .codec import DecodedModel, DecodedTensor, Decoder, Encoder, decode, decode_model, encode
 from .config import DecoderConfig, EncoderConfig
+from .conformance.checker import check
+from .describe import inspect
+from .coding.quant import step_size
 from .errors import (BitstreamError, ConfigError, ConformanceError, InputError, LimitExceededError,
                      ModelFormatError, NNCError, TruncatedBitstreamError, UnsupportedFeatureError,
                      UpdateStateError)
-from .quant import step_size
+from .incremental import UpdateDecoder, UpdateEncoder
 from .topology import Topology
 
 __version__ = "0.1.0"
@@ -22,16 +25,3 @@ __all__ = [
     "ConfigError", "InputError", "ModelFormatError", "ConformanceError", "UpdateStateError",
 ]
 
-
-def __getattr__(name):
-    # heavier or later-built parts load on first use
-    if name in ("UpdateEncoder", "UpdateDecoder"):
-        from . import incremental
-        return getattr(incremental, name)
-    if name == "inspect":
-        from .inspect import inspect
-        return inspect
-    if name == "check":
-        from .conformance.checker import check
-        return check
-    raise AttributeError(f"module 'nnc' has no attribute {name!r}")

@@ -96,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("conform", help="run a conformance suite folder")
     f.add_argument("suite", nargs="?", default="conformance")
-    f.add_argument("--impl", choices=["nnc", "reference", "both"], default="nnc")
     f.add_argument("--json", action="store_true")
     return p
 
@@ -182,7 +181,7 @@ def _cmd_decode(a) -> int:
 
 
 def _cmd_info(a) -> int:
-    from .inspect import inspect as inspect_bitstream
+    from .describe import inspect as inspect_bitstream
 
     info = inspect_bitstream(_read_input(a.input))
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
@@ -207,7 +206,7 @@ def _cmd_check(a) -> int:
 def _cmd_conform(a) -> int:
     from .conformance.suite import run_suite
 
-    result = run_suite(a.suite, impl=a.impl)
+    result = run_suite(a.suite)
     print(json.dumps(result.to_dict(), indent=1) if a.json else result.to_text())
     return 0 if result.ok else 1
 

@@ -15,12 +15,14 @@ import numpy as np
 
 from . import bitstream as bs
 from . import deepcabac
+from .bitstream.source import as_bytes
+from .coding import tools as _tools
+from .coding.dtypes import coding_kind, format_for_dtype
+from .coding.ndu import NduPlan, effective_scan, plan_ndu, signalled_scan, with_history
+from .coding.quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
 from .config import DecoderConfig, EncoderConfig
-from .dtypes import coding_kind, dtype_for_format, format_for_dtype
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
-from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
 from .topology import Topology
-from . import tools as _tools
 
 __all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "encode", "decode", "decode_model"]
 
@@ -92,7 +94,7 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
         raise InputError(f"tensor {name!r} holds a non-finite value (first at flat index {bad}); "
                          "NNC quantisation needs finite numbers")
     qp = cfg.qp_for(name, len(arr.shape)) if qp is None else qp
-    scan = _effective_scan(shape, cfg.scan_order if len(shape) > 1 else 0)
+    scan = effective_scan(shape, cfg.scan_order if len(shape) > 1 else 0)
     bits = None
     if cfg.bitdepth is not None and ".num_batches_tracked" not in name:
         bits = _tools.bitdepth.effective_bits(cfg.bitdepth, len(arr.shape) > 1)
@@ -108,21 +110,6 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
     return _Plan(name, index, shape, q, qp_used, cfg.dq, fmt)
 
 
-def _layer_width(shape: tuple[int, ...]) -> int:
-    return math.prod(shape[1:]) if len(shape) > 1 else 1
-
-
-def _effective_scan(shape: tuple[int, ...], scan_order: int) -> int:
-    if len(shape) < 2 or _layer_width(shape) == 1 or shape[0] == 1:
-        return 0
-    return scan_order
-
-
-def _signalled_scan(shape: tuple[int, ...], scan_order: int) -> int:
-    # A W == 1 tensor must signal 0: the entry-point count follows the header dims (spec §6 item 12).
-    return 0 if len(shape) < 2 or _layer_width(shape) == 1 else scan_order
-
-
 @dataclass
 class _NduParent:
     """Incremental-coding information for one NDU (used by nnc.incremental)."""
@@ -136,7 +123,7 @@ class _NduParent:
 
 def _encode_ndu(plan: _Plan, cfg: EncoderConfig, *, parent_signalling: bool, parent: _NduParent | None = None
                 ) -> bytes:
-    scan = _signalled_scan(plan.shape, cfg.scan_order)
+    scan = signalled_scan(plan.shape, cfg.scan_order)
     coding = deepcabac.TensorCoding(
         shape=plan.shape,
         profile=cfg.profile,
@@ -190,7 +177,7 @@ class Encoder:
 
     def _prepare(self, tensors: Mapping[str, np.ndarray]) -> tuple[list[tuple[int, str, np.ndarray]], dict]:
         """Validate names and arrays and apply the model-level encoder tools (sparsification, opt_qp, bit-depth
-        QPs, rate control; ``nnc.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
+        QPs, rate control; ``nnc.coding.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
         if not isinstance(tensors, Mapping):
             kind = type(tensors).__name__
             if hasattr(tensors, "tensors") and hasattr(tensors, "topology"):  # nnc.converters.LoadedModel
@@ -303,7 +290,7 @@ class Decoder:
 
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name.
         """
-        data = _as_bytes(bitstream)
+        data = as_bytes(bitstream)
         parsed = bs.parse(data, max_units=self.config.max_units)
         ctx = _StreamContext.from_parsed(parsed)
         ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
@@ -324,14 +311,6 @@ class Decoder:
                 model.tensors[t.name] = t.array
                 model.details[t.name] = t
         return model
-
-
-def _as_bytes(bitstream) -> bytes | memoryview:
-    if isinstance(bitstream, (bytes, bytearray, memoryview)):
-        return bitstream
-    if isinstance(bitstream, np.ndarray) and bitstream.dtype == np.uint8:
-        return memoryview(np.ascontiguousarray(bitstream)).cast("B")
-    raise TypeError(f"bitstream must be bytes-like, got {type(bitstream).__name__}")
 
 
 @dataclass
@@ -381,143 +360,26 @@ class _Budget:
 @dataclass
 class _NduJob:
     unit: object
-    names: list[str]
-    codings: list
-    kinds: list[str]                 # "int" | "uniform" | "codebook"
-    payload: memoryview
+    plan: NduPlan
     ctx: _StreamContext
-    out_dtype: np.dtype | None
-    codebook: tuple | None
-
-
-def _header_dims(h, idx: int, cfg: DecoderConfig, what: str) -> tuple[int, ...]:
-    """The NDU header's tensor dimensions, checked against the rank limit and for impossible values."""
-    if h.tensor_dimensions is None:
-        raise UnsupportedFeatureError(f"unit {idx}: tensor dimensions are not in the bitstream (out-of-band "
-                                      "signalling is not supported)")
-    dims = tuple(int(d) for d in h.tensor_dimensions)
-    if len(dims) > cfg.max_rank:
-        raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={cfg.max_rank}", unit_index=idx,
-                                 syntax_path="NNR_NDU.count_tensor_dimensions")
-    if not dims or any(d <= 0 for d in dims):
-        raise BitstreamError(f"{what} has impossible dimensions {list(dims)}", unit_index=idx,
-                             syntax_path="NNR_NDU.tensor_dimensions")
-    return dims
-
-
-def _output_dtype(h) -> tuple[np.dtype | None, int]:
-    """The signalled output dtype (None: int32/float32 by payload type) and the bytes per element of the
-    returned array: 4, or the signalled dtype's size if wider (float64, int64)."""
-    out_dtype = None
-    if getattr(h, "nnr_decompressed_data_format_present_flag", 0):
-        out_dtype = dtype_for_format(h.nnr_decompressed_data_format)
-    return out_dtype, max(4, np.dtype(out_dtype).itemsize if out_dtype is not None else 4)
-
-
-def _scan_order(h, idx: int) -> int:
-    scan_order = h.scan_order or 0
-    if scan_order > 4:
-        raise BitstreamError(f"reserved scan_order {scan_order}", unit_index=idx, syntax_path="NNR_NDU.scan_order")
-    return scan_order
-
-
-def _codebook(h, ctx: _StreamContext, cfg: DecoderConfig, idx: int):
-    """(values and zero offset, or None; S and Z for the CABAC layer, 0 unless profile 1) of an NDU."""
-    if not getattr(h, "codebook_present_flag", 0):
-        return None, 0, 0
-    cb = h.codebook
-    if cb.codebook_size > cfg.max_codebook_size:   # checked before the value list is built
-        raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
-                                 f"{cfg.max_codebook_size}", unit_index=idx,
-                                 syntax_path="NNR_NDU.codebook.codebook_size")
-    codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
-    if ctx.profile == 1:
-        return codebook, len(cb.values), cb.zero_offset
-    return codebook, 0, 0
 
 
 def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
+    """The unit's :class:`nnc.coding.NduPlan`, with every tensor's memory taken from ``budget`` before any
+    payload is decoded."""
     h = unit.body
-    idx = unit.index
     ptype = h.nnr_compressed_data_unit_payload_type
-    if ptype == bs.PayloadType.NNR_PT_BLOCK:
-        return _prepare_block(unit, ctx, cfg, budget, state)
     if ptype == bs.PayloadType.NNR_PT_RAW_FLOAT:
         raise UnsupportedFeatureError("NNR_PT_RAW_FLOAT NDUs are not supported yet")
-    name = h.topology_elem_id
-    dims = _header_dims(h, idx, cfg, f"tensor {name!r}")
-    n = math.prod(dims)
-    is_int = ptype == bs.PayloadType.NNR_PT_INT
-    out_dtype, itemsize = _output_dtype(h)
-    budget.take(n, itemsize, idx, name)
-    scan_order = _scan_order(h, idx)
-    codebook, cb_size, cb_zero = _codebook(h, ctx, cfg, idx)
-    tca_base = hdsp_hist = None
-    parent_present = bool(getattr(h, "parent_node_id_present_flag", 0))
-    if state is not None:
-        tca_base, hdsp_hist = state.inputs_for(name, h)
-    coding = deepcabac.TensorCoding(
-        shape=dims, profile=ctx.profile, unary_length=_unary_length_minus1(h) + 1,
-        qp_bits=None if is_int else 6 + ctx.qp_density, scan_order=scan_order,
-        dq=bool(h.dq_flag) and not is_int, parent_present=parent_present, codebook_size=cb_size,
-        codebook_zero=cb_zero, tca_base=tca_base, hdsp_history=hdsp_hist)
-    kind = "int" if is_int else ("codebook" if codebook is not None else "uniform")
-    return _NduJob(unit, [name], [coding], [kind], unit.payload, ctx, out_dtype, codebook)
-
-
-def block_members(cpt: int) -> list[tuple[str, int]]:
-    """(role, index into topology_elem_id_list) of a non-DC block's tensors in coding order (spec §1.10.2):
-    ls, bias, bn.beta, bn.gamma, bn.mean, bn.var, then the weight (index 0)."""
-    T = bs.CompressedParameterTypes
-    ls, bn, bi = bool(cpt & T.NNR_CPT_LS), bool(cpt & T.NNR_CPT_BN), bool(cpt & T.NNR_CPT_BI)
-    out = []
-    if ls:
-        out.append(("ls", 1))
-    if bi:
-        out.append(("bias", 1 + ls + (4 if bn else 0)))
-    if bn:
-        out += [(role, 1 + ls + i) for i, role in enumerate(("bn.beta", "bn.gamma", "bn.mean", "bn.var"))]
-    out.append(("weight", 0))
-    return out
-
-
-def _prepare_block(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
-    """An NNR_PT_BLOCK NDU: a weight with its LS / bias / BN vectors in one CABAC stream (spec §1.10.2).
-    All members share dq_flag and scan_order, each has its own qp offset; only the weight may use the
-    codebook. Decomposed (DC) blocks and incremental (parent) blocks are not supported."""
-    h = unit.body
-    idx = unit.index
-    cpt = int(h.compressed_parameter_types or 0)
-    if cpt & bs.CompressedParameterTypes.NNR_CPT_DC:
-        raise UnsupportedFeatureError("NNR_PT_BLOCK NDUs with decomposed tensors (NNR_CPT_DC) are not supported")
-    if getattr(h, "parent_node_id_present_flag", 0) or state is not None:
+    if ptype == bs.PayloadType.NNR_PT_BLOCK and (getattr(h, "parent_node_id_present_flag", 0) or state is not None):
         raise UnsupportedFeatureError("incremental (parent) NNR_PT_BLOCK NDUs are not supported")
-    dims = _header_dims(h, idx, cfg, "block")
-    names = [str(n) for n in h.element_names]
-    members = block_members(cpt)
-    if len(names) != len(members):
-        raise BitstreamError(f"compressed_parameter_types {cpt} implies {len(members)} tensors, the NDU lists "
-                             f"{len(names)}", unit_index=idx, syntax_path="NNR_NDU.topology_elem_id_list")
-    out_dtype, itemsize = _output_dtype(h)
-    scan_order = _scan_order(h, idx)
-    codebook, cb_size, cb_zero = _codebook(h, ctx, cfg, idx)
-    coded_names, codings, kinds = [], [], []
-    for role, pos in members:
-        shape = dims if role == "weight" else (dims[0],)
-        budget.take(math.prod(shape), itemsize, idx, names[pos])
-        is_w = role == "weight"
-        codings.append(deepcabac.TensorCoding(
-            shape=shape, profile=ctx.profile, unary_length=_unary_length_minus1(h) + 1, qp_bits=6 + ctx.qp_density,
-            scan_order=scan_order if is_w else 0, dq=bool(h.dq_flag),
-            codebook_size=cb_size if is_w else 0, codebook_zero=cb_zero if is_w else 0))
-        coded_names.append(names[pos])
-        kinds.append("codebook" if is_w and codebook is not None else "uniform")
-    return _NduJob(unit, coded_names, codings, kinds, unit.payload, ctx, out_dtype, codebook)
-
-
-def _unary_length_minus1(h) -> int:
-    # absent from the header: the standard's default of 9 (spec §1.9 notes, §6 item 9)
-    return 9 if h.cabac_unary_length_minus1 is None else int(h.cabac_unary_length_minus1)
+    plan = plan_ndu(h, profile=ctx.profile, qp_density=ctx.qp_density, unit_index=unit.index,
+                    max_rank=cfg.max_rank, max_codebook_size=cfg.max_codebook_size)
+    for m in plan.members:
+        budget.take(math.prod(m.shape), plan.itemsize, unit.index, m.name)
+    if state is not None:
+        plan = with_history(plan, h, state)
+    return _NduJob(unit, plan, ctx)
 
 
 def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
@@ -535,39 +397,40 @@ def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
 
 
 def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
-    unit = job.unit
+    unit, plan = job.unit, job.plan
     try:
-        res = deepcabac.decode_payload(job.payload, job.codings)
+        res = deepcabac.decode_payload(unit.payload, [m.coding for m in plan.members])
     except BitstreamError as e:
         raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
                         syntax_path="NNR_NDU.payload")
-    if res.consumed != len(job.payload):
-        raise BitstreamError(f"the CABAC data ends after {res.consumed} of {len(job.payload)} payload bytes "
+    if res.consumed != len(unit.payload):
+        raise BitstreamError(f"the CABAC data ends after {res.consumed} of {len(unit.payload)} payload bytes "
                              "(nnr_unit_size does not match the coded data)", unit_index=unit.index,
                              byte_offset=unit.offset + unit.header_size + res.consumed,
                              syntax_path="NNR_NDU.payload")
     h = unit.body
     out = []
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected below and reported
-        for name, kind, coding, q, qoff in zip(job.names, job.kinds, job.codings, res.levels, res.qp_offsets):
+        for member, q, qoff in zip(plan.members, res.levels, res.qp_offsets):
+            name, kind = member.name, member.kind
             qp = None if qoff is None else qoff + job.ctx.base_qp
             if kind != "int":
                 _check_step(qp, job.ctx.qp_density, name, unit.index)
             if kind == "int":
-                arr = q.astype(job.out_dtype, copy=False) if job.out_dtype is not None else q
+                arr = q.astype(plan.out_dtype, copy=False) if plan.out_dtype is not None else q
             elif kind == "codebook":
-                values, zero = job.codebook
+                values, zero = plan.codebook
                 lo, hi = int(q.min()), int(q.max())
                 if lo + zero < 0 or hi + zero >= len(values):
                     raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit.index,
                                          syntax_path="NNR_NDU.payload")
                 arr = reconstruct_codebook(q, values, zero, qp, job.ctx.qp_density)
-                if job.out_dtype is not None:
-                    arr = arr.astype(job.out_dtype)
+                if plan.out_dtype is not None:
+                    arr = arr.astype(plan.out_dtype)
             else:
                 arr = reconstruct_uniform(q, qp, job.ctx.qp_density)
-                if job.out_dtype is not None:
-                    arr = arr.astype(job.out_dtype)
+                if plan.out_dtype is not None:
+                    arr = arr.astype(plan.out_dtype)
             if kind != "int" and not np.isfinite(arr).all():
                 raise BitstreamError(f"tensor {name!r}: reconstructed values overflow float32 (hostile levels "
                                      "or qp)", unit_index=unit.index, syntax_path="NNR_NDU.payload")

@@ -52,15 +52,15 @@ class EncoderConfig:
             levels come from URQ at ``qp - 2**qp_density`` (spec §2.5).
         bitdepth: integer-aligned mode with this many bits (1..31): per-tensor qps from the 99.95th
             percentile of |w| and clipped levels (spec §2.7); replaces ``qp``/``nonweight_qp``.
-        opt_qp: NNCodec's per-tensor QP heuristic from tensor sizes and spreads (:mod:`nnc.tools.optqp`).
+        opt_qp: NNCodec's per-tensor QP heuristic from tensor sizes and spreads (:mod:`nnc.coding.tools.optqp`).
         sparsity: unstructured sparsification before quantisation (weights below half a step are zeroed;
             a value > 0 is the overall target fraction of zeros); ``None`` = off.
         struct_sparsity: structured sparsification gain (zero output channels whose mean |w| is below
             ``gain`` times the mean); ``None`` = off.
         target_bits_per_param / max_rel_error: rate control instead of a fixed qp (:meth:`for_size`,
-            :meth:`for_error`; :mod:`nnc.tools.ratecontrol`).
+            :meth:`for_error`; :mod:`nnc.coding.tools.ratecontrol`).
         tensor_weights: per-tensor distortion weights for ``target_bits_per_param`` (task sensitivities, e.g.
-            from :func:`nnc.tools.ratecontrol.sensitivities`); missing names weigh 1.
+            from :func:`nnc.coding.tools.ratecontrol.sensitivities`); missing names weigh 1.
     """
 
     qp: int = -38

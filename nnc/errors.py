@@ -41,7 +41,14 @@ __all__ = [
 
 
 class NNCError(Exception):
-    """Root of every exception nnc raises deliberately."""
+    """Root of every exception nnc raises deliberately.
+
+    ``code`` is a stable machine-readable name of the finding where one exists (the conformance checker's
+    violation codes, :data:`nnc.conformance.checker.CODES`), else ``None``: classify errors by ``code`` and type,
+    never by message text.
+    """
+
+    code: str | None = None
 
 
 class BitstreamError(NNCError, ValueError):
@@ -51,11 +58,14 @@ class BitstreamError(NNCError, ValueError):
         unit_index: 0-based index of the NNR unit being read, or ``None``.
         byte_offset: byte offset (from the start of the bitstream) where the problem was found, or ``None``.
         syntax_path: dotted path of the syntax element, or ``None``.
+        code: the conformance code of the violation, or ``None`` (see :class:`NNCError`).
     """
 
     def __init__(self, message: str, *, unit_index: int | None = None, byte_offset: int | None = None,
-                 syntax_path: str | None = None):
+                 syntax_path: str | None = None, code: str | None = None):
         self.reason = message
+        if code is not None:
+            self.code = code
         self.unit_index = unit_index
         self.byte_offset = byte_offset
         self.syntax_path = syntax_path
@@ -97,6 +107,8 @@ class LimitExceededError(BitstreamError):
 
 class UnsupportedFeatureError(NNCError, NotImplementedError):
     """The bitstream uses syntax that is valid but that nnc does not implement."""
+
+    code = "UNSUPPORTED_FEATURE"
 
 
 class ConfigError(NNCError, ValueError):

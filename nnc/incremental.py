@@ -27,7 +27,7 @@ from . import bitstream as bs
 from .codec import DecodedModel, Decoder, Encoder, _encode_ndu, _NduParent, _Plan
 from .config import DecoderConfig, EncoderConfig
 from .errors import ConfigError, InputError, UpdateStateError
-from .quant import reconstruct_uniform
+from .coding.quant import reconstruct_uniform
 from .topology import Topology
 
 __all__ = ["UpdateEncoder", "UpdateDecoder", "UpdateState"]

@@ -25,7 +25,7 @@ def manifest():
 @pytest.fixture(scope="session")
 def reference():
     """The NNCodec oracle module; skips the test with a visible reason when its venv is absent."""
-    from nnc.conformance import reference as ref
+    from support import reference as ref
     if not ref.available():
         pytest.skip(f"NNCodec reference venv not found at {ref.reference_python().parent.parent} "
                     "(run tools/setup_reference.sh)")

@@ -73,7 +73,7 @@ def test_docs_generated_blocks_up_to_date():
 
 @pytest.mark.reference
 def test_suite_passes_for_reference(reference):
-    res = run_suite(SUITE, impl="reference")
+    res = run_suite(SUITE, impl="reference", reference=reference)
     assert res.ok, res.to_text()
 
 

@@ -506,7 +506,7 @@ def test_onnx_name_collisions_are_disambiguated():
 
 
 def test_rapidocr_cls_graph_roundtrip_without_codec(tmp_path):
-    from nnc.converters import _realmodels as R
+    from support import realmodels as R
     paths = R.model_paths()
     if "ocr_cls" not in paths:
         pytest.skip("rapidocr-onnxruntime is not installed (pip install --no-deps rapidocr-onnxruntime)")

@@ -10,7 +10,7 @@ import pytest
 
 import nnc
 import nnc.converters as C
-from nnc.converters import _realmodels as R
+from support import realmodels as R
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -42,7 +42,7 @@ def roundtrip_file(codec, src, dest, qp, **cfg):
 
 
 # Output-error bounds per (model, QP, output), about twice what was measured with nnc 0.1.0 on the fixed inputs of
-# nnc.converters._realmodels ("rel" = ||ref - out|| / ||ref||, "abs" = max |ref - out|). Measured: ocr_cls probs
+# tests/support/realmodels.py ("rel" = ||ref - out|| / ||ref||, "abs" = max |ref - out|). Measured: ocr_cls probs
 # rel 0.000 / 0.005 (QP -38 / -32); ocr_det map rel 0.027 / 0.066; silero_vad state rel 0.009 / 0.096 and
 # speech_prob abs 0.007 / 0.005 (the synthetic input has no speech, so the probability is ~0.03 and only its
 # absolute error is meaningful).

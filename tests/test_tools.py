@@ -1,11 +1,11 @@
-"""Encoder coding tools (nnc.tools): configs, round trips, ranges, rate control, CLI flags."""
+"""Encoder coding tools (nnc.coding.tools): configs, round trips, ranges, rate control, CLI flags."""
 import numpy as np
 import pytest
 
 import nnc
 from nnc.errors import ConfigError
-from nnc.tools import bitdepth, codebook, sparsify
-from nnc.tools.ratecontrol import allocate_qps
+from nnc.coding.tools import bitdepth, codebook, sparsify
+from nnc.coding.tools.ratecontrol import allocate_qps
 
 
 def _model(seed=0):
@@ -41,7 +41,7 @@ def test_codebook_round_trip(mode, dq):
     assert list(dm.tensors) == list(t)
     assert np.array_equal(dm.tensors["idx"], t["idx"])
     for k in ("conv.weight", "fc.weight", "fc.bias"):
-        step = float(nnc.quant.step_size(dm.details[k].qp, 2))
+        step = float(nnc.step_size(dm.details[k].qp, 2))
         bound = 2 * step if dq else step * 0.5     # a DQ fallback (auto): trellis errors exceed step/2
         assert np.abs(dm.tensors[k] - t[k]).max() <= bound + 1e-7
 

@@ -1,11 +1,11 @@
-"""NNR_PT_BLOCK NDUs: nnc writes them (nnc.tools.blocks, BN folding) and decodes them (coding order §1.10.2);
+"""NNR_PT_BLOCK NDUs: nnc writes them (nnc.blocks, BN folding) and decodes them (coding order §1.10.2);
 the reference decodes nnc's block streams to the same arrays."""
 import numpy as np
 import pytest
 
 import nnc
-from nnc.codec import block_members
-from nnc.tools.blocks import encode_blocks, fold_bn
+from nnc.coding.ndu import block_members
+from nnc.blocks import encode_blocks, fold_bn
 
 
 def _layer(seed=0):
@@ -61,3 +61,24 @@ def test_reference_decodes_nnc_blocks_identically(reference):
         assert set(theirs) == set(ours)
         for k in ours:
             assert np.asarray(theirs[k], ours[k].dtype).tobytes() == ours[k].tobytes(), k
+
+
+def test_inspect_labels_every_block_member_with_its_own_levels():
+    """nnc.inspect / `nnc info` on a BLOCK NDU with weight, bias and batch norm: each member's QP and level
+    statistics belong to that member (the describer once assumed element-list order while the block codes the
+    bias after the BN vectors, so it showed levels under other members' names)."""
+    L = _layer(3)
+    t = {"c.weight": L["W"], "c.bias": L["b"] * 50, "c.beta": L["beta"], "c.gamma": L["gamma"] * 3,
+         "c.mean": L["mean"], "c.var": L["var"] * 7}
+    roles = {"weight": "c.weight", "bias": "c.bias", "bn.beta": "c.beta", "bn.gamma": "c.gamma",
+             "bn.mean": "c.mean", "bn.var": "c.var"}
+    data = encode_blocks([roles], t, nnc.EncoderConfig(qp=-40, dq=False))
+    details = nnc.decode_model(data).details
+    described = {ti.name: ti for u in nnc.inspect(data).units for ti in u.tensors}
+    assert set(described) == set(t)
+    for name, ti in described.items():
+        q = details[name].levels
+        assert list(ti.shape) == list(q.shape), name
+        assert (ti.min_level, ti.max_level, ti.nonzero) == (int(q.min()), int(q.max()), int(np.count_nonzero(q))), \
+            name
+        assert ti.qp == details[name].qp, name

@@ -3,7 +3,7 @@ tool (codebook auto/force, bit depth, opt_qp, sparsification). Prints the byte-i
 import pytest
 
 import nnc
-from nnc.tools.refsettings import TOOLS, config_from_settings, random_cases
+from support.refsettings import TOOLS, config_from_settings, random_cases
 
 N_CASES = 12
 

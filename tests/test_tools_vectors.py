@@ -9,7 +9,7 @@ import pytest
 
 import nnc
 from conftest import load_npz
-from nnc.tools.refsettings import config_from_settings
+from support.refsettings import config_from_settings
 
 TOOLS_DIR = Path(__file__).resolve().parent.parent / "conformance" / "tools" / "vectors"
 MANIFEST = json.loads((TOOLS_DIR / "manifest.json").read_text())

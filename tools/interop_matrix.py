@@ -67,7 +67,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def interop_matrix(suite="conformance") -> list[Row]:
-    from nnc.conformance import reference
+    from tests.support import reference
     if not reference.available():
         raise reference.ReferenceUnavailable("NNCodec reference venv not found (tools/setup_reference.sh)")
     suite = Path(suite)

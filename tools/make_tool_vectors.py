@@ -3,10 +3,10 @@
 conformance/tools so that the top-level suite groups stay vectors/generated/negative; run it with
 ``nnc conform conformance/tools``).
 
-Every case is encoded AND decoded by NNCodec 2.1.3 (through nnc.conformance.reference); the manifest's hashes
+Every case is encoded AND decoded by NNCodec 2.1.3 (through tests/support/reference.py); the manifest's hashes
 are those of the reference's decoded arrays, and ``nnc_identical`` records whether nnc's encoder, given the same
-input and settings (nnc.tools.refsettings.config_from_settings), writes the same bytes. Inputs come from fixed
-seeds (nnc.tools.refsettings.random_tensors) and are stored next to the bitstreams (in_<id>.npz).
+input and settings (tests.support.refsettings.config_from_settings), writes the same bytes. Inputs come from fixed
+seeds (tests.support.refsettings.random_tensors) and are stored next to the bitstreams (in_<id>.npz).
 
 Usage: python tools/make_tool_vectors.py [--out conformance/tools/vectors]   (needs tools/setup_reference.sh)
 """
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nnc  # noqa: E402
-from nnc.tools.refsettings import config_from_settings, random_tensors  # noqa: E402
+from tests.support.refsettings import config_from_settings, random_tensors  # noqa: E402
 
 CASES = [
     # id, input seed, settings (reference_driver keys)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "conformance" / "tools" / "vectors"))
     a = ap.parse_args(argv)
-    from nnc.conformance import reference
+    from tests.support import reference
     if not reference.available():
         print("reference venv not found (tools/setup_reference.sh)", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 """Generate the extra positive conformance vectors in conformance/generated/.
 
 Two producers:
-* ``reference`` cases are encoded AND decoded by NNCodec 2.1.3 (through ``nnc.conformance.reference``); the
+* ``reference`` cases are encoded AND decoded by NNCodec 2.1.3 (through ``tests/support/reference.py``); the
   manifest's hashes are those of the reference's decoded arrays. Needs the reference venv (tools/setup_reference.sh).
 * ``nnc`` cases exercise syntax the reference's API never writes (block scans with entry points, profile 0,
   nnr_decompressed_data_format, short unary codes); they are encoded and decoded by nnc. Whether the reference
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         return p.name
 
     if a.only in (None, "reference"):
-        from nnc.conformance import reference
+        from tests.support import reference
         if not reference.available():
             print("reference venv not found: reference cases not regenerated", file=sys.stderr)
         else:

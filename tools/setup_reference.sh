@@ -4,7 +4,7 @@
 #   tools/setup_reference.sh [VENV_DIR]      (default: $NNCREF or /tmp/nncref)
 #
 # The reference pins numpy<2 and imports torch, so it never shares an environment with nnc. nnc itself never
-# imports it: tests drive it through nnc/conformance/reference_driver.py in a subprocess. Idempotent: an existing venv
+# imports it: tests drive it through tests/support/reference_driver.py in a subprocess. Idempotent: an existing venv
 # whose smoke test passes is kept.
 set -euo pipefail
 VENV="${1:-${NNCREF:-/tmp/nncref}}"

@@ -3,7 +3,7 @@
     python benchmarks/core/dump_sessions.py MODEL OUT.raw [--qp -32] [--no-dq]
 
 MODEL: a model file nnc can read (safetensors, ONNX, .pt, .npz) or one of the names of
-``nnc.converters._realmodels.model_paths()`` (minilm, ocr_rec, ...). The file holds, per session (NDU), the
+``tests.support.realmodels.model_paths()`` (minilm, ocr_rec, ...). The file holds, per session (NDU), the
 spec table row, the encoder settings and the stored integers of every tensor, exactly as passed to the
 core's encoder (format: see bench_core.cpp). The harness then times the core alone, without Python.
 """
@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 
-import nnc
-import nnc.deepcabac as dc
-from nnc.converters import load_model
-from nnc.converters._realmodels import model_paths
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests/support
+
+import nnc  # noqa: E402
+import nnc.deepcabac as dc  # noqa: E402
+from nnc.converters import load_model  # noqa: E402
+from tests.support.realmodels import model_paths  # noqa: E402
 
 
 def main() -> None:

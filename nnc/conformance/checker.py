@@ -17,13 +17,13 @@ fully verified (features nnc does not implement, incremental NDUs whose parent s
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .. import bitstream as B
+from ..bitstream.source import as_bytes
+from ..coding.ndu import plan_ndu
 from ..errors import (BitstreamError, ConfigError, ConformanceError, LimitExceededError, TruncatedBitstreamError,
                       UnsupportedFeatureError)
 
@@ -171,16 +171,6 @@ class Report:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def _as_bytes(bitstream) -> bytes | memoryview:
-    if isinstance(bitstream, (str, os.PathLike)):
-        return Path(bitstream).read_bytes()
-    if isinstance(bitstream, (bytes, bytearray, memoryview)):
-        return bitstream
-    if isinstance(bitstream, np.ndarray) and bitstream.dtype == np.uint8:
-        return memoryview(np.ascontiguousarray(bitstream)).cast("B")
-    raise TypeError(f"bitstream must be bytes-like or a path, got {type(bitstream).__name__}")
-
-
 class _Checker:
     def __init__(self, data, max_units: int, max_tensor_elements: int, verify_payloads: bool):
         self.data = data
@@ -356,20 +346,18 @@ class _Checker:
         self.verify_payload(u, h, codings, kinds, qd, qp0)
 
     def codings(self, u, h, dims, qd):
-        from .. import deepcabac as dc
-        PT = B.PayloadType
-        pt = h.nnr_compressed_data_unit_payload_type
         profile = u.context.general_profile_idc if u.context is not None else 0
-        cpt = h.compressed_parameter_types or 0
-        if cpt & B.CompressedParameterTypes.NNR_CPT_DC:
-            raise _Skip("UNSUPPORTED_FEATURE", "low-rank decomposition (NNR_CPT_DC) NDUs are not implemented; "
-                        "payload not verified", None, f"{_NDU}.compressed_parameter_types", WARNING)
+        try:
+            plan = plan_ndu(h, profile=profile, qp_density=qd, unit_index=u.index)
+        except UnsupportedFeatureError as e:
+            raise _Skip(e.code, f"{e}; payload not verified", None, f"{_NDU}.compressed_parameter_types", WARNING)
+        except BitstreamError as e:
+            raise _Skip(e.code or "SYNTAX_ERROR", e.reason, None, e.syntax_path, ERROR)
         n = math.prod(dims)
         cb1 = profile == 1 and h.codebook_present_flag and h.codebook.codebook_size == 1
         h0, w0 = dims[0], n // dims[0]
         need = 0 if cb1 else (h0 if profile == 1 and h0 > 1 and w0 > 1 else n)
-        if pt == PT.NNR_PT_BLOCK:
-            need += dims[0] * (len(h.element_names) - 1)
+        need += sum(math.prod(m.shape) for m in plan.members if m.role not in ("tensor", "weight"))
         # an arithmetic decoder consumes at least one bit per 128 context-coded bins (rLPS >= 2)
         capacity = 128 * 8 * (len(u.payload) + 2)
         if need > capacity:
@@ -379,28 +367,7 @@ class _Checker:
         if n > self.max_elements:
             raise _Skip("PAYLOAD_NOT_VERIFIED", f"tensor of {n} elements exceeds the checker's limit "
                         f"({self.max_elements}); payload not decoded", None, f"{_NDU}.tensor_dimensions", WARNING)
-        cb_size = cb_zero = 0
-        if h.codebook_present_flag and profile == 1:
-            cb_size, cb_zero = h.codebook.codebook_size, h.codebook.CbZeroOffset
-        is_int = pt == PT.NNR_PT_INT
-        parent = bool(getattr(h, "parent_node_id_present_flag", 0))
-        common = dict(profile=profile, unary_length=h.unary_length_minus1 + 1,
-                      qp_bits=None if is_int else 6 + qd, scan_order=h.scan_order or 0,
-                      dq=bool(h.dq_flag) and not is_int, parent_present=parent)
-        weight = dc.TensorCoding(shape=tuple(dims), codebook_size=cb_size, codebook_zero=cb_zero, **common)
-        if pt != PT.NNR_PT_BLOCK:
-            return [weight], ["int" if is_int else ("codebook" if h.codebook_present_flag else "uniform")]
-        # NNR_PT_BLOCK (§1.10.2): ls, bias, bn.* (1-D, length d0) in coding order, the weight last
-        k = (1 if cpt & B.CompressedParameterTypes.NNR_CPT_LS else 0) + \
-            (4 if cpt & B.CompressedParameterTypes.NNR_CPT_BN else 0) + \
-            (1 if cpt & B.CompressedParameterTypes.NNR_CPT_BI else 0)
-        names = h.element_names
-        if len(names) != k + 1:
-            raise _Skip("SYNTAX_ERROR", f"NNR_PT_BLOCK lists {len(names)} elements but compressed_parameter_types "
-                        f"{cpt:#x} implies {k + 1}", None, f"{_NDU}.count_topology_elements_minus2", ERROR)
-        member = dict(common, scan_order=0)
-        return ([dc.TensorCoding(shape=(dims[0],), **member) for _ in range(k)] + [weight],
-                ["uniform"] * k + ["codebook" if h.codebook_present_flag else "uniform"])
+        return [m.coding for m in plan.members], [m.kind for m in plan.members]
 
     def verify_payload(self, u, h, codings, kinds, qd, qp0) -> None:
         from .. import deepcabac as dc
@@ -521,22 +488,7 @@ def check(bitstream, raise_on_error: bool = False, *, verify_payloads: bool = Tr
     whose ``report`` attribute is the report. ``verify_payloads=False`` skips CABAC decoding of NDU payloads
     (header-only check). NDUs with more than ``max_tensor_elements`` elements are not decoded (a warning).
     """
-    rep = _Checker(_as_bytes(bitstream), max_units, max_tensor_elements, verify_payloads).run()
+    rep = _Checker(as_bytes(bitstream, allow_path=True), max_units, max_tensor_elements, verify_payloads).run()
     if raise_on_error:
         rep.raise_if_errors()
     return rep
-
-
-def ndu_codings(unit, qp_density: int, max_tensor_elements: int = 1 << 28):
-    """The DeepCABAC :class:`~nnc.deepcabac.TensorCoding` list (coding order) and kinds ("int", "uniform",
-    "codebook") for a parsed NDU, or ``None`` when its payload cannot be decoded by nnc (DC, RAW_FLOAT,
-    too large, invalid dimensions)."""
-    h = unit.body
-    dims = list(h.tensor_dimensions or [])
-    if h.nnr_compressed_data_unit_payload_type == B.PayloadType.NNR_PT_RAW_FLOAT or not dims or \
-            any(d == 0 for d in dims) or (h.scan_order or 0) > 4:
-        return None
-    try:
-        return _Checker(b"", 0, max_tensor_elements, True).codings(unit, h, dims, qp_density)
-    except _Skip:
-        return None

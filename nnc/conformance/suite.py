@@ -1,4 +1,4 @@
-"""The conformance suite runner behind ``nnc conform SUITE [--impl nnc|reference|both]``.
+"""The conformance suite runner behind ``nnc conform SUITE`` (and ``tools/conform.py --impl nnc|reference|both``).
 
 A suite folder (``conformance/`` in the repository) holds sub-folders with a ``manifest.json`` each:
 
@@ -10,7 +10,7 @@ A suite folder (``conformance/`` in the repository) holds sub-folders with a ``m
 
 For ``impl="nnc"`` a positive case passes when :func:`nnc.check` finds no error and :func:`nnc.decode` reproduces
 every array bit-exactly; a negative case passes when the check reports every expected violation. For
-``impl="reference"`` the positive bitstreams are decoded by NNCodec (``nnc.conformance.reference``), negative
+``impl="reference"`` the positive bitstreams are decoded by NNCodec (a driver passed as ``reference=``), negative
 vectors are not applicable.
 """
 from __future__ import annotations
@@ -151,10 +151,17 @@ def _nnc_negative(data: bytes, expected: list[dict]) -> tuple[str, str]:
     return "pass", ", ".join(sorted({e["code"] for e in expected}))
 
 
-def run_suite(path="conformance", impl: str = "nnc") -> SuiteResult:
-    """Run every vector of the suite at ``path`` with ``impl`` ("nnc", "reference" or "both")."""
+def run_suite(path="conformance", impl: str = "nnc", *, reference=None) -> SuiteResult:
+    """Run every vector of the suite at ``path`` with ``impl`` ("nnc", "reference" or "both").
+
+    ``reference`` is the other implementation for "reference"/"both": an object with ``available()``,
+    ``decode_many(bitstreams, strict=False)`` and ``decode_sequence(bitstreams)`` (the repository's
+    ``tests/support/reference.py`` drives NNCodec that way; nnc itself never runs the reference).
+    """
     if impl not in ("nnc", "reference", "both"):
         raise ValueError(f"impl must be 'nnc', 'reference' or 'both', got {impl!r}")
+    if impl != "nnc" and reference is None:
+        raise ValueError(f"impl={impl!r} needs reference=<driver> (see tests/support/reference.py)")
     impls = ["nnc", "reference"] if impl == "both" else [impl]
     res = SuiteResult(str(path))
     groups = load_suite(path)
@@ -164,7 +171,7 @@ def run_suite(path="conformance", impl: str = "nnc") -> SuiteResult:
         if im == "nnc":
             _run_nnc(groups, res)
         else:
-            _run_reference(groups, res)
+            _run_reference(groups, res, reference)
     return res
 
 
@@ -183,8 +190,7 @@ def _run_nnc(groups, res: SuiteResult) -> None:
             res.results.append(CaseResult(s["id"], group, "sequence", "nnc", st, d))
 
 
-def _run_reference(groups, res: SuiteResult) -> None:
-    from . import reference
+def _run_reference(groups, res: SuiteResult, reference) -> None:
     if not reference.available():
         for group, _, man in groups:
             for c in man.get("cases", []) + man.get("sequences", []):

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..codec import decode, encode
 from ..config import EncoderConfig
-from ..quant import step_size
+from ..coding.quant import step_size
 from .simulate import client_rng, evaluate, forward, init_mlp, minibatch_sgd, select_clients, train_local
 
 __all__ = ["grid_levels", "grid_size", "quantize_soft_labels", "dequantize", "Q_b", "rank_grid", "unrank_grid",

@@ -34,7 +34,7 @@ from ..codec import Encoder
 from ..config import DecoderConfig, EncoderConfig
 from ..errors import NNCError, UpdateStateError
 from ..incremental import UpdateDecoder, UpdateEncoder, in_model_shape, in_model_shapes
-from ..quant import qp_for_step, reconstruct_uniform
+from ..coding.quant import qp_for_step, reconstruct_uniform
 from . import sparsify as sp
 
 __all__ = ["UplinkConfig", "DownlinkConfig", "DownlinkMessage", "UplinkMessage", "ClientCodec", "ServerCodec",

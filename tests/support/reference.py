@@ -1,7 +1,7 @@
 """Run NNCodec 2.1.3 (the reference implementation) as a test oracle in its own venv.
 
-nnc never needs the reference to encode or decode. This module only serves the test suite, the
-conformance runner (``--impl reference``) and the benchmarks: it hands batches of jobs to
+nnc never needs the reference to encode or decode, and the installed package never runs it. This module (test
+support, outside the package) serves the test suite, ``tools/conform.py --impl reference|both`` and the benchmarks: it hands batches of jobs to
 ``reference_driver.py`` running under the reference venv's interpreter and reads the results back.
 
 The venv is found at ``$NNCREF`` or ``/tmp/nncref``; build it with ``tools/setup_reference.sh``.
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import NNCError
+from nnc.errors import NNCError
 
 __all__ = ["ReferenceUnavailable", "ReferenceError", "reference_python", "available", "encode_many",
            "decode_many", "encode_sequence", "decode_sequence"]

@@ -1,4 +1,4 @@
-"""``nnc info``: a unit-by-unit description of an NNC bitstream (like ffprobe for NNC).
+"""``nnc info`` / :func:`nnc.inspect`: a unit-by-unit description of an NNC bitstream (like ffprobe for NNC).
 
 >>> info = nnc.inspect(data)
 >>> print(info.to_text())          # tree: units, offsets, sizes, tensors, shapes, dtypes, QP, tools
@@ -18,10 +18,15 @@ from typing import Any
 import numpy as np
 
 from . import bitstream as B
+from . import deepcabac as dc
+from .bitstream.source import as_bytes
+from .coding.ndu import plan_ndu
+from .coding.quant import step_size
 from .errors import NNCError
 
 __all__ = ["TensorInfo", "UnitInfo", "BitstreamInfo", "inspect"]
 
+_MAX_DESCRIBED_ELEMENTS = 1 << 28    # payloads of larger NDUs are described from their headers only
 _DTYPE_NAMES = {0: "int32", 1: "float32", 2: "int8 (INT2)", 3: "int8 (INT3)", 4: "int8 (INT4)", 5: "int8",
                 6: "int16", 7: "int64", 8: "float16", 9: "float64"}
 
@@ -191,65 +196,51 @@ def _unit_fields(u) -> dict:
 
 
 def _ndu_tensors(u, qd: int, qp0: int, decode: bool) -> tuple[list[TensorInfo], list[str]]:
-    from . import deepcabac as dc
-    from .conformance.checker import ndu_codings
     h = u.body
-    PT = B.PayloadType
-    pt = h.nnr_compressed_data_unit_payload_type
-    dims = [int(d) for d in (h.tensor_dimensions or [])]
-    names = [str(n) for n in h.element_names]
+    profile = u.context.general_profile_idc if u.context is not None else 0
+    try:
+        plan = plan_ndu(h, profile=profile, qp_density=qd, unit_index=u.index)
+    except NNCError as e:   # the header names its tensors but does not describe a decodable payload
+        return ([TensorInfo(name=str(n), shape=[], dtype="unknown", elements=0, coding="unknown")
+                 for n in h.element_names], [f"payload not decoded: {e}"])
     fmt = h.nnr_decompressed_data_format if h.nnr_decompressed_data_format_present_flag else None
-    errors: list[str] = []
     cb = h.codebook if getattr(h, "codebook_present_flag", 0) else None
-    weight_kind = ("int" if pt == PT.NNR_PT_INT else "raw" if pt == PT.NNR_PT_RAW_FLOAT else
-                   "codebook" if cb is not None else "dq" if h.dq_flag else "uniform")
-    if pt == PT.NNR_PT_BLOCK and len(names) > 1:
-        # element list is weight-first; the other members are 1-D of length d0 (§1.9)
-        shapes = [dims] + [[dims[0]] if dims else []] * (len(names) - 1)
-        kinds = [weight_kind] + ["dq" if h.dq_flag else "uniform"] * (len(names) - 1)
-    else:
-        shapes, kinds = [dims], [weight_kind]
+    errors: list[str] = []
     infos = []
-    for name, shape, kind in zip(names, shapes, kinds):
+    for m in plan.members:                  # coding order: a block's LS/bias/BN vectors, then its weight
+        kind = "dq" if m.kind == "uniform" and plan.dq else m.kind
         default = {"int": "int32", "codebook": "float64"}.get(kind, "float32")
         dtype = _DTYPE_NAMES.get(fmt, f"reserved({fmt})") if fmt is not None else default
-        ti = TensorInfo(name=name, shape=shape, dtype=dtype, elements=math.prod(shape) if shape else 0, coding=kind)
+        ti = TensorInfo(name=m.name, shape=list(m.shape), dtype=dtype, elements=math.prod(m.shape), coding=kind)
         if kind == "codebook" and cb is not None:
             ti.codebook = {"size": cb.codebook_size, "egk": cb.codebook_egk, "zero_offset": cb.CbZeroOffset,
                            "values": _fmt(cb.values)}
         infos.append(ti)
-    if not decode or pt == PT.NNR_PT_RAW_FLOAT:
+    if not decode or any(m.coding is None for m in plan.members):
         return infos, errors
-    got = ndu_codings(u, qd)
-    if got is None:
-        errors.append("payload not decoded (unsupported coding or invalid dimensions)")
+    if plan.elements > _MAX_DESCRIBED_ELEMENTS:
+        errors.append("payload not decoded (tensor too large to describe)")
         return infos, errors
-    codings, _ = got
-    if getattr(h, "temporal_context_modeling_flag", 0):
+    if plan.tca:
         errors.append("payload not decoded: TCA needs the parent tensor")
         return infos, errors
     try:
-        res = dc.decode_payload(u.payload, codings)
+        res = dc.decode_payload(u.payload, [m.coding for m in plan.members])
     except NNCError as e:
         errors.append(f"payload: {e}")
         return infos, errors
-    # coding order is members first, weight last; infos are weight first
-    order = list(range(1, len(infos))) + [0] if len(infos) > 1 else [0]
-    for ci, ii in enumerate(order):
-        ti = infos[ii]
-        q = res.levels[ci]
-        qoff = res.qp_offsets[ci]
+    for ti, q, qoff, row_skip, hdsp in zip(infos, res.levels, res.qp_offsets, res.row_skip_flags, res.hdsp_flags):
         if qoff is not None:
             ti.qp = qoff + qp0
             try:
-                ti.step_size = dc.step_size(ti.qp, qd)
+                ti.step_size = float(step_size(ti.qp, qd))
             except (OverflowError, ValueError):
                 ti.step_size = float("nan")
-        ti.row_skipping = res.row_skip_flags[ci]
+        ti.row_skipping = row_skip
         if ti.row_skipping:
             q2 = q.reshape(q.shape[0], -1)
             ti.skipped_rows = int((~q2.any(axis=1)).sum())
-        ti.hdsp = res.hdsp_flags[ci] or None
+        ti.hdsp = hdsp or None
         ti.nonzero = int(np.count_nonzero(q))
         if q.size:
             ti.min_level, ti.max_level = int(q.min()), int(q.max())
@@ -258,8 +249,7 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool) -> tuple[list[TensorInfo], 
 
 def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> BitstreamInfo:
     """Describe an NNC bitstream (bytes-like or a file path) unit by unit; see :class:`BitstreamInfo`."""
-    from .conformance.checker import _as_bytes
-    data = _as_bytes(bitstream)
+    data = as_bytes(bitstream, allow_path=True)
     units: list[UnitInfo] = []
     profile = None
     topo = None
@@ -288,13 +278,3 @@ def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> Bits
                 ui.errors.append(f"cannot describe tensors: {type(e).__name__}: {e}")
         units.append(ui)
     return BitstreamInfo(size=len(data), profile=profile, units=units, topology_format=topo, qp_density=qd)
-
-
-# ``import nnc.inspect`` binds the *module* to ``nnc.inspect``, shadowing the lazily exported function of the same
-# name; making the module callable keeps ``nnc.inspect(data)`` working in every import order.
-class _CallableModule(__import__("types").ModuleType):
-    def __call__(self, *args, **kwargs):
-        return inspect(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import deepcabac
+from ... import deepcabac
 from ..quant import qp_for_step, quantize_tensor, reconstruct_uniform
 
 __all__ = ["allocate_qps", "qp_for_rel_error", "rd_points", "measure_rd", "allocate_from_table", "sensitivities"]

@@ -12,9 +12,12 @@ from typing import Mapping
 
 import numpy as np
 
-from .. import bitstream as bs
-from .. import deepcabac
-from ..quant import quantize_tensor
+from . import bitstream as bs
+from . import deepcabac
+from .codec import Encoder
+from .coding.ndu import block_members, effective_scan
+from .coding.quant import quantize_tensor
+from .topology import Topology
 
 __all__ = ["fold_bn", "block_ndu", "encode_blocks"]
 
@@ -36,7 +39,6 @@ def block_ndu(members: Mapping[str, tuple[str, np.ndarray]], cfg, *, parameter_i
     none of ``"bn.beta"``, ``"bn.gamma"``, ``"bn.mean"``, ``"bn.var"``) to ``(name, float array)``; vectors
     have ``weight.shape[0]`` elements. Weight at ``cfg.qp_for``, vectors at the non-weight qp, all with
     ``cfg.dq``; no codebook."""
-    from ..codec import block_members
     if "weight" not in members:
         raise ValueError("a block needs a weight")
     bn = [r for r in _BN if r in members]
@@ -53,7 +55,7 @@ def block_ndu(members: Mapping[str, tuple[str, np.ndarray]], cfg, *, parameter_i
     order = block_members(cpt)
     names = [""] * len(order)
     items = []
-    scan = cfg.scan_order if w.shape[0] > 1 and w.size // w.shape[0] > 1 else 0
+    scan = effective_scan(w.shape, cfg.scan_order)
     for role, pos in order:
         name, arr = members[role]
         x = np.ascontiguousarray(arr, dtype=np.float32)
@@ -69,8 +71,7 @@ def block_ndu(members: Mapping[str, tuple[str, np.ndarray]], cfg, *, parameter_i
         items.append((q, coding, qp_used, deepcabac.EncodeOptions(
             param_opt=cfg.param_opt, row_skipping=cfg.row_skipping and cfg.profile == 1)))
     payload, eps = deepcabac.encode_payload(items)
-    from ..bitstream.parser import Context
-    ctx = Context(general_profile_idc=cfg.profile)
+    ctx = bs.Context(general_profile_idc=cfg.profile)
     header = bs.ndu_header(
         ctx, payload_type=bs.PayloadType.NNR_PT_BLOCK, topology_elem_id_list=names,
         compressed_parameter_types=cpt, tensor_dimensions=list(w.shape), dq_flag=int(cfg.dq),
@@ -83,7 +84,6 @@ def block_ndu(members: Mapping[str, tuple[str, np.ndarray]], cfg, *, parameter_i
 def encode_blocks(blocks, tensors: Mapping[str, np.ndarray], cfg) -> bytes:
     """A whole bitstream: one BLOCK NDU per entry of ``blocks`` (role -> tensor name mappings), then one NDU
     per remaining tensor of ``tensors``."""
-    from ..codec import Encoder
     rest = dict(tensors)
     units = []
     for i, blk in enumerate(blocks):
@@ -91,7 +91,6 @@ def encode_blocks(blocks, tensors: Mapping[str, np.ndarray], cfg) -> bytes:
         units.append(block_ndu(members, cfg, parameter_id=i))
     head = Encoder(cfg).encode(rest) if rest else None
     if head is None:
-        from ..topology import Topology
         head = b"".join([bs.start_unit(cfg.profile), bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density,
                                                                    parent_signalling=False), bs.tpl_unit(Topology())])
     return head + b"".join(units)

@@ -57,7 +57,7 @@ def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_o
     ``q`` are the stored integers (for DQ the reconstruction indices). ``qp_used`` differs from ``qp`` only
     when the levels would not fit int32; then, like the reference, the smallest QP that fits is used.
     """
-    from . import deepcabac
+    from .. import deepcabac
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     step = step_size(qp, qp_density)

@@ -5,7 +5,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["DecompressedDataFormat", "coding_kind", "format_for_dtype", "dtype_for_format"]
 

@@ -1,10 +1,10 @@
 """Encoder coding tools of MPEG NNC beyond plain uniform/DQ quantisation (issue 6).
 
-* :mod:`nnc.tools.codebook` — codebook quantisation (NNCodec's ``codebook_mode`` 1 and 2, byte-exact).
-* :mod:`nnc.tools.bitdepth` — integer-aligned bit-depth mode (per-tensor qp from the 99.95th percentile).
-* :mod:`nnc.tools.optqp` — NNCodec's size/spread-based per-tensor QP modification (``opt_qp``).
-* :mod:`nnc.tools.sparsify` — unstructured and structured sparsification before quantisation.
-* :mod:`nnc.tools.ratecontrol` — targets instead of QPs: bits per parameter, maximum relative error.
+* :mod:`nnc.coding.tools.codebook` — codebook quantisation (NNCodec's ``codebook_mode`` 1 and 2, byte-exact).
+* :mod:`nnc.coding.tools.bitdepth` — integer-aligned bit-depth mode (per-tensor qp from the 99.95th percentile).
+* :mod:`nnc.coding.tools.optqp` — NNCodec's size/spread-based per-tensor QP modification (``opt_qp``).
+* :mod:`nnc.coding.tools.sparsify` — unstructured and structured sparsification before quantisation.
+* :mod:`nnc.coding.tools.ratecontrol` — targets instead of QPs: bits per parameter, maximum relative error.
 
 All of them only choose levels, QPs and codebooks; the bitstream syntax is the standard's.
 """

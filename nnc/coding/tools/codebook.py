@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import deepcabac
-from ..bitstream.bits import BitWriter, ie_to_ue
+from ... import deepcabac
+from ...bitstream.bits import BitWriter, ie_to_ue
 from ..quant import quantize_tensor
 from .bitdepth import clip_levels
 

@@ -14,7 +14,7 @@ TOOLS = ("codebook_auto", "codebook_force", "bitdepth", "opt_qp", "sparsity")
 
 def config_from_settings(s: Mapping):
     """EncoderConfig equivalent of reference_driver settings ``s``."""
-    from ..config import EncoderConfig
+    from nnc.config import EncoderConfig
     mode = {0: "off", 1: "force", 2: "auto"}[int(s.get("codebook_mode", 0) or 0)]
     return EncoderConfig(
         qp=int(s.get("qp", -38)), qp_density=int(s.get("qp_density", 2)), nonweight_qp=s.get("nonweight_qp", -75),
