@@ -18,7 +18,7 @@ from . import deepcabac
 from .bitstream.source import as_bytes
 from .coding import tools as _tools
 from .coding.dtypes import coding_kind, format_for_dtype
-from .coding.ndu import NduPlan, effective_scan, plan_ndu, signalled_scan, with_history
+from .coding.ndu import NduParent, NduPlan, effective_scan, plan_ndu, signalled_scan, with_history
 from .coding.quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
 from .config import DecoderConfig, EncoderConfig
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
@@ -31,8 +31,8 @@ __all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "encode", "dec
 # encoding
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
-class _Plan:
-    """One tensor, ready for entropy coding."""
+class TensorPlan:
+    """One tensor, ready for entropy coding (:meth:`Encoder.plan`; :func:`encode_ndu` writes its NDU)."""
 
     name: str
     index: int
@@ -69,7 +69,7 @@ def _as_array(name: str, value) -> np.ndarray:
         raise InputError(f"tensor {name!r} cannot be converted to a numpy array: {e}") from None
 
 
-def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | None = None) -> _Plan:
+def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | None = None) -> TensorPlan:
     kind = coding_kind(name, arr.dtype)
     shape = tuple(int(d) for d in arr.shape) or (1,)
     if any(d == 0 for d in shape):
@@ -87,7 +87,7 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
                 raise InputError(f"integer tensor {name!r} has values in {lo}..{hi}, outside the int32 range "
                                  "that NNR_PT_INT carries losslessly")
         q = np.ascontiguousarray(arr, dtype=np.int32).reshape(shape)
-        return _Plan(name, index, shape, q, None, False, fmt)
+        return TensorPlan(name, index, shape, q, None, False, fmt)
     x = np.ascontiguousarray(arr, dtype=np.float32).reshape(shape)
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
@@ -103,25 +103,14 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
             x, qp, cfg.qp_density, mode=cfg.codebook, dq=cfg.dq, scan_order=scan, profile=cfg.profile,
             param_opt=cfg.param_opt, unary_length_minus1=cfg.unary_length_minus1, bitdepth=bits)
         cb = None if ch.values is None else (ch.values, ch.zero_offset, ch.egk)
-        return _Plan(name, index, shape, ch.q, ch.qp, ch.dq, fmt, cb)
+        return TensorPlan(name, index, shape, ch.q, ch.qp, ch.dq, fmt, cb)
     q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan)
     if bits is not None:
         q = _tools.bitdepth.clip_levels(q, x, bits)
-    return _Plan(name, index, shape, q, qp_used, cfg.dq, fmt)
+    return TensorPlan(name, index, shape, q, qp_used, cfg.dq, fmt)
 
 
-@dataclass
-class _NduParent:
-    """Incremental-coding information for one NDU (used by nnc.incremental)."""
-
-    put_node_depth: int
-    tca: bool = False
-    tca_base: np.ndarray | None = None
-    hdsp_history: np.ndarray | None = None
-    hdsp: bool = False
-
-
-def _encode_ndu(plan: _Plan, cfg: EncoderConfig, *, parent_signalling: bool, parent: _NduParent | None = None
+def encode_ndu(plan: TensorPlan, cfg: EncoderConfig, *, parent_signalling: bool, parent: NduParent | None = None
                 ) -> bytes:
     scan = signalled_scan(plan.shape, cfg.scan_order)
     coding = deepcabac.TensorCoding(
@@ -194,7 +183,7 @@ class Encoder:
         arrays, qps = _tools.prepare(dict(items), self.config)
         return [(i, k, arrays[k]) for i, (k, _) in enumerate(items)], qps
 
-    def plan(self, tensors: Mapping[str, np.ndarray]) -> list[_Plan]:
+    def plan(self, tensors: Mapping[str, np.ndarray]) -> list[TensorPlan]:
         """Validate and quantise ``tensors`` (name -> array) in order."""
         items, qps = self._prepare(tensors)
         return self._map(lambda it: _plan(it[1], it[2], it[0], self.config, qps.get(it[1])), items)
@@ -213,7 +202,7 @@ class Encoder:
 
         def one(item) -> bytes:
             plan = _plan(item[1], item[2], item[0], cfg, qps.get(item[1]))
-            return _encode_ndu(plan, cfg, parent_signalling=False)
+            return encode_ndu(plan, cfg, parent_signalling=False)
 
         units = [bs.start_unit(cfg.profile),
                  bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False),

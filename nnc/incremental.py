@@ -24,7 +24,8 @@ from typing import Mapping
 import numpy as np
 
 from . import bitstream as bs
-from .codec import DecodedModel, Decoder, Encoder, _encode_ndu, _NduParent, _Plan
+from .codec import DecodedModel, Decoder, Encoder, TensorPlan, encode_ndu
+from .coding.ndu import NduParent
 from .config import DecoderConfig, EncoderConfig
 from .errors import ConfigError, InputError, UpdateStateError
 from .coding.quant import reconstruct_uniform
@@ -189,11 +190,11 @@ class UpdateEncoder:
         self.state.add_to_history(coded)
         return b"".join(units), recon
 
-    def _parameter_id(self, plan: _Plan) -> int:
+    def _parameter_id(self, plan: TensorPlan) -> int:
         h = self.state.tensors.get(plan.name)
         return h.parameter_id if h is not None and h.parameter_id is not None else plan.index
 
-    def _code_one(self, plan: _Plan) -> bytes | None:
+    def _code_one(self, plan: TensorPlan) -> bytes | None:
         if not plan.q.any():
             return None
         cfg = self.config
@@ -203,12 +204,12 @@ class UpdateEncoder:
         if tca and h.levels.shape != plan.q.shape:
             raise InputError(f"tensor {plan.name!r} changed shape from {h.levels.shape} to {plan.q.shape}")
         hist = h.seen_nonzero if h is not None else None
-        plan = _Plan(plan.name, self._parameter_id(plan), plan.shape, plan.q, plan.qp, plan.dq, plan.data_format)
+        plan = TensorPlan(plan.name, self._parameter_id(plan), plan.shape, plan.q, plan.qp, plan.dq, plan.data_format)
 
         def code(use_hdsp: bool) -> bytes:
-            parent = _NduParent(put_node_depth=depth, tca=tca, tca_base=h.levels if tca else None,
+            parent = NduParent(put_node_depth=depth, tca=tca, tca_base=h.levels if tca else None,
                                 hdsp_history=hist, hdsp=use_hdsp)
-            return _encode_ndu(plan, cfg, parent_signalling=True, parent=parent)
+            return encode_ndu(plan, cfg, parent_signalling=True, parent=parent)
 
         off = code(False)
         if self.hdsp and hist is not None:
@@ -218,7 +219,7 @@ class UpdateEncoder:
         return off
 
 
-def _reconstruct(plan: _Plan, cfg: EncoderConfig) -> np.ndarray:
+def _reconstruct(plan: TensorPlan, cfg: EncoderConfig) -> np.ndarray:
     if plan.qp is None:
         return plan.q.astype(np.int64)
     return reconstruct_uniform(plan.q, plan.qp, cfg.qp_density)

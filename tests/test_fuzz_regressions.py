@@ -27,7 +27,7 @@ def _with_mps_qp(qp: int) -> bytes:
     p = bs.parse(data)
     mps = p.units[1]
     raw = bs.write_unit(replace(mps.body, mps_quantization_parameter=qp), context=mps.context)
-    return p.units[0].to_bytes() + raw + b"".join(u.to_bytes() for u in p.units[2:])
+    return bs.write_unit(p.units[0]) + raw + bs.write_bitstream(p.units[2:])
 
 
 def test_qp_overflow_inline_bytes():

@@ -30,7 +30,7 @@ def _replace_last_ndu(data: bytes, **fields) -> bytes:
     p = bs.parse(data)
     u = p.units[-1]
     raw = bs.write_unit(replace(u.body, **fields), context=u.context, payload=bytes(u.payload))
-    return b"".join(x.to_bytes() for x in p.units[:-1]) + raw
+    return bs.write_bitstream(p.units[:-1]) + raw
 
 
 @pytest.fixture(scope="module")

@@ -14,20 +14,21 @@ from .bits import MAX_UE_PREFIX_BITS, BitReader, BitWriter, Float32
 from .enums import (CompressedParameterTypes, DecompressedDataFormat, NNRUnitType, ParentNodeIdType, PayloadType,
                     PruningInformationRepresentation, QuantizationMethodFlags, TopologyCompressionFormat,
                     TopologyStorageFormat)
-from .parser import Context, ParsedBitstream, Unit, iter_units, parse
+from .model import Context, ParsedBitstream, Unit
+from .parser import iter_units, parse
 from .syntax import struct_markdown
 from .units import (ALL_STRUCTURES, Codebook, DecompositionPerformanceMap, EntryPoint, LayerParameterSet,
                     ModelParameterSet, NduHeader, PruningPerformanceMap, QuantizationUnit,
                     SparsificationPerformanceMap, StartUnit, TopologyUnit, UnificationPerformanceMap, UnitHeader,
                     entry_point_count)
 from .writer import (SHORT_SIZE_MAX, NduHeaderSpec, canonical, lps_unit, model_parameter_set, mps_unit, ndu_header,
-                     ndu_unit, qnt_unit, start_unit, tpl_unit, write_unit)
+                     ndu_unit, qnt_unit, start_unit, tpl_unit, write_bitstream, write_unit)
 
 __all__ = [
     # parsing
     "parse", "iter_units", "ParsedBitstream", "Unit", "Context",
     # writing
-    "write_unit", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit", "qnt_unit",
+    "write_unit", "write_bitstream", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit", "qnt_unit",
     "ndu_header", "ndu_unit", "NduHeaderSpec", "canonical", "SHORT_SIZE_MAX",
     # structures
     "UnitHeader", "StartUnit", "ModelParameterSet", "LayerParameterSet", "TopologyUnit", "QuantizationUnit",

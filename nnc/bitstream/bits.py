@@ -164,7 +164,7 @@ class BitReader:
             return raw.decode("utf-8", "strict")
         except UnicodeDecodeError as exc:
             raise BitstreamError(f"st string is not valid UTF-8 ({exc.reason} at string byte {exc.start})",
-                                 byte_offset=start + exc.start) from None
+                                 byte_offset=start + exc.start, code="INVALID_UTF8") from None
 
 
 class BitWriter:

@@ -6,193 +6,17 @@ Only the high-level syntax is bit-parsed. An NDU's payload (CABAC bytes or raw f
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterator
 
 from ..errors import (BitstreamError, LimitExceededError, NNCError, TruncatedBitstreamError,
                       UnsupportedFeatureError)
 from .bits import BitReader
 from .enums import NNRUnitType, PayloadType
 from .syntax import Scope, _read_items, read_struct
-from .units import (BODY_CLASSES, UNIT_HEADER_ITEMS, LayerParameterSet, ModelParameterSet, StartUnit, TopologyUnit,
-                    UnitHeader, _type_name)
+from .model import Context, ParsedBitstream, Unit
+from .units import BODY_CLASSES, UNIT_HEADER_ITEMS, UnitHeader, _type_name
 
-__all__ = ["Context", "Unit", "ParsedBitstream", "parse", "iter_units"]
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a unit's syntax depends on from earlier units.
-
-    ``general_profile_idc`` comes from NNR_STR; the two flags from NNR_MPS (0 when absent, and the parent
-    flag is 0 unless profile = 1). ``mps``/``lps`` are the parsed parameter-set bodies, if any (an LPS's qp
-    fields override the MPS ones for the following NDUs, §1.6)."""
-
-    general_profile_idc: int = 0
-    mps_topology_indexed_reference_flag: int = 0
-    mps_parent_signalling_enabled_flag: int = 0
-    mps: ModelParameterSet | None = None
-    lps: LayerParameterSet | None = None
-
-    @property
-    def profile(self) -> int:
-        return self.general_profile_idc
-
-    @classmethod
-    def from_mps(cls, general_profile_idc: int, mps: ModelParameterSet | None) -> "Context":
-        return cls(general_profile_idc=general_profile_idc).with_mps(mps)
-
-    def with_mps(self, mps: ModelParameterSet | None) -> "Context":
-        if mps is None:
-            return dataclasses.replace(self, mps=None, mps_topology_indexed_reference_flag=0,
-                                       mps_parent_signalling_enabled_flag=0)
-        parent = (mps.mps_parent_signalling_enabled_flag or 0) if self.general_profile_idc == 1 else 0
-        return dataclasses.replace(self, mps=mps,
-                                   mps_topology_indexed_reference_flag=mps.mps_topology_indexed_reference_flag or 0,
-                                   mps_parent_signalling_enabled_flag=parent)
-
-    def scope(self) -> Scope:
-        return Scope({
-            "general_profile_idc": self.general_profile_idc,
-            "mps_topology_indexed_reference_flag": self.mps_topology_indexed_reference_flag,
-            "mps_parent_signalling_enabled_flag": self.mps_parent_signalling_enabled_flag,
-        })
-
-
-@dataclass(eq=False)
-class Unit:
-    """One NNR unit as found in the bitstream.
-
-    ``header`` holds the common unit header (size, type, flags, partial data counter); ``body`` the
-    type-specific syntax (a :class:`StartUnit`, :class:`ModelParameterSet`, :class:`LayerParameterSet`,
-    :class:`TopologyUnit`, :class:`QuantizationUnit` or :class:`NduHeader`); ``payload`` the NDU payload bytes
-    (``memoryview``, NDUs only) starting at ``offset + header_size``. Attributes of the body can also be read
-    from the unit directly (``unit.tensor_dimensions``). ``errors`` is non-empty only when parsing with
-    ``strict=False``; then ``body`` may be ``None``."""
-
-    index: int
-    offset: int
-    size: int | None
-    header: UnitHeader | None
-    body: Any = None
-    payload: memoryview | None = None
-    header_size: int | None = None
-    context: Context | None = None
-    data: memoryview | None = None
-    errors: list = field(default_factory=list)
-
-    @property
-    def nnr_unit_type(self) -> int | None:
-        return None if self.header is None else self.header.nnr_unit_type
-
-    @property
-    def type_name(self) -> str:
-        t = self.nnr_unit_type
-        return "unknown" if t is None else _type_name(t)
-
-    @property
-    def payload_offset(self) -> int | None:
-        return None if self.header_size is None else self.offset + self.header_size
-
-    @property
-    def end(self) -> int | None:
-        return None if self.size is None else self.offset + self.size
-
-    @property
-    def profile(self) -> int | None:
-        return None if self.context is None else self.context.general_profile_idc
-
-    @property
-    def mps(self) -> ModelParameterSet | None:
-        return None if self.context is None else self.context.mps
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def __getattr__(self, name: str):
-        if name.startswith("_") or name in ("body", "header"):
-            raise AttributeError(name)
-        body = self.__dict__.get("body")
-        if body is not None and hasattr(body, name):
-            return getattr(body, name)
-        raise AttributeError(f"{type(self).__name__} ({self.type_name}) has no attribute {name!r}")
-
-    def __repr__(self) -> str:
-        extra = f", errors={len(self.errors)}" if self.errors else ""
-        return (f"Unit(index={self.index}, {self.type_name}, offset={self.offset}, size={self.size}, "
-                f"header_size={self.header_size}{extra})")
-
-    def to_bytes(self, **kw) -> bytes:
-        """Re-serialise this unit (payload bytes passed through); see :func:`nnc.bitstream.write_unit`."""
-        from .writer import write_unit
-        return write_unit(self, **kw)
-
-
-class ParsedBitstream(Sequence):
-    """The units of a bitstream, in order (a read-only sequence of :class:`Unit`)."""
-
-    def __init__(self, data: memoryview, units: list[Unit], errors: list, context: Context):
-        self.data = data
-        self.units = units
-        self.errors = errors
-        self.context = context
-
-    def __len__(self) -> int:
-        return len(self.units)
-
-    def __getitem__(self, i):
-        return self.units[i]
-
-    def __iter__(self) -> Iterator[Unit]:
-        return iter(self.units)
-
-    def __repr__(self) -> str:
-        kinds = ", ".join(u.type_name for u in self.units[:8]) + (", ..." if len(self.units) > 8 else "")
-        return f"ParsedBitstream({len(self.units)} units: {kinds}; {len(self.errors)} errors)"
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    @property
-    def profile(self) -> int:
-        return self.context.general_profile_idc
-
-    @property
-    def mps(self) -> ModelParameterSet | None:
-        return self.context.mps
-
-    @property
-    def start(self) -> StartUnit | None:
-        return next((u.body for u in self.units if u.nnr_unit_type == NNRUnitType.NNR_STR), None)
-
-    @property
-    def lps(self) -> LayerParameterSet | None:
-        """The last NNR_LPS of the stream (its qp fields override the MPS ones, §1.6)."""
-        return self.context.lps
-
-    @property
-    def topology_unit(self) -> TopologyUnit | None:
-        """Body of the first NNR_TPL unit, if any."""
-        return next((u.body for u in self.units
-                     if u.nnr_unit_type == NNRUnitType.NNR_TPL and u.body is not None), None)
-
-    @property
-    def topology(self):
-        """The first NNR_TPL unit as an :class:`nnc.topology.Topology` (``None`` without one)."""
-        t = self.topology_unit
-        return None if t is None else t.to_topology()
-
-    def of_type(self, unit_type: int) -> list[Unit]:
-        return [u for u in self.units if u.nnr_unit_type == unit_type]
-
-    def ndus(self) -> list[Unit]:
-        return self.of_type(NNRUnitType.NNR_NDU)
-
-    def to_bytes(self) -> bytes:
-        """Re-serialise every unit (NDU payloads passed through)."""
-        return b"".join(u.to_bytes() for u in self.units)
+__all__ = ["parse", "iter_units"]
 
 
 def _locate(exc: NNCError, unit_index: int, byte_offset: int | None, path: str | None):
@@ -220,20 +44,22 @@ class _State:
         self.others_before_mps = False
 
 
-def _order_errors(t: int, index: int, st: _State) -> list[str]:
+def _order_errors(t: int, index: int, st: _State) -> list[tuple[str, str]]:
     errs = []
     T = NNRUnitType
     if index == 0 and t != T.NNR_STR and not st.explicit_ctx:
-        errs.append("the first unit must be NNR_STR")
+        errs.append(("STR_NOT_FIRST", "the first unit must be NNR_STR"))
     if t == T.NNR_STR and (index > 0 or st.explicit_ctx):
-        errs.append("NNR_STR may only be the first unit")
+        errs.append(("STR_DUPLICATE", "NNR_STR may only be the first unit"))
     if t == T.NNR_MPS:
         if st.seen_mps:
-            errs.append("a second NNR_MPS (at most one is allowed)")
+            errs.append(("MPS_DUPLICATE", "a second NNR_MPS (at most one is allowed)"))
         elif st.others_before_mps:
-            errs.append("NNR_MPS must directly follow NNR_STR (the reference decoder rejects it after any other unit)")
+            errs.append(("MPS_MISPLACED", "NNR_MPS must directly follow NNR_STR (the reference decoder rejects "
+                                          "it after any other unit)"))
     if t in (T.NNR_NDU, T.NNR_TPL) and not st.seen_mps:
-        errs.append(f"{T(t).name} before any NNR_MPS (an NNR_MPS must precede every NNR_TPL and NNR_NDU)")
+        errs.append(("MPS_MISSING", f"{T(t).name} before any NNR_MPS (an NNR_MPS must precede every NNR_TPL "
+                                    "and NNR_NDU)"))
     return errs
 
 
@@ -259,12 +85,13 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
     field_len = 4 if flag else 2
     unit.size = size
     if size < field_len + 1:
-        fail(BitstreamError(f"nnr_unit_size {size} is smaller than its own size field plus the unit type byte"),
+        fail(BitstreamError(f"nnr_unit_size {size} is smaller than its own size field plus the unit type byte",
+                            code="UNIT_SIZE_INVALID"),
              pos, "nnr_unit_size")
         return unit, (pos + size if size >= field_len else None)
     if size > n - pos:
         fail(TruncatedBitstreamError(f"unit of {size} bytes (nnr_unit_size) runs past the end of the data: "
-                                     f"only {n - pos} byte(s) left"), pos, "nnr_unit_size")
+                                     f"only {n - pos} byte(s) left", code="TRUNCATED_UNIT"), pos, "nnr_unit_size")
         return unit, None
     end = pos + size
     unit.data = mv[pos:end]
@@ -281,12 +108,13 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
     unit.header = hdr = UnitHeader(**values)
     t = hdr.nnr_unit_type
     name = _type_name(t)
+    for code, msg in _order_errors(t, index, st):
+        fail(BitstreamError(msg, code=code), pos, f"{name}.nnr_unit_header.nnr_unit_type")
     if t > NNRUnitType.NNR_AGG:
-        fail(BitstreamError(f"reserved nnr_unit_type {t}"), pos + field_len, "nnr_unit_header.nnr_unit_type")
+        fail(BitstreamError(f"reserved nnr_unit_type {t}", code="RESERVED_UNIT_TYPE"), pos + field_len,
+             "nnr_unit_header.nnr_unit_type")
         st.others_before_mps = True
         return unit, end
-    for msg in _order_errors(t, index, st):
-        fail(BitstreamError(msg), pos, name)
     if t == NNRUnitType.NNR_AGG:
         fail(UnsupportedFeatureError("NNR_AGG (aggregate) units are not supported"), pos, name)
         st.others_before_mps = True
@@ -310,11 +138,11 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
                     want *= d
                 if want != len(unit.payload):
                     fail(BitstreamError(f"NNR_PT_RAW_FLOAT payload has {len(unit.payload)} bytes but the tensor "
-                                        f"dimensions need {want}"), pos + header_size,
+                                        f"dimensions need {want}", code="PAYLOAD_SIZE_MISMATCH"), pos + header_size,
                          f"{name}.raw_float32_parameter")
         elif header_size != size:
             fail(BitstreamError(f"{name}: nnr_unit_size is {size} bytes but the unit's syntax ends after "
-                                f"{header_size} bytes"), pos + header_size, path)
+                                f"{header_size} bytes", code="UNIT_SIZE_MISMATCH"), pos + header_size, path)
         unit.header_size = header_size
         unit.body = body
 
@@ -348,7 +176,8 @@ def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) ->
     n = len(mv)
     while pos < n:
         if max_units is not None and index >= max_units:
-            exc = LimitExceededError(f"more than {max_units} NNR units", unit_index=index, byte_offset=pos)
+            exc = LimitExceededError(f"more than {max_units} NNR units", unit_index=index, byte_offset=pos,
+                                     code="TOO_MANY_UNITS")
             if strict:
                 raise exc
             yield Unit(index=index, offset=pos, size=None, header=None, context=st.ctx, errors=[exc])

@@ -308,10 +308,12 @@ class Align(Item):
 class Fail(Item):
     """Raise when ``cond`` holds: ``exc`` is :class:`BitstreamError` (invalid data) or
     :class:`UnsupportedFeatureError` (valid but not implemented). On the writing side an invalid value
-    raises :class:`ConfigError`."""
+    raises :class:`ConfigError`. ``code`` names the violation for :func:`nnc.check` (``SYNTAX_ERROR`` if
+    omitted)."""
 
-    def __init__(self, cond, message: str, exc: type = BitstreamError, at: str | None = None):
-        self.when, self.message, self.exc, self.at = _expr(cond), message, exc, at
+    def __init__(self, cond, message: str, exc: type = BitstreamError, at: str | None = None,
+                 code: str | None = None):
+        self.when, self.message, self.exc, self.at, self.code = _expr(cond), message, exc, at, code
 
 
 def _collect(items) -> list[str]:
@@ -491,7 +493,7 @@ def _read_items(items, r: BitReader, scope: Scope, path: str) -> None:
                 msg = it.message.format_map(_FmtScope(scope))
                 where = f"{path}.{it.at}" if it.at else path
                 if issubclass(it.exc, BitstreamError):
-                    raise it.exc(msg, byte_offset=r.pos >> 3, syntax_path=where)
+                    raise it.exc(msg, byte_offset=r.pos >> 3, syntax_path=where, code=it.code)
                 raise _located(it.exc(msg), r.pos >> 3, where)
         else:  # pragma: no cover - declaration error
             raise TypeError(f"unknown syntax item {it!r}")

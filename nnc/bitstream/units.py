@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import UnsupportedFeatureError
+from ..topology import Topology
 from .enums import (CompressedParameterTypes, NNRUnitType, ParentNodeIdType, PayloadType,
                     QuantizationMethodFlags, TopologyCompressionFormat, TopologyStorageFormat)
 from .syntax import (FLT, IE, ST, UE, RestBytes, Align, Array, Descriptor, Expr, Fail, Field, I, If, Loop, Scope, Sub, U,
@@ -235,7 +236,8 @@ def _topology_elements_ids_list(indexed: str) -> list:
             Field("topology_data", RestBytes(), note="binary: bytes to the end of the unit"),
         ], orelse=[
             Field("topology_data", ST(raw=True), note="text; UTF-8 checked"),
-            Fail("not is_utf8(topology_data)", "topology_data is not valid UTF-8", at="topology_data"),
+            Fail("not is_utf8(topology_data)", "topology_data is not valid UTF-8", at="topology_data",
+                 code="INVALID_UTF8"),
         ]),
     ]),
 ], title="NNR_TPL (§1.7); no byte_alignment")
@@ -257,7 +259,6 @@ class TopologyUnit:
 
     def to_topology(self):
         """The unit as an :class:`nnc.topology.Topology` (non-REFLIST formats)."""
-        from ..topology import Topology
         d = self.topology_data
         data = d.encode("utf-8") if isinstance(d, str) else bytes(d or b"")
         return Topology(self.topology_storage_format, self.topology_compression_format, data)
@@ -294,11 +295,11 @@ class QuantizationUnit:
 @syntax("codebook()", [
     Field("codebook_egk", U(4)),
     Field("codebook_size", UE(2)),
-    Fail("codebook_size == 0", "codebook_size is 0", at="codebook_size"),
+    Fail("codebook_size == 0", "codebook_size is 0", at="codebook_size", code="CODEBOOK_INVALID"),
     Field("codebook_center_offset", IE(2)),
     Fail("not 0 <= (codebook_size >> 1) + codebook_center_offset < codebook_size",
          "CbZeroOffset = (codebook_size >> 1) + codebook_center_offset lies outside 0..codebook_size-1",
-         at="codebook_center_offset"),
+         at="codebook_center_offset", code="CODEBOOK_INVALID"),
     Field("codebook_zero_value", IE(7)),
     Array("codebook_delta_left", UE("codebook_egk"), "(codebook_size >> 1) + codebook_center_offset",
           note="j = CbZeroOffset−1 down to 0"),
@@ -448,20 +449,22 @@ _NODE_PARENT = [
             ]),
             Field("parent_node_payload_sha256", U(256), when="parent_node_id_type == ICNN_NDU_PL_SHA256"),
             Field("parent_node_payload_sha512", U(512), when="parent_node_id_type == ICNN_NDU_PL_SHA512"),
-            Fail("parent_node_id_type == 3", "reserved parent_node_id_type 3", at="parent_node_id_type"),
+            Fail("parent_node_id_type == 3", "reserved parent_node_id_type 3", at="parent_node_id_type",
+                 code="RESERVED_PARENT_NODE_ID_TYPE"),
         ]),
     ]),
 ]
 
 _NDU_ITEMS = [
     Field(_PT, U(5)),
-    Fail(f"{_PT} > NNR_PT_BLOCK", "reserved nnr_compressed_data_unit_payload_type {" + _PT + "}", at=_PT),
+    Fail(f"{_PT} > NNR_PT_BLOCK", "reserved nnr_compressed_data_unit_payload_type {" + _PT + "}", at=_PT,
+         code="RESERVED_PAYLOAD_TYPE"),
     Field("nnr_multiple_topology_elements_present_flag", U(1)),
     Field("nnr_decompressed_data_format_present_flag", U(1)),
     Field("input_parameters_present_flag", U(1)),
     Fail(f"{_PT} == NNR_PT_BLOCK and nnr_multiple_topology_elements_present_flag == 0",
          "NNR_PT_BLOCK requires nnr_multiple_topology_elements_present_flag = 1",
-         at="nnr_multiple_topology_elements_present_flag"),
+         at="nnr_multiple_topology_elements_present_flag", code="BLOCK_WITHOUT_ELEMENT_LIST"),
     If("nnr_multiple_topology_elements_present_flag == 1",
        _topology_elements_ids_list("mps_topology_indexed_reference_flag"), orelse=[
            Field("topology_elem_id", ST(), when="mps_topology_indexed_reference_flag == 0"),

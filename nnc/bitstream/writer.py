@@ -7,7 +7,7 @@ from ..errors import ConfigError, UnsupportedFeatureError
 from .bits import BitReader, BitWriter
 from .enums import NNRUnitType, PayloadType, QuantizationMethodFlags, TopologyCompressionFormat, TopologyStorageFormat
 from ..topology import Topology
-from .parser import Context, Unit
+from .model import Context, ParsedBitstream, Unit
 from .syntax import Scope, _write_items, read_struct, write_struct
 from .units import (UNIT_HEADER_ITEMS, Codebook, EntryPoint, LayerParameterSet, ModelParameterSet, NduHeader,
                     QuantizationUnit, StartUnit, TopologyUnit, entry_point_count)
@@ -87,6 +87,12 @@ def write_unit(unit_body, *, context: Context | None = None, payload=b"", indepe
             raise ConfigError(f"a {total}-byte unit does not fit the 31-bit size field")
         size_field = ((1 << 31) | total).to_bytes(4, "big")
     return b"".join((size_field, body, payload))
+
+
+def write_bitstream(units: ParsedBitstream | list[Unit]) -> bytes:
+    """Re-serialise parsed units (NDU payloads passed through): ``write_bitstream(parse(data)) == data`` for a
+    bitstream nnc or NNCodec wrote."""
+    return b"".join(write_unit(u) for u in units)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .. import deepcabac
 from ..errors import BitstreamError, LimitExceededError, UnsupportedFeatureError
 from .dtypes import dtype_for_format
 
-__all__ = ["MAX_SCAN_ORDER", "NduMember", "NduPlan", "plan_ndu", "with_history", "block_members", "effective_scan",
+__all__ = ["MAX_SCAN_ORDER", "NduParent", "NduMember", "NduPlan", "plan_ndu", "with_history", "block_members", "effective_scan",
            "signalled_scan", "layer_width"]
 
 #: scan_order values 0..4 are defined (spec §1.9); larger ones are reserved.
@@ -70,6 +70,22 @@ def block_members(cpt: int) -> list[tuple[str, int]]:
         out += [(role, 1 + ls + i) for i, role in enumerate(("bn.beta", "bn.gamma", "bn.mean", "bn.var"))]
     out.append(("weight", 0))
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# incremental coding (spec §1.9 parent node id, §3.11 TCA, §3.12 HDSP)
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class NduParent:
+    """The parent hook of an incremental NDU, as the encoder writes it: its depth in the update chain
+    (``put_node_depth``), temporal context adaptation from the parent's levels (``tca``, ``tca_base``) and the
+    history-dependent significance probability state (``hdsp``, ``hdsp_history``)."""
+
+    put_node_depth: int
+    tca: bool = False
+    tca_base: np.ndarray | None = None
+    hdsp_history: np.ndarray | None = None
+    hdsp: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .. import deepcabac
+
 __all__ = ["step_size", "qp_for_step", "quantize_tensor", "reconstruct_uniform", "reconstruct_codebook"]
 
 # Largest |q| the URQ and DQ quantisers accept before the QP is raised (spec §2.8, "overflow guard").
@@ -57,8 +59,6 @@ def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_o
     ``q`` are the stored integers (for DQ the reconstruction indices). ``qp_used`` differs from ``qp`` only
     when the levels would not fit int32; then, like the reference, the smallest QP that fits is used.
     """
-    from .. import deepcabac
-
     x = np.ascontiguousarray(x, dtype=np.float32)
     step = step_size(qp, qp_density)
     if _overflows(x, step, dq):

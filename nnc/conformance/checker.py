@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .. import bitstream as B
+from .. import deepcabac as dc
 from ..bitstream.source import as_bytes
 from ..coding.ndu import plan_ndu
-from ..errors import (BitstreamError, ConfigError, ConformanceError, LimitExceededError, TruncatedBitstreamError,
+from ..errors import (BitstreamError, ConfigError, ConformanceError, TruncatedBitstreamError,
                       UnsupportedFeatureError)
 
 __all__ = ["CODES", "Violation", "Report", "check"]
@@ -76,24 +77,6 @@ CODES: dict[str, str] = {
     "PAYLOAD_NOT_VERIFIED": "the payload could not be verified (parent state for TCA/HDSP unknown, limits)",
     "SCAN_ORDER_INEFFECTIVE": "scan_order > 0 for a tensor whose effective scan is 0 (W = 1 or H = 1, §6 item 12)",
 }
-
-_ORDER_MESSAGES = ("the first unit must be NNR_STR", "NNR_STR may only be the first unit", "a second NNR_MPS",
-                   "NNR_MPS must directly follow NNR_STR", "before any NNR_MPS")
-
-_PARSER_CODES = [
-    ("reserved nnr_unit_type", "RESERVED_UNIT_TYPE"),
-    ("reserved nnr_compressed_data_unit_payload_type", "RESERVED_PAYLOAD_TYPE"),
-    ("reserved parent_node_id_type", "RESERVED_PARENT_NODE_ID_TYPE"),
-    ("smaller than its own size field", "UNIT_SIZE_INVALID"),
-    ("runs past the end of the data", "TRUNCATED_UNIT"),
-    ("but the unit's syntax ends after", "UNIT_SIZE_MISMATCH"),
-    ("NNR_PT_RAW_FLOAT payload has", "PAYLOAD_SIZE_MISMATCH"),
-    ("requires nnr_multiple_topology_elements_present_flag", "BLOCK_WITHOUT_ELEMENT_LIST"),
-    ("codebook_size is 0", "CODEBOOK_INVALID"),
-    ("CbZeroOffset", "CODEBOOK_INVALID"),
-    ("UTF-8", "INVALID_UTF8"),
-    ("utf-8", "INVALID_UTF8"),
-]
 
 _NDU = "NNR_NDU.nnr_compressed_data_unit_header"
 
@@ -186,54 +169,23 @@ class _Checker:
 
     # -- parser findings ------------------------------------------------------------------------------
     def parser_error(self, unit, exc) -> None:
+        """A finding of the parser (syntax, framing and unit order, §1.1): classified by its ``code``."""
         msg = getattr(exc, "reason", None) or str(exc)
         path = getattr(exc, "syntax_path", None)
         off = getattr(exc, "byte_offset", None)
-        if any(m in msg for m in _ORDER_MESSAGES):
-            return  # re-derived by order() with specific codes
+        off = off if off is not None else unit.offset
+        code = getattr(exc, "code", None)
         if isinstance(exc, UnsupportedFeatureError):
-            self.add("UNSUPPORTED_FEATURE", msg, unit, off if off is not None else unit.offset,
-                     path or unit.type_name, WARNING)
+            self.add(code, msg, unit, off, path or unit.type_name, WARNING)
             return
-        code = next((c for m, c in _PARSER_CODES if m in msg), None)
-        if code is None:
-            if isinstance(exc, LimitExceededError) and "NNR units" in msg:
-                code = "TOO_MANY_UNITS"
-            elif isinstance(exc, TruncatedBitstreamError) and path == "nnr_unit_size":
+        if code is None and isinstance(exc, TruncatedBitstreamError):
+            if path == "nnr_unit_size":
                 code = "TRAILING_BYTES"
                 msg = f"{len(self.data) - unit.offset} trailing byte(s) cannot hold a unit: {msg}"
-            elif isinstance(exc, TruncatedBitstreamError):
+            else:
                 code = "UNIT_SIZE_MISMATCH"
                 msg = f"the unit's syntax runs past nnr_unit_size ({unit.size} bytes): {msg}"
-            else:
-                code = "SYNTAX_ERROR"
-        self.add(code, msg, unit, off if off is not None else unit.offset, path)
-
-    # -- unit order (§1.1) ----------------------------------------------------------------------------
-    def order(self, units) -> None:
-        T = B.NNRUnitType
-        seen_mps = False
-        others = False
-        for u in units:
-            t = u.nnr_unit_type
-            if t is None:
-                continue
-            path = f"{u.type_name}.nnr_unit_header.nnr_unit_type"
-            if u.index == 0 and t != T.NNR_STR:
-                self.add("STR_NOT_FIRST", f"the first unit is {u.type_name}, not NNR_STR", u, u.offset, path)
-            if t == T.NNR_STR and u.index > 0:
-                self.add("STR_DUPLICATE", "NNR_STR may only be the first unit", u, u.offset, path)
-            if t == T.NNR_MPS:
-                if seen_mps:
-                    self.add("MPS_DUPLICATE", "a second NNR_MPS (at most one is allowed)", u, u.offset, path)
-                elif others:
-                    self.add("MPS_MISPLACED", "NNR_MPS must directly follow NNR_STR (it comes after a "
-                             "TPL/NDU/other unit)", u, u.offset, path)
-                seen_mps = True
-            elif t != T.NNR_STR:
-                others = True
-            if t in (T.NNR_TPL, T.NNR_NDU) and not seen_mps:
-                self.add("MPS_MISSING", f"{u.type_name} before any NNR_MPS", u, u.offset, path)
+        self.add(code or "SYNTAX_ERROR", msg, unit, off, path)
 
     # -- per-unit semantics ---------------------------------------------------------------------------
     def body_offset(self, u) -> int:
@@ -370,7 +322,6 @@ class _Checker:
         return [m.coding for m in plan.members], [m.kind for m in plan.members]
 
     def verify_payload(self, u, h, codings, kinds, qd, qp0) -> None:
-        from .. import deepcabac as dc
         payload = u.payload
         pay_off = u.offset + u.header_size
         parent = bool(getattr(h, "parent_node_id_present_flag", 0))
@@ -389,13 +340,12 @@ class _Checker:
             if parent:
                 self.add("PAYLOAD_NOT_VERIFIED", f"{msg} (the NDU has a parent: the HDSP history it may use is not "
                          "in this bitstream)", u, off, path, WARNING)
-            elif isinstance(e, TruncatedBitstreamError):
-                self.add("PAYLOAD_TRUNCATED", f"{msg} (nnr_unit_size {u.size})", u, off, path)
-            elif "trailing" in msg:
-                self.add("PAYLOAD_SIZE_MISMATCH", f"{msg}: nnr_unit_size {u.size} does not match the coded data",
-                         u, off, path)
+            elif e.code == "PAYLOAD_TRUNCATED":
+                self.add(e.code, f"{msg} (nnr_unit_size {u.size})", u, off, path)
+            elif e.code == "PAYLOAD_SIZE_MISMATCH":
+                self.add(e.code, f"{msg}: nnr_unit_size {u.size} does not match the coded data", u, off, path)
             else:
-                self.add("PAYLOAD_CORRUPT", msg, u, off, path)
+                self.add(e.code or "PAYLOAD_CORRUPT", msg, u, off, path)
             return
         self.report.payloads_verified += 1
         if parent and any(res.hdsp_flags):
@@ -417,7 +367,6 @@ class _Checker:
         self.entry_points(u, h, codings, res)
 
     def entry_points(self, u, h, codings, res) -> None:
-        from .. import deepcabac as dc
         signalled = list(h.cabac_entry_point_list or [])
         scan = h.scan_order or 0
         weight = codings[-1]
@@ -461,7 +410,6 @@ class _Checker:
                 except Exception as e:  # noqa: BLE001 - a checker bug must not hide the other findings
                     self.add("SYNTAX_ERROR", f"internal checker error on this unit: {type(e).__name__}: {e}", u,
                              u.offset, u.type_name)
-        self.order(units)
         first = units[0] if units else None
         if first is None or first.header is None or first.nnr_unit_type is None or \
                 first.nnr_unit_type > B.NNRUnitType.NNR_AGG or any(

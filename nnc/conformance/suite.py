@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..codec import decode
+from ..incremental import UpdateDecoder
+from .checker import check
+
 __all__ = ["CaseResult", "SuiteResult", "run_suite", "load_suite"]
 
 
@@ -106,12 +110,11 @@ def _compare(got: dict, arrays: dict) -> str | None:
 
 
 def _nnc_positive(data: bytes, arrays: dict) -> tuple[str, str]:
-    import nnc
-    rep = nnc.check(data)
+    rep = check(data)
     if not rep.ok:
         return "fail", f"check: {rep.errors[0]}"
     try:
-        got = nnc.decode(data)
+        got = decode(data)
     except Exception as e:  # noqa: BLE001 - any failure is a failed case
         return "fail", f"decode: {type(e).__name__}: {e}"
     diff = _compare(got, arrays)
@@ -120,14 +123,13 @@ def _nnc_positive(data: bytes, arrays: dict) -> tuple[str, str]:
 
 
 def _nnc_sequence(folder: Path, seq: dict) -> tuple[str, str]:
-    import nnc
     try:
-        dec = nnc.UpdateDecoder()
+        dec = UpdateDecoder()
     except (AttributeError, ImportError) as e:
         return "skip", f"nnc.UpdateDecoder not available ({e})"
     for i, step in enumerate(seq["steps"]):
         data = (folder / step["bitstream"]).read_bytes()
-        rep = nnc.check(data)
+        rep = check(data)
         if not rep.ok:
             return "fail", f"step {i}: check: {rep.errors[0]}"
         try:
@@ -141,8 +143,7 @@ def _nnc_sequence(folder: Path, seq: dict) -> tuple[str, str]:
 
 
 def _nnc_negative(data: bytes, expected: list[dict]) -> tuple[str, str]:
-    import nnc
-    rep = nnc.check(data)
+    rep = check(data)
     if rep.ok:
         return "fail", "check reports the bitstream as conforming"
     missing = [e for e in expected if not any(all(getattr(v, k) == x for k, x in e.items()) for v in rep.errors)]

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # Status codes of the C++ core.
-_OK, _TRUNCATED, _CORRUPT, _BAD_CONFIG, _BAD_INPUT, _OVERFLOW, _INTERNAL = range(7)
+_OK, _TRUNCATED, _CORRUPT, _BAD_CONFIG, _BAD_INPUT, _OVERFLOW, _INTERNAL, _TRAILING = range(8)
 
 
 @dataclass(frozen=True)
@@ -275,10 +275,12 @@ def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
         # The message names the tensor and element; location fields are left to the caller (which knows
         # where the payload sits in the bitstream), see BitstreamError.located().
         if st == _TRUNCATED:
-            raise TruncatedBitstreamError(msg)
+            raise TruncatedBitstreamError(msg, code="PAYLOAD_TRUNCATED")
         if st == _BAD_CONFIG:
             raise ConfigError(msg)
-        raise BitstreamError(msg)
+        if st == _TRAILING:
+            raise BitstreamError(msg, code="PAYLOAD_SIZE_MISMATCH")
+        raise BitstreamError(msg, code="PAYLOAD_CORRUPT")
     levels = [o.reshape(tuple(int(d) for d in c.shape)) for o, c in zip(outs, tensors)]
     return DecodedPayload(
         levels=levels,

@@ -8,6 +8,7 @@ import numpy as np
 from ..dtypes import coding_kind
 from .bitdepth import effective_bits, intaligned_qp
 from .optqp import modify_qps
+from .ratecontrol import allocate_qps
 from .sparsify import sparsify_structured, sparsify_unstructured
 
 __all__ = ["prepare"]
@@ -35,6 +36,5 @@ def prepare(tensors: Mapping[str, np.ndarray], cfg) -> tuple[dict[str, np.ndarra
         base = {k: cfg.qp_for(k, np.asarray(a).ndim) for k, a in arrays.items()}
         qps = {k: v for k, v in modify_qps(arrays, base).items() if k in floats}
     elif cfg.target_bits_per_param is not None or cfg.max_rel_error is not None:
-        from .ratecontrol import allocate_qps
         qps = allocate_qps({k: arrays[k] for k in floats}, cfg)
     return arrays, qps

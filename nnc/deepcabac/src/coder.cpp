@@ -666,7 +666,7 @@ Status decode_session(const uint8_t* data, size_t size, const TensorSpec* specs,
                     std::to_string(size) + " available");
   if (!term) return fail(err, Status::kCorrupt, -1, -1, "terminating bin is 0 after the last tensor");
   if (consumed != size)
-    return fail(err, Status::kCorrupt, -1, -1,
+    return fail(err, Status::kTrailing, -1, -1,
                 "CABAC payload has " + std::to_string(size - consumed) + " trailing byte(s) after the terminating bin");
   return Status::kOk;
 }

@@ -14,11 +14,12 @@ namespace nncabac {
 enum class Status : int {
   kOk = 0,
   kTruncated = 1,    // decoder: the payload ended before the data it describes
-  kCorrupt = 2,      // decoder: the payload is inconsistent (bad terminating bin, level overflow, trailing bytes)
+  kCorrupt = 2,      // decoder: the payload is inconsistent (bad terminating bin, level overflow)
   kBadConfig = 3,    // caller: contradictory / out-of-range coding parameters
   kBadInput = 4,     // caller: values that cannot be coded with the given parameters
   kOverflow = 5,     // quantizer: a level would not fit in int32 (the caller may retry with a larger step)
   kInternal = 6,     // self-check failed (should never happen)
+  kTrailing = 7,     // decoder: bytes left after the terminating bin (the unit size does not match the data)
 };
 
 struct ErrorInfo {
