@@ -115,3 +115,23 @@ def test_update_coders_take_their_config_positionally_like_encoder_and_decoder()
     assert nnc.UpdateDecoder(nnc.DecoderConfig(threads=2)).model is None
     with pytest.raises(TypeError, match="base must be a mapping"):
         nnc.UpdateEncoder([1, 2])
+
+
+def test_update_encoder_public_hooks_change_qp_and_expose_the_reconstruction():
+    """set_config changes the QP between updates (history kept, so TCA continues) and last_reconstruction is
+    exactly what the decoder adds: the FL transport uses both instead of subclassing the encoder."""
+    rng = np.random.default_rng(7)
+    w = {"w": rng.normal(size=(16, 32)).astype("f4")}
+    enc = nnc.UpdateEncoder(base=w, config=nnc.EncoderConfig(qp=-30))
+    dec = nnc.UpdateDecoder(base=w)
+    errors = []
+    for qp in (-30, -36, -40):
+        enc.set_config(nnc.EncoderConfig(qp=qp, nonweight_qp=qp))
+        delta = {"w": (rng.normal(size=(16, 32)) * 0.05).astype("f4")}
+        got = dec.decode_update(enc.encode_update(delta))
+        assert np.array_equal(got["w"], enc.last_reconstruction["w"])
+        errors.append(float(np.abs(got["w"] - delta["w"]).max()))
+        assert errors[-1] <= 2 * float(nnc.step_size(qp, 2))      # DQ: within two steps
+    assert errors[2] < errors[0] / 4                                 # the finer QP was used
+    with pytest.raises(nnc.ConfigError):
+        enc.set_config(nnc.EncoderConfig(profile=0))

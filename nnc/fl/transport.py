@@ -30,7 +30,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..codec import Encoder
 from ..config import DecoderConfig, EncoderConfig
 from ..errors import NNCError, UpdateStateError
 from ..incremental import UpdateDecoder, UpdateEncoder, in_model_shape, in_model_shapes
@@ -270,21 +269,6 @@ def _qp_for_step(step: float, qp_density: int, rounding=math.floor) -> int:
     return int(min(hi, max(lo, rounding(qp_for_step(step, qp_density)))))
 
 
-class _Encoder(UpdateEncoder):
-    """UpdateEncoder that exposes the reconstruction of its last update and can change QPs between updates."""
-
-    last_reconstruction: dict[str, np.ndarray]
-
-    def set_config(self, config: EncoderConfig) -> None:
-        self.config = config
-        self._encoder = Encoder(config)
-
-    def _encode(self, delta):
-        data, recon = super()._encode(delta)
-        self.last_reconstruction = {k: np.asarray(v, dtype=np.float32) for k, v in recon.items()}
-        return data, recon
-
-
 def _strict_limits(model: Tensors) -> DecoderConfig:
     total = sum(int(np.asarray(v).size) for v in model.values())
     largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
@@ -317,9 +301,9 @@ class ClientCodec:
         comp = self.uplink.compressor
         self.comp_state: dict[str, np.ndarray] = comp.init_state(self.base) if comp is not None else {}
 
-    def _new_encoder(self) -> _Encoder:
+    def _new_encoder(self) -> UpdateEncoder:
         u = self.uplink
-        return _Encoder(config=EncoderConfig(qp=u.qp, nonweight_qp=u.qp, qp_density=u.qp_density, dq=u.dq),
+        return UpdateEncoder(config=EncoderConfig(qp=u.qp, nonweight_qp=u.qp, qp_density=u.qp_density, dq=u.dq),
                         tca=u.tca, hdsp=u.hdsp)
 
     # --- downlink ---------------------------------------------------------------------------------------
