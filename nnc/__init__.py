@@ -34,4 +34,7 @@ def __getattr__(name):
     if name == "check":
         from .conformance.checker import check
         return check
+    if name == "converters":  # model files <-> tensors (nnc.converters.from_torch, load_model, ...)
+        import importlib
+        return importlib.import_module(".converters", __name__)
     raise AttributeError(f"module 'nnc' has no attribute {name!r}")
