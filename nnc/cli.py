@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser(
-        "encode", help="encode a model to .nnc",
+        "encode", help="encode a model (.onnx .safetensors .npz .pt .pth .bin .ckpt .jit, or a model folder) to .nnc",
         description="Encode a model file or folder to an NNC bitstream. Inputs: .onnx, .safetensors, .npz, "
                     "PyTorch .pt/.pth/.bin/.ckpt (weights only, never unpickled code), TorchScript .jit, or a "
                     "Hugging Face model folder (model.safetensors, pytorch_model.bin, model.onnx, sharded "
@@ -167,6 +167,11 @@ class _Progress:
         except (AttributeError, ValueError):
             tty = False
         self.enabled = enabled and tty
+        # seconds a phase runs before it is shown (NNC_PROGRESS_DELAY overrides, e.g. 0 to see every phase)
+        try:
+            self.delay = max(0.0, float(os.environ.get("NNC_PROGRESS_DELAY", "1")))
+        except ValueError:
+            self.delay = 1.0
 
     @contextlib.contextmanager
     def phase(self, label: str):
@@ -178,7 +183,7 @@ class _Progress:
         shown = [0]
 
         def show():
-            if stop.wait(1.0):
+            if self.delay > 0 and stop.wait(self.delay):
                 return
             spin = "|/-\\"
             i = 0
@@ -411,11 +416,11 @@ def _cmd_encode(a) -> int:
         _need_module(_format_of(a.input, a.format, "input"), "reading the input")
     elif a.format is not None:
         _need_module(a.format, "reading the input")
+    _check_output(a.output, _input_files(a.input))  # first: --force never allows overwriting the input
     ext = os.path.splitext(a.output)[1].lower()
     if ext in _MODEL_EXTS and not a.force:
         raise UsageError(f"refusing to write an NNC bitstream to {a.output}: its extension {ext} is a model format, "
                          "so the file would pass for a model; name it .nnc, or pass --force")
-    _check_output(a.output, _input_files(a.input))
 
     from . import converters
     from ._atomic import write_bytes_atomic
