@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 from . import __version__
-from .errors import BitstreamError, ConfigError, LimitExceededError, NNCError, UnsupportedFeatureError
+from .errors import (BitstreamError, ConfigError, LimitExceededError, ModelFormatError, NNCError,
+                     UnsupportedFeatureError)
 
 __all__ = ["build_parser", "main"]
 
@@ -744,6 +745,9 @@ def _message(e: BaseException) -> str:
         return _one_line(text)
     msg = _one_line(e)
     advice = getattr(e, "advice", None)
+    if advice is None and isinstance(e, ModelFormatError) and ";" not in msg:
+        advice = ("check that the file is complete and in the format its extension names (nnc reads .onnx "
+                  ".safetensors .npz .pt .pth .bin .ckpt .jit and model folders)")
     return f"{msg}; {advice}" if advice else msg
 
 
