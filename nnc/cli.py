@@ -34,8 +34,9 @@ __all__ = ["build_parser", "main"]
 _QP_HELP = ("QP sets the quantisation step of weight tensors (rank > 1): step = 2**(QP/4) with the default "
             "--qp-density 2, so every 4 QP halve (more negative) or double (less negative) the step. More "
             "negative = finer, larger file, smaller error. Default -38 (step 0.0015) keeps typical models' "
-            "accuracy, -32 is about 25%% smaller and usually fine, above about -20 most models degrade, "
-            "0 or more wrecks them (nnc warns). The format allows -128..127.")
+            "accuracy, -32 costs about 1.5 bits per parameter less and is usually fine, above about -20 most "
+            "models degrade, "
+            "and 0 or more wrecks them (nnc warns). The format allows -128..127.")
 
 
 def _qp_override(text: str) -> tuple[str, int]:
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode a model file or folder to an NNC bitstream. Inputs: .onnx, .safetensors, .npz, "
                     "PyTorch .pt/.pth/.bin/.ckpt (weights only, never unpickled code), TorchScript .jit, or a "
                     "Hugging Face model folder (model.safetensors, pytorch_model.bin, model.onnx, sharded "
-                    "*.index.json). " + _QP_HELP, epilog=_QP_HELP)
+                    "*.index.json).", epilog=_QP_HELP)
     e.add_argument("input", help="model file or folder")
     e.add_argument("-o", "--output", required=True, help="bitstream to write (e.g. model.nnc)")
     e.add_argument("--format", choices=tuple(_FORMATS), default=None,
