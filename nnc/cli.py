@@ -440,9 +440,13 @@ def _cmd_encode(a) -> int:
     if a.reference_layout:
         lost = sorted({d for d in dtypes.values() if d not in ("float32", "int32")})
         if lost or model.topology is not None and model.topology.data:
-            what = f"original dtypes ({', '.join(lost)})" if lost else "the model's topology record"
-            _warn(f"--reference-layout: {what} are not written; decoding gives float32/int32 tensors"
-                  + (" and no .onnx graph" if model.source_format == "onnx" else ""))
+            what = [f"the original dtypes ({', '.join(lost)})"] if lost else []
+            if model.source_format == "onnx":
+                what.append("the ONNX graph")
+            elif model.topology is not None and model.topology.data and not lost:
+                what.append("the model's topology record (tied tensors, 0-d shapes, metadata)")
+            _warn(f"--reference-layout: {' and '.join(what)} not written; decoding gives the coded float32/int32 "
+                  "tensors only" + (", no .onnx model" if model.source_format == "onnx" else ""))
         tensors = _reference_arrays(tensors)
         topology = reference_topology(model.source_format)
     else:
@@ -647,6 +651,8 @@ def _cmd_info(a) -> int:
     data = _read_input(a.input)
     with _Progress(not (a.quiet or a.json)).phase(f"reading {a.input}"):
         bad = _problem(a.input, data)
+        if bad is not None and bad.exit_code == 2:
+            raise bad  # not NNC at all: a unit list of it would mean nothing
         info = inspect_bitstream(data)
         if bad is None and any(u.errors for u in info.units):
             from .conformance.checker import check  # say it as `nnc check` and `nnc decode` do
@@ -663,6 +669,8 @@ def _cmd_check(a) -> int:
     data = _read_input(a.input)
     with _Progress(not (a.quiet or a.json)).phase(f"checking {a.input}"):
         bad = _problem(a.input, data)
+        if bad is not None and bad.exit_code == 2:
+            raise bad  # not NNC at all: the same line as decode and info, no report of it
         report = check(data)
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
     if bad is None and any(v.code in _DAMAGE_CODES for v in report.errors):

@@ -16,7 +16,7 @@ rm -rf "$S" && mkdir -p "$S"
 step() { printf '\n## %s\n' "$*"; }
 run() {                           # echo the command, run it, show its exit status
   printf '$ %s\n' "$*"
-  bash -c "$*" 2>&1
+  bash -o pipefail -c "$*" 2>&1
   printf '[exit %d]\n' "$?"
 }
 
@@ -30,10 +30,8 @@ print(re.findall(r"```bash\n(.*?)```", open("README.md").read(), flags=re.S)[0].
 EOF
 )
 printf '$ %s\n' "$first"
-( eval "$first" ) 2>&1 | grep -v -e '^  ' -e '^Requirement already' -e '^Processing' -e '^Collecting' \
-    -e '^Downloading' -e '^Installing build' -e '^Getting requirements' -e '^Preparing metadata' \
-    -e '^Building wheel' -e '^Created wheel' -e '^Stored in' -e '^Building wheels' -e '^Using cached' \
-    -e 'WARNING: Location' -e '^Looking in'
+( eval "$first" ) 2>&1 | grep -E -e '^Successfully' -e ' -> ' -e '^  (tensors|bitstream|error|load)' \
+    -e '^(nnc|ERROR|error)'    # pip's progress lines left out
 printf '[exit %d]\n' "${PIPESTATUS[0]}"
 run 'python -c "import torch" 2>&1 | tail -1      # still no torch'
 ONNX=$(python -c 'import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec("silero_vad").origin).parent / "data/silero_vad.onnx")')

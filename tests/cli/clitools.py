@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+import nnc as _nnc
+
+# the tree whose nnc is imported (PYTHONPATH), so that the same tests can be pointed at another checkout
+ROOT = Path(_nnc.__file__).resolve().parents[1]
 VECTORS = ROOT / "conformance" / "vectors"
 
 

@@ -44,4 +44,4 @@ def test_unknown_input_format_and_missing_input(tmp_path):
     p = nnc("encode", tmp_path / "nope.onnx", "-o", tmp_path / "o.nnc")
     assert p.returncode == 2
     line = error_line(p)
-    assert "no such file" in line and "[Errno" not in line
+    assert "no such file" in line and "[Errno" not in line and "; check the path" in line   # what to do

@@ -5,8 +5,6 @@ import stat
 import subprocess
 import sys
 
-import pytest
-
 from clitools import ROOT, env, error_line, nnc, small_model
 
 
@@ -55,17 +53,19 @@ def test_an_encode_output_with_a_model_extension_needs_force(tmp_path):
     assert out.read_bytes()[:4] == b"\x00\x04\x02\x01"   # an NNC bitstream, as asked
 
 
-@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_outputs_honour_the_umask(tmp_path, umask, mode):
+def test_outputs_honour_the_umask(tmp_path):
     src = tmp_path / "model.npz"
     small_model(src)
-    code = (f"import os, sys; os.umask({umask}); from nnc.cli import main; "
-            f"sys.exit(main(['encode', {str(src)!r}, '-o', {str(tmp_path / 'm.nnc')!r}, '--quiet']) or "
-            f"main(['decode', {str(tmp_path / 'm.nnc')!r}, '-o', {str(tmp_path / 'd.npz')!r}]))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    for f in ("m.nnc", "d.npz"):
-        assert stat.S_IMODE((tmp_path / f).stat().st_mode) == mode, f
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        code = (f"import os, sys; os.umask({umask}); from nnc.cli import main; "
+                f"sys.exit(main(['encode', {str(src)!r}, '-o', {str(tmp_path / 'm.nnc')!r}, '--quiet']) or "
+                f"main(['decode', {str(tmp_path / 'm.nnc')!r}, '-o', {str(tmp_path / 'd.npz')!r}]))")
+        for f in ("m.nnc", "d.npz"):
+            (tmp_path / f).unlink(missing_ok=True)
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        for f in ("m.nnc", "d.npz"):
+            assert stat.S_IMODE((tmp_path / f).stat().st_mode) == mode, (oct(umask), f)
 
 
 def test_replacing_an_output_keeps_its_permissions(tmp_path):

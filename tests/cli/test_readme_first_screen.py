@@ -24,7 +24,8 @@ def test_first_command_installs_no_torch_and_writes_to_tmp():
 
 
 def test_onnx_encode_never_imports_torch(tmp_path):
-    # what the first command relies on: encoding an ONNX model works without PyTorch importable
+    # what the first command relies on: encoding an ONNX model works without PyTorch importable (through the
+    # `python -m nnc` entry point a user without the script would use)
     code = ("import sys, runpy; sys.modules['torch'] = None\n"
             "import onnx, numpy as np\n"
             "from onnx import helper, numpy_helper, TensorProto\n"
