@@ -445,7 +445,7 @@ def _cmd_encode(a) -> int:
                 what.append("the ONNX graph")
             elif model.topology is not None and model.topology.data and not lost:
                 what.append("the model's topology record (tied tensors, 0-d shapes, metadata)")
-            _warn(f"--reference-layout: {' and '.join(what)} not written; decoding gives the coded float32/int32 "
+            _warn(f"--reference-layout leaves out {' and '.join(what)}; decoding gives the coded float32/int32 "
                   "tensors only" + (", no .onnx model" if model.source_format == "onnx" else ""))
         tensors = _reference_arrays(tensors)
         topology = reference_topology(model.source_format)
