@@ -25,3 +25,11 @@ __all__ = [
     "ConfigError", "InputError", "ModelFormatError", "ConformanceError", "UpdateStateError",
 ]
 
+
+def __getattr__(name):
+    # model files <-> tensors (nnc.converters.from_torch, load_model, ...): loaded on first use, since the
+    # converters bring optional dependencies (onnx, torch, safetensors) along
+    if name == "converters":
+        import importlib
+        return importlib.import_module(".converters", __name__)
+    raise AttributeError(f"module 'nnc' has no attribute {name!r}")

@@ -1,6 +1,10 @@
 """Atomic file output: write to a temporary file beside the target, then rename over it.
 
-An interrupted or failed write leaves the previous file (or no file) in place, never a partial one.
+An interrupted or failed write leaves the previous file (or no file) in place, never a partial one. The
+finished file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces, or
+``0o666`` less the process umask for a new file (the temporary file itself is private, 0600, until then).
+Temporary files in flight are listed in :data:`LIVE_TEMPORARIES`, so that a process that must stop at once (the
+CLI on Ctrl-C) can remove them with :func:`remove_live_temporaries` before it exits.
 """
 from __future__ import annotations
 
@@ -8,10 +12,37 @@ import contextlib
 import errno
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-__all__ = ["atomic_output", "write_bytes_atomic"]
+__all__ = ["atomic_output", "write_bytes_atomic", "write_with_atomic", "remove_live_temporaries"]
+
+#: temporary files created by :func:`atomic_output` and not yet renamed or removed
+LIVE_TEMPORARIES: set[Path] = set()
+_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _final_mode(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def remove_live_temporaries() -> None:
+    """Delete every temporary file still in flight (for a process about to exit without unwinding)."""
+    for tmp in list(LIVE_TEMPORARIES):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        LIVE_TEMPORARIES.discard(tmp)
 
 
 @contextlib.contextmanager
@@ -32,15 +63,19 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
                                dir=directory)
     os.close(fd)
     tmp_path = Path(tmp)
+    LIVE_TEMPORARIES.add(tmp_path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, _final_mode(target))
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+    finally:
+        LIVE_TEMPORARIES.discard(tmp_path)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:

@@ -1,27 +1,42 @@
-"""The ``nnc`` command line: encode, decode, info, check, conform.
+"""The ``nnc`` command line: encode, decode, info, check, conform (also ``python -m nnc``).
 
 Every subcommand is a function of parsed arguments returning an exit status, so tests call
-``main([...])`` directly. Errors print one line (``nnc: error: ...``) and map to exit codes:
-0 success, 1 non-conforming bitstream (``check``) or failed suite (``conform``), 2 unreadable input or bad
-usage, 3 unsupported feature, 70 internal error (a bug), 130 interrupted. ``--debug`` shows the traceback
-instead (docs/errors.md).
+``main([...])`` directly. Before loading anything a command checks its paths, formats and flags, so a mistake
+costs no work. Errors print one line (``nnc: error: <what> (<where>); <what to do>``) and map to exit codes:
+0 success, 1 readable but non-conforming bitstream (``check``) or failed suite (``conform``), 2 unreadable,
+damaged or incomplete input, or bad usage, 3 unsupported feature, 70 internal error (a bug), 130 interrupted.
+Warnings (``nnc: warning: ...``, exit status unchanged) flag settings that likely wreck the model, targets that
+cannot be met and flags that have no effect. ``--debug`` shows the traceback instead (docs/errors.md).
+
+Flags default to ``None`` and fall back to :class:`nnc.EncoderConfig` / :class:`nnc.DecoderConfig`, so the
+defaults live in one place.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-from .errors import NNCError, UnsupportedFeatureError
+from . import __version__
+from .errors import (BitstreamError, ConfigError, LimitExceededError, ModelFormatError, NNCError,
+                     UnsupportedFeatureError)
 
 __all__ = ["build_parser", "main"]
+
+_QP_HELP = ("QP sets the quantisation step of weight tensors (rank > 1): step = 2**(QP/4) with the default "
+            "--qp-density 2, so every 4 QP halve (more negative) or double (less negative) the step. More "
+            "negative = finer, larger file, smaller error. Default -38 (step 0.0015) keeps typical models' "
+            "accuracy, -32 costs about 1.5 bits per parameter less and is usually fine, above about -20 most "
+            "models degrade, "
+            "and 0 or more wrecks them (nnc warns). The format allows -128..127.")
 
 
 def _qp_override(text: str) -> tuple[str, int]:
@@ -34,65 +49,98 @@ def _qp_override(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"QP in {text!r} is not an integer") from None
 
 
-# nnc.converters.FORMATS' names (not imported here: the CLI starts without loading the converters)
-_FORMAT_CHOICES = ("onnx", "pytorch", "safetensors", "npz")
+# nnc.converters.FORMATS (not imported here: the CLI starts without loading the converters)
+_FORMATS = {"onnx": (".onnx",), "pytorch": (".pt", ".pth", ".jit", ".bin", ".ckpt"),
+            "safetensors": (".safetensors",), "npz": (".npz",)}
+_MODEL_EXTS = tuple(e for exts in _FORMATS.values() for e in exts)
+_NEEDS = {"onnx": "onnx", "pytorch": "torch"}
+
+#: relative L2 error above which a model is very likely useless (weights of trained models lose their function
+#: long before this; QP -38 gives about 1e-3)
+USELESS_REL_L2 = 0.1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnc", description="MPEG NNC (ISO/IEC 15938-17) neural network coding")
+    p = argparse.ArgumentParser(
+        prog="nnc", description="MPEG NNC (ISO/IEC 15938-17) neural network coding: compress model weights to "
+        "standard NNC bitstreams (.nnc) and back.",
+        epilog="Exit status: 0 ok, 1 not conforming (check), 2 bad input or usage, 3 unsupported, 130 interrupted. "
+               "Errors and exit codes: docs/errors.md.")
+    p.add_argument("--version", action="version", version=f"nnc {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    e = sub.add_parser("encode", help="encode a model file (.npz .safetensors .pt/.pth/.bin/.jit .onnx) to .nnc")
-    e.add_argument("input")
-    e.add_argument("-o", "--output", required=True)
-    e.add_argument("--format", choices=_FORMAT_CHOICES, default=None,
-                   help="input model format when the extension does not tell (e.g. pytorch for a .bin file)")
-    e.add_argument("--qp", type=int, default=-38, help="QP of weight tensors (rank > 1); default -38")
-    e.add_argument("--qp-density", type=int, default=2, help="QP steps per octave = 2**density; default 2")
-    e.add_argument("--nonweight-qp", type=int, default=-75, help="QP of rank <= 1 tensors; default -75")
-    e.add_argument("--qp-per-tensor", type=_qp_override, action="append", default=[], metavar="PATTERN=QP",
+    e = sub.add_parser(
+        "encode", help="encode a model (.onnx .safetensors .npz .pt .pth .bin .ckpt .jit, or a model folder) to .nnc",
+        description="Encode a model file or folder to an NNC bitstream. Inputs: .onnx, .safetensors, .npz, "
+                    "PyTorch .pt/.pth/.bin/.ckpt (weights only, never unpickled code), TorchScript .jit, or a "
+                    "Hugging Face model folder (model.safetensors, pytorch_model.bin, model.onnx, sharded "
+                    "*.index.json).", epilog=_QP_HELP)
+    e.add_argument("input", help="model file or folder")
+    e.add_argument("-o", "--output", required=True, help="bitstream to write (e.g. model.nnc)")
+    e.add_argument("--format", choices=tuple(_FORMATS), default=None,
+                   help="input model format when the extension does not tell")
+    e.add_argument("--force", action="store_true",
+                   help="write the bitstream even though the output name has a model extension (.onnx, .pt...)")
+    e.add_argument("--qp", type=int, default=None,
+                   help="QP of weight tensors: more negative = finer and larger; default -38 (see below)")
+    e.add_argument("--qp-density", type=int, default=None, help="QP steps per octave = 2**density; default 2")
+    e.add_argument("--nonweight-qp", type=int, default=None, help="QP of rank <= 1 tensors; default -75")
+    e.add_argument("--qp-per-tensor", type=_qp_override, action="append", default=None, metavar="PATTERN=QP",
                    help="override the QP of tensors whose name matches the fnmatch PATTERN (repeatable)")
-    e.add_argument("--no-dq", action="store_true", help="uniform instead of dependent (trellis) quantisation")
-    e.add_argument("--no-row-skipping", action="store_true", help="do not signal all-zero rows")
-    e.add_argument("--no-param-opt", action="store_true", help="no context-initialisation optimisation")
-    e.add_argument("--scan-order", type=int, default=0, help="0 row-major, 1..4 block scans")
-    e.add_argument("--threads", type=int, default=1, help="tensors coded in parallel")
-    e.add_argument("--codebook", choices=["off", "auto", "force"], default="off",
+    e.add_argument("--no-dq", dest="dq", action="store_const", const=False, default=None,
+                   help="uniform instead of dependent (trellis) quantisation")
+    e.add_argument("--no-row-skipping", dest="row_skipping", action="store_const", const=False, default=None,
+                   help="do not signal all-zero rows")
+    e.add_argument("--no-param-opt", dest="param_opt", action="store_const", const=False, default=None,
+                   help="no context-initialisation optimisation")
+    e.add_argument("--scan-order", type=int, default=None, help="0 row-major (default), 1..4 block scans")
+    e.add_argument("--threads", type=int, default=None, help="tensors coded in parallel")
+    e.add_argument("--codebook", choices=["off", "auto", "force"], default=None,
                    help="codebook quantisation: auto = per tensor when smaller (NNCodec codebook_mode 2); slow "
                         "at fine QPs (one trial encode per distinct level, as NNCodec), meant for low bit depths")
     e.add_argument("--bitdepth", type=int, default=None, metavar="N",
                    help="integer-aligned mode: per-tensor qps so that levels fit N-bit integers (1..31)")
-    e.add_argument("--opt-qp", action="store_true", help="NNCodec's per-tensor QP heuristic (sizes, spreads)")
+    e.add_argument("--opt-qp", dest="opt_qp", action="store_const", const=True, default=None,
+                   help="NNCodec's per-tensor QP heuristic (sizes, spreads)")
     e.add_argument("--sparsity", type=float, default=None, metavar="FRACTION",
                    help="unstructured sparsification before quantisation, target fraction of zeros (0..1)")
     e.add_argument("--struct-sparsity", type=float, default=None, metavar="GAIN",
                    help="structured sparsification: zero output channels below GAIN x mean magnitude")
-    rc = e.add_mutually_exclusive_group()
-    rc.add_argument("--bits-per-param", type=float, default=None,
-                    help="rate control: choose per-tensor QPs for about this many bits per float parameter")
-    rc.add_argument("--max-rel-error", type=float, default=None,
-                    help="rate control: coarsest QP per tensor with relative RMS error <= this")
+    e.add_argument("--bits-per-param", type=float, default=None,
+                   help="rate control: choose per-tensor QPs for about this many bits per float parameter "
+                        "(replaces --qp)")
+    e.add_argument("--max-rel-error", type=float, default=None,
+                   help="rate control: coarsest QP per tensor with relative RMS error <= this (replaces --qp)")
+    e.add_argument("--reference-layout", action="store_true",
+                   help="write exactly what NNCodec 2.1.3 writes for these tensors (float32/int32, its empty "
+                        "topology unit): byte-identical to the reference, but without the tensor list and "
+                        "original dtypes that let nnc verify completeness and restore bfloat16/int64/...")
     e.add_argument("--no-verify", action="store_true", help="skip decoding back to report the error")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--quiet", action="store_true", help="no progress display")
 
-    d = sub.add_parser("decode", help="decode .nnc to .npz / .safetensors / .pt / .onnx")
+    d = sub.add_parser("decode", help="decode .nnc to .npz / .safetensors / .pt / .onnx",
+                       description="Decode an NNC bitstream to a model file. A bitstream whose topology lists "
+                                   "its tensors (nnc encode's default) must hold all of them.")
     d.add_argument("input")
-    d.add_argument("-o", "--output", required=True)
-    d.add_argument("--format", choices=_FORMAT_CHOICES, default=None,
+    d.add_argument("-o", "--output", required=True, help="model file to write; the extension picks the format")
+    d.add_argument("--format", choices=tuple(_FORMATS), default=None,
                    help="output model format when the extension does not tell")
     d.add_argument("--template", default=None, metavar="ORIGINAL.jit",
                    help="write a TorchScript archive: this program with the decoded weights (nothing is run)")
-    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--threads", type=int, default=None, help="tensors decoded in parallel")
+    d.add_argument("--quiet", action="store_true", help="no progress display")
 
     i = sub.add_parser("info", help="unit-by-unit summary of a bitstream")
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--quiet", action="store_true", help="no progress display")
 
-    c = sub.add_parser("check", help="check a bitstream for conformance")
+    c = sub.add_parser("check", help="check a bitstream for conformance and completeness")
     c.add_argument("input")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--quiet", action="store_true", help="no progress display")
 
     f = sub.add_parser("conform", help="run a conformance suite folder")
     f.add_argument("suite", nargs="?", default="conformance")
@@ -100,13 +148,215 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_input(path: str) -> bytes:
+# ----------------------------------------------------------------------------------------------------------
+# messages, progress, interruption
+# ----------------------------------------------------------------------------------------------------------
+class UsageError(ConfigError):
+    """A command line that cannot work (conflicting flags, bad paths); raised before anything is loaded."""
+
+
+def _warn(msg: str) -> None:
+    print(f"nnc: warning: {msg}", file=sys.stderr)
+
+
+class _Progress:
+    """Phase display on stderr for phases longer than about a second, only on a terminal and without --quiet."""
+
+    def __init__(self, enabled: bool):
+        try:
+            tty = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        self.enabled = enabled and tty
+        # seconds a phase runs before it is shown (NNC_PROGRESS_DELAY overrides, e.g. 0 to see every phase)
+        try:
+            self.delay = max(0.0, float(os.environ.get("NNC_PROGRESS_DELAY", "1")))
+        except ValueError:
+            self.delay = 1.0
+
+    @contextlib.contextmanager
+    def phase(self, label: str):
+        if not self.enabled:
+            yield
+            return
+        stop = threading.Event()
+        t0 = time.monotonic()
+        shown = [0]
+
+        def show():
+            if self.delay > 0 and stop.wait(self.delay):
+                return
+            spin = "|/-\\"
+            i = 0
+            while True:
+                line = f"nnc: {label} {spin[i % 4]} {time.monotonic() - t0:.0f} s"
+                sys.stderr.write("\r" + line.ljust(shown[0]))
+                sys.stderr.flush()
+                shown[0] = len(line)
+                i += 1
+                if stop.wait(0.25):
+                    return
+
+        th = threading.Thread(target=show, daemon=True)
+        th.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            th.join()
+            if shown[0]:
+                sys.stderr.write("\r" + " " * shown[0] + "\r")
+                sys.stderr.flush()
+
+
+class _State:
+    committed = False   # the output file is in place: an interrupt now changes nothing
+
+
+_STATE = _State()
+
+
+def _stop_now(code: int, message: str | None) -> None:
+    from ._atomic import remove_live_temporaries
+    remove_live_temporaries()
+    if message:
+        print(message, file=sys.stderr)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_interruptibly(fn):
+    """Run ``fn`` in a worker thread so that Ctrl-C (and SIGTERM) stop the process at once, even while the C++
+    core codes a large tensor: the main thread removes temporary files and exits. Nothing is written before the
+    last step, so an interrupted run leaves no output (an existing file stays as it was)."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict = {}
+
+    def run():
+        try:
+            box["rc"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            box["exc"] = e
+
+    worker = threading.Thread(target=run, name="nnc-command", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        try:
+            worker.join(0.05)
+        except KeyboardInterrupt:
+            if not _STATE.committed:
+                _stop_now(130, "nnc: interrupted; nothing was written")
+        except SystemExit as e:  # SIGTERM
+            if not _STATE.committed:
+                _stop_now(e.code if isinstance(e.code, int) else 143, None)
+    if "exc" in box:
+        raise box["exc"]
+    return box["rc"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checks done before any work
+# ----------------------------------------------------------------------------------------------------------
+def _format_of(path: str, given: str | None, role: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    by_ext = next((fmt for fmt, exts in _FORMATS.items() if ext in exts), None)
+    if given is not None:
+        if role == "output" and by_ext is not None and by_ext != given:
+            raise UsageError(f"--format {given} contradicts the {role}'s extension {ext} ({by_ext}); drop --format "
+                             f"or rename the file")
+        return given
+    if by_ext is None:
+        known = " ".join(_MODEL_EXTS)
+        raise UsageError(f"cannot tell the model format of {path} from its extension {ext or '(none)'}; use one "
+                         f"of {known}, or pass --format {'|'.join(_FORMATS)}")
+    return by_ext
+
+
+def _need_module(fmt: str, role: str) -> None:
+    import importlib.util
+    mod = _NEEDS.get(fmt)
+    if mod and importlib.util.find_spec(mod) is None:
+        extra = "onnx" if mod == "onnx" else "torch"
+        raise UsageError(f"{role} in {fmt} format needs the '{mod}' package, which is not installed; "
+                         f"pip install '{mod}' (or the package's extra: nnc[{extra}])")
+
+
+def _existing_input(path: str) -> None:
+    if not os.path.exists(path):
+        hint = " (a broken symbolic link)" if os.path.islink(path) else ""
+        raise UsageError(f"cannot read {path}: no such file or folder{hint}; check the path")
+    if not os.path.isdir(path) and not os.access(path, os.R_OK):
+        raise UsageError(f"cannot read {path}: permission denied")
+
+
+def _input_files(path: str) -> list[str]:
+    if os.path.isdir(path):
+        with os.scandir(path) as it:
+            return [e.path for e in it if e.is_file()]
+    return [path]
+
+
+def _check_output(out: str, inputs: list[str]) -> None:
+    """The output can be written and is none of the inputs (also not through a symbolic or hard link)."""
+    if out.endswith(os.sep) or os.path.isdir(out):
+        raise UsageError(f"the output {out} is a folder; give a file name, e.g. {os.path.join(out, 'model.nnc')}")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write {out}: the folder {parent} does not exist; create it first "
+                         f"(mkdir -p {parent}) or choose another output")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {out}: no permission to create files in {parent}")
+    if os.path.exists(out):
+        for src in inputs:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(out, src):
+                    link = "" if os.path.abspath(out) == os.path.abspath(src) else " (through a link)"
+                    raise UsageError(f"the output {out} is the input file {src}{link}; nnc never overwrites its "
+                                     "input: choose another output name")
+
+
+_RATE = ("bits_per_param", "max_rel_error", "bitdepth")
+_QP_FLAGS = ("qp", "nonweight_qp", "qp_per_tensor", "opt_qp")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _encoder_config(a):
+    from .config import EncoderConfig
+
+    given = [n for n in _RATE if getattr(a, n) is not None]
+    if len(given) > 1:
+        raise UsageError(f"{_flag(given[0])} and {_flag(given[1])} both choose every tensor's QP; give one of them")
+    if given:
+        clash = [n for n in _QP_FLAGS if getattr(a, n) is not None]
+        if clash:
+            raise UsageError(f"{_flag(clash[0])} conflicts with {_flag(given[0])}, which chooses the QPs itself; "
+                             f"drop {_flag(clash[0])} (or {_flag(given[0])})")
+    if a.scan_order and a.dq is None and a.row_skipping is None:
+        raise UsageError(f"--scan-order {a.scan_order} needs --no-dq or --no-row-skipping (block scans cannot be "
+                         "combined with dependent quantisation and row skipping)")
+    if a.threads is not None and a.threads < 1:
+        raise UsageError(f"--threads must be 1 or more, got {a.threads}")
+    kw = {"qp": a.qp, "qp_density": a.qp_density, "nonweight_qp": a.nonweight_qp, "dq": a.dq,
+          "row_skipping": a.row_skipping, "param_opt": a.param_opt, "scan_order": a.scan_order,
+          "threads": a.threads, "codebook": a.codebook, "bitdepth": a.bitdepth, "opt_qp": a.opt_qp,
+          "sparsity": a.sparsity, "struct_sparsity": a.struct_sparsity, "target_bits_per_param": a.bits_per_param,
+          "max_rel_error": a.max_rel_error,
+          "qp_per_tensor": dict(a.qp_per_tensor) if a.qp_per_tensor is not None else None}
     try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read {path}: {e.strerror}") from None
+        return EncoderConfig(**{k: v for k, v in kw.items() if v is not None})
+    except ConfigError as e:
+        raise UsageError(f"invalid settings: {e}") from None
 
 
+# ----------------------------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------------------------
 def _error_stats(orig: dict, dec: dict) -> dict:
     sq = ref = 0.0
     max_abs = 0.0
@@ -124,58 +374,272 @@ def _error_stats(orig: dict, dec: dict) -> dict:
             "mse": sq / max(n, 1)}
 
 
-def _cmd_encode(a) -> int:
-    from . import converters
-    from .codec import Encoder, decode
-    from .config import EncoderConfig
-    from ._atomic import write_bytes_atomic
+def _dtype_figures(tensors: dict, dtypes: dict[str, str]) -> dict[str, dict]:
+    """Per source dtype: tensors, parameters and bytes as the input holds them (bfloat16 = 2 bytes each)."""
+    from .converters.manifest import ITEMSIZE
+    out: dict[str, dict] = {}
+    for name, arr in tensors.items():
+        arr = np.asarray(arr)
+        dt = dtypes.get(name) or str(arr.dtype)
+        size = ITEMSIZE.get(dt, arr.dtype.itemsize)
+        f = out.setdefault(dt, {"tensors": 0, "parameters": 0, "bytes": 0})
+        f["tensors"] += 1
+        f["parameters"] += int(arr.size)
+        f["bytes"] += int(arr.size) * size
+    return out
 
-    cfg = EncoderConfig(qp=a.qp, qp_density=a.qp_density, nonweight_qp=a.nonweight_qp,
-                        qp_per_tensor=dict(a.qp_per_tensor), dq=not a.no_dq, row_skipping=not a.no_row_skipping,
-                        param_opt=not a.no_param_opt, scan_order=a.scan_order, threads=a.threads,
-                        codebook=a.codebook, bitdepth=a.bitdepth, opt_qp=a.opt_qp, sparsity=a.sparsity,
-                        struct_sparsity=a.struct_sparsity, target_bits_per_param=a.bits_per_param,
-                        max_rel_error=a.max_rel_error)
+
+def _reference_arrays(tensors: dict) -> dict:
+    """What NNCodec 2.1.3 codes: float32 for float tensors, int32 for integer ones."""
+    out = {}
+    for k, v in tensors.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f" or v.dtype.name == "bfloat16":
+            out[k] = v.astype(np.float32)
+        elif v.dtype.kind in "iub":
+            if v.size and (int(v.min()) < -2 ** 31 or int(v.max()) >= 2 ** 31):
+                raise UsageError(f"tensor {k!r} holds values outside the int32 range, which NNCodec cannot code; "
+                                 "drop --reference-layout (nnc then signals int64)")
+            out[k] = v.astype(np.int32)
+        else:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------------------
+def _cmd_encode(a) -> int:
+    # everything that can be wrong with the command line is found before the model is loaded
+    cfg = _encoder_config(a)
+    _existing_input(a.input)
+    if not os.path.isdir(a.input):
+        _need_module(_format_of(a.input, a.format, "input"), "reading the input")
+    elif a.format is not None:
+        _need_module(a.format, "reading the input")
+    _check_output(a.output, _input_files(a.input))  # first: --force never allows overwriting the input
+    ext = os.path.splitext(a.output)[1].lower()
+    if ext in _MODEL_EXTS and not a.force:
+        raise UsageError(f"refusing to write an NNC bitstream to {a.output}: its extension {ext} is a model format, "
+                         "so the file would pass for a model; name it .nnc, or pass --force")
+
+    from . import converters
+    from ._atomic import write_bytes_atomic
+    from .codec import Encoder, decode
+    from .converters.manifest import reference_topology, source_dtypes, with_name_list
+
+    ui = _Progress(not (a.quiet or a.json))
     t0 = time.perf_counter()
-    model = converters.load_model(a.input, format=a.format)
+    with ui.phase(f"loading {a.input}"):
+        model = converters.load_model(a.input, format=a.format)
     t_load = time.perf_counter() - t0
-    enc = Encoder(cfg)
+    dtypes = source_dtypes(model.topology)
+    tensors = model.tensors
+    _warn_ignored_flags(a, tensors)
+    if a.reference_layout:
+        lost = sorted({d for d in dtypes.values() if d not in ("float32", "int32")})
+        if lost or model.topology is not None and model.topology.data:
+            what = [f"the original dtypes ({', '.join(lost)})"] if lost else []
+            if model.source_format == "onnx":
+                what.append("the ONNX graph")
+            elif model.topology is not None and model.topology.data and not lost:
+                what.append("the model's topology record (tied tensors, 0-d shapes, metadata)")
+            _warn(f"--reference-layout leaves out {' and '.join(what)}; decoding gives the coded float32/int32 "
+                  "tensors only" + (", no .onnx model" if model.source_format == "onnx" else ""))
+        tensors = _reference_arrays(tensors)
+        topology = reference_topology(model.source_format)
+    else:
+        topology = with_name_list(model.topology, tensors, model.source_format)
     t0 = time.perf_counter()
-    data = enc.encode(model.tensors, topology=model.topology, progress=not (a.quiet or a.json))
+    data = Encoder(cfg).encode(tensors, topology=topology, progress=ui.enabled)
     t_enc = time.perf_counter() - t0
-    write_bytes_atomic(a.output, data)
-    n_params = sum(int(np.asarray(v).size) for v in model.tensors.values())
-    orig_bytes = sum(int(np.asarray(v).nbytes) for v in model.tensors.values())
+
+    figures = _dtype_figures(model.tensors, dtypes)
+    n_params = sum(f["parameters"] for f in figures.values())
+    orig_bytes = sum(f["bytes"] for f in figures.values())
     summary = {"input": a.input, "output": a.output, "tensors": len(model.tensors), "parameters": n_params,
-               "input_bytes": orig_bytes, "bitstream_bytes": len(data),
+               "input_bytes": orig_bytes, "dtypes": figures, "bitstream_bytes": len(data),
                "ratio": orig_bytes / len(data), "bits_per_param": 8 * len(data) / max(n_params, 1),
-               "load_s": t_load, "encode_s": t_enc}
+               "layout": "reference" if a.reference_layout else "nnc", "load_s": t_load, "encode_s": t_enc}
     if not a.no_verify:
         t0 = time.perf_counter()
-        dec = decode(data)
+        with ui.phase("verifying (decoding back)"):
+            dec = decode(data)
         summary["decode_s"] = time.perf_counter() - t0
         summary.update(_error_stats(model.tensors, dec))
+        _warn_results(a, cfg, summary, model.tensors, dec)
+    elif a.bits_per_param is not None:
+        _warn_results(a, cfg, summary, None, None)
+    with ui.phase(f"writing {a.output}"):
+        write_bytes_atomic(a.output, data)
+    _STATE.committed = True
     if a.json:
         print(json.dumps(summary))
     else:
+        kinds = ", ".join(f"{dt} {f['parameters']:,}" for dt, f in figures.items())
         print(f"{a.input} -> {a.output}")
-        print(f"  tensors {summary['tensors']}, parameters {n_params:,}, input {orig_bytes:,} bytes")
+        print(f"  tensors {summary['tensors']}, parameters {n_params:,} ({kinds}), input {orig_bytes:,} bytes")
         print(f"  bitstream {len(data):,} bytes  (ratio {summary['ratio']:.2f}x, "
               f"{summary['bits_per_param']:.3f} bits/param)")
         if "max_abs_err" in summary:
             print(f"  error: max |w - w^| {summary['max_abs_err']:.3g}, relative L2 {summary['rel_l2']:.3g}")
-        print(f"  encode {t_enc:.2f} s" + (f", decode {summary['decode_s']:.2f} s" if "decode_s" in summary else ""))
+        print(f"  load {t_load:.2f} s, encode {t_enc:.2f} s"
+              + (f", decode {summary['decode_s']:.2f} s" if "decode_s" in summary else ""))
     return 0
 
 
+def _warn_ignored_flags(a, tensors: dict) -> None:
+    import fnmatch
+    for pattern, _ in a.qp_per_tensor or []:
+        if pattern not in tensors and not any(fnmatch.fnmatchcase(k, pattern) for k in tensors):
+            _warn(f"--qp-per-tensor {pattern}=... matches no tensor of {a.input} and is ignored (names are as "
+                  "`nnc info` lists them after encoding; patterns use fnmatch: * and ?)")
+    floats = [np.asarray(v) for v in tensors.values() if np.asarray(v).dtype.kind == "f"
+              or np.asarray(v).dtype.name == "bfloat16"]
+    if a.nonweight_qp is not None and not any(v.ndim <= 1 for v in floats):
+        _warn(f"--nonweight-qp is ignored: {a.input} has no float tensor of rank <= 1")
+    if a.qp is not None and floats and not any(v.ndim > 1 for v in floats):
+        _warn(f"--qp is ignored: {a.input} has no float tensor of rank > 1 (use --nonweight-qp)")
+
+
+def _warn_results(a, cfg, summary: dict, orig: dict | None, dec: dict | None) -> None:
+    rl2 = summary.get("rel_l2")
+    if rl2 is not None and rl2 > USELESS_REL_L2:
+        if a.bits_per_param is not None or a.max_rel_error is not None or a.bitdepth is not None:
+            how = "allow more bits (a larger --bits-per-param / --bitdepth or smaller --max-rel-error)"
+        else:
+            how = f"use a more negative --qp (now {cfg.qp}; the default is -38, and each -4 halves the step)"
+        _warn(f"relative L2 error {rl2:.2f}: the model is likely useless at these settings (a usable model is "
+              f"typically below 0.01); {how}")
+    target = a.bits_per_param
+    if target is not None and summary["bits_per_param"] > 1.25 * target:
+        _warn(f"--bits-per-param {target:g} cannot be met for {a.input}: the bitstream has "
+              f"{summary['bits_per_param']:.3f} bits/param (the coarsest QPs, headers and integer tensors cost "
+              "more); the file is written as it is")
+    if a.max_rel_error is not None and orig is not None and dec is not None:
+        worst, name = 0.0, None
+        for k, v in orig.items():
+            v = np.asarray(v)
+            if v.dtype.kind != "f" and v.dtype.name != "bfloat16":
+                continue
+            x = v.astype(np.float64).reshape(-1)
+            ref = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+            if ref > 0:
+                err = float(np.sqrt(np.mean((x - np.asarray(dec[k], np.float64).reshape(-1)) ** 2))) / ref
+                if err > worst:
+                    worst, name = err, k
+        if name is not None and worst > 1.05 * a.max_rel_error:
+            _warn(f"--max-rel-error {a.max_rel_error:g} cannot be met: tensor {name!r} has relative RMS error "
+                  f"{worst:.3g} even at the finest QP tried")
+
+
+def _read_input(path: str) -> bytes:
+    _existing_input(path)
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a folder, not an NNC bitstream file")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _bad(message: str, advice: str | None, exit_code: int, **where) -> BitstreamError:
+    err = BitstreamError(message, **where)
+    err.advice = advice
+    err.exit_code = exit_code
+    return err
+
+
+_NOT_NNC = ("nnc decode/info/check read .nnc files written by nnc encode or NNCodec; check the file name")
+_DAMAGED = "the file was cut short or changed; get an intact copy (nnc check lists every problem)"
+
+
+def _problem(path: str, data) -> BitstreamError | None:
+    """One classification of a bad bitstream for decode, info and check (same message, same exit code): not an
+    NNC bitstream at all (exit 2), damaged (a unit that does not parse, e.g. a file cut mid-unit; exit 1) or
+    incomplete (its topology lists tensors that no unit holds, e.g. a file cut at a unit boundary; exit 1)."""
+    from . import bitstream as B
+    from .converters.manifest import expected_names
+
+    if len(data) == 0:
+        return _bad(f"{path} is empty, not an NNC bitstream", _NOT_NNC, 2)
+    parsed = B.parse(data, strict=False)
+    first = parsed.units[0] if parsed.units else None
+    if first is None or first.nnr_unit_type != B.NNRUnitType.NNR_STR or first.errors:
+        return _bad(f"{path} is not an NNC bitstream (it does not start with an NNR_STR unit)", _NOT_NNC, 2)
+    for u in parsed.units:
+        for e in u.errors:
+            if isinstance(e, UnsupportedFeatureError):
+                continue
+            reason = getattr(e, "reason", None) or _one_line(e)
+            return _bad(f"{path} is damaged: {reason}", _DAMAGED, 1,
+                        unit_index=getattr(e, "unit_index", None), byte_offset=getattr(e, "byte_offset", None),
+                        syntax_path=getattr(e, "syntax_path", None))
+    try:
+        expected = expected_names(parsed.topology)
+    except NNCError:
+        expected = None
+    if expected:
+        present = {str(n) for u in parsed.ndus() if u.body is not None for n in u.body.element_names}
+        missing = [n for n in expected if n not in present]
+        if missing:
+            return _bad(f"{path} is incomplete: its topology lists {len(expected)} tensors, {len(missing)} of them "
+                        f"are missing (first {missing[0]!r})",
+                        "the file was probably cut short at a unit boundary; get an intact copy", 1,
+                        unit_index=len(parsed.units), byte_offset=len(data))
+    return None
+
+
+def _from_report(path: str, report) -> BitstreamError | None:
+    """The first error of a conformance report as the one-line error decode, info and check all print."""
+    v = next(iter(report.errors), None)
+    if v is None:
+        return None
+    return _bad(f"{path} is damaged: {v.message}", _DAMAGED, 1, unit_index=v.unit_index, byte_offset=v.byte_offset,
+                syntax_path=v.syntax_path)
+
+
 def _cmd_decode(a) -> int:
+    _existing_input(a.input)
+    fmt = _format_of(a.output, a.format, "output")
+    if a.template is not None:
+        if fmt != "pytorch":
+            raise UsageError(f"--template makes a TorchScript archive; {a.output} names a {fmt} file: use a .pt or "
+                             ".jit output")
+        _existing_input(a.template)
+    elif os.path.splitext(a.output)[1].lower() == ".jit":
+        raise UsageError(f"cannot write {a.output} without the TorchScript program: pass the original archive with "
+                         "--template original.jit, or write a .pt state_dict")
+    _need_module(fmt, "writing the output")
+    if a.threads is not None and a.threads < 1:
+        raise UsageError(f"--threads must be 1 or more, got {a.threads}")
+    _check_output(a.output, [a.input] + ([a.template] if a.template else []))
+
     from . import converters
     from .codec import Decoder
     from .config import DecoderConfig
 
+    ui = _Progress(not a.quiet)
     data = _read_input(a.input)
-    model = Decoder(DecoderConfig(threads=a.threads)).decode_model(data)
-    converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
+    bad = _problem(a.input, data)
+    if bad is not None:
+        raise bad
+    if fmt == "onnx":
+        from . import bitstream as B
+        from .converters._onnx import is_onnx_topology
+        if not is_onnx_topology(B.parse(data, strict=False).topology):
+            raise UsageError(f"cannot write {a.output}: {a.input} carries no ONNX graph (it was not made from an ONNX "
+                             "model, or with --reference-layout); write .safetensors, .pt or .npz instead")
+    cfg = DecoderConfig() if a.threads is None else DecoderConfig(threads=a.threads)
+    with ui.phase(f"decoding {a.input}"):
+        try:
+            model = Decoder(cfg).decode_model(data)
+        except BitstreamError as e:
+            if isinstance(e, LimitExceededError):
+                raise
+            from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
+            raise (_from_report(a.input, check(data)) or e) from None
+    with ui.phase(f"writing {a.output}"):
+        converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
+    _STATE.committed = True
     print(f"{a.input} -> {a.output}: {len(model.tensors)} tensors")
     return 0
 
@@ -183,24 +647,41 @@ def _cmd_decode(a) -> int:
 def _cmd_info(a) -> int:
     from .describe import inspect as inspect_bitstream
 
-    info = inspect_bitstream(_read_input(a.input))
+    data = _read_input(a.input)
+    with _Progress(not (a.quiet or a.json)).phase(f"reading {a.input}"):
+        bad = _problem(a.input, data)
+        if bad is not None and bad.exit_code == 2:
+            raise bad  # not NNC at all: a unit list of it would mean nothing
+        info = inspect_bitstream(data)
+        if bad is None and any(u.errors for u in info.units):
+            from .conformance.checker import check  # say it as `nnc check` and `nnc decode` do
+            bad = _from_report(a.input, check(data))
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
-    first = info.units[0] if info.units else None
-    if first is None or first.type in ("unknown",) or first.type.startswith("reserved") or \
-            (first.errors and first.header_size is None and first.type != "NNR_STR"):
-        print(f"nnc: error: {a.input} is not an NNC bitstream (no readable first unit)", file=sys.stderr)
-        return 2
+    if bad is not None:
+        raise bad
     return 0
 
 
 def _cmd_check(a) -> int:
     from .conformance.checker import check
 
-    report = check(_read_input(a.input))
+    data = _read_input(a.input)
+    with _Progress(not (a.quiet or a.json)).phase(f"checking {a.input}"):
+        bad = _problem(a.input, data)
+        if bad is not None and bad.exit_code == 2:
+            raise bad  # not NNC at all: the same line as decode and info, no report of it
+        report = check(data)
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
-    if not report.readable:
-        return 2  # not an NNC bitstream at all (empty, or no readable first unit)
+    if bad is None and any(v.code in _DAMAGE_CODES for v in report.errors):
+        bad = _from_report(a.input, report)  # a payload nnc cannot decode: what `nnc decode` refuses too
+    if bad is not None:
+        raise bad
     return 0 if report.ok else 1
+
+
+#: check findings that make nnc's decoder refuse the stream (the others are rule violations it can still decode)
+_DAMAGE_CODES = {"PAYLOAD_SIZE_MISMATCH", "PAYLOAD_TRUNCATED", "PAYLOAD_CORRUPT", "CODEBOOK_INDEX_RANGE",
+                 "TRUNCATED_UNIT", "TRAILING_BYTES", "UNIT_SIZE_INVALID", "UNIT_SIZE_MISMATCH", "TENSOR_MISSING"}
 
 
 def _cmd_conform(a) -> int:
@@ -218,9 +699,10 @@ _COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "info": _cmd_info, "c
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    _STATE.committed = False
     old_term = _catch_sigterm()
     try:
-        return _COMMANDS[a.command](a)
+        return _run_interruptibly(lambda: _COMMANDS[a.command](a))
     except UnsupportedFeatureError as e:
         if a.debug:
             raise
@@ -237,10 +719,10 @@ def main(argv: list[str] | None = None) -> int:
     except (NNCError, OSError) as e:
         if a.debug:
             raise
-        print(f"nnc: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        print(f"nnc: error: {_message(e)}", file=sys.stderr)
+        return _exit_code(e)
     except KeyboardInterrupt:
-        print("nnc: interrupted", file=sys.stderr)
+        print("nnc: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug in nnc: one line, traceback only with --debug
         if a.debug:
@@ -251,6 +733,30 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _exit_code(e: BaseException) -> int:
+    """1: a bitstream that is NNC but bad (damaged, incomplete, violating the syntax); 2: anything else."""
+    code = getattr(e, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    if isinstance(e, BitstreamError) and not isinstance(e, LimitExceededError):
+        return 1
+    return 2
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, NNCError):
+        what = e.strerror or _one_line(e)
+        where = e.filename if e.filename is not None else None
+        text = f"{where}: {what[:1].lower() + what[1:]}" if where else what
+        return _one_line(text)
+    msg = _one_line(e)
+    advice = getattr(e, "advice", None)
+    if advice is None and isinstance(e, ModelFormatError) and ";" not in msg:
+        advice = ("check that the file is complete and in the format its extension names (nnc reads .onnx "
+                  ".safetensors .npz .pt .pth .bin .ckpt .jit and model folders)")
+    return f"{msg}; {advice}" if advice else msg
 
 
 def _on_sigterm(signum, frame):
@@ -267,8 +773,13 @@ def _catch_sigterm():
         return None
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_ERRNO = re.compile(r"\[Errno \d+\] ")
+
+
+def _one_line(e: BaseException | str) -> str:
+    text = _ERRNO.sub("", _ANSI.sub("", str(e)))
+    return " ".join(text.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

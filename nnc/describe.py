@@ -11,6 +11,7 @@ for a conformance verdict.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ class TensorInfo:
     nonzero: int | None = None
     min_level: int | None = None
     max_level: int | None = None
+    source_dtype: str | None = None   # the model's dtype when the topology records one (e.g. bfloat16)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -77,6 +79,8 @@ class BitstreamInfo:
     units: list[UnitInfo]
     topology_format: str | None = None
     qp_density: int | None = None
+    #: tensor names the topology lists (nnc encode's record, an ONNX graph); None when it lists none
+    listed: list[str] | None = None
 
     @property
     def tensors(self) -> list[TensorInfo]:
@@ -91,7 +95,17 @@ class BitstreamInfo:
         return {"bytes": self.size, "units": len(self.units), "unit_types": counts, "profile": self.profile,
                 "tensors": len(ts), "parameters": n, "bits_per_parameter": (8 * self.size / n) if n else None,
                 "topology_format": self.topology_format, "qp_density": self.qp_density,
+                "tensors_listed": None if self.listed is None else len(self.listed),
+                "missing_tensors": self.missing,
                 "errors": sum(len(u.errors) for u in self.units)}
+
+    @property
+    def missing(self) -> list[str] | None:
+        """Listed tensors no unit holds (a file cut at a unit boundary); None when the topology lists none."""
+        if self.listed is None:
+            return None
+        present = {t.name for t in self.tensors}
+        return [n for n in self.listed if n not in present]
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "units": [u.to_dict() for u in self.units]}
@@ -101,6 +115,14 @@ class BitstreamInfo:
         bpp = f", {s['bits_per_parameter']:.3f} bits/parameter" if s["bits_per_parameter"] else ""
         lines = [f"NNC bitstream: {s['bytes']} bytes, {s['units']} units, profile {s['profile']}, "
                  f"{s['tensors']} tensors, {s['parameters']:,} parameters{bpp}"]
+        missing = self.missing
+        if missing is None:
+            lines.append("completeness: not verifiable (the topology does not list the tensors)")
+        elif missing:
+            lines.append(f"INCOMPLETE: the topology lists {len(self.listed)} tensors, {len(missing)} missing: "
+                         + ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else ""))
+        else:
+            lines.append(f"complete: all {len(self.listed)} tensors the topology lists are present")
         for u in self.units:
             sz = "?" if u.size is None else u.size
             extra = ""
@@ -110,7 +132,8 @@ class BitstreamInfo:
             if u.fields:
                 lines.append("       " + ", ".join(f"{k}={_fmt(v)}" for k, v in u.fields.items()))
             for t in u.tensors:
-                lines.append(f"       tensor {t.name!r}  shape {t.shape}  {t.dtype}  {t.elements:,} elements")
+                src = f" (source {t.source_dtype})" if t.source_dtype and t.source_dtype != t.dtype else ""
+                lines.append(f"       tensor {t.name!r}  shape {t.shape}  {t.dtype}{src}  {t.elements:,} elements")
                 tools = [t.coding]
                 if t.qp is not None:
                     tools.append(f"qp {t.qp} (step {t.step_size:.6g})")
@@ -253,6 +276,7 @@ def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> Bits
     units: list[UnitInfo] = []
     profile = None
     topo = None
+    topology = None
     qd = None
     for u in B.iter_units(data, strict=False, max_units=max_units):
         ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
@@ -264,6 +288,8 @@ def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> Bits
             profile = u.body.general_profile_idc
         elif t == B.NNRUnitType.NNR_TPL and u.body is not None and topo is None:
             topo = ui.fields.get("topology_storage_format")
+            with contextlib.suppress(Exception):  # an unreadable topology lists nothing
+                topology = u.body.to_topology()
         elif t == B.NNRUnitType.NNR_MPS and u.body is not None and qd is None:
             qd = u.body.mps_qp_density
         elif t == B.NNRUnitType.NNR_NDU and u.body is not None:
@@ -277,4 +303,14 @@ def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> Bits
             except Exception as e:  # noqa: BLE001 - describe what can be described
                 ui.errors.append(f"cannot describe tensors: {type(e).__name__}: {e}")
         units.append(ui)
-    return BitstreamInfo(size=len(data), profile=profile, units=units, topology_format=topo, qp_density=qd)
+    listed = None
+    if topology is not None:
+        from .converters.manifest import expected_names, source_dtypes
+        with contextlib.suppress(Exception):
+            listed = expected_names(topology)
+            dtypes = source_dtypes(topology)
+            for ui in units:
+                for ti in ui.tensors:
+                    ti.source_dtype = dtypes.get(ti.name)
+    return BitstreamInfo(size=len(data), profile=profile, units=units, topology_format=topo, qp_density=qd,
+                         listed=listed)

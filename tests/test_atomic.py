@@ -119,11 +119,11 @@ def test_output_that_is_a_directory_or_in_a_missing_directory(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     before = sorted(os.listdir(tmp_path))
     assert main(["decode", src, "--format", "npz", "-o", str(tmp_path / "out")]) == 2
-    assert "is a directory" in capsys.readouterr().err
+    assert "is a folder" in capsys.readouterr().err
     assert main(["encode", str(VECTORS / "in_gauss.npz"), "-o", str(tmp_path / "out")]) == 2
-    assert f"the output is a directory, not a file: '{tmp_path / 'out'}'" in capsys.readouterr().err
+    assert f"the output {tmp_path / 'out'} is a folder; give a file name" in capsys.readouterr().err
     assert main(["encode", str(VECTORS / "in_gauss.npz"), "-o", str(tmp_path / "missing" / "x.nnc")]) == 2
-    assert "the output's directory does not exist" in capsys.readouterr().err
+    assert f"the folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
     assert main(["encode", str(VECTORS / "in_gauss.npz"), "-o", str(tmp_path / "ok.nnc")]) == 0  # the input is fine
     os.unlink(tmp_path / "ok.nnc")
     assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "out") == []

@@ -8,22 +8,36 @@ from nnc.cli import main
 from conftest import VECTORS, load_npz
 
 
+def _without_tpl(data: bytes) -> bytes:
+    from nnc import bitstream as B
+    p = B.parse(data)
+    return b"".join(bytes(p.data[u.offset:u.offset + u.size]) for u in p.units
+                    if u.nnr_unit_type != B.NNRUnitType.NNR_TPL)
+
+
 def test_encode_flags_reproduce_reference_bitstreams(tmp_path, capsys):
+    # --reference-layout: byte-identical to the reference's vectors; the default adds only the tensor list in
+    # the topology unit (every other unit identical)
     out = tmp_path / "pnet.nnc"
-    assert main(["encode", str(VECTORS / "in_mtcnn_pnet.npz"), "-o", str(out), "--qp", "-38", "--json"]) == 0
+    assert main(["encode", str(VECTORS / "in_mtcnn_pnet.npz"), "-o", str(out), "--qp", "-38", "--json",
+                 "--reference-layout"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert out.read_bytes() == (VECTORS / "mtcnn_pnet_qp-38_dq.nnc").read_bytes()
     assert summary["bitstream_bytes"] == out.stat().st_size
     assert 0 < summary["max_abs_err"] < 0.01 and summary["rel_l2"] < 0.01
+    assert main(["encode", str(VECTORS / "in_mtcnn_pnet.npz"), "-o", str(tmp_path / "d.nnc"), "--qp", "-38",
+                 "--quiet"]) == 0
+    default = (tmp_path / "d.nnc").read_bytes()
+    assert default != out.read_bytes() and _without_tpl(default) == _without_tpl(out.read_bytes())
 
     out2 = tmp_path / "sparse.nnc"
     assert main(["encode", str(VECTORS / "in_sparse.npz"), "-o", str(out2), "--qp", "-32", "--no-row-skipping",
-                 "--quiet"]) == 0
+                 "--quiet", "--reference-layout"]) == 0
     assert out2.read_bytes() == (VECTORS / "sparse_qp-32_dq_norowskip.nnc").read_bytes()
 
     out3 = tmp_path / "silero.nnc"
     assert main(["encode", str(VECTORS / "in_silero_subset.npz"), "-o", str(out3), "--qp", "-64",
-                 "--qp-density", "3", "--no-verify", "--quiet"]) == 0
+                 "--qp-density", "3", "--no-verify", "--quiet", "--reference-layout"]) == 0
     assert out3.read_bytes() == (VECTORS / "silero_subset_qd3_qp-64_nnc.nnc").read_bytes()
 
 
@@ -50,7 +64,7 @@ def test_format_flag_for_files_whose_extension_does_not_tell(tmp_path, capsys):
 
     from nnc import cli, converters
 
-    assert cli._FORMAT_CHOICES == tuple(converters.FORMATS)
+    assert tuple(cli._FORMATS) == tuple(converters.FORMATS) and cli._FORMATS == converters.FORMATS
     w = {"fc.weight": np.random.default_rng(0).standard_normal((8, 16)).astype("f4")}
     np.savez(tmp_path / "weights.npz", **w)
     (tmp_path / "weights.data").write_bytes((tmp_path / "weights.npz").read_bytes())

@@ -32,18 +32,18 @@ def _huge_tensor_stream() -> bytes:
 
 
 # -- real failures through the real code paths ------------------------------------------------------------
-def test_bitstream_error_exit_2(tmp_path, capsys):
+def test_bitstream_error_exit_1(tmp_path, capsys):
     bad = tmp_path / "bad.nnc"
     bad.write_bytes(b"\x00\x04\x02\x01" + b"\x00\x08\x06\x81\x00\x40\x00\x80" + b"\x00\x05\x10\xff\xff")
-    assert main(["decode", str(bad), "-o", str(tmp_path / "o.npz")]) == 2
+    assert main(["decode", str(bad), "-o", str(tmp_path / "o.npz")]) == 1
     _one_line_error(capsys, "nnc: error: ")
     assert not (tmp_path / "o.npz").exists()
 
 
-def test_truncated_bitstream_exit_2(tmp_path, capsys):
+def test_truncated_bitstream_exit_1(tmp_path, capsys):
     bad = tmp_path / "cut.nnc"
     bad.write_bytes(GAUSS.read_bytes()[:-10])
-    assert main(["decode", str(bad), "-o", str(tmp_path / "o.npz")]) == 2
+    assert main(["decode", str(bad), "-o", str(tmp_path / "o.npz")]) == 1
     assert "runs past the end" in _one_line_error(capsys, "nnc: error: ")
 
 
@@ -111,8 +111,8 @@ def test_usage_error_exit_2(capsys):
 def _all_nnc_errors():
     from nnc.fl import RejectedUpdateError
     return [
-        (nnc.BitstreamError("b", unit_index=1, byte_offset=2, syntax_path="x"), 2, "nnc: error: "),
-        (nnc.TruncatedBitstreamError("t"), 2, "nnc: error: "),
+        (nnc.BitstreamError("b", unit_index=1, byte_offset=2, syntax_path="x"), 1, "nnc: error: "),
+        (nnc.TruncatedBitstreamError("t"), 1, "nnc: error: "),
         (nnc.LimitExceededError("l"), 2, "nnc: error: "),
         (nnc.UnsupportedFeatureError("u"), 3, "nnc: unsupported: "),
         (nnc.ConfigError("c"), 2, "nnc: error: "),

@@ -76,6 +76,8 @@ CODES: dict[str, str] = {
     "UNSUPPORTED_FEATURE": "valid syntax nnc (and NNCodec) does not implement; not verified further",
     "PAYLOAD_NOT_VERIFIED": "the payload could not be verified (parent state for TCA/HDSP unknown, limits)",
     "SCAN_ORDER_INEFFECTIVE": "scan_order > 0 for a tensor whose effective scan is 0 (W = 1 or H = 1, §6 item 12)",
+    # completeness (the topology's list of tensors: nnc encode's JSON record, an ONNX graph)
+    "TENSOR_MISSING": "the topology lists a tensor that no NDU carries (e.g. a file cut at a unit boundary)",
 }
 
 _NDU = "NNR_NDU.nnr_compressed_data_unit_header"
@@ -111,6 +113,10 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     payloads_verified: int = 0
     readable: bool = True
+    #: "verified" (the topology lists the tensors and every one is present), "incomplete" (TENSOR_MISSING),
+    #: "not verifiable" (the topology lists no tensors: a file cut at a unit boundary cannot be told from a
+    #: whole one) or None (no units to judge)
+    completeness: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -139,13 +145,20 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "readable": self.readable, "size": self.size, "units": self.units,
-                "payloads_verified": self.payloads_verified, "errors": len(self.errors),
+                "payloads_verified": self.payloads_verified, "completeness": self.completeness,
+                "errors": len(self.errors),
                 "warnings": len(self.warnings), "violations": [v.to_dict() for v in self.violations]}
 
     def to_text(self) -> str:
         verdict = "CONFORMING" if self.ok else ("UNREADABLE" if not self.readable else "NOT CONFORMING")
         lines = [f"{verdict}: {self.size} bytes, {len(self.units)} units, {self.payloads_verified} NDU payloads "
                  f"verified, {len(self.errors)} error(s), {len(self.warnings)} warning(s)"]
+        if self.completeness == "not verifiable":
+            lines.append("  completeness cannot be verified: the stream does not list its tensors (NNCodec's layout, "
+                         "nnc.encode without a topology or nnc encode --reference-layout), so a file cut at a unit "
+                         "boundary would look whole")
+        elif self.completeness == "verified":
+            lines.append("  complete: every tensor the topology lists is present")
         lines += [f"  {v}" for v in self.violations]
         return "\n".join(lines)
 
@@ -391,6 +404,28 @@ class _Checker:
                     self.add("ENTRY_POINT_MISMATCH", f"entry point {j}: {fld} is {getattr(s, fld)} in the header, "
                              f"{getattr(m, fld)} measured while decoding", u, u.offset, f"{p}[{j}].{fld}")
 
+    # -- completeness -------------------------------------------------------------------------------
+    def completeness(self, units) -> None:
+        """Compare the tensors the topology lists with those the NDUs carry."""
+        tpl = next((u for u in units if u.nnr_unit_type == B.NNRUnitType.NNR_TPL and u.body is not None), None)
+        if not any(u.nnr_unit_type == B.NNRUnitType.NNR_NDU for u in units) and tpl is None:
+            return
+        expected = None
+        if tpl is not None:
+            try:
+                from ..converters.manifest import expected_names
+                expected = expected_names(tpl.body.to_topology())
+            except Exception:  # noqa: BLE001 - an unreadable topology lists nothing
+                expected = None
+        if not expected:
+            self.report.completeness = "not verifiable"
+            return
+        missing = [n for n in expected if n not in self.names]
+        self.report.completeness = "incomplete" if missing else "verified"
+        if missing:
+            self.add("TENSOR_MISSING", f"the topology lists {len(expected)} tensors, {len(missing)} are missing "
+                     f"(first {missing[0]!r})", len(units), len(self.data), "NNR_TPL.topology_data")
+
     # -- driver ---------------------------------------------------------------------------------------
     def run(self) -> Report:
         rep = self.report
@@ -410,6 +445,7 @@ class _Checker:
                 except Exception as e:  # noqa: BLE001 - a checker bug must not hide the other findings
                     self.add("SYNTAX_ERROR", f"internal checker error on this unit: {type(e).__name__}: {e}", u,
                              u.offset, u.type_name)
+        self.completeness(units)
         first = units[0] if units else None
         if first is None or first.header is None or first.nnr_unit_type is None or \
                 first.nnr_unit_type > B.NNRUnitType.NNR_AGG or any(

@@ -14,9 +14,11 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     try:
         z = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
-        raise ModelFormatError(f"cannot read {path!r}: {e}") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ModelFormatError(f"{path!r} is not a valid .npz file: {e}") from None
+        raise ModelFormatError(f"cannot read {path!r}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        # numpy's own text would suggest allow_pickle, which nnc never uses: say it in nnc's words
+        raise ModelFormatError(f"{path!r} is not an .npz archive (a zip of .npy arrays as numpy.savez writes), or "
+                               "it is truncated; check the file, or pass --format if it is another model format") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ModelFormatError(f"{path!r} is a single .npy array, not an .npz archive of named arrays")
     out: dict[str, np.ndarray] = {}
@@ -25,9 +27,10 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
             try:
                 arr = z[name]
             except ValueError as e:  # object arrays need pickle, which we refuse
-                raise ModelFormatError(f"{path!r}: array {name!r} cannot be loaded without pickle: {e}") from None
-            except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
-                raise ModelFormatError(f"{path!r}: array {name!r} is corrupt or truncated: {e}") from None
+                raise ModelFormatError(f"{path!r}: array {name!r} holds Python objects, which nnc never unpickles; "
+                                       "save numeric arrays only") from None
+            except (OSError, zipfile.BadZipFile, EOFError, KeyError):
+                raise ModelFormatError(f"{path!r}: array {name!r} is corrupt or truncated; check the file") from None
             if arr.dtype.kind not in "fiub" or arr.dtype.itemsize > 8:
                 raise ModelFormatError(f"{path!r}: array {name!r} has unsupported dtype {arr.dtype}")
             if not arr.dtype.isnative:

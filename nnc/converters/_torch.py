@@ -117,12 +117,13 @@ def load_torch_file(path: str):
             raise ModelFormatError(
                 f"{path!r} holds objects other than tensors and plain containers; nnc loads PyTorch files only "
                 f"with torch.load(weights_only=True) and refuses arbitrary pickles. Save model.state_dict() "
-                f"instead. (torch: {str(e).splitlines()[0]})") from None
+                f"instead.") from None
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
             errors.append(e)
             continue
     if obj is None:
-        raise ModelFormatError(f"{path!r} is not a readable PyTorch file (truncated or corrupt?): {errors[-1]}")
+        raise ModelFormatError(f"{path!r} is not a readable PyTorch file: it is truncated, corrupt or another "
+                               "format; check the file, or pass --format if it is another model format")
     if isinstance(obj, torch.nn.Module):  # cannot happen with weights_only, but be explicit
         obj = obj.state_dict()
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
