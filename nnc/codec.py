@@ -102,7 +102,7 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
             param_opt=cfg.param_opt, unary_length_minus1=cfg.unary_length_minus1, bitdepth=bits)
         cb = None if ch.values is None else (ch.values, ch.zero_offset, ch.egk)
         return _Plan(name, index, shape, ch.q, ch.qp, ch.dq, fmt, cb)
-    q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan)
+    q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan, name=name)
     if bits is not None:
         q = _tools.bitdepth.clip_levels(q, x, bits)
     return _Plan(name, index, shape, q, qp_used, cfg.dq, fmt)

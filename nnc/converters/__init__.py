@@ -138,9 +138,14 @@ def from_torch(module_or_state_dict) -> LoadedModel:
     return _finish(tensors, record, "pytorch")
 
 
-def from_onnx(model, *, constant_min_elements: int = _onnx.DEFAULT_CONSTANT_MIN_ELEMENTS) -> LoadedModel:
-    """From an in-memory ``onnx.ModelProto`` (not modified). Initializers kept in external files need a path."""
-    tensors, topology = _onnx.from_onnx(model, constant_min_elements=constant_min_elements)
+def from_onnx(model, *, constant_min_elements: int = _onnx.DEFAULT_CONSTANT_MIN_ELEMENTS,
+              small_tensor_elements: int = _onnx.DEFAULT_SMALL_TENSOR_ELEMENTS) -> LoadedModel:
+    """From an in-memory ``onnx.ModelProto`` (not modified). Initializers kept in external files need a path.
+
+    Float tensors with fewer than ``small_tensor_elements`` elements and every tensor that reaches a shape-like
+    input or is a quantisation parameter stay in the graph, exact (``docs/converters.md``)."""
+    tensors, topology = _onnx.from_onnx(model, constant_min_elements=constant_min_elements,
+                                        small_tensor_elements=small_tensor_elements)
     return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
 
 
@@ -261,6 +266,8 @@ def _is_torch_module(obj) -> bool:
 def restore_tensors(tensors: Mapping[str, np.ndarray], topology: Topology | None) -> dict[str, np.ndarray]:
     """Decoded tensors with original dtypes (bfloat16 as float32), 0-d shapes and tied names restored."""
     record = _record_for(topology)
+    if _onnx.is_onnx_topology(topology):
+        tensors = _onnx.with_zero_points(tensors, topology)
     return {p.name: p.array for p in plan_restore(tensors, record)}
 
 
@@ -274,6 +281,8 @@ def _record_for(topology: Topology | None) -> TensorRecord | None:
 def to_state_dict(tensors: Mapping[str, np.ndarray], topology: Topology | None = None) -> dict:
     """A torch state_dict: original dtypes, 0-d shapes, and tied entries as the same tensor object."""
     from . import _torch
+    if _onnx.is_onnx_topology(topology):
+        tensors = _onnx.with_zero_points(tensors, topology)
     return _torch.to_state_dict(tensors, _record_for(topology))
 
 
@@ -318,6 +327,8 @@ def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | Non
         _onnx.write_onnx_file(path, tensors, topology)
         return
     record = _record_for(topology)
+    if _onnx.is_onnx_topology(topology):
+        tensors = _onnx.with_zero_points(tensors, topology)
     if fmt == "pytorch" and os.path.splitext(path)[1].lower() == ".jit":
         raise ModelFormatError(f"cannot write {path!r} without the TorchScript program: pass the original archive "
                                "as template (CLI: --template original.jit), or write a .pt state_dict")
