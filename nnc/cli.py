@@ -125,6 +125,22 @@ def _error_stats(orig: dict, dec: dict) -> dict:
             "mse": sq / max(n, 1)}
 
 
+def _coded_and_carried(data: bytes, source: str, coded_input_bytes: int, n_params: int) -> dict:
+    """Bytes of the NDUs (coded tensors) and of the topology unit (what the model carries uncoded), and the
+    ratio against the input file when the input is one file."""
+    from . import bitstream as bs
+    units = bs.parse(data)
+    coded = sum(u.size for u in units if u.nnr_unit_type == bs.UnitType.NNR_NDU)
+    carried = sum(u.size for u in units if u.nnr_unit_type == bs.UnitType.NNR_TPL)
+    out = {"coded_bytes": coded, "carried_bytes": carried,
+           "coded_bits_per_param": 8 * coded / max(n_params, 1),
+           "coded_ratio": coded_input_bytes / max(coded, 1)}
+    if os.path.isfile(source):
+        out["file_bytes"] = os.path.getsize(source)
+        out["file_ratio"] = out["file_bytes"] / len(data)
+    return out
+
+
 def _cmd_encode(a) -> int:
     from . import converters
     from .codec import Encoder, decode
@@ -151,6 +167,7 @@ def _cmd_encode(a) -> int:
                "input_bytes": orig_bytes, "bitstream_bytes": len(data),
                "ratio": orig_bytes / len(data), "bits_per_param": 8 * len(data) / max(n_params, 1),
                "load_s": t_load, "encode_s": t_enc}
+    summary.update(_coded_and_carried(data, a.input, orig_bytes, n_params))
     if not a.no_verify:
         t0 = time.perf_counter()
         dec = decode(data)
@@ -163,6 +180,9 @@ def _cmd_encode(a) -> int:
         print(f"  tensors {summary['tensors']}, parameters {n_params:,}, input {orig_bytes:,} bytes")
         print(f"  bitstream {len(data):,} bytes  (ratio {summary['ratio']:.2f}x, "
               f"{summary['bits_per_param']:.3f} bits/param)")
+        print(f"  coded {summary['coded_bytes']:,} bytes for {n_params:,} coded parameters "
+              f"({summary['coded_bits_per_param']:.3f} bits/param, ratio {summary['coded_ratio']:.2f}x); carried "
+              f"{summary['carried_bytes']:,} bytes in the topology unit (graph, exact and small tensors, record)")
         if "max_abs_err" in summary:
             print(f"  error: max |w - w^| {summary['max_abs_err']:.3g}, relative L2 {summary['rel_l2']:.3g}")
         print(f"  encode {t_enc:.2f} s" + (f", decode {summary['decode_s']:.2f} s" if "decode_s" in summary else ""))

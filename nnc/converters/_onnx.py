@@ -508,8 +508,11 @@ def _split_integer_weights(model, tensors: dict, used: set, exact: set[str], sma
             coded = arr.astype(np.int64) - zp[1].reshape(shape)
             if coded.min() <= -(1 << 31) or coded.max() > (1 << 31) - 1:
                 zp, coded = None, arr
-            else:
-                coded = coded.astype(np.int32)
+            else:   # the smallest signed type that holds the levels (uint8 - 128 fits int8)
+                lo, hi = (int(coded.min()), int(coded.max())) if coded.size else (0, 0)
+                small = next(d for d in (np.int8, np.int16, np.int32)
+                             if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max)
+                coded = coded.astype(small)
         else:
             coded = arr
         if coded.dtype.itemsize >= 4 and coded.size and int(coded.min()) <= -(1 << 31):
