@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rate control: choose per-tensor QPs for about this many bits per float parameter")
     rc.add_argument("--max-rel-error", type=float, default=None,
                     help="rate control: coarsest QP per tensor with relative RMS error <= this")
+    e.add_argument("--model-state-only", action="store_true",
+                   help="of a PyTorch checkpoint, code only the model state_dict (optimizer state, EMA copies, "
+                        "step... are left out and named); default: the whole checkpoint, structure kept")
     e.add_argument("--no-verify", action="store_true", help="skip decoding back to report the error")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -154,8 +157,10 @@ def _cmd_encode(a) -> int:
                         struct_sparsity=a.struct_sparsity, target_bits_per_param=a.bits_per_param,
                         max_rel_error=a.max_rel_error)
     t0 = time.perf_counter()
-    model = converters.load_model(a.input, format=a.format)
+    model = converters.load_model(a.input, format=a.format, model_state_only=a.model_state_only)
     t_load = time.perf_counter() - t0
+    for note in model.notes:
+        print(f"nnc: note: {note}", file=sys.stderr)
     enc = Encoder(cfg)
     t0 = time.perf_counter()
     data = enc.encode(model.tensors, topology=model.topology, progress=not (a.quiet or a.json))

@@ -23,7 +23,7 @@ and tied (shared) tensors, which are coded once.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,7 +36,7 @@ from ._bitstream import drop_topology_units
 
 __all__ = [
     "LoadedModel", "load_model", "save_model", "detect_format", "FORMATS", "FOLDER_FILES",
-    "from_torch", "to_state_dict", "load_into_module", "from_onnx", "to_onnx",
+    "from_torch", "to_state_dict", "to_checkpoint", "load_into_module", "from_onnx", "to_onnx",
     "from_safetensors", "from_npz", "restore_tensors", "drop_topology_units",
 ]
 
@@ -55,6 +55,8 @@ class LoadedModel:
     tensors: dict[str, np.ndarray]
     topology: Topology | None
     source_format: str
+    #: what the loader wants the user to know (e.g. the parts of a checkpoint left out with model_state_only)
+    notes: list[str] = field(default_factory=list)
 
 
 def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
@@ -131,6 +133,9 @@ def from_torch(module_or_state_dict) -> LoadedModel:
     torch = _torch._torch()
     if isinstance(module_or_state_dict, torch.nn.Module):
         tensors, record = _torch.from_module(module_or_state_dict)
+    elif isinstance(module_or_state_dict, Mapping) and not all(
+            isinstance(v, (torch.Tensor, np.ndarray)) for v in module_or_state_dict.values()):
+        tensors, record = _torch.checkpoint_to_tensors(module_or_state_dict)   # a whole checkpoint
     elif isinstance(module_or_state_dict, Mapping):
         tensors, record = _torch.state_dict_to_tensors(module_or_state_dict)
     else:
@@ -220,10 +225,14 @@ def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
     return LoadedModel(tensors, merged.to_topology(), source)
 
 
-def load_model(source, *, format: str | None = None) -> LoadedModel:
+def load_model(source, *, format: str | None = None, model_state_only: bool = False) -> LoadedModel:
     """Load a model file (format from its extension unless ``format`` is given), a model folder (its
     ``model.safetensors``, ``pytorch_model.bin``, ``model.onnx`` or sharded ``*.index.json``; see
-    :data:`FOLDER_FILES`) or an in-memory model."""
+    :data:`FOLDER_FILES`) or an in-memory model.
+
+    A PyTorch checkpoint (model and optimizer state, EMA copies, step, epoch, lists...) is kept whole: see
+    ``docs/converters.md``. ``model_state_only=True`` reads only its model state_dict; ``LoadedModel.notes``
+    then names what was left out."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
@@ -236,8 +245,11 @@ def load_model(source, *, format: str | None = None) -> LoadedModel:
             return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
         if fmt == "pytorch":
             from . import _torch
-            tensors, record = _torch.load_torch_file(path)
-            return _finish(tensors, record, "pytorch")
+            notes: list[str] = []
+            tensors, record = _torch.load_torch_file(path, model_state_only=model_state_only, notes=notes)
+            lm = _finish(tensors, record, "pytorch")
+            lm.notes = notes
+            return lm
         if fmt == "safetensors":
             return from_safetensors(path)
         return from_npz(path)
@@ -276,6 +288,13 @@ def _record_for(topology: Topology | None) -> TensorRecord | None:
         return TensorRecord(source_format="onnx", dtypes=_onnx.tensor_dtypes(topology),
                             shapes=_onnx.tensor_shapes(topology))
     return TensorRecord.from_topology(topology)
+
+
+def to_checkpoint(tensors: Mapping[str, np.ndarray], topology: Topology | None = None):
+    """The decoded checkpoint with its original structure (nested dicts, lists, scalars; tensors as torch
+    tensors), or the flat state_dict for a bitstream made from a plain state_dict."""
+    from . import _torch
+    return _torch.to_checkpoint(tensors, _record_for(topology))
 
 
 def to_state_dict(tensors: Mapping[str, np.ndarray], topology: Topology | None = None) -> dict:
