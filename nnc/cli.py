@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rate control: choose per-tensor QPs for about this many bits per float parameter")
     rc.add_argument("--max-rel-error", type=float, default=None,
                     help="rate control: coarsest QP per tensor with relative RMS error <= this")
+    e.add_argument("--sensitivity", default=None, metavar="FILE.json",
+                   help="with --bits-per-param: task sensitivities per tensor (JSON name -> weight, as written by "
+                        "nnc.tools.ratecontrol.save_sensitivities) weighting each tensor's squared error")
     e.add_argument("--model-state-only", action="store_true",
                    help="of a PyTorch checkpoint, code only the model state_dict (optimizer state, EMA copies, "
                         "step... are left out and named); default: the whole checkpoint, structure kept")
@@ -144,6 +147,16 @@ def _coded_and_carried(data: bytes, source: str, coded_input_bytes: int, n_param
     return out
 
 
+def _sensitivity_arg(a) -> dict:
+    if a.sensitivity is None:
+        return {}
+    from .errors import ConfigError
+    from .tools.ratecontrol import load_sensitivities
+    if a.bits_per_param is None:
+        raise ConfigError("--sensitivity weights the allocation of --bits-per-param; give --bits-per-param too")
+    return load_sensitivities(a.sensitivity)
+
+
 def _cmd_encode(a) -> int:
     from . import converters
     from .codec import Encoder, decode
@@ -155,7 +168,7 @@ def _cmd_encode(a) -> int:
                         param_opt=not a.no_param_opt, scan_order=a.scan_order, threads=a.threads,
                         codebook=a.codebook, bitdepth=a.bitdepth, opt_qp=a.opt_qp, sparsity=a.sparsity,
                         struct_sparsity=a.struct_sparsity, target_bits_per_param=a.bits_per_param,
-                        max_rel_error=a.max_rel_error)
+                        max_rel_error=a.max_rel_error, tensor_weights=_sensitivity_arg(a))
     t0 = time.perf_counter()
     model = converters.load_model(a.input, format=a.format, model_state_only=a.model_state_only)
     t_load = time.perf_counter() - t0
