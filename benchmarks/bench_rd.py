@@ -113,12 +113,40 @@ QUALITY = {  # metric, direction (+1: higher is better), threshold for the size 
     "minilm": ("mean embedding cosine", +1, 0.999),
     "ocr_rec": ("relative output error", -1, 0.1),
     "ocr_det": ("relative output error", -1, 0.025),
+    "silero_vad": ("relative error of speech prob. + LSTM state", -1, 0.02),
+    "silero_int8": ("relative output error", -1, 0.02),
 }
 QP_GRID = {"minilm": [-32, -34, -36, -38, -40], "ocr_rec": [-26, -28, -30, -32, -34, -36, -38],
-           "ocr_det": [-26, -28, -30, -32, -34, -36, -38]}
+           "ocr_det": [-26, -28, -30, -32, -34, -36, -38], "silero_vad": [-26, -28, -30, -32, -34, -36, -38, -40],
+           "silero_int8": [-26, -32, -38]}
 BPP_GRID = {"minilm": [4.0, 4.5, 5.0, 5.5, 6.0], "ocr_rec": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0],
-            "ocr_det": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0]}
-MSE_BPP = {"minilm": [5.0, 6.0], "ocr_rec": [4.0, 5.0], "ocr_det": [4.0, 5.0]}
+            "ocr_det": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0], "silero_vad": [2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5],
+            "silero_int8": [4.0, 5.0, 6.0]}
+MSE_BPP = {"minilm": [5.0, 6.0], "ocr_rec": [4.0, 5.0], "ocr_det": [4.0, 5.0], "silero_vad": [4.0, 5.0],
+           "silero_int8": [5.0]}
+
+
+def _vad_calib_chunks(n: int = 16) -> np.ndarray:
+    """Calibration audio for Silero, disjoint from R.vad_chunks: another pitch contour, rhythm and noise."""
+    rng = np.random.default_rng(11)
+    t = np.arange(n * 512) / 16000.0
+    f0 = 210 + 35 * np.sin(2 * np.pi * 1.7 * t)
+    voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / 16000.0) / k ** 1.3 for k in range(1, 6))
+    env = (np.sin(2 * np.pi * 2.5 * t + 1.0) > 0.1).astype(np.float64)
+    x = 0.2 * voiced * env + 0.02 * rng.standard_normal(t.size)
+    return x.astype(np.float32).reshape(n, 512)
+
+
+def _int8_model_path() -> str | None:
+    """Silero VAD's 16k sequence model quantised dynamically to uint8 (LSTM -> DynamicQuantizeLSTM, Conv ->
+    ConvInteger) with onnxruntime, as tests/_zoo_models.py makes it."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import _zoo_models as Z
+    src = Z.float_models()
+    if "silero_silero_vad_16k_sequence" not in src:
+        return None
+    return Z.quantized_models({"silero_silero_vad_16k_sequence": src["silero_silero_vad_16k_sequence"]},
+                              os.path.join(tempfile.gettempdir(), "nnc_bench_rd_int8")).get("silero_seq_dynamic_u8")
 
 
 def _fast_gelu():
@@ -148,7 +176,16 @@ class Task:
         lm = C.load_model(path)
         self.tensors, self.topology = lm.tensors, lm.topology
         self.params = int(sum(np.asarray(a).size for a in self.tensors.values()))
-        if key == "minilm":
+        # what a codec without zero-point removal codes: the original integers (the reference: as int32)
+        self.ints_with_zero_point = {}
+        if C._onnx.is_onnx_topology(lm.topology):
+            restored = C._onnx.with_zero_points(lm.tensors, lm.topology)
+            self.ints_with_zero_point = {k: v for k, v in restored.items() if v.dtype.kind in "iu"}
+        if key in ("silero_vad", "silero_int8"):
+            self.inp, self.cal_inp = R.vad_chunks(16), _vad_calib_chunks(16)
+            self.ref_out = self._run(self.tensors, self.inp)
+            self.cal_out = self._run(self.tensors, self.cal_inp)
+        elif key == "minilm":
             self.f64 = {k: np.asarray(v, np.float64) for k, v in self.tensors.items()}
             self.ids, self.mask = R.minilm_tokens(SENTENCES)
             self.ref_out = R.minilm_embed(self.f64, self.ids, self.mask)
@@ -172,6 +209,21 @@ class Task:
             p = os.path.join(d, "m.onnx")
             C.save_model(p, tensors, self.topology)
             sess = R._session(p)
+            if self.key == "silero_vad":
+                # each 512-sample chunk from a zero state: the speech probability and the new LSTM state (the
+                # synthetic audio gives probabilities near 0, so the state carries the smooth signal)
+                outs = []
+                for chunk in x:
+                    o, state = sess.run(None, {"input": chunk[None], "state": np.zeros((2, 1, 128), np.float32),
+                                               "sr": np.array(16000, np.int64)})
+                    outs.append(np.concatenate([o.reshape(-1), state.reshape(-1)]))
+                return np.concatenate(outs).astype(np.float64)
+            if self.key == "silero_int8":         # the sequence model: [chunks, 576] with 64 samples of context
+                seq = np.concatenate([np.zeros((1, 64), np.float32), x.reshape(1, -1)], axis=1)
+                frames = np.stack([seq[0, i * 512:i * 512 + 576] for i in range(x.shape[0])])
+                h = np.zeros((1, 1, 128), np.float32)
+                out = sess.run(None, {"input": frames, "h": h, "c": h})[0]
+                return np.asarray(out, np.float64)
             out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
         return out.astype(np.float64)
 
@@ -186,12 +238,24 @@ class Task:
         return float(np.sum((out - self.cal_out) ** 2) / np.sum(self.cal_out ** 2))
 
     def quality(self, decoded) -> dict:
-        tensors = {k: np.asarray(v).astype(np.asarray(self.tensors[k]).dtype) for k, v in decoded.items()}
+        tensors = {}
+        for k, v in decoded.items():
+            if np.asarray(v).dtype.kind in "iub":
+                # integer weights are lossless in both codecs; the reference codes them with their zero point
+                # (the original values), nnc without: take nnc's representation after checking it is either
+                assert np.array_equal(v, self.tensors[k]) or np.array_equal(v, self.ints_with_zero_point[k]), k
+                tensors[k] = self.tensors[k]
+            else:
+                tensors[k] = np.asarray(v).astype(np.asarray(self.tensors[k]).dtype)
         if self.key == "minilm":
             e = R.minilm_embed(tensors, self.ids, self.mask)
             cos = (e * self.ref_out).sum(1)
             return {"q": float(cos.mean()), "cos_min": float(cos.min())}
         out = self._run(tensors, self.inp)
+        if self.key in ("silero_vad", "silero_int8"):
+            rel = float(np.linalg.norm(out - self.ref_out) / np.linalg.norm(self.ref_out))
+            return {"q": rel, "max_abs": float(np.max(np.abs(out - self.ref_out))),
+                    "decisions_ok": bool(np.array_equal(out > 0.5, self.ref_out > 0.5))}
         if self.key == "ocr_rec":
             a, b = out[self.keep], self.ref_out[self.keep]
             rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
@@ -247,44 +311,51 @@ def run_model(key, path, use_reference, log):
     tiny = {k: -128 for k, v in tensors.items() if v.dtype.kind == "f" and v.size <= 16}
     grid = [(qp, dq) for qp in QP_GRID[key] for dq in (True, False)]
     settings = [{"qp": qp, "dq": dq, "qp_per_tensor": tiny} for qp, dq in grid]
+    ref_tensors = {k: task.ints_with_zero_point.get(k, v) for k, v in tensors.items()}
     if use_reference:
         from tests.support import reference
         timings: list = []
-        streams = reference.encode_many([(tensors, s) for s in settings], timings=timings)
+        streams = reference.encode_many([(ref_tensors, s) for s in settings], timings=timings)
         for (qp, dq), bs, sec in zip(grid, streams, timings):
             add("reference", f"qp={qp} dq={int(dq)}", bs, sec)
         # nnc writes the same bytes for the same settings (checked here on one point; without nnc's
         # nnr_decompressed_data_format, which the reference does not write: it codes int64 buffers as int32)
         qp0, dq0 = grid[0]
-        same = nnc.encode(tensors, nnc.EncoderConfig(qp=qp0, dq=dq0, qp_per_tensor=tiny, signal_dtype=False)
-                          ) == streams[0]
+        same = nnc.encode({k: v.astype(np.int32) if v.dtype.kind in "iu" else v for k, v in ref_tensors.items()},
+                          nnc.EncoderConfig(qp=qp0, dq=dq0, qp_per_tensor=tiny, signal_dtype=False)) == streams[0]
         log(f"{key}: nnc bitstream for qp={qp0} dq={int(dq0)} byte-identical to the reference's: {same}")
     else:
+        ref32 = {k: v.astype(np.int32) if v.dtype.kind in "iu" else v for k, v in ref_tensors.items()}
         for qp, dq in grid:
             t0 = time.perf_counter()
-            bs = nnc.encode(tensors, nnc.EncoderConfig(qp=qp, dq=dq, qp_per_tensor=tiny))
+            bs = nnc.encode(ref32, nnc.EncoderConfig(qp=qp, dq=dq, qp_per_tensor=tiny, signal_dtype=False))
             add("reference*", f"qp={qp} dq={int(dq)}", bs, time.perf_counter() - t0)
     # rate control: one rate table, then budgets; plain MSE and task-weighted (calibration data) allocation
-    cfg = nnc.EncoderConfig()
+    # the public API (nnc.coding.tools.ratecontrol.RateTable): measured once, qp ranges extended where a tensor sits at
+    # an edge, every budget answered from it; integer tensors are lossless and not part of the budget
+    cfg = nnc.EncoderConfig(qp_per_tensor=tiny)
+    floats = {k: v for k, v in tensors.items() if v.dtype.kind == "f" and k not in tiny}
+    weights = {k: v for k, v in floats.items() if v.ndim > 1}
     t0 = time.perf_counter()
-    weights = {k: v for k, v in tensors.items() if v.ndim > 1 and v.dtype.kind == "f" and k not in tiny}
-    table = rc.measure_rd(weights, cfg, center_bits=float(np.median(BPP_GRID[key])))
+    table = rc.RateTable.measure(floats, cfg, center_bits=float(np.median(BPP_GRID[key])))
     t_table = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sens = rc.sensitivities(tensors, task.calib_distortion, names=list(weights), rel_noise=0.003)
-    floor = 0.01 * float(np.median([v for v in sens.values() if v > 0]))
+    sens = rc.sensitivities(tensors, task.calib_distortion, names=list(weights), rel_noise=0.003) if weights else {}
+    positive = [v for v in sens.values() if v > 0]
+    floor = 0.01 * float(np.median(positive)) if positive else 0.0
     sens = {k: max(v, floor) for k, v in sens.items()}          # never give a tensor up entirely
     t_sens = time.perf_counter() - t0
     log(f"{key}: rate table {t_table:.0f}s, sensitivities {t_sens:.0f}s")
-    other_bits = sum(rc._bits(rc._coded(v), tiny.get(k, cfg.qp_for(k, v.ndim)), cfg) for k, v in tensors.items()
-                     if k not in weights and v.dtype.kind == "f" and v.any())
-    n_float = sum(v.size for k, v in tensors.items() if v.dtype.kind == "f")
-    for method, bpps, w in (("nnc for_size+task", BPP_GRID[key], sens), ("nnc for_size mse", MSE_BPP[key], None)):
+    int_bits = sum(rc.payload_bits(v, None, cfg) for v in tensors.values() if v.dtype.kind in "iu")
+    for method, bpps, w in (("nnc for_size+task", BPP_GRID[key], sens), ("nnc for_size mse", MSE_BPP[key], {})):
         for bpp in bpps:
             t0 = time.perf_counter()
-            qps = rc.allocate_from_table(table, bpp * n_float - other_bits, w)
+            table.weights = w
+            qps = table.allocate(bpp) if weights else {}
             bs = nnc.encode(tensors, nnc.EncoderConfig(qp_per_tensor={**qps, **tiny}))
             add(method, f"bpp={bpp}", bs, time.perf_counter() - t0 + (t_table + (t_sens if w else 0)) / len(bpps))
+            rows[-1]["edges"] = list(table.last_edges)
+            rows[-1]["int_payload_bytes"] = int_bits // 8
     return task, rows
 
 
@@ -333,7 +404,7 @@ def plot(key, rows, path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="minilm,ocr_rec,ocr_det")
+    ap.add_argument("--models", default="minilm,ocr_rec,ocr_det,silero_vad,silero_int8")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--no-reference", action="store_true",
                     help="reference points from nnc's byte-identical reproduction instead of running NNCodec")
@@ -341,6 +412,10 @@ def main(argv=None) -> int:
     _fast_gelu()
     os.makedirs(a.out, exist_ok=True)
     paths = R.model_paths()
+    if "silero_int8" in a.models:
+        p = _int8_model_path()
+        if p:
+            paths["silero_int8"] = p
     use_ref = not a.no_reference
     if use_ref:
         from tests.support import reference

@@ -107,11 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured sparsification before quantisation, target fraction of zeros (0..1)")
     e.add_argument("--struct-sparsity", type=float, default=None, metavar="GAIN",
                    help="structured sparsification: zero output channels below GAIN x mean magnitude")
-    e.add_argument("--bits-per-param", type=float, default=None,
-                   help="rate control: choose per-tensor QPs for about this many bits per float parameter "
-                        "(replaces --qp)")
-    e.add_argument("--max-rel-error", type=float, default=None,
-                   help="rate control: coarsest QP per tensor with relative RMS error <= this (replaces --qp)")
+    rc = e.add_mutually_exclusive_group()
+    rc.add_argument("--bits-per-param", type=float, default=None,
+                    help="rate control: choose per-tensor QPs for about this many bits per float parameter "
+                         "(replaces --qp)")
+    rc.add_argument("--max-rel-error", type=float, default=None,
+                    help="rate control: coarsest QP per tensor with relative RMS error <= this (replaces --qp)")
+    e.add_argument("--sensitivity", default=None, metavar="FILE.json",
+                   help="with --bits-per-param: task sensitivities per tensor (JSON name -> weight, as written by "
+                        "nnc.coding.tools.ratecontrol.save_sensitivities) weighting each tensor's squared error")
+    e.add_argument("--model-state-only", action="store_true",
+                   help="of a PyTorch checkpoint, code only the model state_dict (optimizer state, EMA copies, "
+                        "step... are left out and named); default: the whole checkpoint, structure kept")
     e.add_argument("--reference-layout", action="store_true",
                    help="write exactly what NNCodec 2.1.3 writes for these tensors (float32/int32, its empty "
                         "topology unit): byte-identical to the reference, but without the tensor list and "
@@ -346,7 +353,7 @@ def _encoder_config(a):
           "row_skipping": a.row_skipping, "param_opt": a.param_opt, "scan_order": a.scan_order,
           "threads": a.threads, "codebook": a.codebook, "bitdepth": a.bitdepth, "opt_qp": a.opt_qp,
           "sparsity": a.sparsity, "struct_sparsity": a.struct_sparsity, "target_bits_per_param": a.bits_per_param,
-          "max_rel_error": a.max_rel_error,
+          "max_rel_error": a.max_rel_error, "tensor_weights": _sensitivity_arg(a) or None,
           "qp_per_tensor": dict(a.qp_per_tensor) if a.qp_per_tensor is not None else None}
     try:
         return EncoderConfig(**{k: v for k, v in kw.items() if v is not None})
@@ -406,6 +413,31 @@ def _reference_arrays(tensors: dict) -> dict:
     return out
 
 
+def _coded_and_carried(data: bytes, source: str, coded_input_bytes: int, n_params: int) -> dict:
+    """Bytes of the NDUs (coded tensors) and of the topology unit (what the model carries uncoded), and the
+    ratio against the input file when the input is one file."""
+    from . import bitstream as bs
+    units = bs.parse(data)
+    coded = sum(u.size for u in units if u.nnr_unit_type == bs.UnitType.NNR_NDU)
+    carried = sum(u.size for u in units if u.nnr_unit_type == bs.UnitType.NNR_TPL)
+    out = {"coded_bytes": coded, "carried_bytes": carried,
+           "coded_bits_per_param": 8 * coded / max(n_params, 1),
+           "coded_ratio": coded_input_bytes / max(coded, 1)}
+    if os.path.isfile(source):
+        out["file_bytes"] = os.path.getsize(source)
+        out["file_ratio"] = out["file_bytes"] / len(data)
+    return out
+
+
+def _sensitivity_arg(a) -> dict:
+    if a.sensitivity is None:
+        return {}
+    from .coding.tools.ratecontrol import load_sensitivities
+    if a.bits_per_param is None:
+        raise UsageError("--sensitivity weights the allocation of --bits-per-param; give --bits-per-param too")
+    return load_sensitivities(a.sensitivity)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------------------
@@ -431,8 +463,10 @@ def _cmd_encode(a) -> int:
     ui = _Progress(not (a.quiet or a.json))
     t0 = time.perf_counter()
     with ui.phase(f"loading {a.input}"):
-        model = converters.load_model(a.input, format=a.format)
+        model = converters.load_model(a.input, format=a.format, model_state_only=a.model_state_only)
     t_load = time.perf_counter() - t0
+    for note in model.notes:
+        print(f"nnc: note: {note}", file=sys.stderr)
     dtypes = source_dtypes(model.topology)
     tensors = model.tensors
     _warn_ignored_flags(a, tensors)
@@ -461,6 +495,7 @@ def _cmd_encode(a) -> int:
                "input_bytes": orig_bytes, "dtypes": figures, "bitstream_bytes": len(data),
                "ratio": orig_bytes / len(data), "bits_per_param": 8 * len(data) / max(n_params, 1),
                "layout": "reference" if a.reference_layout else "nnc", "load_s": t_load, "encode_s": t_enc}
+    summary.update(_coded_and_carried(data, a.input, orig_bytes, n_params))
     if not a.no_verify:
         t0 = time.perf_counter()
         with ui.phase("verifying (decoding back)"):
@@ -481,6 +516,9 @@ def _cmd_encode(a) -> int:
         print(f"  tensors {summary['tensors']}, parameters {n_params:,} ({kinds}), input {orig_bytes:,} bytes")
         print(f"  bitstream {len(data):,} bytes  (ratio {summary['ratio']:.2f}x, "
               f"{summary['bits_per_param']:.3f} bits/param)")
+        print(f"  coded {summary['coded_bytes']:,} bytes for {n_params:,} coded parameters "
+              f"({summary['coded_bits_per_param']:.3f} bits/param, ratio {summary['coded_ratio']:.2f}x); carried "
+              f"{summary['carried_bytes']:,} bytes in the topology unit (graph, exact and small tensors, record)")
         if "max_abs_err" in summary:
             print(f"  error: max |w - w^| {summary['max_abs_err']:.3g}, relative L2 {summary['rel_l2']:.3g}")
         print(f"  load {t_load:.2f} s, encode {t_enc:.2f} s"

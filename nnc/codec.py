@@ -104,7 +104,7 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
             param_opt=cfg.param_opt, unary_length_minus1=cfg.unary_length_minus1, bitdepth=bits)
         cb = None if ch.values is None else (ch.values, ch.zero_offset, ch.egk)
         return TensorPlan(name, index, shape, ch.q, ch.qp, ch.dq, fmt, cb)
-    q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan)
+    q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan, name=name)
     if bits is not None:
         q = _tools.bitdepth.clip_levels(q, x, bits)
     return TensorPlan(name, index, shape, q, qp_used, cfg.dq, fmt)
@@ -204,6 +204,8 @@ class Encoder:
             plan = _plan(item[1], item[2], item[0], cfg, qps.get(item[1]))
             return encode_ndu(plan, cfg, parent_signalling=False)
 
+        if topology is None and cfg.signal_dtype:
+            topology = _dtype_record([(k, a) for _, k, a in items])
         units = [bs.start_unit(cfg.profile),
                  bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False),
                  bs.tpl_unit(topology if topology is not None else Topology())]
@@ -232,6 +234,46 @@ class Encoder:
         finally:
             if bar is not None:
                 bar.close()
+
+
+#: marker of the dtype record nnc.encode writes (no topology given, signal_dtype=True) for integer dtypes the
+#: standard has no nnr_decompressed_data_format for (uint8, uint16, uint32, bool); raw UTF-8 JSON in storage format
+#: 0, which NNCodec reads and ignores
+_DTYPE_RECORD = b'{"nnc_dtypes":1,'
+_UNSIGNALLED = ("uint8", "uint16", "uint32", "bool")
+
+
+def _dtype_record(items) -> Topology | None:
+    import json
+    dtypes = {k: str(a.dtype) for k, a in items if str(a.dtype) in _UNSIGNALLED}
+    if not dtypes:
+        return None
+    body = json.dumps({"nnc_dtypes": 1, "dtypes": dtypes}, ensure_ascii=False, separators=(",", ":"))
+    return Topology(0, 0, body.encode("utf-8"))
+
+
+def _apply_dtype_record(model: "DecodedModel") -> None:
+    import json
+    topo = model.topology
+    if topo is None or topo.storage_format != 0 or topo.compression_format != 0 or \
+            not bytes(topo.data).startswith(_DTYPE_RECORD):
+        return
+    try:
+        dtypes = json.loads(bytes(topo.data).decode("utf-8"))["dtypes"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise BitstreamError("the topology unit's dtype record is not valid JSON", unit_index=None,
+                             syntax_path="NNR_TPL.topology_data") from None
+    for name, dt in (dtypes.items() if isinstance(dtypes, dict) else ()):
+        arr = model.tensors.get(name)
+        if dt not in _UNSIGNALLED or arr is None or arr.dtype.kind not in "iu":
+            continue
+        target = np.dtype(dt)
+        if dt != "bool":
+            info = np.iinfo(target)
+            if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+                raise BitstreamError(f"tensor {name!r}: decoded values do not fit its recorded dtype {dt}",
+                                     unit_index=model.details[name].unit_index, syntax_path="NNR_NDU.payload")
+        model.tensors[name] = arr != 0 if dt == "bool" else arr.astype(target)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,6 +341,7 @@ class Decoder:
                                          syntax_path="NNR_NDU.topology_elem_id")
                 model.tensors[t.name] = t.array
                 model.details[t.name] = t
+        _apply_dtype_record(model)
         return model
 
 

@@ -37,7 +37,10 @@ def _overflows(x: np.ndarray, step: np.float32, dq: bool) -> bool:
     # so rounding cannot move a value across the limits checked here
     hi = float(np.max(x)) * float(scale)
     lo = float(np.min(x)) * float(scale)
-    hi, lo = float(np.float32(hi)), float(np.float32(lo))
+    with np.errstate(over="ignore"):
+        hi, lo = float(np.float32(hi)), float(np.float32(lo))
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        return True
     lim_lo, lim_hi = _DQ_LIMITS if dq else _URQ_LIMITS
     return round(hi) > lim_hi or round(lo) < lim_lo or round(lo) > lim_hi or round(hi) < lim_lo
 
@@ -52,7 +55,7 @@ def _guard_qp(x: np.ndarray, qp_density: int) -> int:
     return int(math.ceil(float(new_qp)))
 
 
-def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_order: int = 0
+def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_order: int = 0, name: str | None = None
                     ) -> tuple[np.ndarray, int]:
     """Quantise float32 ``x`` at ``qp`` and return ``(q, qp_used)``.
 
@@ -64,6 +67,17 @@ def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_o
     if _overflows(x, step, dq):
         qp = _guard_qp(x, qp_density)
         step = step_size(qp, qp_density)
+        # the guard's float32 formula can land one qp short of what fits (e.g. max|w| = 2 at qp -128 gives qp
+        # -120, whose levels reach 2**31): the reference stops there; nnc takes the next qp that fits
+        while _overflows(x, step, dq):
+            qp += 1
+            step = step_size(qp, qp_density)
+        top = (1 << (5 + qp_density)) - 1
+        if qp > top:
+            from .errors import InputError
+            raise InputError(("" if name is None else f"tensor {name!r}: ") + f"values up to {float(np.max(np.abs(x))):.4g} need qp {qp} to fit int32 levels, above "
+                             f"{top}, the largest qp that qp_density {qp_density} can signal; scale the tensor or "
+                             "use a lower qp_density")
     q = deepcabac.quantize(x, float(step), dq=dq, scan_order=scan_order)
     return q, qp
 

@@ -23,7 +23,7 @@ and tied (shared) tensors, which are coded once.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,7 +36,7 @@ from ._bitstream import drop_topology_units
 
 __all__ = [
     "LoadedModel", "load_model", "save_model", "detect_format", "FORMATS", "FOLDER_FILES",
-    "from_torch", "to_state_dict", "load_into_module", "from_onnx", "to_onnx",
+    "from_torch", "to_state_dict", "to_checkpoint", "load_into_module", "from_onnx", "to_onnx",
     "from_safetensors", "from_npz", "restore_tensors", "drop_topology_units",
 ]
 
@@ -55,6 +55,8 @@ class LoadedModel:
     tensors: dict[str, np.ndarray]
     topology: Topology | None
     source_format: str
+    #: what the loader wants the user to know (e.g. the parts of a checkpoint left out with model_state_only)
+    notes: list[str] = field(default_factory=list)
 
 
 def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
@@ -131,6 +133,9 @@ def from_torch(module_or_state_dict) -> LoadedModel:
     torch = _torch._torch()
     if isinstance(module_or_state_dict, torch.nn.Module):
         tensors, record = _torch.from_module(module_or_state_dict)
+    elif isinstance(module_or_state_dict, Mapping) and not all(
+            isinstance(v, (torch.Tensor, np.ndarray)) for v in module_or_state_dict.values()):
+        tensors, record = _torch.checkpoint_to_tensors(module_or_state_dict)   # a whole checkpoint
     elif isinstance(module_or_state_dict, Mapping):
         tensors, record = _torch.state_dict_to_tensors(module_or_state_dict)
     else:
@@ -138,9 +143,14 @@ def from_torch(module_or_state_dict) -> LoadedModel:
     return _finish(tensors, record, "pytorch")
 
 
-def from_onnx(model, *, constant_min_elements: int = _onnx.DEFAULT_CONSTANT_MIN_ELEMENTS) -> LoadedModel:
-    """From an in-memory ``onnx.ModelProto`` (not modified). Initializers kept in external files need a path."""
-    tensors, topology = _onnx.from_onnx(model, constant_min_elements=constant_min_elements)
+def from_onnx(model, *, constant_min_elements: int = _onnx.DEFAULT_CONSTANT_MIN_ELEMENTS,
+              small_tensor_elements: int = _onnx.DEFAULT_SMALL_TENSOR_ELEMENTS) -> LoadedModel:
+    """From an in-memory ``onnx.ModelProto`` (not modified). Initializers kept in external files need a path.
+
+    Float tensors with fewer than ``small_tensor_elements`` elements and every tensor that reaches a shape-like
+    input or is a quantisation parameter stay in the graph, exact (``docs/converters.md``)."""
+    tensors, topology = _onnx.from_onnx(model, constant_min_elements=constant_min_elements,
+                                        small_tensor_elements=small_tensor_elements)
     return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
 
 
@@ -215,10 +225,14 @@ def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
     return LoadedModel(tensors, merged.to_topology(), source)
 
 
-def load_model(source, *, format: str | None = None) -> LoadedModel:
+def load_model(source, *, format: str | None = None, model_state_only: bool = False) -> LoadedModel:
     """Load a model file (format from its extension unless ``format`` is given), a model folder (its
     ``model.safetensors``, ``pytorch_model.bin``, ``model.onnx`` or sharded ``*.index.json``; see
-    :data:`FOLDER_FILES`) or an in-memory model."""
+    :data:`FOLDER_FILES`) or an in-memory model.
+
+    A PyTorch checkpoint (model and optimizer state, EMA copies, step, epoch, lists...) is kept whole: see
+    ``docs/converters.md``. ``model_state_only=True`` reads only its model state_dict; ``LoadedModel.notes``
+    then names what was left out."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
@@ -231,8 +245,11 @@ def load_model(source, *, format: str | None = None) -> LoadedModel:
             return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
         if fmt == "pytorch":
             from . import _torch
-            tensors, record = _torch.load_torch_file(path)
-            return _finish(tensors, record, "pytorch")
+            notes: list[str] = []
+            tensors, record = _torch.load_torch_file(path, model_state_only=model_state_only, notes=notes)
+            lm = _finish(tensors, record, "pytorch")
+            lm.notes = notes
+            return lm
         if fmt == "safetensors":
             return from_safetensors(path)
         return from_npz(path)
@@ -261,6 +278,8 @@ def _is_torch_module(obj) -> bool:
 def restore_tensors(tensors: Mapping[str, np.ndarray], topology: Topology | None) -> dict[str, np.ndarray]:
     """Decoded tensors with original dtypes (bfloat16 as float32), 0-d shapes and tied names restored."""
     record = _record_for(topology)
+    if _onnx.is_onnx_topology(topology):
+        tensors = _onnx.with_zero_points(tensors, topology)
     return {p.name: p.array for p in plan_restore(tensors, record)}
 
 
@@ -271,9 +290,18 @@ def _record_for(topology: Topology | None) -> TensorRecord | None:
     return TensorRecord.from_topology(topology)
 
 
+def to_checkpoint(tensors: Mapping[str, np.ndarray], topology: Topology | None = None):
+    """The decoded checkpoint with its original structure (nested dicts, lists, scalars; tensors as torch
+    tensors), or the flat state_dict for a bitstream made from a plain state_dict."""
+    from . import _torch
+    return _torch.to_checkpoint(tensors, _record_for(topology))
+
+
 def to_state_dict(tensors: Mapping[str, np.ndarray], topology: Topology | None = None) -> dict:
     """A torch state_dict: original dtypes, 0-d shapes, and tied entries as the same tensor object."""
     from . import _torch
+    if _onnx.is_onnx_topology(topology):
+        tensors = _onnx.with_zero_points(tensors, topology)
     return _torch.to_state_dict(tensors, _record_for(topology))
 
 
@@ -318,6 +346,8 @@ def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | Non
         _onnx.write_onnx_file(path, tensors, topology)
         return
     record = _record_for(topology)
+    if _onnx.is_onnx_topology(topology):
+        tensors = _onnx.with_zero_points(tensors, topology)
     if fmt == "pytorch" and os.path.splitext(path)[1].lower() == ".jit":
         raise ModelFormatError(f"cannot write {path!r} without the TorchScript program: pass the original archive "
                                "as template (CLI: --template original.jit), or write a .pt state_dict")

@@ -207,6 +207,9 @@ class PlannedTensor:
 def plan_restore(tensors: Mapping[str, np.ndarray], record: "TensorRecord | None") -> list[PlannedTensor]:
     """Restored tensors in original order, with aliases (tied tensors) pointing at their canonical entry."""
     record = record or TensorRecord()
+    if record.extra.get("exact_views"):
+        from ._torch import undo_exact_views
+        tensors = undo_exact_views(tensors, record)
     out: dict[str, PlannedTensor] = {}
     for name, arr in tensors.items():
         dt = record.dtypes.get(name)

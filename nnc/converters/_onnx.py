@@ -1,9 +1,15 @@
 """ONNX: split a ModelProto into coded tensors + a weightless graph (NNR_TPL_ONNX), and rebuild it.
 
-Which tensors are coded: every float initializer (FLOAT, FLOAT16, DOUBLE, BFLOAT16) of rank >= 1, in any graph
-(subgraphs of If/Loop/Scan included), and the float ``value`` tensors of Constant nodes with at least
-``constant_min_elements`` elements. Everything else (integer/bool initializers such as shapes and indices, float
-scalars) stays inside the graph and is therefore restored bit-exactly.
+Which tensors are coded: every float initializer (FLOAT, FLOAT16, DOUBLE, BFLOAT16) of rank >= 1 with at least
+``small_tensor_elements`` elements, in any graph (subgraphs of If/Loop/Scan included), and the float ``value``
+tensors of Constant nodes with at least ``constant_min_elements`` elements, unless the tensor must be exact: it
+reaches a shape-like input (Resize scales/sizes, Reshape shape, Slice starts/ends, Pad pads, Expand, Tile,
+ConstantOfShape, TopK k, axes, Clip bounds...; :data:`SHAPE_LIKE_INPUTS`, followed back through Cast, Identity,
+Concat and other shape arithmetic) or it is a quantisation scale or zero point. Integer weights of quantised
+models (the int8/uint8/int16/int32 inputs of DequantizeLinear, QLinearConv, QLinearMatMul, MatMulInteger,
+ConvInteger, QGemm...; :data:`QUANT_WEIGHT_INPUTS`) are coded as NNC integers (lossless) with their zero point
+subtracted (per tensor or per channel; recorded in the placeholder and added back on decode). Everything else
+(shapes and indices, small tensors, float scalars) stays inside the graph and is restored bit-exactly.
 
 Each coded tensor is left in the graph as a placeholder TensorProto: name, dims and data_type are kept, the data
 is removed, ``data_location`` is EXTERNAL and ``external_data`` holds ``location = "nnc:bitstream"`` and
@@ -22,7 +28,10 @@ from ._common import (atomic_path, bf16_bits_to_float32, deflate, float32_to_bf1
 
 PLACEHOLDER_LOCATION = "nnc:bitstream"
 PLACEHOLDER_KEY = "nnc_tensor"
+PLACEHOLDER_ZERO_POINT = "nnc_zero_point"
 DEFAULT_CONSTANT_MIN_ELEMENTS = 16
+#: float tensors with fewer elements (epsilons, clip bounds, tiny biases) stay in the graph, exact
+DEFAULT_SMALL_TENSOR_ELEMENTS = 16
 
 
 def _onnx():
@@ -37,6 +46,17 @@ def _float_types():
     TP = _onnx().TensorProto
     return {TP.FLOAT: ("float32", "<f4"), TP.FLOAT16: ("float16", "<f2"), TP.DOUBLE: ("float64", "<f8"),
             TP.BFLOAT16: ("bfloat16", "<u2")}
+
+
+def _int_types():
+    """Integer element types whose initializers may be coded as NNC integers (they fit int32)."""
+    TP = _onnx().TensorProto
+    return {TP.INT8: ("int8", "<i1"), TP.UINT8: ("uint8", "<u1"), TP.INT16: ("int16", "<i2"),
+            TP.UINT16: ("uint16", "<u2"), TP.INT32: ("int32", "<i4")}
+
+
+def _coded_types():
+    return {**_float_types(), **_int_types()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,8 +160,58 @@ def _float_tensor_to_numpy(t, base_dir: str | None) -> np.ndarray:
     return arr.astype(np.dtype(storage).newbyteorder("="), copy=False)
 
 
+def _zero_point_of(t) -> tuple[int | str, np.ndarray] | None:
+    """(axis, zero points) recorded in an integer placeholder, or None."""
+    import json
+    for e in t.external_data:
+        if e.key == PLACEHOLDER_ZERO_POINT:
+            try:
+                obj = json.loads(e.value)
+                axis = obj["axis"]
+                values = np.asarray(obj["values"], dtype=np.int64)
+                if values.ndim != 1 or not (isinstance(axis, int) and not isinstance(axis, bool)):
+                    raise ValueError("axis must be an int and values a list of ints")
+            except (ValueError, KeyError, TypeError) as err:
+                raise ModelFormatError(f"ONNX topology placeholder {t.name!r}: bad zero point record: {err}") from None
+            return axis, values
+    return None
+
+
+def _with_zero_point(t, arr: np.ndarray, name: str) -> np.ndarray:
+    """Decoded integer levels + the placeholder's zero point, checked against t's integer type."""
+    dname, storage = _int_types()[t.data_type]
+    dims = [int(d) for d in t.dims]
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "iu":
+        raise ModelFormatError(f"tensor {name!r}: the ONNX graph expects integers ({dname}), decoded {arr.dtype}")
+    arr = arr.reshape(dims).astype(np.int64)
+    zp = _zero_point_of(t)
+    if zp is not None:
+        axis, values = zp
+        if values.size == 1:
+            arr = arr + values[0]
+        else:
+            if not -len(dims) <= axis < len(dims) or dims[axis] != values.size:
+                raise ModelFormatError(f"tensor {name!r}: {values.size} zero points do not fit axis {axis} of "
+                                       f"shape {dims}")
+            shape = [1] * len(dims)
+            shape[axis] = values.size
+            arr = arr + values.reshape(shape)
+    info = np.iinfo(np.dtype(storage))
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise ModelFormatError(f"tensor {name!r}: decoded values {int(arr.min())}..{int(arr.max())} do not fit "
+                               f"{dname}")
+    return arr.astype(np.dtype(storage).newbyteorder("<"))
+
+
 def _fill_tensor(t, arr: np.ndarray, name: str) -> None:
     """Put ``arr`` into placeholder ``t`` as raw_data in t's own data_type."""
+    if t.data_type in _int_types():
+        data = _with_zero_point(t, arr, name)
+        del t.external_data[:]
+        t.ClearField("data_location")
+        t.raw_data = data.tobytes()
+        return
     dname, storage = _float_types()[t.data_type]
     dims = [int(d) for d in t.dims]
     arr = np.asarray(arr)
@@ -156,7 +226,7 @@ def _fill_tensor(t, arr: np.ndarray, name: str) -> None:
     t.raw_data = data.tobytes()
 
 
-def _make_placeholder(t, bitstream_name: str) -> None:
+def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray] | None = None) -> None:
     onnx = _onnx()
     for f in ("raw_data", "float_data", "int32_data", "double_data", "int64_data", "uint64_data", "string_data"):
         t.ClearField(f)
@@ -166,17 +236,177 @@ def _make_placeholder(t, bitstream_name: str) -> None:
     e.key, e.value = "location", PLACEHOLDER_LOCATION
     e = t.external_data.add()
     e.key, e.value = PLACEHOLDER_KEY, bitstream_name
+    if zero_point is not None:
+        import json
+        e = t.external_data.add()
+        e.key = PLACEHOLDER_ZERO_POINT
+        e.value = json.dumps({"axis": int(zero_point[0]), "values": [int(v) for v in zero_point[1].reshape(-1)]},
+                             separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------------------------------
+# tensors that must come back exactly (shape-like inputs, quantisation parameters) and integer weights
+
+#: inputs (by position) of standard operators that are shapes, sizes, axes, indices, counts or thresholds:
+#: a tensor reaching one of them is kept in the graph (exact), never quantised
+SHAPE_LIKE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Resize": (1, 2, 3), "Upsample": (1,), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3),
+    "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "TopK": (1,), "Unsqueeze": (1,), "Squeeze": (1,),
+    "Split": (1,), "Range": (0, 1, 2), "OneHot": (1, 2), "Gather": (1,), "GatherElements": (1,),
+    "GatherND": (1,), "ScatterND": (1,), "ScatterElements": (1,), "Scatter": (1,), "NonMaxSuppression": (2, 3, 4),
+    "CumSum": (1,), "Trilu": (1,), "RoiAlign": (1, 2), "MaxUnpool": (1, 2), "ReduceSum": (1,), "ReduceMean": (1,),
+    "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
+    "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,), "Clip": (1, 2), "Dropout": (1, 2),
+    "DFT": (1, 2), "STFT": (1, 3), "Col2Im": (1, 2), "CenterCropPad": (1,), "Loop": (0, 1), "If": (0,),
+    "AffineGrid": (1,), "BitShift": (1,), "Pow": (1,),
+    "Compress": (1,), "ReverseSequence": (1,),
+}
+
+#: operators of quantised models: their scale and zero-point inputs are kept exact, and their integer weight
+#: inputs are coded as NNC integers with the zero point at ``zero point input`` removed along ``axis``
+#: (``None``: the axis attribute of the node, default 1; ``"last"``: the last dimension)
+QUANT_WEIGHT_INPUTS: dict[str, tuple[tuple[int, int | None, object], ...]] = {
+    # (weight input, its zero-point input or None, axis rule)
+    "DequantizeLinear": ((0, 2, None),),
+    "QLinearConv": ((3, 5, 0), (8, None, 0)),
+    "QLinearMatMul": ((0, 2, 0), (3, 5, "last")),
+    "MatMulInteger": ((0, 2, 0), (1, 3, "last")),
+    "ConvInteger": ((1, 3, 0),),
+    "QGemm": ((0, 2, 0), (3, 5, "gemm_b"), (6, None, 0)),
+    "MatMulIntegerToFloat": ((1, 5, "last"),),
+    "DynamicQuantizeMatMul": ((1, 3, "last"),),
+    "DynamicQuantizeLSTM": ((1, 9, "last"), (2, 11, "last")),
+    "QAttention": ((1, 7, "last"),),
+    "Gather": ((0, None, 0),),        # an int8 embedding table (dequantized after the lookup)
+}
+_QUANT_OPS = set(QUANT_WEIGHT_INPUTS) | {"QuantizeLinear", "DynamicQuantizeLinear"}
+
+#: operators through which a shape-like value is followed back to the constants it is computed from
+_SHAPE_ARITHMETIC = {
+    "Cast", "CastLike", "Identity", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Gather",
+    "GatherElements", "Slice", "Mul", "Add", "Sub", "Div", "Mod", "Floor", "Ceil", "Round", "Max", "Min", "Abs",
+    "Neg", "Sqrt", "Pow", "Range", "Expand", "Tile", "Where", "Equal", "Less", "Greater", "LessOrEqual",
+    "GreaterOrEqual", "Not", "And", "Or", "Sign", "Clip", "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin",
+    "ConstantOfShape", "Transpose", "Split", "Sum", "Mean", "Reciprocal", "Exp", "Log", "SequenceAt",
+    "SequenceConstruct", "ConcatFromSequence", "Optional", "OptionalGetElement", "If",
+}
+#: outputs that do not depend on their inputs' values: the walk stops there
+_VALUE_FREE = {"Shape", "Size", "EyeLike", "RandomNormalLike", "RandomUniformLike"}
+
+
+class _Scope:
+    """Value name -> producing node, for one graph and the graphs around it."""
+
+    def __init__(self, graph, parent: "_Scope | None"):
+        self.parent = parent
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+
+    def find(self, name: str):
+        s = self
+        while s is not None:
+            n = s.producer.get(name)
+            if n is not None:
+                return n, s
+            s = s.parent
+        return None, None
+
+
+def _subgraphs(node):
+    onnx = _onnx()
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _walk_scopes(graph, parent=None):
+    scope = _Scope(graph, parent)
+    yield graph, scope
+    for node in graph.node:
+        for g in _subgraphs(node):
+            yield from _walk_scopes(g, scope)
+
+
+def exact_value_names(model) -> set[str]:
+    """Names of the values (initializers, Constant outputs, graph inputs) that reach a shape-like input
+    (:data:`SHAPE_LIKE_INPUTS`) or a quantisation parameter, followed back through shape arithmetic
+    (:data:`_SHAPE_ARITHMETIC`; Cast, Identity, Concat, ...) and If branches. Names from all graph scopes."""
+    exact: set[str] = set()
+    seen: set[tuple[int, str]] = set()
+    stack: list[tuple[str, _Scope]] = []
+    for graph, scope in _walk_scopes(model.graph):
+        for node in graph.node:
+            slots = SHAPE_LIKE_INPUTS.get(node.op_type, ())
+            if node.op_type in _QUANT_OPS:
+                weights = {w for w, _, _ in QUANT_WEIGHT_INPUTS.get(node.op_type, ())}
+                slots = tuple(i for i in range(len(node.input)) if i not in weights and i > 0
+                              or node.op_type == "QuantizeLinear" and i > 0)
+            for i in slots:
+                if i < len(node.input) and node.input[i]:
+                    stack.append((node.input[i], scope))
+    while stack:
+        name, scope = stack.pop()
+        key = (id(scope), name)
+        if key in seen:
+            continue
+        seen.add(key)
+        node, where = scope.find(name)
+        if node is None:                       # an initializer, a graph input or an outer value
+            exact.add(name)
+            continue
+        if node.op_type == "Constant" or node.op_type in _VALUE_FREE:
+            exact.add(name)
+            continue
+        if node.op_type not in _SHAPE_ARITHMETIC:
+            continue
+        if node.op_type == "If":
+            k = list(node.output).index(name)
+            for g in _subgraphs(node):
+                sub = _Scope(g, where)
+                if k < len(g.output):
+                    stack.append((g.output[k].name, sub))
+            stack.append((node.input[0], where))
+            continue
+        for inp in node.input:
+            if inp:
+                stack.append((inp, where))
+    return exact
+
+
+def integer_weight_slots(model) -> dict[str, list[tuple[str | None, object, tuple]]]:
+    """Integer weight value name -> [(zero-point value name or None, axis rule, (op_type, input index))] over
+    the quantisation operators that consume it (:data:`QUANT_WEIGHT_INPUTS`)."""
+    out: dict[str, list] = {}
+    for graph, _ in _walk_scopes(model.graph):
+        for node in graph.node:
+            for w, zp, axis in QUANT_WEIGHT_INPUTS.get(node.op_type, ()):
+                if w >= len(node.input) or not node.input[w]:
+                    continue
+                zname = node.input[zp] if zp is not None and zp < len(node.input) and node.input[zp] else None
+                if axis is None:
+                    attrs = {a.name: a for a in node.attribute}
+                    if "block_size" in attrs and attrs["block_size"].i:
+                        axis = "blocked"
+                    else:
+                        axis = attrs["axis"].i if "axis" in attrs else 1
+                elif axis == "gemm_b":
+                    attrs = {a.name: a for a in node.attribute}
+                    axis = 0 if ("transB" in attrs and attrs["transB"].i) else "last"
+                out.setdefault(node.input[w], []).append((zname, axis, (node.op_type, w)))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # split
 
 def split_model(model, *, base_dir: str | None = None, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS,
-                tensors: dict[str, np.ndarray] | None = None, skip_top_initializers: bool = False
+                tensors: dict[str, np.ndarray] | None = None, skip_top_initializers: bool = False,
+                small_tensor_elements: int = DEFAULT_SMALL_TENSOR_ELEMENTS, exact: set[str] | None = None
                 ) -> tuple[dict[str, np.ndarray], Topology]:
     """Move the coded tensors out of ``model`` (modified in place) and return (tensors, topology).
 
-    ``tensors`` may already hold the top-level initializers extracted by :func:`load_onnx_file`.
+    ``tensors`` may already hold the top-level float initializers extracted by :func:`load_onnx_file`.
     """
     onnx = _onnx()
     TP = onnx.TensorProto
@@ -185,23 +415,111 @@ def split_model(model, *, base_dir: str | None = None, constant_min_elements: in
         raise ModelFormatError("not a valid ONNX model: no graph or no opset_import (truncated or not ONNX?)")
     tensors = {} if tensors is None else tensors
     used: set[str] = set(tensors)
+    exact = exact_value_names(model) if exact is None else exact
     for t, suggested, is_const in _tensor_slots(model, skip_top_initializers=skip_top_initializers):
         if _is_placeholder(t):
             raise ModelFormatError(f"tensor {t.name!r} is already an nnc placeholder (model was split before)")
-        if t.data_type not in floats or len(t.dims) == 0:
+        if t.data_type not in floats or len(t.dims) == 0 or not _codes_float(
+                t, suggested, is_const, exact, constant_min_elements, small_tensor_elements):
             if t.data_location == TP.EXTERNAL:  # keep non-coded tensors self-contained in the topology
                 _load_external_inplace(t, base_dir)
-            continue
-        count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
-        if is_const and count < constant_min_elements:
             continue
         name = _unique(suggested or "tensor", used)
         tensors[name] = _float_tensor_to_numpy(t, base_dir)
         _make_placeholder(t, name)  # drops the weight bytes held by the proto
+    _split_integer_weights(model, tensors, used, exact, small_tensor_elements, base_dir)
     _check_stripped(model)
     data = model.SerializeToString()
     return tensors, Topology(int(TopologyStorageFormat.NNR_TPL_ONNX), int(TopologyCompressionFormat.NNR_DFL),
                              deflate(data))
+
+
+def _codes_float(t, value_name: str, is_const: bool, exact: set[str], constant_min_elements: int,
+                 small_tensor_elements: int) -> bool:
+    """Whether a float tensor of rank >= 1 is coded (quantised) rather than kept exact in the graph."""
+    count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
+    if is_const and count < constant_min_elements:
+        return False
+    return count >= small_tensor_elements and value_name not in exact and t.name not in exact
+
+
+def _slot_array(t, base_dir) -> np.ndarray:
+    from onnx import numpy_helper
+    if t.data_location == _onnx().TensorProto.EXTERNAL:
+        _load_external_inplace(t, base_dir)
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001 - any malformed tensor is a format error
+        raise ModelFormatError(f"tensor {t.name!r}: cannot read its data: {e}") from None
+
+
+def _zero_point_for(arr: np.ndarray, uses: list, values: Mapping[str, object], base_dir) -> tuple[int, np.ndarray] | None:
+    """The zero point (axis, values) shared by every consumer of an integer weight, or None (none, unknown,
+    blocked or disagreeing between consumers)."""
+    found = None
+    for zname, axis, _ in uses:
+        if zname is None:
+            zp = (0, np.zeros(1, np.int64))
+        else:
+            zt = values.get(zname)
+            if zt is None or _is_placeholder(zt) or zt.data_type not in _int_types() or axis == "blocked":
+                return None
+            z = _slot_array(zt, base_dir).astype(np.int64).reshape(-1)
+            if z.size == 1:
+                zp = (0, z)
+            else:
+                ax = arr.ndim - 1 if axis == "last" else axis
+                if not isinstance(ax, int) or not -arr.ndim <= ax < arr.ndim or arr.shape[ax] != z.size:
+                    return None
+                zp = (ax % arr.ndim, z)
+        if found is None:
+            found = zp
+        elif found[0] != zp[0] or not np.array_equal(found[1], zp[1]):
+            return None
+    if found is None or not found[1].any():
+        return None
+    return found
+
+
+def _split_integer_weights(model, tensors: dict, used: set, exact: set[str], small_tensor_elements: int,
+                           base_dir) -> None:
+    """Integer weights of quantised models (int8/uint8/int16/uint16/int32 inputs of QUANT_WEIGHT_INPUTS) become
+    placeholders coded as NNC integers, zero point removed."""
+    uses = integer_weight_slots(model)
+    if not uses:
+        return
+    ints = _int_types()
+    values = {}
+    for t, vname, _ in _tensor_slots(model):
+        values.setdefault(vname, t)
+    for t, vname, _ in _tensor_slots(model):
+        if (vname not in uses or vname in exact or t.data_type not in ints or len(t.dims) == 0
+                or _is_placeholder(t)):
+            continue
+        count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
+        if count < small_tensor_elements:
+            continue
+        arr = _slot_array(t, base_dir)
+        zp = _zero_point_for(arr, uses[vname], values, base_dir)
+        if zp is not None:
+            shape = [1] * arr.ndim
+            if zp[1].size > 1:
+                shape[zp[0]] = zp[1].size
+            coded = arr.astype(np.int64) - zp[1].reshape(shape)
+            if coded.min() <= -(1 << 31) or coded.max() > (1 << 31) - 1:
+                zp, coded = None, arr
+            else:   # the smallest signed type that holds the levels (uint8 - 128 fits int8)
+                lo, hi = (int(coded.min()), int(coded.max())) if coded.size else (0, 0)
+                small = next(d for d in (np.int8, np.int16, np.int32)
+                             if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max)
+                coded = coded.astype(small)
+        else:
+            coded = arr
+        if coded.dtype.itemsize >= 4 and coded.size and int(coded.min()) <= -(1 << 31):
+            continue            # NNR_PT_INT cannot carry -2**31: the tensor stays in the graph
+        name = _unique(vname or "tensor", used)
+        tensors[name] = np.ascontiguousarray(coded)
+        _make_placeholder(t, name, zp)
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -289,7 +607,7 @@ def _fields(read, start: int, end: int) -> Iterator[tuple[int, int, int, int, in
 _RAW_DATA_FIELD = 9
 
 
-def _top_initializer(b: bytes, base_dir: str, tensors: dict, used: set):
+def _top_initializer(b: bytes, base_dir: str, tensors: dict, used: set, exact: set[str], small_tensor_elements: int):
     """Parse one serialized top-level initializer; coded float tensors become placeholders (zero-copy arrays)."""
     onnx = _onnx()
     floats = _float_types()
@@ -300,7 +618,8 @@ def _top_initializer(b: bytes, base_dir: str, tensors: dict, used: set):
             raw = (fs, vs, ve)
     t = onnx.TensorProto()
     t.ParseFromString(b if raw is None else b[:raw[0]] + b[raw[2]:])
-    if t.data_type not in floats or len(t.dims) == 0:
+    if t.data_type not in floats or len(t.dims) == 0 or not _codes_float(
+            t, t.name, False, exact, 0, small_tensor_elements):
         if raw is not None:
             t.raw_data = b[raw[1]:raw[2]]
         if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -326,7 +645,8 @@ def _top_initializer(b: bytes, base_dir: str, tensors: dict, used: set):
     return t
 
 
-def load_onnx_file(path: str, *, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS):
+def load_onnx_file(path: str, *, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS,
+                   small_tensor_elements: int = DEFAULT_SMALL_TENSOR_ELEMENTS):
     """Split a model file. Peak memory: the coded tensors plus one serialized initializer at a time."""
     onnx = _onnx()
     from google.protobuf.message import DecodeError
@@ -360,8 +680,10 @@ def load_onnx_file(path: str, *, constant_min_elements: int = DEFAULT_CONSTANT_M
                 model.graph.MergeFromString(b"".join(rest))
             if not graphs:
                 raise ModelFormatError(f"{path!r} is not an ONNX model (no graph)")
+            exact = exact_value_names(model)
             for vs, ve in inits:
-                model.graph.initializer.append(_top_initializer(read(vs, ve - vs), base_dir, tensors, used))
+                model.graph.initializer.append(_top_initializer(read(vs, ve - vs), base_dir, tensors, used, exact,
+                                                                small_tensor_elements))
     except _Truncated as e:
         raise ModelFormatError(f"{path!r} is not a valid ONNX model: malformed or truncated protobuf near byte "
                                f"{e.args[0]}") from None
@@ -370,17 +692,18 @@ def load_onnx_file(path: str, *, constant_min_elements: int = DEFAULT_CONSTANT_M
     except OSError as e:
         raise ModelFormatError(f"cannot read {path!r}: {e}") from None
     return split_model(model, base_dir=base_dir, constant_min_elements=constant_min_elements, tensors=tensors,
-                       skip_top_initializers=True)
+                       skip_top_initializers=True, small_tensor_elements=small_tensor_elements, exact=exact)
 
 
-def from_onnx(model, *, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS):
+def from_onnx(model, *, constant_min_elements: int = DEFAULT_CONSTANT_MIN_ELEMENTS,
+              small_tensor_elements: int = DEFAULT_SMALL_TENSOR_ELEMENTS):
     """Split an in-memory ModelProto (left unchanged) into (tensors, topology)."""
     onnx = _onnx()
     if not isinstance(model, onnx.ModelProto):
         raise ModelFormatError(f"expected an onnx.ModelProto, got {type(model).__name__}")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return split_model(copy, constant_min_elements=constant_min_elements)
+    return split_model(copy, constant_min_elements=constant_min_elements, small_tensor_elements=small_tensor_elements)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,11 +730,26 @@ def parse_topology(topology: Topology):
 def tensor_dtypes(topology: Topology) -> dict[str, str]:
     """Bitstream tensor name -> original dtype name, from the placeholders of an ONNX topology."""
     model = parse_topology(topology)
-    floats = _float_types()
+    types = _coded_types()
     out = {}
     for t, _, _ in _tensor_slots(model):
         if _is_placeholder(t):
-            out[_placeholder_name(t)] = floats[t.data_type][0]
+            if t.data_type not in types:
+                raise ModelFormatError(f"ONNX topology placeholder {t.name!r} has data_type {t.data_type}, which "
+                                       "nnc does not code")
+            out[_placeholder_name(t)] = types[t.data_type][0]
+    return out
+
+
+def with_zero_points(tensors: Mapping[str, np.ndarray], topology: Topology) -> dict[str, np.ndarray]:
+    """Decoded tensors with the zero points of integer weights added back, in their ONNX integer dtype."""
+    model = parse_topology(topology)
+    out = dict(tensors)
+    ints = _int_types()
+    for t, _, _ in _tensor_slots(model):
+        if _is_placeholder(t) and t.data_type in ints:
+            name = _placeholder_name(t)
+            out[name] = _with_zero_point(t, _lookup(tensors, name), name)
     return out
 
 
@@ -484,7 +822,7 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
             meta.CopyFrom(t)
             del meta.external_data[:]
             meta.ClearField("data_location")
-            items.append((meta.SerializeToString(), _raw_array(meta, _lookup(tensors, name), name)))
+            items.append((meta.SerializeToString(), _raw_array(t, _lookup(tensors, name), name)))
         else:
             items.append((t.SerializeToString(), None))
 
@@ -521,7 +859,7 @@ class _RawPayload:
 
     def __init__(self, arr: np.ndarray, data_type: int):
         self.arr = arr
-        self.dname, self.storage = _float_types()[data_type]
+        self.dname, self.storage = _coded_types()[data_type]
         self.nbytes = arr.size * np.dtype(self.storage).itemsize
 
     def stored(self) -> np.ndarray:
@@ -532,6 +870,8 @@ class _RawPayload:
 
 def _raw_array(t, arr: np.ndarray, name: str) -> _RawPayload:
     dims = [int(d) for d in t.dims]
+    if t.data_type in _int_types():
+        return _RawPayload(_with_zero_point(t, arr, name), t.data_type)
     arr = np.asarray(arr)
     if arr.size != int(np.prod(dims, dtype=np.int64)):
         raise ModelFormatError(f"tensor {name!r}: decoded size {arr.size} does not fit ONNX shape {dims}")

@@ -100,7 +100,10 @@ def from_module(module) -> tuple[dict[str, np.ndarray], TensorRecord]:
     return state_dict_to_tensors(module.state_dict(keep_vars=False))
 
 
-def load_torch_file(path: str):
+def load_torch_file(path: str, *, model_state_only: bool = False, notes: list | None = None):
+    """(tensors, record) of a PyTorch file. A checkpoint (a dict holding more than tensors) is kept whole
+    (:func:`checkpoint_to_tensors`) unless ``model_state_only``: then only its model state_dict is read and
+    ``notes`` gets a line naming what was left out."""
     torch = _torch()
     if not os.path.isfile(path):
         raise ModelFormatError(f"cannot read {path!r}: no such file")
@@ -126,16 +129,21 @@ def load_torch_file(path: str):
                                "format; check the file, or pass --format if it is another model format")
     if isinstance(obj, torch.nn.Module):  # cannot happen with weights_only, but be explicit
         obj = obj.state_dict()
+    if isinstance(obj, Mapping) and not model_state_only and not all(isinstance(v, torch.Tensor)
+                                                                     for v in obj.values()):
+        return checkpoint_to_tensors(obj, where=repr(path))
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         # a checkpoint: the state_dict under a usual key, else the only entry that is a mapping of tensors
         def tensor_map(v):
             return isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())
-        usual = [k for k in _WRAPPER_KEYS if tensor_map(obj.get(k))]
         others = [k for k, v in obj.items() if tensor_map(v)]
-        if usual:
-            obj = obj[usual[0]]
-        elif len(others) == 1:
-            obj = obj[others[0]]
+        chosen = primary_state_key(obj)
+        if chosen is not None and notes is not None:
+            left = [k for k in obj if k != chosen]
+            notes.append(f"model state only: coded {chosen!r} ({len(obj[chosen])} tensors); left out "
+                         f"{', '.join(map(repr, left)) or 'nothing'}")
+        if chosen is not None:
+            obj = obj[chosen]
         elif others:
             raise ModelFormatError(f"{path!r} is a checkpoint with several state_dicts ({', '.join(map(repr, others))}); "
                                    f"save the one to code on its own")
@@ -169,6 +177,161 @@ def to_state_dict(tensors: Mapping[str, np.ndarray], record: TensorRecord | None
 
 def write_torch_file(dest: str, tensors: Mapping[str, np.ndarray], record: TensorRecord | None) -> None:
     torch = _torch()
-    sd = to_state_dict(tensors, record)
+    sd = to_checkpoint(tensors, record)
     with atomic_path(dest) as tmp:
         torch.save(sd, tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# whole checkpoints: nested containers, optimizer state, scalars
+
+#: JSON tags of the checkpoint structure record (every JSON object in the tree is one tagged node)
+_TAGS = {dict: "$d", list: "$l", tuple: "$u"}
+#: optimizer state tensors (moments, steps) are carried exactly: their bits are coded as NNC integers
+EXACT_DTYPE_VIEW = "int16"
+
+
+def _is_optimizer_state(obj) -> bool:
+    return isinstance(obj, Mapping) and "state" in obj and "param_groups" in obj
+
+
+def primary_state_key(obj: Mapping) -> Any:
+    """The key of a checkpoint's model state_dict: a usual key (``state_dict``, ``model_state_dict``, ``model``)
+    holding a mapping of tensors, else the only such entry; None if there is none."""
+    torch = _torch()
+
+    def tensor_map(v):
+        return isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values()) and \
+            not _is_optimizer_state(v)
+    usual = [k for k in _WRAPPER_KEYS if tensor_map(obj.get(k))]
+    others = [k for k, v in obj.items() if tensor_map(v)]
+    if usual:
+        return usual[0]
+    if len(others) == 1:
+        return others[0]
+    named = [k for k in others if isinstance(k, str) and "model" in k.lower() and "ema" not in k.lower()]
+    return named[0] if len(named) == 1 else None
+
+
+def checkpoint_to_tensors(obj: Mapping, where: str = "checkpoint"):
+    """(ordered numpy tensors, TensorRecord) for a nested checkpoint. The model state's tensors keep their
+    state_dict names; every other tensor is named by its path (``optimizer_state/state/0/exp_avg``,
+    ``ema/conv.weight``). Tensors inside an optimizer state (a mapping with ``state`` and ``param_groups``) are
+    carried exactly (their bytes viewed as int16, coded losslessly); all others are coded like weights.
+    Non-tensor leaves (ints, floats, strings, None, lists, tuples, dicts with any plain keys) go into the
+    record's ``checkpoint`` structure."""
+    torch = _torch()
+    primary = primary_state_key(obj)
+    flat: dict[str, Any] = {}
+    exact: set[str] = set()
+
+    def name_for(path: list) -> str:
+        if primary is not None and len(path) == 2 and path[0] == primary and isinstance(path[1], str):
+            base = path[1]
+        else:
+            base = "/".join(str(p) for p in path)
+        name, k = base or "tensor", 1
+        while name in flat:
+            name, k = f"{base}#{k}", k + 1
+        return name
+
+    def enc(v, path: list, in_optimizer: bool):
+        if isinstance(v, torch.Tensor):
+            name = name_for(path)
+            flat[name] = v
+            if in_optimizer and v.is_floating_point():
+                exact.add(name)
+            return {"$t": name}
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, torch.Size):
+            return {"$S": [int(d) for d in v]}
+        if isinstance(v, torch.dtype):
+            return {"$D": str(v).replace("torch.", "")}
+        if isinstance(v, Mapping):
+            opt = in_optimizer or _is_optimizer_state(v)
+            items = [[enc(k, path + ["<key>"], False), enc(x, path + [k], opt)] for k, x in v.items()]
+            tag = "$o" if type(v).__name__ == "OrderedDict" else "$d"
+            return {tag: items}
+        if isinstance(v, (list, tuple)):
+            return {"$l" if isinstance(v, list) else "$u": [enc(x, path + [i], in_optimizer) for i, x in enumerate(v)]}
+        raise ModelFormatError(f"{where}: entry {'/'.join(map(str, path)) or '(root)'} is a {type(v).__name__}, "
+                               "which nnc cannot carry (tensors, numbers, strings, None, lists, tuples and dicts)")
+
+    tree = enc(obj, [], False)
+    tensors, record = state_dict_to_tensors(flat)
+    views = {}
+    for name in exact:
+        if name in tensors:
+            arr = np.ascontiguousarray(tensors[name])
+            if arr.dtype.kind == "f" and arr.dtype.itemsize in (2, 4, 8):
+                views[name] = [str(arr.dtype), list(arr.shape)]
+                tensors[name] = arr.reshape(-1).view(np.int16)
+    record.extra["checkpoint"] = tree
+    if views:
+        record.extra["exact_views"] = views
+    return tensors, record
+
+
+def undo_exact_views(tensors: Mapping[str, np.ndarray], record) -> dict[str, np.ndarray]:
+    """Decoded int16 bit views back to the float arrays they carry (see :func:`checkpoint_to_tensors`)."""
+    views = (record.extra or {}).get("exact_views") if record is not None else None
+    if not views:
+        return dict(tensors)
+    out = dict(tensors)
+    for name, (dtype, shape) in views.items():
+        if name not in out:
+            continue
+        try:
+            dt = np.dtype(dtype)
+            arr = np.asarray(out[name])
+            if dt.kind != "f" or arr.dtype.kind not in "iu":
+                raise ValueError(f"{arr.dtype} cannot carry {dtype}")
+            bits = arr.astype(np.int16).reshape(-1)
+            out[name] = bits.view(dt).reshape([int(d) for d in shape])
+        except (TypeError, ValueError) as e:
+            raise ModelFormatError(f"tensor {name!r}: exact-view record does not fit the decoded data: {e}") from None
+    return out
+
+
+def _decode_tree(node, tensors: Mapping[str, Any]):
+    torch = _torch()
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if isinstance(node, dict) and len(node) == 1:
+        (tag, v), = node.items()
+        if tag == "$t":
+            if v not in tensors:
+                raise ModelFormatError(f"checkpoint record names tensor {v!r}, which is not in the bitstream")
+            return tensors[v]
+        if tag == "$S":
+            return torch.Size(v)
+        if tag == "$D":
+            dt = getattr(torch, str(v), None)
+            if not isinstance(dt, torch.dtype):
+                raise ModelFormatError(f"checkpoint record: unknown torch dtype {v!r}")
+            return dt
+        if tag in ("$d", "$o"):
+            from collections import OrderedDict
+            out = OrderedDict() if tag == "$o" else {}
+            for kv in v:
+                out[_decode_tree(kv[0], tensors)] = _decode_tree(kv[1], tensors)
+            return out
+        if tag == "$l":
+            return [_decode_tree(x, tensors) for x in v]
+        if tag == "$u":
+            return tuple(_decode_tree(x, tensors) for x in v)
+    raise ModelFormatError(f"corrupt checkpoint record node {str(node)[:80]!r}")
+
+
+def to_checkpoint(tensors: Mapping[str, np.ndarray], record) -> Any:
+    """The checkpoint object (nested containers as saved) with decoded tensors, or the flat state_dict when the
+    record holds no checkpoint structure."""
+    sd = to_state_dict(tensors, record)
+    tree = (record.extra or {}).get("checkpoint") if record is not None else None
+    if tree is None:
+        return sd
+    try:
+        return _decode_tree(tree, sd)
+    except (TypeError, ValueError, IndexError, RecursionError) as e:
+        raise ModelFormatError(f"corrupt checkpoint record: {e}") from None
