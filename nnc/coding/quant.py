@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from .. import deepcabac
+from ..errors import InputError
 
 __all__ = ["step_size", "qp_for_step", "quantize_tensor", "reconstruct_uniform", "reconstruct_codebook"]
 
@@ -74,10 +75,10 @@ def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_o
             step = step_size(qp, qp_density)
         top = (1 << (5 + qp_density)) - 1
         if qp > top:
-            from .errors import InputError
-            raise InputError(("" if name is None else f"tensor {name!r}: ") + f"values up to {float(np.max(np.abs(x))):.4g} need qp {qp} to fit int32 levels, above "
-                             f"{top}, the largest qp that qp_density {qp_density} can signal; scale the tensor or "
-                             "use a lower qp_density")
+            raise InputError(("" if name is None else f"tensor {name!r}: ") + f"values up to "
+                             f"{float(np.max(np.abs(x))):.4g} need qp {qp} to fit int32 levels, above {top}, the "
+                             f"largest qp that qp_density {qp_density} can signal; scale the tensor or use a lower "
+                             "qp_density")
     q = deepcabac.quantize(x, float(step), dq=dq, scan_order=scan_order)
     return q, qp
 

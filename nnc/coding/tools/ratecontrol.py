@@ -14,12 +14,15 @@ standard one that any NNC decoder reads.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Mapping
 
 import numpy as np
 
 from ... import deepcabac
+from ..._atomic import write_bytes_atomic
+from ...errors import ConfigError
 from ..quant import qp_for_step, quantize_tensor, reconstruct_uniform
 
 __all__ = ["allocate_qps", "qp_for_rel_error", "rd_points", "measure_rd", "allocate_from_table", "sensitivities",
@@ -393,8 +396,6 @@ def cached_table(tensors: Mapping[str, np.ndarray], cfg) -> RateTable:
 
 def load_sensitivities(path) -> dict[str, float]:
     """Read a sensitivity file (JSON object name -> weight >= 0, as written by :func:`save_sensitivities`)."""
-    import json
-    from ..errors import ConfigError
     try:
         with open(path, "rb") as f:
             obj = json.loads(f.read(64 << 20).decode("utf-8"))
@@ -410,6 +411,4 @@ def load_sensitivities(path) -> dict[str, float]:
 
 
 def save_sensitivities(path, sens: Mapping[str, float]) -> None:
-    import json
-    from .._atomic import write_bytes_atomic
     write_bytes_atomic(path, json.dumps({"sensitivities": dict(sens)}, indent=0).encode("utf-8"))
