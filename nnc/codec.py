@@ -295,25 +295,30 @@ class Decoder:
             raise TypeError(f"config must be a DecoderConfig, got {type(self.config).__name__}")
 
     def decode(self, bitstream) -> dict[str, np.ndarray]:
-        """Decode a whole-model bitstream to ``{name: array}`` in bitstream order."""
-        return self.decode_model(bitstream).tensors
+        """Decode a whole-model bitstream to ``{name: array}`` in bitstream order (the levels of each tensor
+        are freed as soon as it is reconstructed)."""
+        return self._decode(bitstream, keep_levels=False).tensors
 
     def decode_model(self, bitstream, *, state=None) -> DecodedModel:
         """Decode and also return the topology and per-tensor coding details.
 
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name.
         """
+        return self._decode(bitstream, state=state, keep_levels=True)
+
+    def _decode(self, bitstream, *, state=None, keep_levels: bool) -> DecodedModel:
         data = _as_bytes(bitstream)
-        parsed = bs.parse(data, max_units=self.config.max_units)
+        budget = _Budget(self.config)
+        parsed = bs.parse(data, limits=self.config, budget=budget)
         ctx = _StreamContext.from_parsed(parsed)
         ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
-        budget = _Budget(self.config)
         jobs = [_prepare_ndu(u, ctx, self.config, budget, state) for u in ndus]
+        run = (lambda j: _run_ndu(j, keep_levels))
         if self.config.threads > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(self.config.threads) as pool:
-                results = list(pool.map(_run_ndu, jobs))
+                results = list(pool.map(run, jobs))
         else:
-            results = [_run_ndu(j) for j in jobs]
+            results = [run(j) for j in jobs]
         model = DecodedModel(tensors={}, topology=ctx.topology, profile=ctx.profile,
                              parent_signalling=ctx.parent_signalling)
         for tensors in results:
@@ -360,22 +365,49 @@ class _StreamContext:
                    topology=topo)
 
 
-class _Budget:
-    """Running total of decoded bytes, checked before allocation."""
+#: Elements reconstructed per step (bounds the float temporaries of reconstruction to a few MB).
+_CHUNK = 1 << 18
+#: Memory per block row while decoding: the core's entry point (16 bytes) and its Python tuple in the result.
+_ENTRY_POINT_BYTES = 160
+
+
+class _Budget(bs.MemoryBudget):
+    """The decoder's account (:class:`nnc.bitstream.MemoryBudget`): parsed headers, then per tensor the output
+    and, while it decodes, its int32 levels, row-skip flags, entry points and reconstruction temporaries, all
+    checked against ``max_total_bytes`` before anything is allocated. ``threads`` tensors may be in flight at
+    once, so the largest ``threads`` transients are counted together."""
 
     def __init__(self, cfg: DecoderConfig):
+        super().__init__(cfg)
         self.cfg = cfg
-        self.total = 0
+        self.transients: list[int] = []
 
-    def take(self, elements: int, itemsize: int, unit_index: int, name: str) -> None:
+    def take_tensor(self, elements: int, held: int, transient: int, unit_index: int, name: str) -> None:
         if elements > self.cfg.max_tensor_elements:
             raise LimitExceededError(f"tensor {name!r} claims {elements} elements, more than max_tensor_elements="
                                      f"{self.cfg.max_tensor_elements}", unit_index=unit_index,
                                      syntax_path="NNR_NDU.tensor_dimensions")
-        self.total += elements * itemsize
-        if self.total > self.cfg.max_total_bytes:
-            raise LimitExceededError(f"decoded tensors would exceed max_total_bytes={self.cfg.max_total_bytes}",
-                                     unit_index=unit_index, syntax_path="NNR_NDU.tensor_dimensions")
+        peak = sorted(self.transients + [transient], reverse=True)[:self.cfg.threads]
+        if not self.check(held, sum(peak)):
+            raise LimitExceededError(
+                f"tensor {name!r} ({elements} elements) would bring the memory decoding holds to "
+                f"{self.used + held + sum(peak)} bytes, more than max_total_bytes={self.cfg.max_total_bytes} "
+                f"(outputs, levels, temporaries and parsed headers count)", unit_index=unit_index,
+                syntax_path="NNR_NDU.tensor_dimensions")
+        self.data += held
+        self.transients = peak
+
+
+def _tensor_cost(elements: int, rows: int, block_rows: int, out_itemsize: int, levels_are_output: bool,
+                 keep_levels: bool, table: int = 0) -> tuple[int, int]:
+    """(bytes held after the tensor is decoded, bytes in use only while it decodes)."""
+    levels = 4 * elements
+    out = 0 if levels_are_output else elements * out_itemsize
+    held = out + (levels if keep_levels or levels_are_output else 0)
+    transient = (0 if keep_levels or levels_are_output else levels) + rows + block_rows * _ENTRY_POINT_BYTES
+    if not levels_are_output:      # one chunk of float32 (uniform) or int64 indices (codebook)
+        transient += min(elements, _CHUNK) * (8 if table else 4) + table
+    return held, transient
 
 
 @dataclass
@@ -430,9 +462,15 @@ def _codebook(h, ctx: _StreamContext, cfg: DecoderConfig, idx: int):
         raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
                                  f"{cfg.max_codebook_size}", unit_index=idx,
                                  syntax_path="NNR_NDU.codebook.codebook_size")
-    codebook = (np.asarray(cb.values, dtype=np.int64), cb.zero_offset)
+    values = cb.values
+    if values[0] < -(1 << 31) or values[-1] > (1 << 31) - 1:   # increasing: the ends are the extremes
+        raise BitstreamError(f"codebook values {values[0]}..{values[-1]} leave the int32 range codebook entries "
+                             "have (the reference decoder stores them as int32)", unit_index=idx,
+                             syntax_path="NNR_NDU.codebook.codebook_delta_right" if values[-1] > 0 else
+                             "NNR_NDU.codebook.codebook_delta_left")
+    codebook = (np.asarray(values, dtype=np.int64), cb.zero_offset)
     if ctx.profile == 1:
-        return codebook, len(cb.values), cb.zero_offset
+        return codebook, len(values), cb.zero_offset
     return codebook, 0, 0
 
 
@@ -449,9 +487,14 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
     n = math.prod(dims)
     is_int = ptype == bs.PayloadType.NNR_PT_INT
     out_dtype, itemsize = _output_dtype(h)
-    budget.take(n, itemsize, idx, name)
     scan_order = _scan_order(h, idx)
     codebook, cb_size, cb_zero = _codebook(h, ctx, cfg, idx)
+    if codebook is not None:
+        itemsize = max(itemsize, 8)              # codebook tensors are reconstructed in float64
+    held, transient = _tensor_cost(n, dims[0], _block_rows(dims, scan_order), itemsize,
+                                   is_int and out_dtype in (None, np.dtype(np.int32)), state is not None,
+                                   0 if codebook is None else 16 * len(codebook[0]))
+    budget.take_tensor(n, held, transient, idx, name)
     tca_base = hdsp_hist = None
     parent_present = bool(getattr(h, "parent_node_id_present_flag", 0))
     if state is not None:
@@ -504,7 +547,11 @@ def _prepare_block(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budge
     coded_names, codings, kinds = [], [], []
     for role, pos in members:
         shape = dims if role == "weight" else (dims[0],)
-        budget.take(math.prod(shape), itemsize, idx, names[pos])
+        cb = codebook is not None and role == "weight"
+        held, transient = _tensor_cost(math.prod(shape), shape[0], _block_rows(shape, scan_order) if role == "weight"
+                                       else 1, max(itemsize, 8) if cb else itemsize, False, state is not None,
+                                       16 * len(codebook[0]) if cb else 0)
+        budget.take_tensor(math.prod(shape), held, transient, idx, names[pos])
         is_w = role == "weight"
         codings.append(deepcabac.TensorCoding(
             shape=shape, profile=ctx.profile, unary_length=_unary_length_minus1(h) + 1, qp_bits=6 + ctx.qp_density,
@@ -513,6 +560,13 @@ def _prepare_block(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budge
         coded_names.append(names[pos])
         kinds.append("codebook" if is_w and codebook is not None else "uniform")
     return _NduJob(unit, coded_names, codings, kinds, unit.payload, ctx, out_dtype, codebook)
+
+
+def _block_rows(dims: tuple[int, ...], scan_order: int) -> int:
+    w = math.prod(dims[1:]) if len(dims) > 1 else 1
+    if scan_order == 0 or w <= 1 or dims[0] <= 1:
+        return 1
+    return -(-dims[0] // (4 << scan_order))
 
 
 def _unary_length_minus1(h) -> int:
@@ -534,7 +588,7 @@ def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
                              syntax_path="NNR_MPS.mps_quantization_parameter")
 
 
-def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
+def _run_ndu(job: _NduJob, keep_levels: bool = True) -> list[DecodedTensor]:
     unit = job.unit
     try:
         res = deepcabac.decode_payload(job.payload, job.codings)
@@ -548,34 +602,85 @@ def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
                              syntax_path="NNR_NDU.payload")
     h = unit.body
     out = []
-    with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected below and reported
-        for name, kind, coding, q, qoff in zip(job.names, job.kinds, job.codings, res.levels, res.qp_offsets):
-            qp = None if qoff is None else qoff + job.ctx.base_qp
-            if kind != "int":
-                _check_step(qp, job.ctx.qp_density, name, unit.index)
-            if kind == "int":
-                arr = q.astype(job.out_dtype, copy=False) if job.out_dtype is not None else q
-            elif kind == "codebook":
-                values, zero = job.codebook
-                lo, hi = int(q.min()), int(q.max())
-                if lo + zero < 0 or hi + zero >= len(values):
-                    raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit.index,
-                                         syntax_path="NNR_NDU.payload")
-                arr = reconstruct_codebook(q, values, zero, qp, job.ctx.qp_density)
-                if job.out_dtype is not None:
-                    arr = arr.astype(job.out_dtype)
-            else:
-                arr = reconstruct_uniform(q, qp, job.ctx.qp_density)
-                if job.out_dtype is not None:
-                    arr = arr.astype(job.out_dtype)
-            if kind != "int" and not np.isfinite(arr).all():
-                raise BitstreamError(f"tensor {name!r}: reconstructed values overflow float32 (hostile levels "
-                                     "or qp)", unit_index=unit.index, syntax_path="NNR_NDU.payload")
-            out.append(DecodedTensor(name=name, array=arr, levels=q, qp=qp, unit_index=unit.index,
-                                     parameter_id=getattr(h, "parameter_id", None),
-                                     put_node_depth=getattr(h, "put_node_depth", None),
-                                     device_id=getattr(h, "device_id", None)))
+    levels = list(res.levels)
+    qp_offsets = list(res.qp_offsets)
+    del res
+    for i, (name, kind) in enumerate(zip(job.names, job.kinds)):
+        q = levels[i]
+        levels[i] = None                   # the levels of this tensor are freed once it is reconstructed
+        qoff = qp_offsets[i]
+        qp = None if qoff is None else qoff + job.ctx.base_qp
+        if kind != "int":
+            _check_step(qp, job.ctx.qp_density, name, unit.index)
+        arr = _reconstruct(q, kind, qp, job, name, unit.index)
+        out.append(DecodedTensor(name=name, array=arr, levels=q if keep_levels else None, qp=qp,
+                                 unit_index=unit.index, parameter_id=getattr(h, "parameter_id", None),
+                                 put_node_depth=getattr(h, "put_node_depth", None),
+                                 device_id=getattr(h, "device_id", None)))
+        del q
     return out
+
+
+def _range_error(name: str, lo, hi, dtype, unit_index: int, why: str) -> BitstreamError:
+    return BitstreamError(f"tensor {name!r}: values {lo}..{hi} {why} the output dtype {np.dtype(dtype).name} "
+                          "(hostile levels, qp or nnr_decompressed_data_format)", unit_index=unit_index,
+                          syntax_path="NNR_NDU.payload")
+
+
+def _check_fits(name: str, ends: np.ndarray, dtype, unit_index: int) -> None:
+    """``ends`` are the smallest and largest value a tensor reconstructs to (every rule is monotone in the
+    level, so the ends decide): refuse values that would become inf or wrap in the output dtype."""
+    dtype = np.dtype(dtype)
+    lo, hi = ends.min(), ends.max()
+    if dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = ends.astype(dtype)
+        if not np.isfinite(ends).all() or not np.isfinite(cast).all():
+            raise _range_error(name, lo, hi, dtype, unit_index, "overflow")
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not np.isfinite(ends).all() or lo < info.min or hi > info.max:
+            raise _range_error(name, lo, hi, dtype, unit_index, "do not fit")
+
+
+def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, name: str, unit_index: int) -> np.ndarray:
+    """The decoded array of one tensor, built in place chunk by chunk (no full-size temporaries)."""
+    shape = q.shape
+    flat = q.reshape(-1)
+    if flat.size == 0:
+        return q.astype(job.out_dtype or (np.int32 if kind == "int" else np.float32))
+    qmin, qmax = int(flat.min()), int(flat.max())
+    if kind == "int":
+        if job.out_dtype is None or job.out_dtype == np.int32:
+            return q
+        _check_fits(name, np.array([qmin, qmax], np.float64 if job.out_dtype.kind == "f" else np.int64),
+                    job.out_dtype, unit_index)
+        return q.astype(job.out_dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "codebook":
+            values, zero = job.codebook
+            if qmin + zero < 0 or qmax + zero >= len(values):
+                raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit_index,
+                                     syntax_path="NNR_NDU.payload")
+            table = reconstruct_codebook(np.arange(-zero, len(values) - zero), values, zero, qp, job.ctx.qp_density)
+            out_dtype = job.out_dtype or table.dtype
+            _check_fits(name, table[[qmin + zero, qmax + zero]], out_dtype, unit_index)
+            table = table.astype(out_dtype)
+            out = np.empty(flat.size, out_dtype)
+            for i in range(0, flat.size, _CHUNK):
+                c = flat[i:i + _CHUNK].astype(np.int64)
+                c += zero
+                np.take(table, c, out=out[i:i + _CHUNK])
+            return out.reshape(shape)
+        step = step_size(qp, job.ctx.qp_density)
+        out_dtype = job.out_dtype or np.dtype(np.float32)
+        _check_fits(name, np.array([qmin, qmax], np.float32) * step, out_dtype, unit_index)
+        out = np.empty(flat.size, out_dtype)
+        for i in range(0, flat.size, _CHUNK):
+            part = flat[i:i + _CHUNK].astype(np.float32)
+            part *= step                       # float32(q) * float32(step), as reconstruct_uniform
+            out[i:i + _CHUNK] = part
+        return out.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from .bits import MAX_UE_PREFIX_BITS, BitReader, BitWriter, Float32
 from .enums import (CompressedParameterTypes, DecompressedDataFormat, NNRUnitType, ParentNodeIdType, PayloadType,
                     PruningInformationRepresentation, QuantizationMethodFlags, TopologyCompressionFormat,
                     TopologyStorageFormat)
-from .parser import Context, ParsedBitstream, Unit, iter_units, parse
+from .parser import Context, MemoryBudget, ParsedBitstream, Unit, iter_units, parse
 from .syntax import struct_markdown
 from .units import (ALL_STRUCTURES, Codebook, DecompositionPerformanceMap, EntryPoint, LayerParameterSet,
                     ModelParameterSet, NduHeader, PruningPerformanceMap, QuantizationUnit,
@@ -25,7 +25,7 @@ from .writer import (SHORT_SIZE_MAX, NduHeaderSpec, canonical, lps_unit, model_p
 
 __all__ = [
     # parsing
-    "parse", "iter_units", "ParsedBitstream", "Unit", "Context",
+    "parse", "iter_units", "ParsedBitstream", "Unit", "Context", "MemoryBudget",
     # writing
     "write_unit", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit", "qnt_unit",
     "ndu_header", "ndu_unit", "NduHeaderSpec", "canonical", "SHORT_SIZE_MAX",
