@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NNCError, UnsupportedFeatureError
+from .errors import LimitExceededError, NNCError, UnsupportedFeatureError
 
 __all__ = ["build_parser", "main"]
 
@@ -85,20 +85,76 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--template", default=None, metavar="ORIGINAL.jit",
                    help="write a TorchScript archive: this program with the decoded weights (nothing is run)")
     d.add_argument("--threads", type=int, default=1)
+    _add_limit_flags(d)
 
     i = sub.add_parser("info", help="unit-by-unit summary of a bitstream")
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
+    _add_limit_flags(i)
 
     c = sub.add_parser("check", help="check a bitstream for conformance")
     c.add_argument("input")
     c.add_argument("--json", action="store_true")
+    _add_limit_flags(c)
 
     f = sub.add_parser("conform", help="run a conformance suite folder")
     f.add_argument("suite", nargs="?", default="conformance")
     f.add_argument("--impl", choices=["nnc", "reference", "both"], default="nnc")
     f.add_argument("--json", action="store_true")
+    _add_limit_flags(f)
     return p
+
+
+# -- decoder limits (--max-memory, --strict) ---------------------------------------------------------------
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+
+
+def _size(text: str) -> int:
+    t = text.strip().upper().replace(" ", "")
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M, 4G or 1073741824, got {text!r}") from None
+    if unit not in _SIZE_UNITS or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 512M, 4G or 1073741824, got {text!r}")
+    return max(1, int(value * _SIZE_UNITS[unit]))
+
+
+def default_max_memory() -> int:
+    """The CLI's default --max-memory: half the physical memory, at least 1 GiB, at most 16 GiB (the library's
+    DecoderConfig() default), so that a hostile file stops with a message instead of swapping a desktop."""
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        phys = 8 << 30
+    return int(min(16 << 30, max(1 << 30, phys // 2)))
+
+
+def _add_limit_flags(sp) -> None:
+    sp.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                    help="most memory decoding may hold (outputs, levels, temporaries, headers), e.g. 512M, 4G; "
+                         "default: half the physical memory, 1..16 GiB (1 GiB with --strict)")
+    sp.add_argument("--strict", action="store_true",
+                    help="limits for files from strangers: DecoderConfig.strict() (65536 units, tensors of at most "
+                         "max-memory/4 elements, 1 GiB unless --max-memory)")
+
+
+def _limits(a):
+    from .config import DecoderConfig
+    threads = max(1, getattr(a, "threads", 1) or 1)
+    if a.strict:
+        return DecoderConfig.strict(max_total_bytes=a.max_memory or (1 << 30), threads=threads)
+    return DecoderConfig(max_total_bytes=a.max_memory or default_max_memory(), threads=threads)
+
+
+def _limit_hint(a, what: str = "") -> str:
+    cfg = _limits(a)
+    return (f"{what}a decoding limit stopped {getattr(a, 'input', None) or getattr(a, 'suite', '')}: rerun with "
+            f"--max-memory SIZE above {cfg.max_total_bytes} bytes"
+            + (" or without --strict" if a.strict else "") + " if you trust the file")
 
 
 def _read_input(path: str) -> bytes:
@@ -172,11 +228,15 @@ def _cmd_encode(a) -> int:
 def _cmd_decode(a) -> int:
     from . import converters
     from .codec import Decoder
-    from .config import DecoderConfig
+    from .config import decoder_limits
 
     data = _read_input(a.input)
-    model = Decoder(DecoderConfig(threads=a.threads)).decode_model(data)
-    converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
+    cfg = _limits(a)
+    dec = Decoder(cfg)
+    model = dec._decode(data, keep_levels=False)      # levels freed per tensor
+    left = max(1, cfg.max_total_bytes - dec.last_budget.used)
+    with decoder_limits(cfg.replace(max_total_bytes=left)):       # topology inflation: what the budget has left
+        converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
     print(f"{a.input} -> {a.output}: {len(model.tensors)} tensors")
     return 0
 
@@ -184,8 +244,12 @@ def _cmd_decode(a) -> int:
 def _cmd_info(a) -> int:
     from .inspect import inspect as inspect_bitstream
 
-    info = inspect_bitstream(_read_input(a.input))
+    info = inspect_bitstream(_read_input(a.input), config=_limits(a))
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
+    if info.limits_hit:
+        print(f"nnc: error: {_limit_hint(a)}; {len(info.limits_hit)} part(s) not decoded, first: "
+              f"{_one_line(info.limits_hit[0])}", file=sys.stderr)
+        return 2
     first = info.units[0] if info.units else None
     if first is None or first.type in ("unknown",) or first.type.startswith("reserved") or \
             (first.errors and first.header_size is None and first.type != "NNR_STR"):
@@ -197,17 +261,24 @@ def _cmd_info(a) -> int:
 def _cmd_check(a) -> int:
     from .conformance.checker import check
 
-    report = check(_read_input(a.input))
+    report = check(_read_input(a.input), config=_limits(a))
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
     if not report.readable:
         return 2  # not an NNC bitstream at all (empty, or no readable first unit)
+    hit = report.find("LIMIT_EXCEEDED")
+    if hit and report.ok:
+        print(f"nnc: error: {_limit_hint(a)}; {len(hit)} part(s) not checked, first: {hit[0]}", file=sys.stderr)
+        return 2
     return 0 if report.ok else 1
 
 
 def _cmd_conform(a) -> int:
     from .conformance.suite import run_suite
 
-    result = run_suite(a.suite, impl=a.impl)
+    from .config import decoder_limits
+
+    with decoder_limits(_limits(a)):
+        result = run_suite(a.suite, impl=a.impl)
     print(json.dumps(result.to_dict(), indent=1) if a.json else result.to_text())
     return 0 if result.ok else 1
 
@@ -221,7 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     old_term = _catch_sigterm()
     try:
+        if hasattr(a, "max_memory"):
+            from .config import decoder_limits
+            with decoder_limits(_limits(a)):      # also topology inflation and converters during decode
+                return _COMMANDS[a.command](a)
         return _COMMANDS[a.command](a)
+    except LimitExceededError as e:
+        if a.debug:
+            raise
+        print(f"nnc: error: {_one_line(e)} — {_limit_hint(a)}", file=sys.stderr)
+        return 2
     except UnsupportedFeatureError as e:
         if a.debug:
             raise

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import bitstream as bs
 from . import deepcabac
-from .config import DecoderConfig, EncoderConfig
+from .config import DecoderConfig, EncoderConfig, default_decoder_config
 from .dtypes import coding_kind, dtype_for_format, format_for_dtype
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
 from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
@@ -290,7 +290,7 @@ class Decoder:
     """Reusable decoder with resource limits (:class:`DecoderConfig`)."""
 
     def __init__(self, config: DecoderConfig | None = None):
-        self.config = config if config is not None else DecoderConfig()
+        self.config = config if config is not None else default_decoder_config()
         if not isinstance(self.config, DecoderConfig):
             raise TypeError(f"config must be a DecoderConfig, got {type(self.config).__name__}")
 
@@ -309,6 +309,7 @@ class Decoder:
     def _decode(self, bitstream, *, state=None, keep_levels: bool) -> DecodedModel:
         data = _as_bytes(bitstream)
         budget = _Budget(self.config)
+        self.last_budget = budget          # what the decode held (the CLI bounds topology inflation by the rest)
         parsed = bs.parse(data, limits=self.config, budget=budget)
         ctx = _StreamContext.from_parsed(parsed)
         ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
@@ -591,7 +592,7 @@ def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
 def _run_ndu(job: _NduJob, keep_levels: bool = True) -> list[DecodedTensor]:
     unit = job.unit
     try:
-        res = deepcabac.decode_payload(job.payload, job.codings)
+        res = deepcabac.decode_payload(job.payload, job.codings, threads=1)
     except BitstreamError as e:
         raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
                         syntax_path="NNR_NDU.payload")

@@ -139,24 +139,27 @@ class BitReader:
         max_len = fixed_bits + 2 * MAX_UE_PREFIX_BITS + 1 + k       # longest acceptable record
         while done < n:
             b0 = self.pos >> 3
-            b1 = min((self.end + 7) >> 3, b0 + (_EG_WINDOW_BITS >> 3))
+            # enough bits for the remaining records at their shortest (most hostile) length, within a window
+            need = ((n - done) * (fixed_bits + 1 + k) + max_len + 8 + 63) >> 3
+            b1 = min((self.end + 7) >> 3, b0 + min(_EG_WINDOW_BITS >> 3, need))
             raw = np.frombuffer(self.buf[b0:b1], np.uint8)
             bits = np.unpackbits(raw)[: self.end - (b0 << 3)]
             at_end = (b0 << 3) + len(bits) >= self.end
             nb = len(bits)
             # next_one[p]: index of the first 1-bit at or after p (nb when none)
-            ones = np.flatnonzero(bits)
-            idx = np.searchsorted(ones, np.arange(nb + 1))
-            next_one = np.append(ones, nb)[idx]
+            pos_if_one = np.where(bits.astype(bool), np.arange(nb, dtype=np.int32), np.int32(nb))
+            next_one = np.empty(nb + 1, np.int32)
+            next_one[nb] = nb
+            next_one[:nb] = np.minimum.accumulate(pos_if_one[::-1])[::-1]
             p = self.pos - (b0 << 3)
             safe = nb if at_end else nb - max_len                    # a record starting before safe fits
-            q = np.arange(nb + 1) + fixed_bits
+            q = np.arange(nb + 1, dtype=np.int32) + np.int32(fixed_bits)
             np.minimum(q, nb, out=q)
             zeros = next_one[q] - q
             # jump[p]: where the record starting at p ends (clipped to the sink nb). Every jump goes forward,
             # so the records are the chain p, jump[p], jump[jump[p]], ...: found by pointer doubling
             # (step 2^j of the chain from steps 0..2^j-1), O(window log window) in numpy.
-            jump = np.minimum(q + 2 * zeros + 1 + k, nb).astype(np.int32)
+            jump = np.minimum(q + 2 * zeros + (1 + k), nb)
             chain = np.array([p], np.int32)
             want = n - done
             while len(chain) < want and chain[-1] < min(safe, nb):
@@ -171,7 +174,7 @@ class BitReader:
                 raise BitstreamError(f"ue({k}) code has more than {MAX_UE_PREFIX_BITS} leading zero bits",
                                      byte_offset=p0 >> 3)
             s = starts
-            z = zeros[s]                                              # zeros is indexed by record start
+            z = zeros[s].astype(np.int64)                                              # zeros is indexed by record start
             bad = np.flatnonzero(z > MAX_UE_PREFIX_BITS)
             if bad.size:
                 at = int(s[bad[0]]) + (b0 << 3)
@@ -185,7 +188,7 @@ class BitReader:
                 raise TruncatedBitstreamError(f"ue({k}) code runs past the end of the data", byte_offset=at >> 3)
             m = len(s)
             words = _words(raw)
-            fixed[done:done + m] = _bit_fields(words, s, fixed_bits)
+            fixed[done:done + m] = _bit_fields(words, s, fixed_bits) if fixed_bits else 0
             values[done:done + m] = (((np.int64(1) << z) - 1) << k) + _bit_fields(words, s + fixed_bits + z + 1,
                                                                                   z + k)
             done += m

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
@@ -11,7 +12,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .._atomic import atomic_output
-from ..errors import ModelFormatError
+from ..errors import LimitExceededError, ModelFormatError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
 
 #: Marker key that starts the JSON topology record written by nnc.converters.
@@ -86,15 +87,31 @@ def deflate(data: bytes) -> bytes:
     return zlib.compress(data, 9)
 
 
-def inflate(data: bytes) -> bytes:
-    """Inverse of :func:`deflate`; also accepts a bare RFC 1951 stream."""
-    try:
-        return zlib.decompress(data)
-    except zlib.error:
+def inflate(data: bytes, max_bytes: int | None = None) -> bytes:
+    """Inverse of :func:`deflate`; also accepts a bare RFC 1951 stream.
+
+    The output is bounded by ``max_bytes`` (default: ``max_total_bytes`` of the active decoder limits,
+    :func:`nnc.config.default_decoder_config`): a deflate bomb raises :class:`LimitExceededError` after
+    producing at most that many bytes, instead of expanding without bound."""
+    if max_bytes is None:
+        from ..config import default_decoder_config
+        max_bytes = default_decoder_config().max_total_bytes
+    last = None
+    for wbits in (15, -15):
         try:
-            return zlib.decompress(data, -15)
+            d = zlib.decompressobj(wbits)
+            out = d.decompress(data, max_bytes)
+            if d.unconsumed_tail:
+                raise LimitExceededError(f"the deflate-compressed topology data ({len(data)} bytes) expands to more "
+                                         f"than max_total_bytes={max_bytes} bytes", syntax_path="NNR_TPL.topology_data")
+            out += d.flush()
+            if len(out) > max_bytes:
+                raise LimitExceededError(f"the deflate-compressed topology data expands to more than "
+                                         f"max_total_bytes={max_bytes} bytes", syntax_path="NNR_TPL.topology_data")
+            return out
         except zlib.error as e:
-            raise ModelFormatError(f"topology data is not a valid deflate stream: {e}") from None
+            last = e
+    raise ModelFormatError(f"topology data is not a valid deflate stream: {last}")
 
 
 def topology_payload(topology: Topology) -> bytes:
@@ -161,18 +178,58 @@ class TensorRecord:
             return None
         data = topology_payload(topology)
         source = "pytorch" if topology.storage_format == TopologyStorageFormat.NNR_TPL_PYT else "numpy"
-        if not data.lstrip().startswith(b'{"' + META_KEY.encode()):
+        start = re.match(rb"\s*", data).end()            # no copy of a large payload
+        if not data.startswith(b'{"' + META_KEY.encode(), start):
             return cls(source_format=source)
         try:
             obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ModelFormatError(f"corrupt nnc.converters topology record: {e}") from None
-        if not isinstance(obj, dict) or obj.get(META_KEY) != META_VERSION:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ModelFormatError(f"corrupt nnc.converters topology record: {type(e).__name__}: "
+                                   f"{str(e)[:200]}") from None
+        return cls._from_json(obj, source)
+
+    @classmethod
+    def _from_json(cls, obj, source: str) -> "TensorRecord":
+        """Every field type-checked: a hostile record is a ModelFormatError naming the field, never a crash."""
+        def bad(what: str) -> ModelFormatError:
+            return ModelFormatError(f"corrupt nnc.converters topology record: {what} (NNR_TPL.topology_data)")
+
+        if not isinstance(obj, dict):
+            raise bad(f"a JSON {type(obj).__name__}, not an object")
+        if obj.get(META_KEY) != META_VERSION:
             raise ModelFormatError(f"unsupported nnc.converters topology record version {obj.get(META_KEY)!r}")
-        return cls(source_format=str(obj.get("source_format", source)), dtypes=dict(obj.get("dtypes", {})),
-                   shapes={k: list(v) for k, v in obj.get("shapes", {}).items()},
-                   tied=dict(obj.get("tied", {})), order=list(obj.get("order", [])),
-                   extra=dict(obj.get("extra", {})))
+
+        def str_map(key: str) -> dict:
+            v = obj.get(key, {})
+            if not isinstance(v, dict) or not all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
+                raise bad(f"'{key}' must map names to strings")
+            return dict(v)
+
+        dtypes = str_map("dtypes")
+        for name, dt in dtypes.items():
+            if dt not in NUMPY_DTYPES:
+                raise bad(f"unknown dtype {dt[:40]!r} for tensor {name[:80]!r}")
+        shapes = obj.get("shapes", {})
+        if not isinstance(shapes, dict):
+            raise bad("'shapes' must be an object")
+        for name, shp in shapes.items():
+            if not isinstance(shp, list) or len(shp) > 64 or not all(
+                    type(d) is int and 0 <= d < (1 << 62) for d in shp):
+                raise bad(f"'shapes' of {name[:80]!r} must be a list of at most 64 non-negative integers")
+        order = obj.get("order", [])
+        if not isinstance(order, list) or not all(isinstance(x, str) for x in order):
+            raise bad("'order' must be a list of names")
+        extra = obj.get("extra", {})
+        if not isinstance(extra, dict):
+            raise bad("'extra' must be an object")
+        meta = extra.get("safetensors_metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise bad("'extra.safetensors_metadata' must be an object")
+        fmt = obj.get("source_format", source)
+        if not isinstance(fmt, str):
+            raise bad("'source_format' must be a string")
+        return cls(source_format=fmt, dtypes=dtypes, shapes={k: list(v) for k, v in shapes.items()},
+                   tied=str_map("tied"), order=list(order), extra=dict(extra))
 
 
 def restore_array(name: str, arr: np.ndarray, dtype_name: str | None, shape: list[int] | None) -> np.ndarray:
