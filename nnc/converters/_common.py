@@ -4,7 +4,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
+import struct
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
@@ -60,6 +63,43 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[str]:
         raise ModelFormatError(f"cannot write {dest!r}: directory {directory!r} does not exist")
     with atomic_output(dest, suffix=".tmp") as tmp:
         yield str(tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# every failure on a model file is typed
+
+#: what parsers of hostile files raise when their input is garbage (numpy, protobuf, zipfile, json, pickle)
+_GARBAGE = (KeyError, IndexError, TypeError, ValueError, OverflowError, MemoryError, RecursionError, UnicodeError,
+            AttributeError, EOFError, LookupError, zipfile.BadZipFile, struct.error, pickle.UnpicklingError)
+
+
+def typed_errors(fn):
+    """Decorator for the converters' entry points: an exception that a garbage model file provokes inside
+    numpy, protobuf, zipfile, torch or json becomes a :class:`ModelFormatError` naming the file (or the
+    topology) and the original exception; nnc's own errors pass through unchanged."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:   # noqa: BLE001 - filtered below
+            from ..errors import NNCError
+            if isinstance(e, NNCError) or not _is_garbage(e):
+                raise
+            where = args[0] if args and isinstance(args[0], (str, os.PathLike)) else "the model"
+            raise ModelFormatError(f"{os.fspath(where) if not isinstance(where, str) else where!r}: unreadable or "
+                                   f"inconsistent model data ({type(e).__name__}: {str(e)[:200]})") from e
+    return wrapper
+
+
+def _is_garbage(e: BaseException) -> bool:
+    if isinstance(e, _GARBAGE):
+        return True
+    mod = type(e).__module__ or ""
+    # protobuf's DecodeError, torch's RuntimeError on corrupt archives
+    return mod.startswith("google.protobuf") or (mod == "builtins" and isinstance(e, RuntimeError)
+                                                 and "pytorch" in str(e).lower() + type(e).__name__.lower())
 
 
 # --------------------------------------------------------------------------------------------------
