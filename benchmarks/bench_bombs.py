@@ -31,7 +31,7 @@ ENTRIES = ["decode", "inspect", "check", "cli-info", "cli-check", "cli-decode"]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=1 << 30, help="max_total_bytes (strict())")
-    ap.add_argument("--root", default=str(bombs.ROOT), help="checkout to run (default: this one)")
+    ap.add_argument("--root", default=None, help="checkout to run (default: the nnc on PYTHONPATH)")
     ap.add_argument("--bombs", nargs="*", default=None, help="subset of bomb names")
     ap.add_argument("--entries", nargs="*", default=ENTRIES)
     ap.add_argument("--timeout", type=int, default=300)
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(_fmt(row), flush=True)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"root": a.root, "limit": a.limit, "python": sys.version.split()[0],
+    Path(a.json).write_text(json.dumps({"root": a.root or str(bombs.ROOT), "limit": a.limit, "python": sys.version.split()[0],
                                         "rows": rows}, indent=1))
     print()
     print(table(rows))

@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import nnc  # noqa: E402
+import nnc  # noqa: E402  (the nnc on PYTHONPATH: bench_bombs.py --root compares checkouts)
 from nnc import bitstream as bs  # noqa: E402
 from nnc.bitstream import bits as _bits  # noqa: E402
 
@@ -300,8 +298,10 @@ print(json.dumps(out))
 """
 
 
-def run_child(path, entry="decode", limit=1 << 30, strict=True, timeout=300, root=ROOT) -> dict:
-    """Run ``entry`` on the file ``path`` in a fresh interpreter; peak RSS from the child's own getrusage."""
+def run_child(path, entry="decode", limit=1 << 30, strict=True, timeout=300, root=None) -> dict:
+    """Run ``entry`` on the file ``path`` in a fresh interpreter; peak RSS from the child's own getrusage.
+    ``root``: the checkout whose nnc runs (default: the one imported here)."""
+    root = root or Path(nnc.__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     try:
         r = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(path), entry, str(limit),

@@ -35,6 +35,8 @@ def _overflows(x: np.ndarray, step: np.float32, dq: bool) -> bool:
     # so rounding cannot move a value across the limits checked here
     hi = float(np.max(x)) * float(scale)
     lo = float(np.min(x)) * float(scale)
+    if not (math.isfinite(hi) and math.isfinite(lo)) or max(abs(hi), abs(lo)) > 3.4e38:
+        return True                            # the float32 product is inf: certainly beyond int32
     hi, lo = float(np.float32(hi)), float(np.float32(lo))
     lim_lo, lim_hi = _DQ_LIMITS if dq else _URQ_LIMITS
     return round(hi) > lim_hi or round(lo) < lim_lo or round(lo) > lim_hi or round(hi) < lim_lo
@@ -50,6 +52,19 @@ def _guard_qp(x: np.ndarray, qp_density: int) -> int:
     return int(math.ceil(float(new_qp)))
 
 
+def _check_guard_qp(x: np.ndarray, qp: int, qp_density: int) -> None:
+    """Values so large that even the coarsest QP a bitstream can signal leaves levels beyond int32 cannot be
+    coded: an InputError (instead of an OverflowError or a wrapped level)."""
+    from .config import _qp_range
+    from .errors import InputError
+    lo, hi = _qp_range(qp_density)
+    if not lo <= qp <= hi or not np.isfinite(step_size(min(max(qp, lo), hi), qp_density)):
+        big = float(np.max(np.abs(x)))
+        raise InputError(f"a value of magnitude {big:.6g} needs qp {qp} to keep its level within int32, beyond "
+                         f"the largest qp {hi} that qp_density={qp_density} can signal; scale the tensor down "
+                         "(or raise qp_density)")
+
+
 def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_order: int = 0
                     ) -> tuple[np.ndarray, int]:
     """Quantise float32 ``x`` at ``qp`` and return ``(q, qp_used)``.
@@ -63,6 +78,7 @@ def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_o
     step = step_size(qp, qp_density)
     if _overflows(x, step, dq):
         qp = _guard_qp(x, qp_density)
+        _check_guard_qp(x, qp, qp_density)
         step = step_size(qp, qp_density)
     q = deepcabac.quantize(x, float(step), dq=dq, scan_order=scan_order)
     return q, qp
