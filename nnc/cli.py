@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from . import __version__
+from .config import decoder_limits
 from .errors import (BitstreamError, ConfigError, LimitExceededError, ModelFormatError, NNCError,
                      UnsupportedFeatureError)
 
@@ -138,20 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a TorchScript archive: this program with the decoded weights (nothing is run)")
     d.add_argument("--threads", type=int, default=None, help="tensors decoded in parallel")
     d.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_limit_flags(d)
 
     i = sub.add_parser("info", help="unit-by-unit summary of a bitstream")
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
     i.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_limit_flags(i)
 
     c = sub.add_parser("check", help="check a bitstream for conformance and completeness")
     c.add_argument("input")
     c.add_argument("--json", action="store_true")
     c.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_limit_flags(c)
 
     f = sub.add_parser("conform", help="run a conformance suite folder")
     f.add_argument("suite", nargs="?", default="conformance")
     f.add_argument("--json", action="store_true")
+    _add_limit_flags(f)
     return p
 
 
@@ -327,6 +332,59 @@ def _check_output(out: str, inputs: list[str]) -> None:
 
 _RATE = ("bits_per_param", "max_rel_error", "bitdepth")
 _QP_FLAGS = ("qp", "nonweight_qp", "qp_per_tensor", "opt_qp")
+
+
+# -- decoder limits (--max-memory, --strict) ---------------------------------------------------------------
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+
+
+def _size(text: str) -> int:
+    t = text.strip().upper().replace(" ", "")
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M, 4G or 1073741824, got {text!r}") from None
+    if unit not in _SIZE_UNITS or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 512M, 4G or 1073741824, got {text!r}")
+    return max(1, int(value * _SIZE_UNITS[unit]))
+
+
+def default_max_memory() -> int:
+    """The CLI's default --max-memory: half the physical memory, at least 1 GiB, at most 16 GiB (the library's
+    DecoderConfig() default), so that a hostile file stops with a message instead of swapping a desktop."""
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        phys = 8 << 30
+    return int(min(16 << 30, max(1 << 30, phys // 2)))
+
+
+def _add_limit_flags(sp) -> None:
+    sp.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                    help="most memory decoding may hold (outputs, levels, temporaries, headers), e.g. 512M, 4G; "
+                         "default: half the physical memory, 1..16 GiB (1 GiB with --strict)")
+    sp.add_argument("--strict", action="store_true",
+                    help="limits for files from strangers: DecoderConfig.strict() (65536 units, tensors of at most "
+                         "max-memory/4 elements, 1 GiB unless --max-memory)")
+
+
+def _limits(a):
+    from .config import DecoderConfig
+    kw = {} if getattr(a, "threads", None) is None else {"threads": a.threads}
+    if a.strict:
+        return DecoderConfig.strict(max_total_bytes=a.max_memory or (1 << 30), **kw)
+    return DecoderConfig(max_total_bytes=a.max_memory or default_max_memory(), **kw)
+
+
+def _limit_hint(a, what: str = "") -> str:
+    cfg = _limits(a)
+    return (f"{what}a decoding limit stopped {getattr(a, 'input', None) or getattr(a, 'suite', '')}: rerun with "
+            f"--max-memory SIZE above {cfg.max_total_bytes} bytes"
+            + (" or without --strict" if a.strict else "") + " if you trust the file")
+
 
 
 def _flag(name: str) -> str:
@@ -653,7 +711,6 @@ def _cmd_decode(a) -> int:
 
     from . import converters
     from .codec import Decoder
-    from .config import DecoderConfig
 
     ui = _Progress(not a.quiet)
     data = _read_input(a.input)
@@ -666,16 +723,19 @@ def _cmd_decode(a) -> int:
         if not is_onnx_topology(B.parse(data, strict=False).topology):
             raise UsageError(f"cannot write {a.output}: {a.input} carries no ONNX graph (it was not made from an ONNX "
                              "model, or with --reference-layout); write .safetensors, .pt or .npz instead")
-    cfg = DecoderConfig() if a.threads is None else DecoderConfig(threads=a.threads)
+    cfg = _limits(a)
+    dec = Decoder(cfg)
     with ui.phase(f"decoding {a.input}"):
         try:
-            model = Decoder(cfg).decode_model(data)
+            model = dec._decode(data, keep_levels=False)      # levels freed per tensor
         except BitstreamError as e:
             if isinstance(e, LimitExceededError):
                 raise
             from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
             raise (_from_report(a.input, check(data)) or e) from None
-    with ui.phase(f"writing {a.output}"):
+    left = max(1, cfg.max_total_bytes - dec.last_budget.used)
+    with ui.phase(f"writing {a.output}"), decoder_limits(cfg.replace(max_total_bytes=left)):
+        # topology inflation gets what the decoding budget has left
         converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
     _STATE.committed = True
     print(f"{a.input} -> {a.output}: {len(model.tensors)} tensors")
@@ -690,11 +750,15 @@ def _cmd_info(a) -> int:
         bad = _problem(a.input, data)
         if bad is not None and bad.exit_code == 2:
             raise bad  # not NNC at all: a unit list of it would mean nothing
-        info = inspect_bitstream(data)
-        if bad is None and any(u.errors for u in info.units):
+        info = inspect_bitstream(data, config=_limits(a))
+        if bad is None and any(u.errors for u in info.units) and not info.limits_hit:
             from .conformance.checker import check  # say it as `nnc check` and `nnc decode` do
-            bad = _from_report(a.input, check(data))
+            bad = _from_report(a.input, check(data, config=_limits(a)))
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
+    if info.limits_hit:
+        print(f"nnc: error: {_limit_hint(a)}; {len(info.limits_hit)} part(s) not decoded, first: "
+              f"{_one_line(info.limits_hit[0])}", file=sys.stderr)
+        return 2
     if bad is not None:
         raise bad
     return 0
@@ -708,8 +772,12 @@ def _cmd_check(a) -> int:
         bad = _problem(a.input, data)
         if bad is not None and bad.exit_code == 2:
             raise bad  # not NNC at all: the same line as decode and info, no report of it
-        report = check(data)
+        report = check(data, config=_limits(a))
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
+    hit = report.find("LIMIT_EXCEEDED")
+    if hit and report.ok:
+        print(f"nnc: error: {_limit_hint(a)}; {len(hit)} part(s) not checked, first: {hit[0]}", file=sys.stderr)
+        return 2
     if bad is None and any(v.code in _DAMAGE_CODES for v in report.errors):
         bad = _from_report(a.input, report)  # a payload nnc cannot decode: what `nnc decode` refuses too
     if bad is not None:
@@ -725,7 +793,8 @@ _DAMAGE_CODES = {"PAYLOAD_SIZE_MISMATCH", "PAYLOAD_TRUNCATED", "PAYLOAD_CORRUPT"
 def _cmd_conform(a) -> int:
     from .conformance.suite import run_suite
 
-    result = run_suite(a.suite)
+    with decoder_limits(_limits(a)):
+        result = run_suite(a.suite)
     print(json.dumps(result.to_dict(), indent=1) if a.json else result.to_text())
     return 0 if result.ok else 1
 
@@ -734,13 +803,26 @@ _COMMANDS = {"encode": _cmd_encode, "decode": _cmd_decode, "info": _cmd_info, "c
              "conform": _cmd_conform}
 
 
+def _dispatch(a) -> int:
+    if hasattr(a, "max_memory"):
+        # the limits apply in the thread that runs the command (also to topology inflation and the converters)
+        with decoder_limits(_limits(a)):
+            return _COMMANDS[a.command](a)
+    return _COMMANDS[a.command](a)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     _STATE.committed = False
     old_term = _catch_sigterm()
     try:
-        return _run_interruptibly(lambda: _COMMANDS[a.command](a))
+        return _run_interruptibly(lambda: _dispatch(a))
+    except LimitExceededError as e:
+        if a.debug:
+            raise
+        print(f"nnc: error: {_one_line(e)} — {_limit_hint(a)}", file=sys.stderr)
+        return 2
     except UnsupportedFeatureError as e:
         if a.debug:
             raise

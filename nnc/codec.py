@@ -19,8 +19,8 @@ from .bitstream.source import as_bytes
 from .coding import tools as _tools
 from .coding.dtypes import coding_kind, format_for_dtype
 from .coding.ndu import NduParent, NduPlan, effective_scan, plan_ndu, signalled_scan, with_history
-from .coding.quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
-from .config import DecoderConfig, EncoderConfig
+from .coding.quant import quantize_tensor, reconstruct_codebook, step_size
+from .config import DecoderConfig, EncoderConfig, default_decoder_config
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
 from .topology import Topology
 
@@ -308,30 +308,36 @@ class Decoder:
     """Reusable decoder with resource limits (:class:`DecoderConfig`)."""
 
     def __init__(self, config: DecoderConfig | None = None):
-        self.config = config if config is not None else DecoderConfig()
+        self.config = config if config is not None else default_decoder_config()
         if not isinstance(self.config, DecoderConfig):
             raise TypeError(f"config must be a DecoderConfig, got {type(self.config).__name__}")
 
     def decode(self, bitstream) -> dict[str, np.ndarray]:
-        """Decode a whole-model bitstream to ``{name: array}`` in bitstream order."""
-        return self.decode_model(bitstream).tensors
+        """Decode a whole-model bitstream to ``{name: array}`` in bitstream order (the levels of each tensor
+        are freed as soon as it is reconstructed)."""
+        return self._decode(bitstream, keep_levels=False).tensors
 
     def decode_model(self, bitstream, *, state=None) -> DecodedModel:
         """Decode and also return the topology and per-tensor coding details.
 
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name.
         """
+        return self._decode(bitstream, state=state, keep_levels=True)
+
+    def _decode(self, bitstream, *, state=None, keep_levels: bool) -> DecodedModel:
         data = as_bytes(bitstream)
-        parsed = bs.parse(data, max_units=self.config.max_units)
+        budget = _Budget(self.config)
+        self.last_budget = budget          # what the decode held (the CLI bounds topology inflation by the rest)
+        parsed = bs.parse(data, limits=self.config, budget=budget)
         ctx = _StreamContext.from_parsed(parsed)
         ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
-        budget = _Budget(self.config)
         jobs = [_prepare_ndu(u, ctx, self.config, budget, state) for u in ndus]
+        run = (lambda j: _run_ndu(j, keep_levels))
         if self.config.threads > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(self.config.threads) as pool:
-                results = list(pool.map(_run_ndu, jobs))
+                results = list(pool.map(run, jobs))
         else:
-            results = [_run_ndu(j) for j in jobs]
+            results = [run(j) for j in jobs]
         model = DecodedModel(tensors={}, topology=ctx.topology, profile=ctx.profile,
                              parent_signalling=ctx.parent_signalling)
         for tensors in results:
@@ -371,22 +377,49 @@ class _StreamContext:
                    topology=topo)
 
 
-class _Budget:
-    """Running total of decoded bytes, checked before allocation."""
+#: Elements reconstructed per step (bounds the float temporaries of reconstruction to a few MB).
+_CHUNK = 1 << 18
+#: Memory per block row while decoding: the core's entry point (16 bytes) and its Python tuple in the result.
+_ENTRY_POINT_BYTES = 160
+
+
+class _Budget(bs.MemoryBudget):
+    """The decoder's account (:class:`nnc.bitstream.MemoryBudget`): parsed headers, then per tensor the output
+    and, while it decodes, its int32 levels, row-skip flags, entry points and reconstruction temporaries, all
+    checked against ``max_total_bytes`` before anything is allocated. ``threads`` tensors may be in flight at
+    once, so the largest ``threads`` transients are counted together."""
 
     def __init__(self, cfg: DecoderConfig):
+        super().__init__(cfg)
         self.cfg = cfg
-        self.total = 0
+        self.transients: list[int] = []
 
-    def take(self, elements: int, itemsize: int, unit_index: int, name: str) -> None:
+    def take_tensor(self, elements: int, held: int, transient: int, unit_index: int, name: str) -> None:
         if elements > self.cfg.max_tensor_elements:
             raise LimitExceededError(f"tensor {name!r} claims {elements} elements, more than max_tensor_elements="
                                      f"{self.cfg.max_tensor_elements}", unit_index=unit_index,
                                      syntax_path="NNR_NDU.tensor_dimensions")
-        self.total += elements * itemsize
-        if self.total > self.cfg.max_total_bytes:
-            raise LimitExceededError(f"decoded tensors would exceed max_total_bytes={self.cfg.max_total_bytes}",
-                                     unit_index=unit_index, syntax_path="NNR_NDU.tensor_dimensions")
+        peak = sorted(self.transients + [transient], reverse=True)[:self.cfg.threads]
+        if not self.check(held, sum(peak)):
+            raise LimitExceededError(
+                f"tensor {name!r} ({elements} elements) would bring the memory decoding holds to "
+                f"{self.used + held + sum(peak)} bytes, more than max_total_bytes={self.cfg.max_total_bytes} "
+                f"(outputs, levels, temporaries and parsed headers count)", unit_index=unit_index,
+                syntax_path="NNR_NDU.tensor_dimensions")
+        self.data += held
+        self.transients = peak
+
+
+def _tensor_cost(elements: int, rows: int, block_rows: int, out_itemsize: int, levels_are_output: bool,
+                 keep_levels: bool, table: int = 0) -> tuple[int, int]:
+    """(bytes held after the tensor is decoded, bytes in use only while it decodes)."""
+    levels = 4 * elements
+    out = 0 if levels_are_output else elements * out_itemsize
+    held = out + (levels if keep_levels or levels_are_output else 0)
+    transient = (0 if keep_levels or levels_are_output else levels) + rows + block_rows * _ENTRY_POINT_BYTES
+    if not levels_are_output:      # one chunk of float32 (uniform) or int64 indices (codebook)
+        transient += min(elements, _CHUNK) * (8 if table else 4) + table
+    return held, transient
 
 
 @dataclass
@@ -394,6 +427,14 @@ class _NduJob:
     unit: object
     plan: NduPlan
     ctx: _StreamContext
+
+    @property
+    def out_dtype(self) -> np.dtype | None:
+        return self.plan.out_dtype
+
+    @property
+    def codebook(self) -> tuple | None:
+        return self.plan.codebook
 
 
 def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
@@ -408,7 +449,13 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
     plan = plan_ndu(h, profile=ctx.profile, qp_density=ctx.qp_density, unit_index=unit.index,
                     max_rank=cfg.max_rank, max_codebook_size=cfg.max_codebook_size)
     for m in plan.members:
-        budget.take(math.prod(m.shape), plan.itemsize, unit.index, m.name)
+        n = math.prod(m.shape)
+        cb = m.kind == "codebook"
+        itemsize = max(plan.itemsize, 8) if cb else plan.itemsize   # codebook tensors reconstruct in float64
+        levels_are_output = m.kind == "int" and plan.out_dtype in (None, np.dtype(np.int32))
+        held, transient = _tensor_cost(n, m.shape[0], deepcabac.block_row_count(m.coding), itemsize,
+                                       levels_are_output, state is not None, 16 * len(plan.codebook[0]) if cb else 0)
+        budget.take_tensor(n, held, transient, unit.index, m.name)
     if state is not None:
         plan = with_history(plan, h, state)
     return _NduJob(unit, plan, ctx)
@@ -428,10 +475,10 @@ def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
                              syntax_path="NNR_MPS.mps_quantization_parameter")
 
 
-def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
+def _run_ndu(job: _NduJob, keep_levels: bool = True) -> list[DecodedTensor]:
     unit, plan = job.unit, job.plan
     try:
-        res = deepcabac.decode_payload(unit.payload, [m.coding for m in plan.members])
+        res = deepcabac.decode_payload(unit.payload, [m.coding for m in plan.members], threads=1)
     except BitstreamError as e:
         raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
                         syntax_path="NNR_NDU.payload")
@@ -442,35 +489,86 @@ def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
                              syntax_path="NNR_NDU.payload")
     h = unit.body
     out = []
-    with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected below and reported
-        for member, q, qoff in zip(plan.members, res.levels, res.qp_offsets):
-            name, kind = member.name, member.kind
-            qp = None if qoff is None else qoff + job.ctx.base_qp
-            if kind != "int":
-                _check_step(qp, job.ctx.qp_density, name, unit.index)
-            if kind == "int":
-                arr = q.astype(plan.out_dtype, copy=False) if plan.out_dtype is not None else q
-            elif kind == "codebook":
-                values, zero = plan.codebook
-                lo, hi = int(q.min()), int(q.max())
-                if lo + zero < 0 or hi + zero >= len(values):
-                    raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit.index,
-                                         syntax_path="NNR_NDU.payload")
-                arr = reconstruct_codebook(q, values, zero, qp, job.ctx.qp_density)
-                if plan.out_dtype is not None:
-                    arr = arr.astype(plan.out_dtype)
-            else:
-                arr = reconstruct_uniform(q, qp, job.ctx.qp_density)
-                if plan.out_dtype is not None:
-                    arr = arr.astype(plan.out_dtype)
-            if kind != "int" and not np.isfinite(arr).all():
-                raise BitstreamError(f"tensor {name!r}: reconstructed values overflow float32 (hostile levels "
-                                     "or qp)", unit_index=unit.index, syntax_path="NNR_NDU.payload")
-            out.append(DecodedTensor(name=name, array=arr, levels=q, qp=qp, unit_index=unit.index,
-                                     parameter_id=getattr(h, "parameter_id", None),
-                                     put_node_depth=getattr(h, "put_node_depth", None),
-                                     device_id=getattr(h, "device_id", None)))
+    levels = list(res.levels)
+    qp_offsets = list(res.qp_offsets)
+    del res
+    for i, member in enumerate(plan.members):
+        name, kind = member.name, member.kind
+        q = levels[i]
+        levels[i] = None                   # the levels of this tensor are freed once it is reconstructed
+        qoff = qp_offsets[i]
+        qp = None if qoff is None else qoff + job.ctx.base_qp
+        if kind != "int":
+            _check_step(qp, job.ctx.qp_density, name, unit.index)
+        arr = _reconstruct(q, kind, qp, job, name, unit.index)
+        out.append(DecodedTensor(name=name, array=arr, levels=q if keep_levels else None, qp=qp,
+                                 unit_index=unit.index, parameter_id=getattr(h, "parameter_id", None),
+                                 put_node_depth=getattr(h, "put_node_depth", None),
+                                 device_id=getattr(h, "device_id", None)))
+        del q
     return out
+
+
+def _range_error(name: str, lo, hi, dtype, unit_index: int, why: str) -> BitstreamError:
+    return BitstreamError(f"tensor {name!r}: values {lo}..{hi} {why} the output dtype {np.dtype(dtype).name} "
+                          "(hostile levels, qp or nnr_decompressed_data_format)", unit_index=unit_index,
+                          syntax_path="NNR_NDU.payload")
+
+
+def _check_fits(name: str, ends: np.ndarray, dtype, unit_index: int) -> None:
+    """``ends`` are the smallest and largest value a tensor reconstructs to (every rule is monotone in the
+    level, so the ends decide): refuse values that would become inf or wrap in the output dtype."""
+    dtype = np.dtype(dtype)
+    lo, hi = ends.min(), ends.max()
+    if dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = ends.astype(dtype)
+        if not np.isfinite(ends).all() or not np.isfinite(cast).all():
+            raise _range_error(name, lo, hi, dtype, unit_index, "overflow")
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not np.isfinite(ends).all() or lo < info.min or hi > info.max:
+            raise _range_error(name, lo, hi, dtype, unit_index, "do not fit")
+
+
+def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, name: str, unit_index: int) -> np.ndarray:
+    """The decoded array of one tensor, built in place chunk by chunk (no full-size temporaries)."""
+    shape = q.shape
+    flat = q.reshape(-1)
+    if flat.size == 0:
+        return q.astype(job.out_dtype or (np.int32 if kind == "int" else np.float32))
+    qmin, qmax = int(flat.min()), int(flat.max())
+    if kind == "int":
+        if job.out_dtype is None or job.out_dtype == np.int32:
+            return q
+        _check_fits(name, np.array([qmin, qmax], np.float64 if job.out_dtype.kind == "f" else np.int64),
+                    job.out_dtype, unit_index)
+        return q.astype(job.out_dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "codebook":
+            values, zero = job.codebook
+            if qmin + zero < 0 or qmax + zero >= len(values):
+                raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit_index,
+                                     syntax_path="NNR_NDU.payload")
+            table = reconstruct_codebook(np.arange(-zero, len(values) - zero), values, zero, qp, job.ctx.qp_density)
+            out_dtype = job.out_dtype or table.dtype
+            _check_fits(name, table[[qmin + zero, qmax + zero]], out_dtype, unit_index)
+            table = table.astype(out_dtype)
+            out = np.empty(flat.size, out_dtype)
+            for i in range(0, flat.size, _CHUNK):
+                c = flat[i:i + _CHUNK].astype(np.int64)
+                c += zero
+                np.take(table, c, out=out[i:i + _CHUNK])
+            return out.reshape(shape)
+        step = step_size(qp, job.ctx.qp_density)
+        out_dtype = job.out_dtype or np.dtype(np.float32)
+        _check_fits(name, np.array([qmin, qmax], np.float32) * step, out_dtype, unit_index)
+        out = np.empty(flat.size, out_dtype)
+        for i in range(0, flat.size, _CHUNK):
+            part = flat[i:i + _CHUNK].astype(np.float32)
+            part *= step                       # float32(q) * float32(step), as reconstruct_uniform
+            out[i:i + _CHUNK] = part
+        return out.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------------------

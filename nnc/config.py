@@ -6,6 +6,8 @@ nothing is silently changed later.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fnmatch
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -13,7 +15,7 @@ from typing import Mapping
 
 from .errors import ConfigError
 
-__all__ = ["EncoderConfig", "DecoderConfig"]
+__all__ = ["EncoderConfig", "DecoderConfig", "decoder_limits", "default_decoder_config"]
 
 
 def _qp_range(qp_density: int) -> tuple[int, int]:
@@ -209,7 +211,12 @@ class DecoderConfig:
 
     Attributes:
         max_tensor_elements: largest element count of one tensor.
-        max_total_bytes: largest total size of all decoded arrays, in bytes.
+        max_total_bytes: largest memory decoding may hold, in bytes: the decoded arrays (in their output dtype,
+            float64 for codebook tensors), the int32 levels and temporaries of the tensors being decoded (of the
+            ``threads`` largest at once; levels :meth:`nnc.Decoder.decode_model` returns count for good), and the
+            parsed headers beyond a 16 MiB allowance. :func:`nnc.inspect`, :func:`nnc.check` and topology
+            inflation charge the same budget. Peak RSS stays within 1.25x this plus the interpreter
+            (benchmarks/bench_bombs.py).
         max_units: largest number of NNR units in one bitstream.
         max_rank: largest ``count_tensor_dimensions``.
         max_codebook_size: largest ``codebook_size``.
@@ -238,3 +245,26 @@ class DecoderConfig:
 
     def replace(self, **changes) -> "DecoderConfig":
         return replace(self, **changes)
+
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("nnc_decoder_config", default=None)
+
+
+def default_decoder_config() -> DecoderConfig:
+    """The limits used where none are passed: those of the innermost :func:`decoder_limits`, else
+    ``DecoderConfig()``."""
+    cfg = _ACTIVE.get()
+    return cfg if cfg is not None else DecoderConfig()
+
+
+@contextlib.contextmanager
+def decoder_limits(config: DecoderConfig):
+    """Make ``config`` the default limits of every decode, inspect, check and topology inflation started in
+    this context (the CLI's ``--max-memory``/``--strict``)."""
+    if not isinstance(config, DecoderConfig):
+        raise ConfigError(f"decoder_limits needs a DecoderConfig, got {type(config).__name__}")
+    token = _ACTIVE.set(config)
+    try:
+        yield config
+    finally:
+        _ACTIVE.reset(token)

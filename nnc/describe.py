@@ -23,7 +23,8 @@ from . import deepcabac as dc
 from .bitstream.source import as_bytes
 from .coding.ndu import plan_ndu
 from .coding.quant import step_size
-from .errors import NNCError
+from .config import default_decoder_config
+from .errors import LimitExceededError, NNCError
 
 __all__ = ["TensorInfo", "UnitInfo", "BitstreamInfo", "inspect"]
 
@@ -81,6 +82,8 @@ class BitstreamInfo:
     qp_density: int | None = None
     #: tensor names the topology lists (nnc encode's record, an ONNX graph); None when it lists none
     listed: list[str] | None = None
+    #: messages of the DecoderConfig limits that stopped parsing or decoding part of the stream
+    limits_hit: list[str] = field(default_factory=list)
 
     @property
     def tensors(self) -> list[TensorInfo]:
@@ -218,7 +221,8 @@ def _unit_fields(u) -> dict:
     return f
 
 
-def _ndu_tensors(u, qd: int, qp0: int, decode: bool) -> tuple[list[TensorInfo], list[str]]:
+def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
+                 limits_hit: list | None = None) -> tuple[list[TensorInfo], list[str]]:
     h = u.body
     profile = u.context.general_profile_idc if u.context is not None else 0
     try:
@@ -241,9 +245,21 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool) -> tuple[list[TensorInfo], 
         infos.append(ti)
     if not decode or any(m.coding is None for m in plan.members):
         return infos, errors
-    if plan.elements > _MAX_DESCRIBED_ELEMENTS:
-        errors.append("payload not decoded (tensor too large to describe)")
+    if plan.elements > (budget.limits.max_tensor_elements if budget is not None else _MAX_DESCRIBED_ELEMENTS):
+        errors.append("payload not decoded (more elements than max_tensor_elements)")
         return infos, errors
+    if budget is not None:
+        # levels, row flags and entry points of this payload; counted as held so that the decode work of the
+        # whole stream stays within max_total_bytes, as for nnc.decode
+        cost = sum(4 * m.coding.size + m.coding.height + 160 * (-(-m.coding.height // 8)) for m in plan.members)
+        if not budget.check(cost):
+            msg = (f"payload not decoded: it would bring the memory and work of inspecting past "
+                   f"max_total_bytes={budget.limit}")
+            errors.append(msg)
+            if limits_hit is not None:
+                limits_hit.append(f"unit {u.index}: {msg}")
+            return infos, errors
+        budget.data += cost
     if plan.tca:
         errors.append("payload not decoded: TCA needs the parent tensor")
         return infos, errors
@@ -270,18 +286,28 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool) -> tuple[list[TensorInfo], 
     return infos, errors
 
 
-def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> BitstreamInfo:
-    """Describe an NNC bitstream (bytes-like or a file path) unit by unit; see :class:`BitstreamInfo`."""
+def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, config=None) -> BitstreamInfo:
+    """Describe an NNC bitstream (bytes-like or a file path) unit by unit; see :class:`BitstreamInfo`.
+
+    ``config`` (a :class:`nnc.DecoderConfig`, default :func:`nnc.config.default_decoder_config`) bounds what
+    inspecting holds and decodes, as for :func:`nnc.decode`: parsed headers and every payload decoded for its
+    statistics are charged against ``max_total_bytes``; a payload that does not fit is described from its header
+    only, and the messages are listed in ``BitstreamInfo.limits_hit``."""
+    cfg = config if config is not None else default_decoder_config()
     data = as_bytes(bitstream, allow_path=True)
+    budget = B.MemoryBudget(cfg)
     units: list[UnitInfo] = []
+    limits_hit: list[str] = []
     profile = None
     topo = None
     topology = None
     qd = None
-    for u in B.iter_units(data, strict=False, max_units=max_units):
+    for u in B.iter_units(data, strict=False, max_units=max_units if max_units is not None else cfg.max_units,
+                          budget=budget):
         ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
                       payload_size=None if u.payload is None else len(u.payload))
         ui.errors += [str(e) for e in u.errors]
+        limits_hit += [f"unit {u.index}: {e}" for e in u.errors if isinstance(e, LimitExceededError)]
         ui.fields = _unit_fields(u)
         t = u.nnr_unit_type
         if t == B.NNRUnitType.NNR_STR and u.body is not None and profile is None:
@@ -298,7 +324,7 @@ def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> Bits
             q0 = mps.mps_quantization_parameter if mps is not None and mps.mps_quantization_parameter is not None \
                 else 0
             try:
-                ui.tensors, errs = _ndu_tensors(u, d, q0, decode)
+                ui.tensors, errs = _ndu_tensors(u, d, q0, decode, budget, limits_hit)
                 ui.errors += errs
             except Exception as e:  # noqa: BLE001 - describe what can be described
                 ui.errors.append(f"cannot describe tensors: {type(e).__name__}: {e}")
@@ -313,4 +339,4 @@ def inspect(bitstream, *, decode: bool = True, max_units: int = 1 << 20) -> Bits
                 for ti in ui.tensors:
                     ti.source_dtype = dtypes.get(ti.name)
     return BitstreamInfo(size=len(data), profile=profile, units=units, topology_format=topo, qp_density=qd,
-                         listed=listed)
+                         listed=listed, limits_hit=limits_hit)

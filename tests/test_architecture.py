@@ -58,7 +58,7 @@ FORBIDDEN = [
     ("nnc.errors", ["nnc"]),
     ("nnc.deepcabac", ["nnc.bitstream", "nnc.coding", "nnc.codec", "nnc.config", "nnc.converters", "nnc.fl",
                        "nnc.conformance", "nnc.describe", "nnc.cli", "nnc.incremental"]),
-    ("nnc.bitstream", ["nnc.deepcabac", "nnc.coding", "nnc.codec", "nnc.config", "nnc.converters", "nnc.fl",
+    ("nnc.bitstream", ["nnc.deepcabac", "nnc.coding", "nnc.codec", "nnc.converters", "nnc.fl",
                        "nnc.conformance", "nnc.describe", "nnc.cli", "nnc.incremental"]),
     ("nnc.coding", ["nnc.codec", "nnc.converters", "nnc.fl", "nnc.conformance", "nnc.describe", "nnc.cli",
                     "nnc.incremental", "nnc.blocks"]),

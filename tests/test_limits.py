@@ -58,30 +58,48 @@ def test_max_tensor_elements_boundary(small_model):
 
 
 # -- max_total_bytes -------------------------------------------------------------------------------------
+def _smallest_limit(data, decode=nnc.decode):
+    """The smallest max_total_bytes that decodes ``data`` (binary search; the accounting is deterministic)."""
+    lo, hi = 1, 1 << 30
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            decode(data, nnc.DecoderConfig(max_total_bytes=mid))
+            hi = mid
+        except nnc.LimitExceededError:
+            lo = mid + 1
+    return lo
+
+
 def test_max_total_bytes_boundary(small_model):
+    # the budget counts what decoding holds: outputs, plus the int32 levels and temporaries of the tensor in
+    # flight; an exact boundary exists and the error names max_total_bytes
     tensors, data = small_model
     total = sum(a.nbytes for a in tensors.values())                  # float32 out: (512 + 16 + 128) * 4
-    out = nnc.decode(data, nnc.DecoderConfig(max_total_bytes=total))
+    need = _smallest_limit(data)
+    assert total + 512 * 4 <= need <= 4 * total                      # outputs + a.weight's levels at least
+    out = nnc.decode(data, nnc.DecoderConfig(max_total_bytes=need))
     assert sum(a.nbytes for a in out.values()) == total
     with pytest.raises(nnc.LimitExceededError, match="max_total_bytes") as ei:
-        nnc.decode(data, nnc.DecoderConfig(max_total_bytes=total - 1))
-    assert ei.value.unit_index == 5                                   # the last NDU tips it over
+        nnc.decode(data, nnc.DecoderConfig(max_total_bytes=need - 1))
+    assert ei.value.unit_index in (3, 4, 5)
 
 
 def test_max_total_bytes_counts_the_signalled_dtype():
     # a float64 tensor decodes to 8 bytes per element; the budget must not count it as 4
-    x = {"w": np.random.default_rng(1).standard_normal((64, 64))}
-    data = nnc.encode(x)
-    assert nnc.decode(data, nnc.DecoderConfig(max_total_bytes=64 * 64 * 8))["w"].dtype == np.float64
-    with pytest.raises(nnc.LimitExceededError):
-        nnc.decode(data, nnc.DecoderConfig(max_total_bytes=64 * 64 * 8 - 1))
+    x = np.random.default_rng(1).standard_normal((64, 64))
+    d64, d32 = nnc.encode({"w": x}), nnc.encode({"w": x.astype(np.float32)})
+    assert nnc.decode(d64)["w"].dtype == np.float64
+    assert _smallest_limit(d64) == _smallest_limit(d32) + 64 * 64 * 4
 
 
 def test_max_total_bytes_sums_many_small_claims():
     ndus = [_ndu((1000, 1000), name=f"t{i}") for i in range(20)]     # each 4 MB, 80 MB together
     with pytest.raises(nnc.LimitExceededError, match="max_total_bytes") as ei:
         nnc.decode(_stream(*ndus), nnc.DecoderConfig(max_total_bytes=10 << 20))
-    assert ei.value.unit_index == 3 + 2                               # the third claim exceeds 10 MiB
+    # outputs count 4 MB each, the second tensor's levels and temporaries another 5 MB: the second claim
+    # exceeds 10 MiB
+    assert ei.value.unit_index == 3 + 1
 
 
 # -- max_units -------------------------------------------------------------------------------------------
@@ -163,7 +181,9 @@ def test_update_decoder_enforces_limits():
     with pytest.raises(nnc.LimitExceededError):
         dec.decode_update(seq[0])
     assert dec.state.tensors == {}                                    # nothing recorded from a rejected stream
-    dec = nnc.UpdateDecoder(config=nnc.DecoderConfig(max_total_bytes=64 * 96 * 4))
+    # 4x the float32 model size, as the FL server derives it: outputs, the levels the decoder keeps for the
+    # next update and the temporaries of one tensor fit
+    dec = nnc.UpdateDecoder(config=nnc.DecoderConfig(max_total_bytes=4 * 64 * 96 * 4))
     for s in seq:
         dec.decode_update(s)
     huge = _replace_last_ndu(seq[1], tensor_dimensions=[10**6, 10**6])   # a real update header, huge dims

@@ -15,7 +15,7 @@ from .enums import (CompressedParameterTypes, DecompressedDataFormat, NNRUnitTyp
                     PruningInformationRepresentation, QuantizationMethodFlags, TopologyCompressionFormat,
                     TopologyStorageFormat)
 from .model import Context, ParsedBitstream, Unit
-from .parser import iter_units, parse
+from .parser import MemoryBudget, iter_units, parse
 from .syntax import struct_markdown
 from .units import (ALL_STRUCTURES, Codebook, DecompositionPerformanceMap, EntryPoint, LayerParameterSet,
                     ModelParameterSet, NduHeader, PruningPerformanceMap, QuantizationUnit,
@@ -26,9 +26,10 @@ from .writer import (SHORT_SIZE_MAX, NduHeaderSpec, canonical, lps_unit, model_p
 
 __all__ = [
     # parsing
-    "parse", "iter_units", "ParsedBitstream", "Unit", "Context",
+    "parse", "iter_units", "ParsedBitstream", "Unit", "Context", "MemoryBudget",
     # writing
-    "write_unit", "write_bitstream", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit", "qnt_unit",
+    "write_unit", "write_bitstream", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit",
+    "qnt_unit",
     "ndu_header", "ndu_unit", "NduHeaderSpec", "canonical", "SHORT_SIZE_MAX",
     # structures
     "UnitHeader", "StartUnit", "ModelParameterSet", "LayerParameterSet", "TopologyUnit", "QuantizationUnit",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from ..errors import BitstreamError, ConfigError, TruncatedBitstreamError
 
 __all__ = ["BitReader", "BitWriter", "Float32", "MAX_UE_PREFIX_BITS", "ie_to_ue", "ue_to_ie"]
@@ -17,6 +19,9 @@ __all__ = ["BitReader", "BitWriter", "Float32", "MAX_UE_PREFIX_BITS", "ie_to_ue"
 MAX_UE_PREFIX_BITS = 32
 
 _ST_SEARCH_CHUNK = 256
+
+#: Bits examined per window by :meth:`BitReader.eg_records` (bounds its temporary memory to a few MB).
+_EG_WINDOW_BITS = 1 << 16
 
 
 class Float32(float):
@@ -121,6 +126,81 @@ class BitReader:
     def ie(self, k: int) -> int:
         return ue_to_ie(self.ue(k))
 
+    def eg_records(self, n: int, fixed_bits: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``n`` records of ``u(fixed_bits)`` followed by ``ue(k)`` in bulk (numpy, no per-bit Python work).
+
+        Returns ``(fixed, values)`` as int64 arrays. Used for long arrays of exp-Golomb codes (codebook deltas,
+        entry points): the per-element cost is a few tens of nanoseconds, so the parser's work stays bounded
+        per input byte however densely a hostile header packs its codes. Errors are the ones :meth:`ue` raises
+        (prefix longer than ``MAX_UE_PREFIX_BITS``, code running past the end), at the offending code."""
+        fixed = np.empty(n, np.int64)
+        values = np.empty(n, np.int64)
+        done = 0
+        max_len = fixed_bits + 2 * MAX_UE_PREFIX_BITS + 1 + k       # longest acceptable record
+        while done < n:
+            b0 = self.pos >> 3
+            # enough bits for the remaining records at their shortest (most hostile) length, within a window
+            need = ((n - done) * (fixed_bits + 1 + k) + max_len + 8 + 63) >> 3
+            b1 = min((self.end + 7) >> 3, b0 + min(_EG_WINDOW_BITS >> 3, need))
+            raw = np.frombuffer(self.buf[b0:b1], np.uint8)
+            bits = np.unpackbits(raw)[: self.end - (b0 << 3)]
+            at_end = (b0 << 3) + len(bits) >= self.end
+            nb = len(bits)
+            # next_one[p]: index of the first 1-bit at or after p (nb when none)
+            pos_if_one = np.where(bits.astype(bool), np.arange(nb, dtype=np.int32), np.int32(nb))
+            next_one = np.empty(nb + 1, np.int32)
+            next_one[nb] = nb
+            next_one[:nb] = np.minimum.accumulate(pos_if_one[::-1])[::-1]
+            p = self.pos - (b0 << 3)
+            safe = nb if at_end else nb - max_len                    # a record starting before safe fits
+            q = np.arange(nb + 1, dtype=np.int32) + np.int32(fixed_bits)
+            np.minimum(q, nb, out=q)
+            zeros = next_one[q] - q
+            # jump[p]: where the record starting at p ends (clipped to the sink nb). Every jump goes forward,
+            # so the records are the chain p, jump[p], jump[jump[p]], ...: found by pointer doubling
+            # (step 2^j of the chain from steps 0..2^j-1), O(window log window) in numpy.
+            jump = np.minimum(q + 2 * zeros + (1 + k), nb)
+            chain = np.array([p], np.int32)
+            want = n - done
+            while len(chain) < want and chain[-1] < min(safe, nb):
+                chain = np.concatenate([chain, jump[chain]])
+                jump = jump[jump]
+            starts = chain[chain < safe][:want].astype(np.int64)
+            if not len(starts):
+                p0 = self.pos
+                if at_end:
+                    self.pos = self.end
+                    raise TruncatedBitstreamError(f"ue({k}) code runs past the end of the data", byte_offset=p0 >> 3)
+                raise BitstreamError(f"ue({k}) code has more than {MAX_UE_PREFIX_BITS} leading zero bits",
+                                     byte_offset=p0 >> 3)
+            s = starts
+            z = zeros[s].astype(np.int64)                                              # zeros is indexed by record start
+            bad = np.flatnonzero(z > MAX_UE_PREFIX_BITS)
+            if bad.size:
+                at = int(s[bad[0]]) + (b0 << 3)
+                raise BitstreamError(f"ue({k}) code has more than {MAX_UE_PREFIX_BITS} leading zero bits",
+                                     byte_offset=at >> 3)
+            ends = s + fixed_bits + 2 * z + 1 + k
+            over = np.flatnonzero(ends > nb)
+            if over.size:
+                at = int(s[over[0]]) + (b0 << 3)
+                self.pos = self.end
+                raise TruncatedBitstreamError(f"ue({k}) code runs past the end of the data", byte_offset=at >> 3)
+            m = len(s)
+            words = _words(raw)
+            fixed[done:done + m] = _bit_fields(words, s, fixed_bits) if fixed_bits else 0
+            values[done:done + m] = (((np.int64(1) << z) - 1) << k) + _bit_fields(words, s + fixed_bits + z + 1,
+                                                                                  z + k)
+            done += m
+            self.pos = int(ends[-1]) + (b0 << 3)
+        return fixed, values
+
+    def ue_array(self, n: int, k: int) -> np.ndarray:
+        """``n`` consecutive ue(k) codes (see :meth:`eg_records`)."""
+        if n <= 0:
+            return np.empty(0, np.int64)
+        return self.eg_records(n, 0, k)[1]
+
     def flt(self) -> Float32:
         raw = self.u(32)  # four u(8), least significant byte first
         return Float32.from_bits(int.from_bytes(raw.to_bytes(4, "big"), "little"))
@@ -149,6 +229,42 @@ class BitReader:
         raise TruncatedBitstreamError("st string has no NUL terminator before the end of the unit",
                                       byte_offset=start)
 
+    def st_array(self, n: int, raw: bool = False) -> list:
+        """``n`` consecutive st strings (bytes with ``raw=True``), found with ``bytes.find`` per string."""
+        if self.pos & 7:
+            raise BitstreamError("st string does not start on a byte boundary", byte_offset=self.pos >> 3)
+        out: list = []
+        pos = self.pos >> 3
+        stop = self.end >> 3
+        chunk = 1 << 16
+        while len(out) < n:
+            if pos >= stop:
+                raise TruncatedBitstreamError("st string has no NUL terminator before the end of the unit",
+                                              byte_offset=pos)
+            data = bytes(self.buf[pos:min(stop, pos + chunk)])
+            i = 0
+            while len(out) < n:
+                j = data.find(0, i)
+                if j < 0:
+                    break
+                s = data[i:j]
+                if not raw:
+                    try:
+                        s = s.decode("utf-8", "strict")
+                    except UnicodeDecodeError as exc:
+                        raise BitstreamError(f"st string is not valid UTF-8 ({exc.reason} at string byte "
+                                             f"{exc.start})", byte_offset=pos + i + exc.start) from None
+                out.append(s)
+                i = j + 1
+            if i == 0:
+                if pos + chunk >= stop:
+                    raise TruncatedBitstreamError("st string has no NUL terminator before the end of the unit",
+                                                  byte_offset=pos)
+                chunk *= 4
+            pos += i
+        self.pos = pos << 3
+        return out
+
     def rest_bytes(self) -> bytes:
         """All remaining bytes of the unit; must start byte aligned."""
         if self.pos & 7:
@@ -165,6 +281,30 @@ class BitReader:
         except UnicodeDecodeError as exc:
             raise BitstreamError(f"st string is not valid UTF-8 ({exc.reason} at string byte {exc.start})",
                                  byte_offset=start + exc.start, code="INVALID_UTF8") from None
+
+
+def _words(raw: np.ndarray) -> np.ndarray:
+    """For every byte offset b of ``raw``, the big-endian 64-bit word of bytes b..b+7 (zero padded)."""
+    n = len(raw)
+    padded = np.zeros(n + 16, np.uint8)
+    padded[:n] = raw
+    words = np.empty(n + 1, np.uint64)
+    buf = padded.tobytes()
+    for j in range(8):
+        view = np.frombuffer(buf, ">u8", count=(n + 16 - j) // 8, offset=j)
+        dst = words[j::8]
+        dst[:] = view[:len(dst)]
+    return words
+
+
+def _bit_fields(words: np.ndarray, starts: np.ndarray, widths) -> np.ndarray:
+    """Big-endian bit fields of ``widths`` (0..56) bits at bit offsets ``starts`` (``words`` from :func:`_words`)."""
+    widths = np.broadcast_to(np.asarray(widths, np.int64), starts.shape)
+    word = words[starts >> 3] << (starts & 7).astype(np.uint64)       # drop the bits before the field
+    w = np.maximum(widths, 1).astype(np.uint64)
+    out = (word >> (np.uint64(64) - w)).astype(np.int64)
+    out[widths == 0] = 0
+    return out
 
 
 class BitWriter:

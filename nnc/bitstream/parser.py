@@ -8,15 +8,69 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
+from ..config import DecoderConfig
 from ..errors import (BitstreamError, LimitExceededError, NNCError, TruncatedBitstreamError,
                       UnsupportedFeatureError)
 from .bits import BitReader
 from .enums import NNRUnitType, PayloadType
-from .syntax import Scope, _read_items, read_struct
+from .syntax import BUDGET_KEY, LIMITS_KEY, Scope, _read_items, read_struct
 from .model import Context, ParsedBitstream, Unit
 from .units import BODY_CLASSES, UNIT_HEADER_ITEMS, UnitHeader, _type_name
 
-__all__ = ["parse", "iter_units"]
+__all__ = ["parse", "iter_units", "MemoryBudget"]
+
+#: Memory a parsed unit holds apart from its arrays (Unit, header and body objects, dicts, memoryviews);
+#: measured with tracemalloc on NDU headers (about 2.5 KB) and rounded up.
+UNIT_BYTES = 4096
+#: Parsed-syntax memory that is not charged against ``max_total_bytes``: a few thousand units of ordinary
+#: header objects fit in it, so limits derived from a tiny model still leave room for its headers.
+HEADER_ALLOWANCE = 16 << 20
+
+
+class MemoryBudget:
+    """One running account of what decoding a bitstream holds: parsed headers (beyond
+    :data:`HEADER_ALLOWANCE`) plus decoded data, checked against ``max_total_bytes`` *before* the memory is
+    taken. Shared by the parser, the decoder, :func:`nnc.inspect`, :func:`nnc.check` and topology inflation."""
+
+    def __init__(self, limits=None):
+        if limits is None:
+            limits = DecoderConfig()
+        self.limits = limits
+        self.header = 0       # parsed syntax (Python objects)
+        self.data = 0         # arrays held (outputs, levels kept)
+
+    @property
+    def limit(self) -> int:
+        return self.limits.max_total_bytes
+
+    @property
+    def used(self) -> int:
+        return self.data + max(0, self.header - HEADER_ALLOWANCE)
+
+    def charge(self, nbytes: int, what: str, byte_offset: int | None = None, path: str | None = None) -> None:
+        """Charge parsed-header memory."""
+        if self.data + max(0, self.header + nbytes - HEADER_ALLOWANCE) > self.limit:
+            raise LimitExceededError(f"parsing {what} would hold more than max_total_bytes={self.limit} "
+                                     f"(headers so far {self.header} bytes, data {self.data} bytes)",
+                                     byte_offset=byte_offset, syntax_path=path)
+        self.header += nbytes
+
+    def check(self, held: int, transient: int = 0) -> bool:
+        """Whether ``held`` more bytes kept plus ``transient`` bytes in use for a moment fit."""
+        return self.used + held + transient <= self.limit
+
+    def take(self, held: int, transient: int, what: str, *, unit_index=None, syntax_path=None) -> None:
+        """Take ``held`` bytes for good and check that ``transient`` more fit at the same time."""
+        if not self.check(held, transient):
+            raise LimitExceededError(f"{what} would need {held + transient} more bytes: more than "
+                                     f"max_total_bytes={self.limit} (already held {self.used})",
+                                     unit_index=unit_index, syntax_path=syntax_path)
+        self.data += held
+
+    def release(self, nbytes: int) -> None:
+        self.data = max(0, self.data - nbytes)
+
+
 
 
 def _locate(exc: NNCError, unit_index: int, byte_offset: int | None, path: str | None):
@@ -34,9 +88,10 @@ def _locate(exc: NNCError, unit_index: int, byte_offset: int | None, path: str |
 
 
 class _State:
-    __slots__ = ("ctx", "seen_str", "seen_mps", "others_before_mps", "explicit_ctx")
+    __slots__ = ("ctx", "seen_str", "seen_mps", "others_before_mps", "explicit_ctx", "budget")
 
-    def __init__(self, ctx: Context | None):
+    def __init__(self, ctx: Context | None, budget: MemoryBudget | None = None):
+        self.budget = budget
         self.explicit_ctx = ctx is not None
         self.ctx = ctx or Context()
         self.seen_str = False
@@ -123,8 +178,12 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
     # -- type-specific header (and payload syntax) ------------------------------------------------
     cls = BODY_CLASSES[t]
     path = f"{name}.{cls.SYNTAX.path}"
+    scope = st.ctx.scope()
+    if st.budget is not None:
+        scope.values[BUDGET_KEY] = st.budget
+        scope.values[LIMITS_KEY] = st.budget.limits
     try:
-        body = read_struct(cls, r, st.ctx.scope(), path)
+        body = read_struct(cls, r, scope, path)
     except (BitstreamError, UnsupportedFeatureError) as exc:
         fail(exc)
         body = None
@@ -182,8 +241,19 @@ def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) ->
                 raise exc
             yield Unit(index=index, offset=pos, size=None, header=None, context=st.ctx, errors=[exc])
             return
+        if st.budget is not None:
+            try:
+                st.budget.charge(UNIT_BYTES, f"unit {index}", pos)
+            except LimitExceededError as exc:
+                exc.located(unit_index=index)
+                if strict:
+                    raise
+                yield Unit(index=index, offset=pos, size=None, header=None, context=st.ctx, errors=[exc])
+                return
         unit, nxt = _parse_unit(mv, pos, index, st, strict)
         yield unit
+        if st.budget is not None and any(isinstance(e, LimitExceededError) for e in unit.errors):
+            return      # the budget is spent: every later unit would fail the same way
         if nxt is None:
             return
         pos = nxt
@@ -191,24 +261,44 @@ def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) ->
 
 
 def iter_units(data, *, strict: bool = True, max_units: int | None = None,
-               context: Context | None = None) -> Iterator[Unit]:
+               context: Context | None = None, limits=None, budget: MemoryBudget | None = None) -> Iterator[Unit]:
     """Yield the units of ``data`` one by one.
 
     With ``strict=True`` the first problem raises (a :class:`BitstreamError` subclass, or
     :class:`UnsupportedFeatureError`), located by unit index, byte offset and syntax path. With
     ``strict=False`` problems are collected in ``unit.errors`` and iteration goes on at the next unit
     whenever the unit's size field could be read and fits the data; it stops after a unit whose size field
-    is unusable. ``context`` starts parsing mid-stream (the STR-first rule is then not applied)."""
-    return _iterate(_as_bytes_view(data), _State(context), strict, max_units)
+    is unusable. ``context`` starts parsing mid-stream (the STR-first rule is then not applied).
+
+    ``limits`` (a :class:`nnc.DecoderConfig`) makes the parser check ``max_rank`` and ``max_codebook_size``
+    before it reads the arrays they bound, and charge every unit and array to a :class:`MemoryBudget`
+    (``budget``, or a new one) against ``max_total_bytes`` before reading it; ``max_units`` defaults to the
+    limits' value. Without either, nothing is charged."""
+    budget = _budget(limits, budget)
+    if max_units is None and budget is not None:
+        max_units = budget.limits.max_units
+    return _iterate(_as_bytes_view(data), _State(context, budget), strict, max_units)
+
+
+def _budget(limits, budget):
+    if budget is not None:
+        return budget
+    if limits is not None:
+        return MemoryBudget(limits)
+    return None
 
 
 def parse(data, *, max_units: int | None = None, strict: bool = True,
-          context: Context | None = None) -> ParsedBitstream:
-    """Parse a whole bitstream into a :class:`ParsedBitstream` (see :func:`iter_units` for ``strict``).
+          context: Context | None = None, limits=None, budget: MemoryBudget | None = None) -> ParsedBitstream:
+    """Parse a whole bitstream into a :class:`ParsedBitstream` (see :func:`iter_units` for ``strict``,
+    ``limits`` and ``budget``).
 
     ``ParsedBitstream.context`` is the context after the last unit (profile, MPS, latest LPS)."""
     mv = _as_bytes_view(data)
-    st = _State(context)
+    budget = _budget(limits, budget)
+    if max_units is None and budget is not None:
+        max_units = budget.limits.max_units
+    st = _State(context, budget)
     units: list[Unit] = []
     errors: list = []
     for u in _iterate(mv, st, strict, max_units):

@@ -26,13 +26,17 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from ..errors import BitstreamError, ConfigError, NNCError, TruncatedBitstreamError, UnsupportedFeatureError
+import numpy as np
+
+from ..errors import (BitstreamError, ConfigError, NNCError, TruncatedBitstreamError,
+                      UnsupportedFeatureError)
 from .bits import BitReader, BitWriter, Float32
 
 __all__ = [
     "Expr", "U", "I", "UE", "IE", "ST", "FLT", "Descriptor",
     "Field", "Array", "Loop", "If", "Sub", "Align", "Fail",
     "Struct", "Scope", "syntax", "register_names", "read_struct", "write_struct", "struct_markdown",
+    "over_limit", "BUDGET_KEY", "LIMITS_KEY",
 ]
 
 _NAMES: dict[str, Any] = {"__builtins__": {"len": len, "min": min, "max": max, "int": int}}
@@ -120,9 +124,12 @@ class Scope:
 # Descriptors
 # ---------------------------------------------------------------------------------------------------
 class Descriptor:
-    """How one syntax element is coded. ``min_bits`` bounds loop counts read from hostile data."""
+    """How one syntax element is coded. ``min_bits`` bounds loop counts read from hostile data;
+    ``element_bytes`` is the memory one parsed element holds (charged to the parse budget before an array of
+    them is read)."""
 
     min_bits = 1
+    element_bytes = 48
 
     def read(self, r: BitReader, scope: Scope):
         raise NotImplementedError
@@ -198,6 +205,7 @@ class ST(Descriptor):
     """st: UTF-8 string + NUL, byte aligned. With ``raw=True`` the value is the bytes (no UTF-8 check)."""
 
     min_bits = 8
+    element_bytes = 80
 
     def __init__(self, raw: bool = False):
         self.raw = raw
@@ -231,6 +239,7 @@ class RestBytes(Descriptor):
 
 class FLT(Descriptor):
     min_bits = 32
+    element_bytes = 64
 
     def read(self, r, scope):
         return r.flt()
@@ -273,8 +282,13 @@ class Array(Item):
 class Loop(Item):
     """A group of items repeated ``count`` times; the value is a list of ``cls`` records."""
 
-    def __init__(self, name: str, count, items: list, cls=None, when=None, note: str = ""):
+    def __init__(self, name: str, count, items: list, cls=None, when=None, note: str = "", fast=None,
+                 record_bytes: int = 400):
         self.name, self.count, self.items, self.when, self.note = name, _expr(count), items, _expr(when), note
+        #: optional bulk reader ``fast(r, scope, n) -> list`` used for long loops (same result as the items)
+        self.fast = fast
+        #: memory one record holds once parsed (charged to the parse budget before the loop runs)
+        self.record_bytes = record_bytes
         self.declared = frozenset(_collect(items))
         self.cls = cls or _record_class(name, _collect(items))
         self.min_bits = max(1, _min_bits(items))
@@ -417,7 +431,8 @@ def _located(exc: NNCError, byte_offset: int | None, path: str):
     return exc
 
 
-def _count(expr: Expr, scope: Scope, path: str, r: BitReader | None, min_bits: int) -> int:
+def _count(expr: Expr, scope: Scope, path: str, r: BitReader | None, min_bits: int,
+           element_bytes: int = 0) -> int:
     try:
         n = expr(scope)
     except (NameError, TypeError, ValueError, ArithmeticError) as exc:
@@ -427,7 +442,35 @@ def _count(expr: Expr, scope: Scope, path: str, r: BitReader | None, min_bits: i
         raise TruncatedBitstreamError(
             f"count {n} from '{expr}' needs at least {n * min_bits} bits but only {r.bits_left()} remain",
             byte_offset=r.pos >> 3, syntax_path=path)
+    if r is not None and n and element_bytes:
+        budget = scope.get(BUDGET_KEY)
+        if budget is not None:       # checked before a single element is read
+            budget.charge(n * element_bytes, f"{n} elements of {path.rsplit('.', 1)[-1]}", r.pos >> 3, path)
     return n
+
+
+#: Scope name under which the parser hands its memory account (an object with ``charge(nbytes, what,
+#: byte_offset, path)``) and its limits (``LIMITS_KEY``, an object with DecoderConfig's attributes) to the syntax
+#: reader. Absent when writing, so the checks below never apply to the writer.
+BUDGET_KEY = "__nnc_budget__"
+LIMITS_KEY = "__nnc_limits__"
+
+
+def over_limit(limit: str, value_name: str, offset: int = 0) -> Expr:
+    """A condition for :class:`Fail`: ``value_name + offset`` exceeds the reader's ``limit`` (a DecoderConfig
+    attribute such as ``max_codebook_size``). False when no limits are given (e.g. when writing)."""
+
+    def cond(scope):
+        lim = scope.get(LIMITS_KEY)
+        if lim is None:
+            return False
+        v = scope.get(value_name)
+        return v is not None and v + offset > getattr(lim, limit)
+
+    return Expr(cond, f"{value_name}{f' + {offset}' if offset else ''} > {limit}")
+
+
+_BULK_MIN = 64   # arrays of exp-Golomb codes at least this long are read with BitReader.ue_array
 
 
 def _cond(expr: Expr, scope: Scope, path: str) -> bool:
@@ -462,7 +505,22 @@ def _read_items(items, r: BitReader, scope: Scope, path: str) -> None:
             _read_items(it.items if _cond(it.when, scope, path) else it.orelse, r, scope, path)
         elif t is Array:
             p = f"{path}.{it.name}"
-            n = _count(it.count, scope, p, r, it.desc.min_bits)
+            n = _count(it.count, scope, p, r, it.desc.min_bits, it.desc.element_bytes)
+            if n >= _BULK_MIN and isinstance(it.desc, UE):
+                try:
+                    vals = r.ue_array(n, it.desc._k(scope))
+                except BitstreamError as exc:
+                    raise exc.located(syntax_path=p) from None
+                if isinstance(it.desc, IE):
+                    vals = np.where(vals & 1, (vals + 1) >> 1, -(vals >> 1))
+                values[it.name] = vals.tolist()
+                continue
+            if n >= _BULK_MIN and isinstance(it.desc, ST):
+                try:
+                    values[it.name] = r.st_array(n, it.desc.raw)
+                except BitstreamError as exc:
+                    raise exc.located(syntax_path=p) from None
+                continue
             out = []
             values[it.name] = out
             for j in range(n):
@@ -473,7 +531,10 @@ def _read_items(items, r: BitReader, scope: Scope, path: str) -> None:
                     raise exc.located(byte_offset=start >> 3, syntax_path=f"{p}[{j}]") from None
         elif t is Loop:
             p = f"{path}.{it.name}"
-            n = _count(it.count, scope, p, r, it.min_bits)
+            n = _count(it.count, scope, p, r, it.min_bits, it.record_bytes)
+            if it.fast is not None and n >= _BULK_MIN:
+                values[it.name] = it.fast(r, scope, n, p)
+                continue
             out = []
             values[it.name] = out
             for j in range(n):
@@ -635,7 +696,8 @@ def struct_markdown(cls, heading_level: int = 3) -> str:
                 rows.append((ind + "byte_alignment()", "u(1)=1, 0-bits to boundary", conj(c)))
             elif isinstance(it, Fail):
                 kind = "unsupported" if issubclass(it.exc, UnsupportedFeatureError) else "error"
-                msg = re.sub(r"\{(\w+)\}", r"<\1>", it.message)
+                msg = re.sub(r"\{__nnc_limits__\.(\w+)\}", r"<\1>", it.message)
+                msg = re.sub(r"\{(\w+)\}", r"<\1>", msg)
                 rows.append((ind + f"*{kind}*: {msg}", "", conj(conds + [str(it.when)])))
 
     walk(st.items, [], 0)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..errors import UnsupportedFeatureError
+import numpy as np
+
+from ..errors import BitstreamError, LimitExceededError, UnsupportedFeatureError
 from ..topology import Topology
 from .enums import (CompressedParameterTypes, NNRUnitType, ParentNodeIdType, PayloadType,
                     QuantizationMethodFlags, TopologyCompressionFormat, TopologyStorageFormat)
 from .syntax import (FLT, IE, ST, UE, RestBytes, Align, Array, Descriptor, Expr, Fail, Field, I, If, Loop, Scope, Sub, U,
-                     register_names, syntax)
+                     over_limit, register_names, syntax)
 
 __all__ = [
     "UnitHeader", "StartUnit", "ModelParameterSet", "LayerParameterSet", "TopologyUnit", "QuantizationUnit",
@@ -296,6 +298,9 @@ class QuantizationUnit:
     Field("codebook_egk", U(4)),
     Field("codebook_size", UE(2)),
     Fail("codebook_size == 0", "codebook_size is 0", at="codebook_size", code="CODEBOOK_INVALID"),
+    Fail(over_limit("max_codebook_size", "codebook_size"),
+         "codebook of {codebook_size} entries exceeds max_codebook_size={__nnc_limits__.max_codebook_size}",
+         LimitExceededError, at="codebook_size"),
     Field("codebook_center_offset", IE(2)),
     Fail("not 0 <= (codebook_size >> 1) + codebook_center_offset < codebook_size",
          "CbZeroOffset = (codebook_size >> 1) + codebook_center_offset lies outside 0..codebook_size-1",
@@ -423,6 +428,24 @@ def _get_opt(s, key):
 
 
 
+def _read_entry_points(r, scope: Scope, n: int, path: str) -> list:
+    """Bulk reader of a long ``cabac_entry_point_list`` (same records as the item-by-item reader)."""
+    dq = scope["dq_flag"] == 1
+    start = r.pos
+    try:
+        first_value = r.u(8)
+        first_dq = r.u(3) if dq else 0
+        first_off = r.ue(11)
+        fixed, deltas = r.eg_records(n - 1, 11 if dq else 8, 7)
+    except BitstreamError as exc:
+        raise exc.located(byte_offset=start >> 3, syntax_path=path) from None
+    deltas = np.where(deltas & 1, (deltas + 1) >> 1, -(deltas >> 1))
+    offsets = (first_off + np.cumsum(deltas)).tolist()
+    vals = (fixed >> 3 if dq else fixed).tolist()
+    dqs = (fixed & 7).tolist() if dq else [0] * (n - 1)
+    return [EntryPoint(first_value, first_dq, first_off)] + list(map(EntryPoint, vals, dqs, offsets))
+
+
 # ---------------------------------------------------------------------------------------------------
 # §1.9 NNR_NDU header
 # ---------------------------------------------------------------------------------------------------
@@ -491,6 +514,9 @@ _NDU_ITEMS = [
          "tensor_dimensions_flag = 0 needs out-of-band tensor dimensions (not supported)",
          UnsupportedFeatureError, at="tensor_dimensions_flag"),
     Field("count_tensor_dimensions", UE(1)),
+    Fail(over_limit("max_rank", "count_tensor_dimensions"),
+         "rank {count_tensor_dimensions} exceeds max_rank={__nnc_limits__.max_rank}", LimitExceededError,
+         at="count_tensor_dimensions"),
     Array("tensor_dimensions", UE(7), "count_tensor_dimensions"),
     Fail(f"{_PT} != NNR_PT_BLOCK and nnr_multiple_topology_elements_present_flag == 1",
          "topology_tensor_dimension_mapping() is not implemented", UnsupportedFeatureError,
@@ -507,7 +533,8 @@ _NDU_ITEMS = [
             Field("value", U(8)),
             Field("dq_state", U(3), when="dq_flag == 1"),
             Field("bit_offset", _EntryPointOffset()),
-        ], cls=EntryPoint, when="scan_order > 0", note="count = ceil(d0 / (4 << scan_order)) − 1, §1.11"),
+        ], cls=EntryPoint, when="scan_order > 0", note="count = ceil(d0 / (4 << scan_order)) − 1, §1.11",
+            fast=lambda r, scope, n, path: _read_entry_points(r, scope, n, path), record_bytes=120),
     ]),
     Align(),
 ]

@@ -25,7 +25,8 @@ from .. import bitstream as B
 from .. import deepcabac as dc
 from ..bitstream.source import as_bytes
 from ..coding.ndu import plan_ndu
-from ..errors import (BitstreamError, ConfigError, ConformanceError, TruncatedBitstreamError,
+from ..config import _ACTIVE, DecoderConfig
+from ..errors import (BitstreamError, ConfigError, ConformanceError, LimitExceededError, TruncatedBitstreamError,
                       UnsupportedFeatureError)
 
 __all__ = ["CODES", "Violation", "Report", "check"]
@@ -75,6 +76,8 @@ CODES: dict[str, str] = {
     # warnings
     "UNSUPPORTED_FEATURE": "valid syntax nnc (and NNCodec) does not implement; not verified further",
     "PAYLOAD_NOT_VERIFIED": "the payload could not be verified (parent state for TCA/HDSP unknown, limits)",
+    "LIMIT_EXCEEDED": "checking further would take more memory than the DecoderConfig allows (max_total_bytes, "
+                      "max_rank, max_codebook_size); the rest was not checked",
     "SCAN_ORDER_INEFFECTIVE": "scan_order > 0 for a tensor whose effective scan is 0 (W = 1 or H = 1, §6 item 12)",
     # completeness (the topology's list of tensors: nnc encode's JSON record, an ONNX graph)
     "TENSOR_MISSING": "the topology lists a tensor that no NDU carries (e.g. a file cut at a unit boundary)",
@@ -168,11 +171,15 @@ class Report:
 
 # ----------------------------------------------------------------------------------------------------------
 class _Checker:
-    def __init__(self, data, max_units: int, max_tensor_elements: int, verify_payloads: bool):
+    def __init__(self, data, max_units: int, max_tensor_elements: int, verify_payloads: bool, config=None):
         self.data = data
         self.max_units = max_units
         self.max_elements = max_tensor_elements
         self.verify = verify_payloads
+        self.config = config if config is not None else DecoderConfig(max_units=max(1, max_units) if max_units
+                                                                      else 1, max_tensor_elements=max(
+                                                                          1, min(max_tensor_elements, (1 << 31) - 1)))
+        self.budget = B.MemoryBudget(self.config)
         self.report = Report(size=len(data))
         self.names: dict[str, int] = {}
 
@@ -190,6 +197,9 @@ class _Checker:
         code = getattr(exc, "code", None)
         if isinstance(exc, UnsupportedFeatureError):
             self.add(code, msg, unit, off, path or unit.type_name, WARNING)
+            return
+        if isinstance(exc, LimitExceededError) and code != "TOO_MANY_UNITS":
+            self.add("LIMIT_EXCEEDED", msg, unit, off, path, WARNING)
             return
         if code is None and isinstance(exc, TruncatedBitstreamError):
             if path == "nnr_unit_size":
@@ -332,6 +342,14 @@ class _Checker:
         if n > self.max_elements:
             raise _Skip("PAYLOAD_NOT_VERIFIED", f"tensor of {n} elements exceeds the checker's limit "
                         f"({self.max_elements}); payload not decoded", None, f"{_NDU}.tensor_dimensions", WARNING)
+        # decoding a payload costs its int32 levels, row flags and entry points; they are freed after each NDU
+        # but counted as held, so the total decode work of a stream is bounded by max_total_bytes as in decode()
+        cost = sum(4 * m.coding.size + m.coding.height + 160 * (-(-m.coding.height // 8)) for m in plan.members)
+        if not self.budget.check(cost):
+            raise _Skip("LIMIT_EXCEEDED", f"decoding this payload ({n} elements, ~{cost} bytes) would bring the "
+                        f"memory and work of the check past max_total_bytes={self.budget.limit}; payload not "
+                        "decoded", None, f"{_NDU}.tensor_dimensions", WARNING)
+        self.budget.data += cost
         return [m.coding for m in plan.members], [m.kind for m in plan.members]
 
     def verify_payload(self, u, h, codings, kinds, qd, qp0) -> None:
@@ -434,7 +452,7 @@ class _Checker:
             self.add("EMPTY_BITSTREAM", "the input holds no bytes", None, 0, None)
             return rep
         units = []
-        for u in B.iter_units(self.data, strict=False, max_units=self.max_units):
+        for u in B.iter_units(self.data, strict=False, max_units=self.max_units, budget=self.budget):
             units.append(u)
             rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
             for e in u.errors:
@@ -464,15 +482,25 @@ class _Skip(Exception):
 
 
 def check(bitstream, raise_on_error: bool = False, *, verify_payloads: bool = True, max_units: int = 1 << 20,
-          max_tensor_elements: int = 1 << 28) -> Report:
+          max_tensor_elements: int = 1 << 28, config=None) -> Report:
     """Check an NNC bitstream (bytes-like or a file path) for conformance; return a :class:`Report`.
 
     Every violation found is listed (the check continues after a broken unit whenever its size field is
     sane). With ``raise_on_error=True`` a non-conforming bitstream raises :class:`nnc.ConformanceError`
     whose ``report`` attribute is the report. ``verify_payloads=False`` skips CABAC decoding of NDU payloads
     (header-only check). NDUs with more than ``max_tensor_elements`` elements are not decoded (a warning).
+
+    ``config`` (a :class:`nnc.DecoderConfig`; its ``max_units`` and ``max_tensor_elements`` then replace the two
+    keywords) bounds the memory and work of the check as it bounds decoding: parsed headers and every payload
+    decoded are charged against ``max_total_bytes``; what does not fit is reported as ``LIMIT_EXCEEDED``
+    (a warning: not verified) and the check goes on with the next unit.
     """
-    rep = _Checker(as_bytes(bitstream, allow_path=True), max_units, max_tensor_elements, verify_payloads).run()
+    if config is None:
+        config = _ACTIVE.get()           # the CLI's --max-memory / --strict (decoder_limits)
+    if config is not None:
+        max_units, max_tensor_elements = config.max_units, config.max_tensor_elements
+    rep = _Checker(as_bytes(bitstream, allow_path=True), max_units, max_tensor_elements, verify_payloads,
+                   config).run()
     if raise_on_error:
         rep.raise_if_errors()
     return rep

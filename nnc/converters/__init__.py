@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import ModelFormatError
 from ..topology import Topology
 from . import _onnx
-from ._common import TensorRecord, coded_array, plan_restore
+from ._common import TensorRecord, coded_array, plan_restore, typed_errors
 from ._bitstream import drop_topology_units
 
 __all__ = [
@@ -225,6 +225,7 @@ def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
     return LoadedModel(tensors, merged.to_topology(), source)
 
 
+@typed_errors
 def load_model(source, *, format: str | None = None, model_state_only: bool = False) -> LoadedModel:
     """Load a model file (format from its extension unless ``format`` is given), a model folder (its
     ``model.safetensors``, ``pytorch_model.bin``, ``model.onnx`` or sharded ``*.index.json``; see
@@ -321,6 +322,7 @@ def to_onnx(tensors: Mapping[str, np.ndarray], topology: Topology):
     return _onnx.to_onnx(tensors, topology)
 
 
+@typed_errors
 def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | None, *,
                format: str | None = None, template: str | os.PathLike | None = None) -> None:
     """Write a model file atomically (temp file in the same directory + ``os.replace``).

@@ -4,6 +4,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
+import struct
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
@@ -11,7 +15,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .._atomic import atomic_output
-from ..errors import ModelFormatError
+from ..errors import LimitExceededError, ModelFormatError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
 
 #: Marker key that starts the JSON topology record written by nnc.converters.
@@ -62,6 +66,43 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# every failure on a model file is typed
+
+#: what parsers of hostile files raise when their input is garbage (numpy, protobuf, zipfile, json, pickle)
+_GARBAGE = (KeyError, IndexError, TypeError, ValueError, OverflowError, MemoryError, RecursionError, UnicodeError,
+            AttributeError, EOFError, LookupError, zipfile.BadZipFile, struct.error, pickle.UnpicklingError)
+
+
+def typed_errors(fn):
+    """Decorator for the converters' entry points: an exception that a garbage model file provokes inside
+    numpy, protobuf, zipfile, torch or json becomes a :class:`ModelFormatError` naming the file (or the
+    topology) and the original exception; nnc's own errors pass through unchanged."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:   # noqa: BLE001 - filtered below
+            from ..errors import NNCError
+            if isinstance(e, NNCError) or not _is_garbage(e):
+                raise
+            where = args[0] if args and isinstance(args[0], (str, os.PathLike)) else "the model"
+            raise ModelFormatError(f"{os.fspath(where) if not isinstance(where, str) else where!r}: unreadable or "
+                                   f"inconsistent model data ({type(e).__name__}: {str(e)[:200]})") from e
+    return wrapper
+
+
+def _is_garbage(e: BaseException) -> bool:
+    if isinstance(e, _GARBAGE):
+        return True
+    mod = type(e).__module__ or ""
+    # protobuf's DecodeError, torch's RuntimeError on corrupt archives
+    return mod.startswith("google.protobuf") or (mod == "builtins" and isinstance(e, RuntimeError)
+                                                 and "pytorch" in str(e).lower() + type(e).__name__.lower())
+
+
+# --------------------------------------------------------------------------------------------------
 # bfloat16 bit conversions (numpy has no bfloat16)
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -86,15 +127,31 @@ def deflate(data: bytes) -> bytes:
     return zlib.compress(data, 9)
 
 
-def inflate(data: bytes) -> bytes:
-    """Inverse of :func:`deflate`; also accepts a bare RFC 1951 stream."""
-    try:
-        return zlib.decompress(data)
-    except zlib.error:
+def inflate(data: bytes, max_bytes: int | None = None) -> bytes:
+    """Inverse of :func:`deflate`; also accepts a bare RFC 1951 stream.
+
+    The output is bounded by ``max_bytes`` (default: ``max_total_bytes`` of the active decoder limits,
+    :func:`nnc.config.default_decoder_config`): a deflate bomb raises :class:`LimitExceededError` after
+    producing at most that many bytes, instead of expanding without bound."""
+    if max_bytes is None:
+        from ..config import default_decoder_config
+        max_bytes = default_decoder_config().max_total_bytes
+    last = None
+    for wbits in (15, -15):
         try:
-            return zlib.decompress(data, -15)
+            d = zlib.decompressobj(wbits)
+            out = d.decompress(data, max_bytes)
+            if d.unconsumed_tail:
+                raise LimitExceededError(f"the deflate-compressed topology data ({len(data)} bytes) expands to more "
+                                         f"than max_total_bytes={max_bytes} bytes", syntax_path="NNR_TPL.topology_data")
+            out += d.flush()
+            if len(out) > max_bytes:
+                raise LimitExceededError(f"the deflate-compressed topology data expands to more than "
+                                         f"max_total_bytes={max_bytes} bytes", syntax_path="NNR_TPL.topology_data")
+            return out
         except zlib.error as e:
-            raise ModelFormatError(f"topology data is not a valid deflate stream: {e}") from None
+            last = e
+    raise ModelFormatError(f"topology data is not a valid deflate stream: {last}")
 
 
 def topology_payload(topology: Topology) -> bytes:
@@ -161,18 +218,58 @@ class TensorRecord:
             return None
         data = topology_payload(topology)
         source = "pytorch" if topology.storage_format == TopologyStorageFormat.NNR_TPL_PYT else "numpy"
-        if not data.lstrip().startswith(b'{"' + META_KEY.encode()):
+        start = re.match(rb"\s*", data).end()            # no copy of a large payload
+        if not data.startswith(b'{"' + META_KEY.encode(), start):
             return cls(source_format=source)
         try:
             obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ModelFormatError(f"corrupt nnc.converters topology record: {e}") from None
-        if not isinstance(obj, dict) or obj.get(META_KEY) != META_VERSION:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ModelFormatError(f"corrupt nnc.converters topology record: {type(e).__name__}: "
+                                   f"{str(e)[:200]}") from None
+        return cls._from_json(obj, source)
+
+    @classmethod
+    def _from_json(cls, obj, source: str) -> "TensorRecord":
+        """Every field type-checked: a hostile record is a ModelFormatError naming the field, never a crash."""
+        def bad(what: str) -> ModelFormatError:
+            return ModelFormatError(f"corrupt nnc.converters topology record: {what} (NNR_TPL.topology_data)")
+
+        if not isinstance(obj, dict):
+            raise bad(f"a JSON {type(obj).__name__}, not an object")
+        if obj.get(META_KEY) != META_VERSION:
             raise ModelFormatError(f"unsupported nnc.converters topology record version {obj.get(META_KEY)!r}")
-        return cls(source_format=str(obj.get("source_format", source)), dtypes=dict(obj.get("dtypes", {})),
-                   shapes={k: list(v) for k, v in obj.get("shapes", {}).items()},
-                   tied=dict(obj.get("tied", {})), order=list(obj.get("order", [])),
-                   extra=dict(obj.get("extra", {})))
+
+        def str_map(key: str) -> dict:
+            v = obj.get(key, {})
+            if not isinstance(v, dict) or not all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
+                raise bad(f"'{key}' must map names to strings")
+            return dict(v)
+
+        dtypes = str_map("dtypes")
+        for name, dt in dtypes.items():
+            if dt not in NUMPY_DTYPES:
+                raise bad(f"unknown dtype {dt[:40]!r} for tensor {name[:80]!r}")
+        shapes = obj.get("shapes", {})
+        if not isinstance(shapes, dict):
+            raise bad("'shapes' must be an object")
+        for name, shp in shapes.items():
+            if not isinstance(shp, list) or len(shp) > 64 or not all(
+                    type(d) is int and 0 <= d < (1 << 62) for d in shp):
+                raise bad(f"'shapes' of {name[:80]!r} must be a list of at most 64 non-negative integers")
+        order = obj.get("order", [])
+        if not isinstance(order, list) or not all(isinstance(x, str) for x in order):
+            raise bad("'order' must be a list of names")
+        extra = obj.get("extra", {})
+        if not isinstance(extra, dict):
+            raise bad("'extra' must be an object")
+        meta = extra.get("safetensors_metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise bad("'extra.safetensors_metadata' must be an object")
+        fmt = obj.get("source_format", source)
+        if not isinstance(fmt, str):
+            raise bad("'source_format' must be a string")
+        return cls(source_format=fmt, dtypes=dtypes, shapes={k: list(v) for k, v in shapes.items()},
+                   tied=str_map("tied"), order=list(order), extra=dict(extra))
 
 
 def restore_array(name: str, arr: np.ndarray, dtype_name: str | None, shape: list[int] | None) -> np.ndarray:

@@ -111,12 +111,16 @@ def _read_external(t, base_dir: str | None, storage: str, count: int) -> np.ndar
                                "load the model from its path (nnc.converters.load_model('model.onnx')) so the "
                                "external data can be found")
     loc = info.get("location", "")
-    path = os.path.normpath(os.path.join(base_dir, loc))
-    if os.path.isabs(loc) or not os.path.abspath(path).startswith(os.path.abspath(base_dir) + os.sep):
-        raise ModelFormatError(f"initializer {t.name!r}: external data location {loc!r} escapes the model directory")
-    offset = int(info.get("offset", 0) or 0)
+    path = _external_path(t.name, base_dir, loc)
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise ModelFormatError(f"initializer {t.name!r}: external data offset/length are not integers") from None
     itemsize = np.dtype(storage).itemsize
-    length = int(info["length"]) if info.get("length") else count * itemsize
+    length = count * itemsize if length is None else length
+    if offset < 0:
+        raise ModelFormatError(f"initializer {t.name!r}: negative external data offset {offset}")
     if length != count * itemsize:
         raise ModelFormatError(f"initializer {t.name!r}: external data length {length} does not match its shape")
     try:
@@ -128,6 +132,20 @@ def _read_external(t, base_dir: str | None, storage: str, count: int) -> np.ndar
     if arr.size != count:
         raise ModelFormatError(f"initializer {t.name!r}: external data file {path!r} is truncated")
     return arr
+
+
+def _external_path(name: str, base_dir: str, loc: str) -> str:
+    """The external data file of initializer ``name``, symlinks resolved; refused unless it lies inside the
+    model's folder (as onnx's own loader does), whatever the links say."""
+    path = os.path.normpath(os.path.join(base_dir, loc))
+    if not loc or os.path.isabs(loc) or "\x00" in loc or \
+            not os.path.abspath(path).startswith(os.path.abspath(base_dir) + os.sep):
+        raise ModelFormatError(f"initializer {name!r}: external data location {loc!r} escapes the model directory")
+    real, real_base = os.path.realpath(path), os.path.realpath(base_dir)
+    if not real.startswith(real_base + os.sep):
+        raise ModelFormatError(f"initializer {name!r}: external data location {loc!r} is a symbolic link (or under "
+                               f"one) that leads outside the model directory, to {real!r}")
+    return real
 
 
 def _float_tensor_to_numpy(t, base_dir: str | None) -> np.ndarray:

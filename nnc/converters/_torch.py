@@ -110,6 +110,10 @@ def load_torch_file(path: str, *, model_state_only: bool = False, notes: list | 
     from . import _torchscript
     if _torchscript.is_torchscript_archive(path):  # torch.jit.save output: read its state_dict, run nothing
         return state_dict_to_tensors(_torchscript.read_state_dict(path))
+    import zipfile
+    if zipfile.is_zipfile(path):   # torch's zip format: sizes checked before torch inflates anything
+        from ._zipscreen import screen_zip
+        screen_zip(path, what="PyTorch file")
     obj = None
     errors = []
     for mmap in (True, False):

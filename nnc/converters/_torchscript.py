@@ -24,10 +24,15 @@ from ..errors import ModelFormatError
 
 # decompressed size allowed for one pickle or code file of the archive (tensor data is checked against the
 # sizes the pickle declares instead)
-_MAX_PICKLE_BYTES = 256 << 20
-_MAX_CODE_BYTES = 64 << 20
+_MAX_PICKLE_BYTES = 64 << 20
+_MAX_CODE_BYTES = 16 << 20
 _MAX_DEPTH = 256
 _MAX_VISITS = 200_000
+# bounded work for hostile archives: opcodes the screen walks, the length of one __parameters__/__buffers__
+# literal, and the parameter names looked up over all module visits (a shared submodule is visited per path)
+_MAX_OPCODES = 4_000_000
+_MAX_LIST_LITERAL = 4 << 20
+_MAX_NAME_VISITS = 4_000_000
 
 _STORAGE_DTYPES = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
@@ -85,6 +90,8 @@ class _Archive:
             raise ModelFormatError(f"{path!r}: expected one <root>/data.pkl in the TorchScript archive, "
                                    f"found {len(roots)}")
         self.root = roots[0]
+        from ._zipscreen import screen_zip
+        screen_zip(path, what="TorchScript archive")   # declared vs compressed sizes, the decoder budget
         self.entries = set(names)
         self.classes: dict[str, tuple[list[str], list[str]] | None] = {}
         self.storages: dict[str, Any] = {}
@@ -131,6 +138,9 @@ class _Archive:
             lists = []
             for key in ("__parameters__", "__buffers__"):
                 m = re.search(rf"^  {key} = (\[[^\]\n]*\])\s*$", block, flags=re.M)
+                if m and len(m.group(1)) > _MAX_LIST_LITERAL:
+                    raise ModelFormatError(f"{self.path!r}: class {name} has a {key} list of {len(m.group(1))} "
+                                           f"characters, more than {_MAX_LIST_LITERAL}")
                 try:
                     value = ast.literal_eval(m.group(1)) if m else []
                 except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -191,7 +201,9 @@ class _Archive:
 
     def _screen_ops(self, data: bytes) -> None:
         puts = 0
-        for op, arg, pos in pickletools.genops(data):
+        for count, (op, arg, pos) in enumerate(pickletools.genops(data)):
+            if count >= _MAX_OPCODES:
+                raise ModelFormatError(f"{self.path!r}: data.pkl has more than {_MAX_OPCODES} opcodes")
             if op.name not in _OPCODES:
                 raise ModelFormatError(f"{self.path!r}: data.pkl uses opcode {op.name} at byte {pos}, which "
                                        f"torch.jit.save does not write")
@@ -274,6 +286,7 @@ def _state_dict(archive: _Archive) -> "OrderedDict[str, Any]":
     out: OrderedDict[str, Any] = OrderedDict()
     stack = [(root, "", 0)]
     visits = 0
+    names_seen = 0
     # depth-first, a module's own parameters and buffers before its submodules, as Module.state_dict(); a
     # submodule shared under two names is listed under both (its tensors are tied), so a pickle can make a
     # graph whose paths multiply: visits are capped, as is the depth (a cycle)
@@ -290,6 +303,10 @@ def _state_dict(archive: _Archive) -> "OrderedDict[str, Any]":
         if decl is None or not isinstance(state, dict):
             raise ModelFormatError(f"{path!r}: {prefix or 'the root'} ({obj.qualname}) is not a plain module")
         params, buffers = decl
+        names_seen += len(params) + len(buffers)
+        if names_seen > _MAX_NAME_VISITS:
+            raise ModelFormatError(f"{path!r}: more than {_MAX_NAME_VISITS} parameter and buffer names over all "
+                                   f"module visits")
         for name in params + buffers:
             value = state.get(name)
             if value is None:  # an optional parameter set to None (bias=False)

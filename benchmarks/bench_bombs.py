@@ -1,0 +1,95 @@
+"""Every hostile input of benchmarks/bombs.py against every entry point, each in a fresh interpreter.
+
+For each (bomb, entry point) the child reports: input size, peak RSS (getrusage ru_maxrss of the child), CPU
+time (user + system, after imports), and the outcome (the NNCError class, "ok", or a crash). The limits are
+``DecoderConfig.strict(max_total_bytes=LIMIT)`` (``--limit``, default 1 GiB); the CLI rows run
+``nnc info/check/decode FILE --max-memory LIMIT --strict``.
+
+Criteria checked and printed per row (issue 15, item 4): peak RSS <= 1.25 x LIMIT + 100 MB, and CPU time
+<= 2 s per MB of input (or, for inputs under 1 MB, <= 2 s); rows that break one are marked. ``--root`` runs
+another checkout (e.g. /work/wt/base) for a before/after comparison; the bombs are always built by this
+checkout's writer.
+
+    python benchmarks/bench_bombs.py                     # table + benchmarks/results/bombs.json
+    python benchmarks/bench_bombs.py --root /work/wt/base --json benchmarks/results/bombs_base.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bombs  # noqa: E402
+
+ENTRIES = ["decode", "inspect", "check", "cli-info", "cli-check", "cli-decode"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=1 << 30, help="max_total_bytes (strict())")
+    ap.add_argument("--root", default=None, help="checkout to run (default: the nnc on PYTHONPATH)")
+    ap.add_argument("--bombs", nargs="*", default=None, help="subset of bomb names")
+    ap.add_argument("--entries", nargs="*", default=ENTRIES)
+    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--json", default=str(bombs.ROOT / "benchmarks" / "results" / "bombs.json"))
+    a = ap.parse_args(argv)
+    names = a.bombs or list(bombs.BITSTREAM_BOMBS)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            build, desc = bombs.BITSTREAM_BOMBS[name]
+            t0 = time.perf_counter()
+            try:
+                data = build(a.limit) if name.startswith(("amplify", "many_tensors")) else build()
+            except TypeError:
+                data = build()
+            path = Path(tmp) / f"{name}.nnc"
+            path.write_bytes(data)
+            for entry in a.entries:
+                r = bombs.run_child(path, entry, a.limit, True, a.timeout, a.root)
+                rss = r.get("peak_rss")
+                cpu = r.get("cpu_s")
+                mb = len(data) / bombs.MB
+                rss_ok = rss is not None and rss <= 1.25 * a.limit + 100 * bombs.MB
+                cpu_ok = cpu is not None and cpu <= 2.0 * max(mb, 1.0)
+                row = {"bomb": name, "what": desc, "entry": entry, "input_bytes": len(data), "limit": a.limit,
+                       "peak_rss": rss, "baseline_rss": r.get("baseline_rss"), "cpu_s": cpu,
+                       "outcome": r.get("outcome"), "message": r.get("message") or r.get("result"),
+                       "rss_ok": rss_ok, "cpu_ok": cpu_ok, "build_s": time.perf_counter() - t0}
+                rows.append(row)
+                print(_fmt(row), flush=True)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps({"root": a.root or str(bombs.ROOT), "limit": a.limit, "python": sys.version.split()[0],
+                                        "rows": rows}, indent=1))
+    print()
+    print(table(rows))
+    bad = [r for r in rows if not (r["rss_ok"] and r["cpu_ok"]) or str(r["outcome"]).startswith(("CRASH", "DIED",
+                                                                                                   "TIMEOUT"))]
+    print(f"\n{len(rows)} runs, {len(bad)} breaking a criterion or crashing; JSON: {a.json}")
+    return 0
+
+
+def _fmt(r) -> str:
+    rss = "-" if r["peak_rss"] is None else f"{r['peak_rss'] / bombs.MB:.0f} MB"
+    cpu = "-" if r["cpu_s"] is None else f"{r['cpu_s']:.2f} s"
+    flag = "" if r["rss_ok"] and r["cpu_ok"] else "  <-- " + ", ".join(
+        x for x, ok in (("RSS", r["rss_ok"]), ("CPU", r["cpu_ok"])) if not ok)
+    return f"{r['bomb']:<22} {r['entry']:<10} {r['input_bytes']:>9} B  {rss:>8}  {cpu:>8}  {r['outcome']}{flag}"
+
+
+def table(rows) -> str:
+    out = ["| attack | entry point | input | peak RSS | CPU | outcome |", "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        rss = "-" if r["peak_rss"] is None else f"{r['peak_rss'] / bombs.MB:.0f} MB"
+        cpu = "-" if r["cpu_s"] is None else f"{r['cpu_s']:.2f} s"
+        size = f"{r['input_bytes'] / bombs.MB:.2f} MB" if r["input_bytes"] >= 100_000 else f"{r['input_bytes']} B"
+        out.append(f"| {r['what']} | {r['entry']} | {size} | {rss} | {cpu} | {r['outcome']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Issue 15 item 4: DecoderConfig limits hold in real memory and bounded work, one test per attack class.
+
+Each bomb runs in a fresh interpreter (benchmarks/bombs.py run_child) so that peak RSS is the child's own
+ru_maxrss. Limits are small (64-256 MiB) to keep the suite light; benchmarks/bench_bombs.py runs the same
+classes at 1 GiB."""
+import pytest
+
+from _bombs_path import MB, rss_bound
+import bombs
+import nnc
+
+
+def _run(tmp_path, data, entry="decode", limit=256 * MB, strict=True, timeout=240):
+    p = tmp_path / "bomb.nnc"
+    p.write_bytes(data)
+    r = bombs.run_child(p, entry, limit, strict, timeout)
+    print(r)
+    return r
+
+
+def _outcome_ok(r):
+    o = r["outcome"]
+    return o == "ok" or o.startswith("exit ") or o in ("LimitExceededError", "BitstreamError",
+                                                        "TruncatedBitstreamError", "UnsupportedFeatureError")
+
+
+# -- amplification: a tiny stream whose output, levels and temporaries together pass the limit -------------
+def test_amplification_at_the_limit_stays_within_the_memory_bound(tmp_path):
+    limit = 256 * MB
+    data = bombs._zeros_stream(4, limit // 8 // 4, __import__("numpy").float64)   # output alone == limit
+    r = _run(tmp_path, data, limit=limit)
+    assert _outcome_ok(r), r
+    assert r["peak_rss"] <= rss_bound(limit), r
+
+
+def test_many_claims_just_under_the_limit_together(tmp_path):
+    limit = 128 * MB
+    r = _run(tmp_path, bombs.many_tensors(limit), limit=limit)
+    assert r["outcome"] == "LimitExceededError", r
+    assert r["peak_rss"] <= rss_bound(limit), r
+
+
+# -- parser work per input byte ------------------------------------------------------------------------------
+@pytest.mark.parametrize("build", ["dense_codebook", "entry_points"])
+def test_header_parsing_work_is_bounded_per_input_byte(tmp_path, build):
+    data = getattr(bombs, build)(256 * 1024)
+    r = _run(tmp_path, data, limit=1 << 30)
+    assert _outcome_ok(r), r
+    mb = len(data) / MB
+    assert r["cpu_s"] <= 2.0 * max(mb, 0.5), r            # 2 s per MB (1 s floor for a quarter-MB input)
+    assert r["peak_rss"] <= rss_bound(1 << 30), r
+
+
+def test_parsed_headers_count_against_the_memory_limit():
+    # 500K entry points hold ~60 MB of Python objects once parsed: refused before they are read under 16 MiB
+    data = bombs.entry_points(1 * MB)
+    with pytest.raises(nnc.LimitExceededError, match="max_total_bytes") as ei:
+        nnc.decode(data, nnc.DecoderConfig.strict(max_total_bytes=16 * MB))
+    assert ei.value.unit_index == 3 and "cabac_entry_point_list" in (ei.value.syntax_path or "")
+
+
+# -- inspect / check / info run under the same budget -------------------------------------------------------
+@pytest.mark.parametrize("entry", ["inspect", "check"])
+def test_inspect_and_check_are_bounded_by_the_budget(tmp_path, entry):
+    limit = 128 * MB
+    r = _run(tmp_path, bombs.many_tensors(4 * limit), entry=entry, limit=limit)   # 16x the limit in levels
+    assert r["outcome"] == "ok", r
+    assert r["peak_rss"] <= rss_bound(limit), r
+    assert r["cpu_s"] < 10, r
+
+
+def test_inspect_reports_the_limit():
+    limit = 64 * MB
+    info = nnc.inspect(bombs.many_tensors(4 * limit), config=nnc.DecoderConfig.strict(max_total_bytes=limit))
+    assert info.limits_hit and "max_total_bytes" in info.limits_hit[0]
+    rep = nnc.check(bombs.many_tensors(4 * limit), config=nnc.DecoderConfig.strict(max_total_bytes=limit))
+    assert "LIMIT_EXCEEDED" in rep.codes()
+
+
+# -- topology inflation -------------------------------------------------------------------------------------
+def test_deflate_bomb_in_the_topology_is_bounded():
+    from nnc import converters
+    from nnc.config import decoder_limits
+    data = bombs.deflate_topology(256 * MB)
+    m = nnc.decode_model(data)
+    with decoder_limits(nnc.DecoderConfig(max_total_bytes=16 * MB)):
+        with pytest.raises(nnc.LimitExceededError, match="max_total_bytes"):
+            converters.restore_tensors(m.tensors, m.topology)
