@@ -26,6 +26,9 @@ import nnc  # noqa: E402  (the nnc on PYTHONPATH: bench_bombs.py --root compares
 from nnc import bitstream as bs  # noqa: E402
 from nnc.bitstream import bits as _bits  # noqa: E402
 
+# bench_bombs.py --root also runs these against older checkouts, whose parsed units re-serialise themselves
+_write_units = getattr(bs, "write_bitstream", None) or (lambda units: b"".join(u.to_bytes() for u in units))
+
 MB = 1 << 20
 
 
@@ -77,7 +80,7 @@ def patch_last_ndu(data: bytes, **fields) -> bytes:
     p = bs.parse(data)
     u = p.units[-1]
     raw = bs.write_unit(replace(u.body, **fields), context=u.context, payload=bytes(u.payload))
-    return b"".join(x.to_bytes() for x in p.units[:-1]) + raw
+    return _write_units(p.units[:-1]) + raw
 
 
 def _zeros_stream(rows, cols, dtype=np.float32, name="w"):

@@ -15,7 +15,7 @@ from typing import Mapping
 
 from .errors import ConfigError
 
-__all__ = ["EncoderConfig", "DecoderConfig", "decoder_limits", "default_decoder_config"]
+__all__ = ["EncoderConfig", "DecoderConfig", "decoder_limits", "default_decoder_config", "active_decoder_limits"]
 
 
 def _qp_range(qp_density: int) -> tuple[int, int]:
@@ -248,6 +248,11 @@ class DecoderConfig:
 
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("nnc_decoder_config", default=None)
+
+
+def active_decoder_limits() -> DecoderConfig | None:
+    """The limits of the innermost :func:`decoder_limits`, or ``None`` outside one."""
+    return _ACTIVE.get()
 
 
 def default_decoder_config() -> DecoderConfig:

@@ -67,7 +67,6 @@ def quantize_tensor(x: np.ndarray, qp: int, qp_density: int, *, dq: bool, scan_o
     step = step_size(qp, qp_density)
     if _overflows(x, step, dq):
         qp = _guard_qp(x, qp_density)
-        _check_guard_qp(x, qp, qp_density)
         step = step_size(qp, qp_density)
         # the guard's float32 formula can land one qp short of what fits (e.g. max|w| = 2 at qp -128 gives qp
         # -120, whose levels reach 2**31): the reference stops there; nnc takes the next qp that fits

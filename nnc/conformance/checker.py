@@ -25,7 +25,7 @@ from .. import bitstream as B
 from .. import deepcabac as dc
 from ..bitstream.source import as_bytes
 from ..coding.ndu import plan_ndu
-from ..config import _ACTIVE, DecoderConfig
+from ..config import DecoderConfig, active_decoder_limits
 from ..errors import (BitstreamError, ConfigError, ConformanceError, LimitExceededError, TruncatedBitstreamError,
                       UnsupportedFeatureError)
 
@@ -496,7 +496,7 @@ def check(bitstream, raise_on_error: bool = False, *, verify_payloads: bool = Tr
     (a warning: not verified) and the check goes on with the next unit.
     """
     if config is None:
-        config = _ACTIVE.get()           # the CLI's --max-memory / --strict (decoder_limits)
+        config = active_decoder_limits()   # the CLI's --max-memory / --strict (decoder_limits)
     if config is not None:
         max_units, max_tensor_elements = config.max_units, config.max_tensor_elements
     rep = _Checker(as_bytes(bitstream, allow_path=True), max_units, max_tensor_elements, verify_payloads,
