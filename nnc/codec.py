@@ -6,23 +6,63 @@ integer tensors are sent losslessly as NNR_PT_INT.
 """
 from __future__ import annotations
 
+import collections
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 
 from . import bitstream as bs
 from . import deepcabac
 from .config import DecoderConfig, EncoderConfig
-from .dtypes import coding_kind, dtype_for_format, format_for_dtype
+from .dtypes import (BFLOAT16, coding_kind, dtype_for_format, dtype_record, float32_view, format_for_dtype,
+                     is_bfloat16, recorded_dtypes)
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
 from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
 from .topology import Topology
 from . import tools as _tools
 
-__all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "encode", "decode", "decode_model"]
+__all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "EncodeSummary", "encode", "decode",
+           "decode_model"]
+
+
+def resolve_threads(threads: int | None) -> int:
+    """``threads`` of a config: ``None`` means every CPU this process may run on."""
+    if threads is not None:
+        return int(threads)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _ordered_map(fn: Callable, items, threads: int, window: int | None = None) -> Iterator:
+    """``map(fn, items)`` on ``threads`` worker threads, results yielded in input order as they complete.
+
+    At most ``threads`` items run at once, and at most ``window`` (default ``4 * threads``) have been
+    submitted and not yet yielded, so memory stays bounded by a few items whatever the length of ``items``
+    (``items`` may be a lazy iterator: it is consumed no faster than results are taken). On an error the
+    items not started are cancelled and the first error in input order is raised."""
+    if threads <= 1:
+        for x in items:
+            yield fn(x)
+        return
+    window = window or 4 * threads
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(threads) as pool:
+        try:
+            for x in items:
+                pending.append(pool.submit(fn, x))
+                while len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -58,8 +98,8 @@ def _as_array(name: str, value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
-        raise InputError(f"tensor {name!r} is a torch tensor; nnc.encode takes numpy arrays: use "
-                         "lm = nnc.converters.from_torch(model_or_state_dict), then "
+        raise InputError(f"tensor {name!r} is a torch tensor; nnc.encode takes numpy arrays (bfloat16 as "
+                         "ml_dtypes.bfloat16): use lm = nnc.converters.from_torch(model_or_state_dict), then "
                          "nnc.encode(lm.tensors, config, topology=lm.topology)")
     try:
         return np.asarray(value)
@@ -69,6 +109,7 @@ def _as_array(name: str, value) -> np.ndarray:
 
 def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | None = None) -> _Plan:
     kind = coding_kind(name, arr.dtype)
+    ndim = arr.ndim
     shape = tuple(int(d) for d in arr.shape) or (1,)
     if any(d == 0 for d in shape):
         raise InputError(f"tensor {name!r} has shape {arr.shape} with a zero dimension; NNC cannot code "
@@ -86,16 +127,17 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
                                  "that NNR_PT_INT carries losslessly")
         q = np.ascontiguousarray(arr, dtype=np.int32).reshape(shape)
         return _Plan(name, index, shape, q, None, False, fmt)
-    x = np.ascontiguousarray(arr, dtype=np.float32).reshape(shape)
+    x = np.ascontiguousarray(float32_view(arr)).reshape(shape)
+    del arr                          # the caller's reference is all that keeps a lazily read input alive
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
         raise InputError(f"tensor {name!r} holds a non-finite value (first at flat index {bad}); "
                          "NNC quantisation needs finite numbers")
-    qp = cfg.qp_for(name, len(arr.shape)) if qp is None else qp
+    qp = cfg.qp_for(name, ndim) if qp is None else qp
     scan = _effective_scan(shape, cfg.scan_order if len(shape) > 1 else 0)
     bits = None
     if cfg.bitdepth is not None and ".num_batches_tracked" not in name:
-        bits = _tools.bitdepth.effective_bits(cfg.bitdepth, len(arr.shape) > 1)
+        bits = _tools.bitdepth.effective_bits(cfg.bitdepth, ndim > 1)
     if cfg.codebook != "off":
         ch = _tools.codebook.codebook_quantize(
             x, qp, cfg.qp_density, mode=cfg.codebook, dq=cfg.dq, scan_order=scan, profile=cfg.profile,
@@ -105,6 +147,7 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
     q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan)
     if bits is not None:
         q = _tools.bitdepth.clip_levels(q, x, bits)
+    del x
     return _Plan(name, index, shape, q, qp_used, cfg.dq, fmt)
 
 
@@ -188,9 +231,11 @@ class Encoder:
         if not isinstance(self.config, EncoderConfig):
             raise TypeError(f"config must be an EncoderConfig, got {type(self.config).__name__}")
 
-    def _prepare(self, tensors: Mapping[str, np.ndarray]) -> tuple[list[tuple[int, str, np.ndarray]], dict]:
-        """Validate names and arrays and apply the model-level encoder tools (sparsification, opt_qp, bit-depth
-        QPs, rate control; ``nnc.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
+    @property
+    def threads(self) -> int:
+        return resolve_threads(self.config.threads)
+
+    def _check_mapping(self, tensors) -> None:
         if not isinstance(tensors, Mapping):
             kind = type(tensors).__name__
             if hasattr(tensors, "tensors") and hasattr(tensors, "topology"):  # nnc.converters.LoadedModel
@@ -203,9 +248,27 @@ class Encoder:
             raise InputError(f"tensors must be a mapping name -> array, got {kind}")
         if not tensors:
             raise InputError("no tensors to encode")
+
+    def _prepare(self, tensors: Mapping[str, np.ndarray]) -> tuple[list[tuple[int, str, np.ndarray]], dict]:
+        """Validate names and arrays and apply the model-level encoder tools (sparsification, opt_qp, bit-depth
+        QPs, rate control; ``nnc.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
+        self._check_mapping(tensors)
         items = [(_validate_name(k), _as_array(k, v)) for k, v in tensors.items()]
         arrays, qps = _tools.prepare(dict(items), self.config)
         return [(i, k, arrays[k]) for i, (k, _) in enumerate(items)], qps
+
+    def _sources(self, tensors: Mapping) -> tuple[list[tuple[int, str, Callable[[], np.ndarray]]], dict]:
+        """``[(index, name, get_array)]`` without reading any tensor when no model-level tool needs the whole
+        model: a lazy mapping (``nnc.converters.open_model``) is then read one tensor at a time, in the worker
+        that codes it."""
+        cfg = self.config
+        if (cfg.sparsity is not None or cfg.struct_sparsity is not None or cfg.bitdepth is not None or cfg.opt_qp
+                or cfg.target_bits_per_param is not None or cfg.max_rel_error is not None):
+            items, qps = self._prepare(tensors)
+            return [(i, k, (lambda a=a: a)) for i, k, a in items], qps
+        self._check_mapping(tensors)
+        names = [_validate_name(k) for k in tensors.keys()]
+        return [(i, k, (lambda k=k: _as_array(k, tensors[k]))) for i, k in enumerate(names)], {}
 
     def plan(self, tensors: Mapping[str, np.ndarray]) -> list[_Plan]:
         """Validate and quantise ``tensors`` (name -> array) in order."""
@@ -221,41 +284,108 @@ class Encoder:
         Raises:
             InputError: a name, dtype, shape or value cannot be coded.
         """
+        return b"".join(self.iter_units(tensors, topology=topology, progress=progress))
+
+    def encode_to(self, dest: str | os.PathLike | BinaryIO, tensors: Mapping[str, np.ndarray], *,
+                  topology: Topology | None = None, progress: bool = False) -> "EncodeSummary":
+        """Encode ``tensors`` and write the bitstream to ``dest`` unit by unit as the units are produced.
+
+        ``dest``: a path (written atomically: a temporary file in the same folder, renamed when complete, so
+        an error leaves no partial file) or a binary file object. With a lazy mapping
+        (:func:`nnc.converters.open_model`) memory stays bounded by the tensors being coded (at most
+        ``threads`` at once) whatever the model size. The bytes are the same as :meth:`encode`'s.
+        """
+        summary = EncodeSummary()
+
+        def write(f) -> None:
+            for unit in self.iter_units(tensors, topology=topology, progress=progress, summary=summary):
+                f.write(unit)
+                summary.bitstream_bytes += len(unit)
+
+        if hasattr(dest, "write"):
+            write(dest)
+        else:
+            from ._atomic import atomic_output
+            with atomic_output(os.fspath(dest), suffix=".tmp") as tmp:
+                with open(tmp, "wb") as f:
+                    write(f)
+        return summary
+
+    def iter_units(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None,
+                   progress: bool = False, summary: "EncodeSummary | None" = None) -> Iterator[bytes]:
+        """The NNR units of the bitstream, in order, each as soon as it (and every unit before it) is coded.
+
+        Tensors are coded on ``config.threads`` threads (default: every CPU); the output does not depend on
+        the thread count. A tensor is read (``tensors[name]``) only when a worker starts on it and released
+        when its NDU is built."""
         cfg = self.config
-        items, qps = self._prepare(tensors)
-
-        def one(item) -> bytes:
-            plan = _plan(item[1], item[2], item[0], cfg, qps.get(item[1]))
-            return _encode_ndu(plan, cfg, parent_signalling=False)
-
-        units = [bs.start_unit(cfg.profile),
-                 bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False),
-                 bs.tpl_unit(topology if topology is not None else Topology())]
-        units += self._map(one, items, progress=progress, total_elements=lambda it: it[2].size)
-        return b"".join(units)
-
-    def _map(self, fn, items: list, *, progress: bool = False, total_elements=None) -> list:
+        items, qps = self._sources(tensors)
         bar = None
-        if progress and items:
+        if progress:
             from tqdm import tqdm
-            bar = tqdm(total=sum(total_elements(x) for x in items) if total_elements else len(items),
-                       unit=" params" if total_elements else " tensors", unit_scale=True, leave=False, disable=None,
-                       desc="encoding")
+            bar = tqdm(total=len(items), unit=" tensors", leave=False, disable=None, desc="encoding")
 
-        def run(x):
-            out = fn(x)
-            if bar is not None:
-                bar.update(total_elements(x) if total_elements else 1)
-            return out
+        def one(item) -> tuple[bytes, int, int]:
+            i, name, get = item
+            arr = get()
+            n, nbytes = int(arr.size), int(arr.nbytes)
+            plan = _plan(name, arr, i, cfg, qps.get(name))
+            del arr
+            return _encode_ndu(plan, cfg, parent_signalling=False), n, nbytes
 
+        if topology is None:
+            # bfloat16 has no nnr_decompressed_data_format code: its names go in a JSON record in the TPL unit
+            # (which NNCodec reads and ignores); without bfloat16 inputs the TPL is NNCodec's empty one.
+            bf16 = {k: "bfloat16" for k, dt in _declared_dtypes(tensors).items() if dt == "bfloat16"}
+            topology = _record_topology(bf16)
         try:
-            if self.config.threads > 1 and len(items) > 1:
-                with ThreadPoolExecutor(self.config.threads) as pool:
-                    return list(pool.map(run, items))
-            return [run(x) for x in items]
+            yield bs.start_unit(cfg.profile)
+            yield bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False)
+            yield bs.tpl_unit(topology)
+            for unit, n, nbytes in _ordered_map(one, items, self.threads):
+                if summary is not None:
+                    summary.tensors += 1
+                    summary.parameters += n
+                    summary.input_bytes += nbytes
+                if bar is not None:
+                    bar.update(1)
+                yield unit
         finally:
             if bar is not None:
                 bar.close()
+
+    def _map(self, fn, items: list) -> list:
+        """``[fn(x) for x in items]`` on ``config.threads`` threads, in order."""
+        return list(_ordered_map(fn, items, min(self.threads, max(1, len(items)))))
+
+
+@dataclass
+class EncodeSummary:
+    """What :meth:`Encoder.encode_to` wrote: tensor and parameter counts, input bytes at the inputs' own width
+    (bfloat16/float16 count 2 bytes), bitstream bytes."""
+
+    tensors: int = 0
+    parameters: int = 0
+    input_bytes: int = 0
+    bitstream_bytes: int = 0
+
+
+def _dtype_name(v) -> str:
+    dt = getattr(v, "dtype", None)
+    name = str(dt) if dt is not None else ""
+    return "bfloat16" if name in ("torch.bfloat16", "bfloat16") else name
+
+
+def _declared_dtypes(tensors: Mapping) -> dict[str, str]:
+    """name -> dtype name, without reading lazily stored tensors (a mapping may offer ``dtype_names()``)."""
+    names = getattr(tensors, "dtype_names", None)
+    if callable(names):
+        return dict(names())
+    return {k: _dtype_name(v) for k, v in tensors.items()}
+
+
+def _record_topology(dtypes: dict[str, str]) -> Topology:
+    return Topology(data=dtype_record(dtypes)) if dtypes else Topology()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,27 +433,96 @@ class Decoder:
 
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name.
         """
-        data = _as_bytes(bitstream)
-        parsed = bs.parse(data, max_units=self.config.max_units)
-        ctx = _StreamContext.from_parsed(parsed)
-        ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
-        budget = _Budget(self.config)
-        jobs = [_prepare_ndu(u, ctx, self.config, budget, state) for u in ndus]
-        if self.config.threads > 1 and len(jobs) > 1:
-            with ThreadPoolExecutor(self.config.threads) as pool:
-                results = list(pool.map(_run_ndu, jobs))
-        else:
-            results = [_run_ndu(j) for j in jobs]
-        model = DecodedModel(tensors={}, topology=ctx.topology, profile=ctx.profile,
-                             parent_signalling=ctx.parent_signalling)
-        for tensors in results:
-            for t in tensors:
-                if t.name in model.tensors:
-                    raise BitstreamError(f"tensor {t.name!r} is coded twice", unit_index=t.unit_index,
-                                         syntax_path="NNR_NDU.topology_elem_id")
-                model.tensors[t.name] = t.array
-                model.details[t.name] = t
+        stream = self.stream(bitstream, state=state)
+        model = DecodedModel(tensors={}, topology=stream.topology, profile=stream.profile,
+                             parent_signalling=stream.parent_signalling)
+        for t in stream:
+            model.tensors[t.name] = t.array
+            model.details[t.name] = t
         return model
+
+    def stream(self, bitstream, *, state=None) -> "DecodeStream":
+        """A bitstream (bytes-like, or a ``pathlib.Path``: memory-mapped) opened for decoding tensor by tensor.
+
+        All unit headers are parsed and checked against the limits first (nothing is decoded before the
+        whole stream is known to be acceptable); iterating the result then decodes the NDUs in bitstream
+        order on ``config.threads`` threads, with at most a few tensors in memory at once, and yields each
+        :class:`DecodedTensor` once it and all before it are done. ``entries`` lists (name, shape, dtype) of
+        every tensor before anything is decoded, so an output file can be laid out up front."""
+        return DecodeStream(self.config, bitstream, state)
+
+
+class DecodeStream:
+    """See :meth:`Decoder.stream`."""
+
+    def __init__(self, cfg: DecoderConfig, bitstream, state):
+        self._cfg = cfg
+        self._mm = None
+        if isinstance(bitstream, os.PathLike):   # a str stays an error: it is too easily bytes meant as text
+            import mmap
+            try:
+                with open(os.fspath(bitstream), "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            except OSError as e:
+                raise InputError(f"cannot read bitstream {os.fspath(bitstream)!r}: {e.strerror}") from None
+            data = memoryview(self._mm) if self._mm is not None else b""
+        else:
+            data = _as_bytes(bitstream)
+        parsed = bs.parse(data, max_units=cfg.max_units)
+        ctx = _StreamContext.from_parsed(parsed)
+        self.profile = ctx.profile
+        self.topology = ctx.topology
+        self.parent_signalling = ctx.parent_signalling
+        ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
+        budget = _Budget(cfg)
+        self._jobs = [_prepare_ndu(u, ctx, cfg, budget, state) for u in ndus]
+        seen: set[str] = set()
+        self.entries: list[tuple[str, tuple[int, ...], np.dtype]] = []
+        for job in self._jobs:
+            for name, coding, kind in zip(job.names, job.codings, job.kinds):
+                if name in seen:
+                    raise BitstreamError(f"tensor {name!r} is coded twice", unit_index=job.unit.index,
+                                         syntax_path="NNR_NDU.topology_elem_id")
+                seen.add(name)
+                self.entries.append((name, tuple(coding.shape), _result_dtype(job, name, kind)))
+        self._threads = resolve_threads(cfg.threads)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[DecodedTensor]:
+        jobs, self._jobs = self._jobs, []
+        # Block rows of one tensor (entry points) use the same threads as the NDUs: the core joins its row
+        # threads before returning, so at most threads x threads short-lived threads exist.
+        for tensors in _ordered_map(lambda j: _run_ndu(j, self._threads, self._release),
+                                    jobs, self._threads, window=2 * self._threads):
+            yield from tensors
+
+    def _release(self, job: "_NduJob") -> None:
+        """Drop the mapped pages of a decoded payload from this process's resident set (they are file pages:
+        re-read from the page cache if needed), so that decoding a file does not grow RSS with its size."""
+        if self._mm is None:
+            return
+        import mmap
+        start = job.unit.offset + job.unit.header_size
+        lo = start - start % mmap.PAGESIZE
+        hi = start + len(job.payload)
+        if hasattr(self._mm, "madvise") and hi > lo:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):  # pragma: no cover - advisory only
+                pass
+
+
+def _result_dtype(job: "_NduJob", name: str, kind: str) -> np.dtype:
+    if name in job.recorded_bf16 and kind != "int":
+        return BFLOAT16
+    if job.out_dtype is not None:
+        return np.dtype(job.out_dtype)
+    if kind == "int":
+        return np.dtype(np.int32)
+    return np.dtype(np.float64) if kind == "codebook" else np.dtype(np.float32)
 
 
 def _as_bytes(bitstream) -> bytes | memoryview:
@@ -341,6 +540,7 @@ class _StreamContext:
     base_qp: int
     parent_signalling: bool
     topology: Topology | None
+    bf16: frozenset = frozenset()     # names the TPL record says were bfloat16
 
     @classmethod
     def from_parsed(cls, parsed) -> "_StreamContext":
@@ -355,9 +555,11 @@ class _StreamContext:
         if parsed.profile not in (0, 1):
             raise UnsupportedFeatureError(f"general_profile_idc {parsed.profile} is not supported (0 and 1 are)")
         topo = parsed.topology
+        bf16 = frozenset(k for k, v in recorded_dtypes(topo).items() if v == "bfloat16") if BFLOAT16 is not None \
+            else frozenset()
         return cls(profile=parsed.profile, qp_density=qd, base_qp=qp0,
                    parent_signalling=bool(getattr(mps, "mps_parent_signalling_enabled_flag", 0)),
-                   topology=topo)
+                   topology=topo, bf16=bf16)
 
 
 class _Budget:
@@ -388,6 +590,8 @@ class _NduJob:
     ctx: _StreamContext
     out_dtype: np.dtype | None
     codebook: tuple | None
+    entry_points: list | None = None     # per coded tensor: the signalled entry points (or None)
+    recorded_bf16: frozenset = frozenset()
 
 
 def _header_dims(h, idx: int, cfg: DecoderConfig, what: str) -> tuple[int, ...]:
@@ -462,7 +666,8 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
         dq=bool(h.dq_flag) and not is_int, parent_present=parent_present, codebook_size=cb_size,
         codebook_zero=cb_zero, tca_base=tca_base, hdsp_history=hdsp_hist)
     kind = "int" if is_int else ("codebook" if codebook is not None else "uniform")
-    return _NduJob(unit, [name], [coding], [kind], unit.payload, ctx, out_dtype, codebook)
+    return _NduJob(unit, [name], [coding], [kind], unit.payload, ctx, out_dtype, codebook,
+                   [_signalled_entry_points(h)], ctx.bf16)
 
 
 def block_members(cpt: int) -> list[tuple[str, int]]:
@@ -512,7 +717,18 @@ def _prepare_block(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budge
             codebook_size=cb_size if is_w else 0, codebook_zero=cb_zero if is_w else 0))
         coded_names.append(names[pos])
         kinds.append("codebook" if is_w and codebook is not None else "uniform")
-    return _NduJob(unit, coded_names, codings, kinds, unit.payload, ctx, out_dtype, codebook)
+    eps = [_signalled_entry_points(h) if role == "weight" else None for role, _ in members]
+    return _NduJob(unit, coded_names, codings, kinds, unit.payload, ctx, out_dtype, codebook, eps, ctx.bf16)
+
+
+def _signalled_entry_points(h) -> list | None:
+    """The NDU's cabac_entry_point_list as core entry points (None when absent): with them the core decodes
+    the block rows of the tensor in parallel (and falls back to sequential decoding when they do not join up
+    with the payload, which gives what any sequential decoder gives)."""
+    eps = getattr(h, "cabac_entry_point_list", None)
+    if not eps:
+        return None
+    return [deepcabac.EntryPoint(int(e.value), int(e.dq_state or 0), int(e.bit_offset)) for e in eps]
 
 
 def _unary_length_minus1(h) -> int:
@@ -534,13 +750,36 @@ def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
                              syntax_path="NNR_MPS.mps_quantization_parameter")
 
 
-def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
+#: elements reconstructed per slice: the float32 intermediate of a huge tensor is never whole in memory
+_RECON_CHUNK = 1 << 22
+
+
+def _reconstruct(q: np.ndarray, qp: int, qp_density: int, out_dtype: np.dtype, name: str, unit_index: int
+                 ) -> np.ndarray:
+    """``reconstruct_uniform`` slice by slice into an array of ``out_dtype``, checking for overflow."""
+    out = np.empty(q.shape, out_dtype)
+    flat_q, flat_o = q.reshape(-1), out.reshape(-1)
+    for i in range(0, flat_q.size, _RECON_CHUNK):
+        dst = flat_o[i:i + _RECON_CHUNK]
+        dst[...] = reconstruct_uniform(flat_q[i:i + _RECON_CHUNK], qp, qp_density)
+        if not np.isfinite(dst).all():
+            raise BitstreamError(f"tensor {name!r}: reconstructed values overflow float32 (hostile levels "
+                                 "or qp)", unit_index=unit_index, syntax_path="NNR_NDU.payload")
+    return out
+
+
+def _run_ndu(job: _NduJob, threads: int = 1, release=None) -> list[DecodedTensor]:
     unit = job.unit
     try:
-        res = deepcabac.decode_payload(job.payload, job.codings)
-    except BitstreamError as e:
-        raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
-                        syntax_path="NNR_NDU.payload")
+        try:
+            res = deepcabac.decode_payload(job.payload, job.codings, entry_points=job.entry_points,
+                                           threads=threads)
+        except BitstreamError as e:
+            raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
+                            syntax_path="NNR_NDU.payload")
+    finally:
+        if release is not None:
+            release(job)
     if res.consumed != len(job.payload):
         raise BitstreamError(f"the CABAC data ends after {res.consumed} of {len(job.payload)} payload bytes "
                              "(nnr_unit_size does not match the coded data)", unit_index=unit.index,
@@ -562,15 +801,14 @@ def _run_ndu(job: _NduJob) -> list[DecodedTensor]:
                     raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit.index,
                                          syntax_path="NNR_NDU.payload")
                 arr = reconstruct_codebook(q, values, zero, qp, job.ctx.qp_density)
-                if job.out_dtype is not None:
-                    arr = arr.astype(job.out_dtype)
+                if not np.isfinite(arr).all():
+                    raise BitstreamError(f"tensor {name!r}: reconstructed values overflow float32 (hostile "
+                                         "levels or qp)", unit_index=unit.index, syntax_path="NNR_NDU.payload")
+                target = _result_dtype(job, name, kind)
+                if arr.dtype != target:
+                    arr = arr.astype(target)
             else:
-                arr = reconstruct_uniform(q, qp, job.ctx.qp_density)
-                if job.out_dtype is not None:
-                    arr = arr.astype(job.out_dtype)
-            if kind != "int" and not np.isfinite(arr).all():
-                raise BitstreamError(f"tensor {name!r}: reconstructed values overflow float32 (hostile levels "
-                                     "or qp)", unit_index=unit.index, syntax_path="NNR_NDU.payload")
+                arr = _reconstruct(q, qp, job.ctx.qp_density, _result_dtype(job, name, kind), name, unit.index)
             out.append(DecodedTensor(name=name, array=arr, levels=q, qp=qp, unit_index=unit.index,
                                      parameter_id=getattr(h, "parameter_id", None),
                                      put_node_depth=getattr(h, "put_node_depth", None),
