@@ -38,6 +38,19 @@ def _qp_override(text: str) -> tuple[str, int]:
 _FORMAT_CHOICES = ("onnx", "pytorch", "safetensors", "npz")
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    try:
+        value = int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 5GB, 500MB, 1073741824)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnc", description="MPEG NNC (ISO/IEC 15938-17) neural network coding")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -57,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-row-skipping", action="store_true", help="do not signal all-zero rows")
     e.add_argument("--no-param-opt", action="store_true", help="no context-initialisation optimisation")
     e.add_argument("--scan-order", type=int, default=0, help="0 row-major, 1..4 block scans")
-    e.add_argument("--threads", type=int, default=1, help="tensors coded in parallel")
+    e.add_argument("--threads", type=int, default=None,
+                   help="tensors coded in parallel (default: every CPU; the output does not depend on it)")
     e.add_argument("--codebook", choices=["off", "auto", "force"], default="off",
                    help="codebook quantisation: auto = per tensor when smaller (NNCodec codebook_mode 2); slow "
                         "at fine QPs (one trial encode per distinct level, as NNCodec), meant for low bit depths")
@@ -84,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output model format when the extension does not tell")
     d.add_argument("--template", default=None, metavar="ORIGINAL.jit",
                    help="write a TorchScript archive: this program with the decoded weights (nothing is run)")
-    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--threads", type=int, default=None,
+                   help="decode threads (default: every CPU): NDUs in parallel, and block rows with entry points")
+    d.add_argument("--shard-size", type=_size, default=None, metavar="SIZE",
+                   help="write a Hugging Face sharded safetensors checkpoint with shards of at most SIZE "
+                        "(e.g. 5GB, 500MB); -o DIR/ shards at 5GB by default")
 
     i = sub.add_parser("info", help="unit-by-unit summary of a bitstream")
     i.add_argument("input")
@@ -125,11 +143,31 @@ def _error_stats(orig: dict, dec: dict) -> dict:
             "mse": sq / max(n, 1)}
 
 
+class _StreamingError:
+    """_error_stats, accumulated tensor by tensor (so that verifying never holds the whole model)."""
+
+    def __init__(self):
+        self.sq = self.ref = self.max_abs = 0.0
+        self.n = 0
+
+    def add(self, a, b) -> None:
+        a64 = np.asarray(a).astype(np.float64).reshape(-1)
+        err = np.abs(a64 - np.asarray(b).astype(np.float64).reshape(-1))
+        if err.size:
+            self.max_abs = max(self.max_abs, float(err.max()))
+        self.sq += float(np.dot(err, err))
+        self.ref += float(np.dot(a64, a64))
+        self.n += a64.size
+
+    def result(self) -> dict:
+        return {"max_abs_err": self.max_abs, "rel_l2": (self.sq ** 0.5 / self.ref ** 0.5) if self.ref > 0 else 0.0,
+                "mse": self.sq / max(self.n, 1)}
+
+
 def _cmd_encode(a) -> int:
     from . import converters
-    from .codec import Encoder, decode
-    from .config import EncoderConfig
-    from ._atomic import write_bytes_atomic
+    from .codec import Decoder, Encoder
+    from .config import DecoderConfig, EncoderConfig
 
     cfg = EncoderConfig(qp=a.qp, qp_density=a.qp_density, nonweight_qp=a.nonweight_qp,
                         qp_per_tensor=dict(a.qp_per_tensor), dq=not a.no_dq, row_skipping=not a.no_row_skipping,
@@ -138,30 +176,31 @@ def _cmd_encode(a) -> int:
                         struct_sparsity=a.struct_sparsity, target_bits_per_param=a.bits_per_param,
                         max_rel_error=a.max_rel_error)
     t0 = time.perf_counter()
-    model = converters.load_model(a.input, format=a.format)
+    model = converters.open_model(a.input, format=a.format)   # safetensors: lazily, one tensor at a time
     t_load = time.perf_counter() - t0
     enc = Encoder(cfg)
     t0 = time.perf_counter()
-    data = enc.encode(model.tensors, topology=model.topology, progress=not (a.quiet or a.json))
+    # written unit by unit as coded (atomically: a temporary file renamed at the end)
+    done = enc.encode_to(a.output, model.tensors, topology=model.topology, progress=not (a.quiet or a.json))
     t_enc = time.perf_counter() - t0
-    write_bytes_atomic(a.output, data)
-    n_params = sum(int(np.asarray(v).size) for v in model.tensors.values())
-    orig_bytes = sum(int(np.asarray(v).nbytes) for v in model.tensors.values())
-    summary = {"input": a.input, "output": a.output, "tensors": len(model.tensors), "parameters": n_params,
-               "input_bytes": orig_bytes, "bitstream_bytes": len(data),
-               "ratio": orig_bytes / len(data), "bits_per_param": 8 * len(data) / max(n_params, 1),
+    n_params, orig_bytes, size = done.parameters, done.input_bytes, done.bitstream_bytes
+    summary = {"input": a.input, "output": a.output, "tensors": done.tensors, "parameters": n_params,
+               "input_bytes": orig_bytes, "bitstream_bytes": size,
+               "ratio": orig_bytes / size, "bits_per_param": 8 * size / max(n_params, 1),
                "load_s": t_load, "encode_s": t_enc}
     if not a.no_verify:
         t0 = time.perf_counter()
-        dec = decode(data)
+        stats = _StreamingError()
+        for t in Decoder(DecoderConfig(threads=cfg.threads)).stream(Path(a.output)):
+            stats.add(model.tensors[t.name], t.array)
         summary["decode_s"] = time.perf_counter() - t0
-        summary.update(_error_stats(model.tensors, dec))
+        summary.update(stats.result())
     if a.json:
         print(json.dumps(summary))
     else:
         print(f"{a.input} -> {a.output}")
         print(f"  tensors {summary['tensors']}, parameters {n_params:,}, input {orig_bytes:,} bytes")
-        print(f"  bitstream {len(data):,} bytes  (ratio {summary['ratio']:.2f}x, "
+        print(f"  bitstream {size:,} bytes  (ratio {summary['ratio']:.2f}x, "
               f"{summary['bits_per_param']:.3f} bits/param)")
         if "max_abs_err" in summary:
             print(f"  error: max |w - w^| {summary['max_abs_err']:.3g}, relative L2 {summary['rel_l2']:.3g}")
@@ -174,6 +213,21 @@ def _cmd_decode(a) -> int:
     from .codec import Decoder
     from .config import DecoderConfig
 
+    out = a.output
+    fmt = None if a.format is None else converters.detect_format(out, a.format)
+    folder = out.endswith(("/", os.sep)) or os.path.isdir(out)
+    streaming = a.template is None and (folder or a.shard_size is not None or fmt == "safetensors" or (
+        fmt is None and out.lower().endswith(".safetensors")))
+    if a.shard_size is not None and not streaming:
+        from .errors import ConfigError
+        raise ConfigError("--shard-size writes safetensors: give -o DIR/ or -o NAME.safetensors")
+    if streaming:   # tensor by tensor from the memory-mapped bitstream into the output file(s)
+        if not os.path.isfile(a.input):
+            _read_input(a.input)   # the usual "cannot read" error
+        stream = Decoder(DecoderConfig(threads=a.threads)).stream(Path(a.input))
+        paths = converters.save_model_streaming(out, stream, shard_size=a.shard_size, format=a.format)
+        print(f"{a.input} -> {out}: {len(stream)} tensors in {len(paths)} file(s)")
+        return 0
     data = _read_input(a.input)
     model = Decoder(DecoderConfig(threads=a.threads)).decode_model(data)
     converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
