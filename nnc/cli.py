@@ -191,7 +191,7 @@ def _cmd_encode(a) -> int:
     if not a.no_verify:
         t0 = time.perf_counter()
         stats = _StreamingError()
-        for t in Decoder(DecoderConfig(threads=cfg.threads)).stream(Path(a.output)):
+        for t in Decoder(DecoderConfig(threads=cfg.threads)).stream(Path(a.output), levels=False):
             stats.add(model.tensors[t.name], t.array)
         summary["decode_s"] = time.perf_counter() - t0
         summary.update(stats.result())
@@ -224,7 +224,7 @@ def _cmd_decode(a) -> int:
     if streaming:   # tensor by tensor from the memory-mapped bitstream into the output file(s)
         if not os.path.isfile(a.input):
             _read_input(a.input)   # the usual "cannot read" error
-        stream = Decoder(DecoderConfig(threads=a.threads)).stream(Path(a.input))
+        stream = Decoder(DecoderConfig(threads=a.threads)).stream(Path(a.input), levels=False)
         paths = converters.save_model_streaming(out, stream, shard_size=a.shard_size, format=a.format)
         print(f"{a.input} -> {out}: {len(stream)} tensors in {len(paths)} file(s)")
         return 0

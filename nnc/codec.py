@@ -107,7 +107,12 @@ def _as_array(name: str, value) -> np.ndarray:
         raise InputError(f"tensor {name!r} cannot be converted to a numpy array: {e}") from None
 
 
-def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | None = None) -> _Plan:
+def _plan(name: str, arr, index: int, cfg: EncoderConfig, qp: int | None = None) -> _Plan:
+    """Validate and quantise one tensor. ``arr`` may be a one-element list holding the array: the list is
+    emptied, so that the input can be freed as soon as its float32 copy exists (a caller's argument would
+    otherwise keep it alive for the whole call)."""
+    if isinstance(arr, list):
+        arr = arr.pop()
     kind = coding_kind(name, arr.dtype)
     ndim = arr.ndim
     shape = tuple(int(d) for d in arr.shape) or (1,)
@@ -327,10 +332,9 @@ class Encoder:
 
         def one(item) -> tuple[bytes, int, int]:
             i, name, get = item
-            arr = get()
-            n, nbytes = int(arr.size), int(arr.nbytes)
-            plan = _plan(name, arr, i, cfg, qps.get(name))
-            del arr
+            box = [get()]
+            n, nbytes = int(box[0].size), int(box[0].nbytes)
+            plan = _plan(name, box, i, cfg, qps.get(name))
             return _encode_ndu(plan, cfg, parent_signalling=False), n, nbytes
 
         if topology is None:
@@ -397,7 +401,8 @@ class DecodedTensor:
 
     name: str
     array: np.ndarray
-    levels: np.ndarray              # stored integers (q; codebook indices for codebook tensors)
+    levels: np.ndarray | None       # stored integers (q; codebook indices for codebook tensors); None when
+                                    # the stream was opened with levels=False
     qp: int | None
     unit_index: int
     parameter_id: int | None = None
@@ -441,22 +446,25 @@ class Decoder:
             model.details[t.name] = t
         return model
 
-    def stream(self, bitstream, *, state=None) -> "DecodeStream":
+    def stream(self, bitstream, *, state=None, levels: bool = True) -> "DecodeStream":
         """A bitstream (bytes-like, or a ``pathlib.Path``: memory-mapped) opened for decoding tensor by tensor.
 
         All unit headers are parsed and checked against the limits first (nothing is decoded before the
         whole stream is known to be acceptable); iterating the result then decodes the NDUs in bitstream
         order on ``config.threads`` threads, with at most a few tensors in memory at once, and yields each
         :class:`DecodedTensor` once it and all before it are done. ``entries`` lists (name, shape, dtype) of
-        every tensor before anything is decoded, so an output file can be laid out up front."""
-        return DecodeStream(self.config, bitstream, state)
+        every tensor before anything is decoded, so an output file can be laid out up front.
+        ``levels=False`` drops each tensor's decoded integers once it is reconstructed (``DecodedTensor.levels``
+        is then None), which halves the memory of a tensor waiting to be written."""
+        return DecodeStream(self.config, bitstream, state, levels)
 
 
 class DecodeStream:
     """See :meth:`Decoder.stream`."""
 
-    def __init__(self, cfg: DecoderConfig, bitstream, state):
+    def __init__(self, cfg: DecoderConfig, bitstream, state, levels: bool = True):
         self._cfg = cfg
+        self._levels = levels
         self._mm = None
         if isinstance(bitstream, os.PathLike):   # a str stays an error: it is too easily bytes meant as text
             import mmap
@@ -495,8 +503,9 @@ class DecodeStream:
         jobs, self._jobs = self._jobs, []
         # Block rows of one tensor (entry points) use the same threads as the NDUs: the core joins its row
         # threads before returning, so at most threads x threads short-lived threads exist.
-        for tensors in _ordered_map(lambda j: _run_ndu(j, self._threads, self._release),
-                                    jobs, self._threads, window=2 * self._threads):
+        # window threads + 1: decoded tensors wait for the one before them in memory; this bounds how many.
+        for tensors in _ordered_map(lambda j: _run_ndu(j, self._threads, self._release, self._levels),
+                                    jobs, self._threads, window=self._threads + 1):
             yield from tensors
 
     def _release(self, job: "_NduJob") -> None:
@@ -768,7 +777,7 @@ def _reconstruct(q: np.ndarray, qp: int, qp_density: int, out_dtype: np.dtype, n
     return out
 
 
-def _run_ndu(job: _NduJob, threads: int = 1, release=None) -> list[DecodedTensor]:
+def _run_ndu(job: _NduJob, threads: int = 1, release=None, keep_levels: bool = True) -> list[DecodedTensor]:
     unit = job.unit
     try:
         try:
@@ -809,7 +818,8 @@ def _run_ndu(job: _NduJob, threads: int = 1, release=None) -> list[DecodedTensor
                     arr = arr.astype(target)
             else:
                 arr = _reconstruct(q, qp, job.ctx.qp_density, _result_dtype(job, name, kind), name, unit.index)
-            out.append(DecodedTensor(name=name, array=arr, levels=q, qp=qp, unit_index=unit.index,
+            out.append(DecodedTensor(name=name, array=arr, levels=q if keep_levels else None, qp=qp,
+                                     unit_index=unit.index,
                                      parameter_id=getattr(h, "parameter_id", None),
                                      put_node_depth=getattr(h, "put_node_depth", None),
                                      device_id=getattr(h, "device_id", None)))
