@@ -241,25 +241,123 @@ def bench_model(label: str, folder: str, work: str, threads: list[int], extra_en
     return res
 
 
-def lossless_int(folder: str, work: str) -> dict:
-    """bfloat16 bit patterns coded as int16 through NNR_PT_INT (what the standard offers for exact data)."""
-    code = r"""
+LOSSLESS = r"""
 import sys, json, numpy as np, nnc, nnc.converters as C
-src = C.open_model(sys.argv[1]).tensors
 import collections.abc as abc
+src = C.open_model(sys.argv[1]).tensors
+variant = sys.argv[4]
+
+def parts(k):
+    bits = np.asarray(src[k]).view(np.uint16)
+    if variant == "int16":                      # the raw bit patterns as signed 16-bit integers
+        return {k: bits.view(np.int16)}
+    # "split": exponent minus its most frequent value, and (mantissa + 1) carrying the sign
+    e = ((bits >> 7) & 0xFF).astype(np.int32)
+    e0 = int(np.bincount(e.reshape(-1), minlength=256).argmax())
+    sm = ((bits & 0x7F).astype(np.int32) + 1) * np.where(bits >> 15, -1, 1).astype(np.int32)
+    return {k + ".exp": (e - e0).astype(np.int16), k + ".sm": sm.astype(np.int16),
+            k + ".e0": np.array([e0], np.int16)}
+
+names = [n for k in src for n in (parts(k) if np.asarray(src[k]).size < 2 else
+                                  ([k] if variant == "int16" else [k + ".exp", k + ".sm", k + ".e0"]))]
+owner = {n: k for k in src for n in names if n == k or n.rsplit(".", 1)[0] == k}
+
 class Lazy(abc.Mapping):
-    def __getitem__(self, k): return np.asarray(src[k]).view(np.int16)
-    def __iter__(self): return iter(src)
-    def __len__(self): return len(src)
-    def dtype_names(self): return {k: "int16" for k in src}
+    def __getitem__(self, n): return parts(owner[n])[n]
+    def __iter__(self): return iter(names)
+    def __len__(self): return len(names)
+    def dtype_names(self): return {n: "int16" for n in names}
+
+import time, pathlib
+t0 = time.perf_counter()
 s = nnc.Encoder(nnc.EncoderConfig(threads=int(sys.argv[3]))).encode_to(sys.argv[2], Lazy())
-print(json.dumps({"bitstream_bytes": s.bitstream_bytes, "input_bytes": s.input_bytes}))
+t_enc = time.perf_counter() - t0
+raw = sum(np.asarray(src[k]).nbytes for k in src)
+# decode and put the bit patterns back together: exact?
+t0 = time.perf_counter()
+got, exact = {}, True
+for t in nnc.Decoder(nnc.DecoderConfig(threads=int(sys.argv[3]))).stream(pathlib.Path(sys.argv[2]), levels=False):
+    got[t.name] = t.array
+    k = owner[t.name]
+    if variant == "int16":
+        bits = got.pop(k).view(np.uint16)
+    elif all(k + x in got for x in (".exp", ".sm", ".e0")):
+        e = got.pop(k + ".exp").astype(np.int32) + int(got.pop(k + ".e0")[0])
+        sm = got.pop(k + ".sm").astype(np.int32)
+        bits = (((sm < 0).astype(np.int32) << 15) | (e << 7) | (np.abs(sm) - 1)).astype(np.uint16)
+    else:
+        continue
+    exact &= bool(np.array_equal(bits, np.asarray(src[k]).view(np.uint16)))
+t_dec = time.perf_counter() - t0
+print(json.dumps({"bitstream_bytes": s.bitstream_bytes, "input_bytes": raw, "exact": exact,
+                  "encode_s": round(t_enc, 2), "decode_s": round(t_dec, 2)}))
 """
+
+
+def lossless_int(folder: str, work: str, threads: int = 2) -> dict:
+    """Exact coding of bfloat16 through NNR_PT_INT (what the standard offers for exact data): the raw bit
+    patterns as int16, and a split into exponent and signed mantissa tensors."""
     out = os.path.join(work, "lossless.nnc")
-    e = measure([sys.executable, "-c", code, folder, out, "2"])
-    info = json.loads(e["stdout"].strip().splitlines()[-1])
-    os.remove(out)
-    return {"encode": e, **info}
+    res = {}
+    for variant in ("int16", "split"):
+        e = measure([sys.executable, "-c", LOSSLESS, folder, out, str(threads), variant])
+        res[variant] = {"encode": e, **json.loads(e["stdout"].strip().splitlines()[-1])}
+        os.remove(out)
+    return res
+
+
+def entry_point_cost(rows: int = 4096, cols: int = 4096) -> dict:
+    """Bytes of one N(0, 0.02) bfloat16 matrix at qp -38 with scan_order 0 (default, and without row skipping,
+    which scan_order > 0 with DQ needs) and scan_order 1..4 (entry points), and the decode time with 1 and 2
+    threads (in this process; the block rows decode in parallel only with entry points)."""
+    import ml_dtypes
+    import nnc
+    rng = np.random.default_rng(0)
+    w = {"w": (rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.02)).astype(ml_dtypes.bfloat16)}
+    out = {"shape": [rows, cols], "cases": []}
+    for scan, rs in ((0, True), (0, False), (1, False), (2, False), (3, False), (4, False)):
+        t0 = time.perf_counter()
+        data = nnc.encode(w, nnc.EncoderConfig(qp=-38, scan_order=scan, row_skipping=rs, threads=1))
+        enc = time.perf_counter() - t0
+        dec = {}
+        for t in (1, 2):
+            t0 = time.perf_counter()
+            nnc.decode(data, nnc.DecoderConfig(threads=t))
+            dec[t] = round(time.perf_counter() - t0, 3)
+        case = {"scan_order": scan, "row_skipping": rs, "bytes": len(data), "encode_s": round(enc, 2),
+                "decode_s": dec, "load": round(os.getloadavg()[0], 1)}
+        out["cases"].append(case)
+        print(f"  scan {scan} row_skipping {rs}: {len(data):,} B, enc {enc:.1f} s, dec 1t {dec[1]} s 2t {dec[2]} s",
+              flush=True)
+    return out
+
+
+def table(results: dict) -> str:
+    """The markdown tables of docs/performance.md from the JSON."""
+    rows = ["| model | params | largest tensor | threads | bitstream B | encode s (cpu s) | encode peak MB | "
+            "decode s (cpu s) | decode peak MB | target MB | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in results["models"]:
+        ck = m["checkpoint"]
+        target = 3 * 4 * ck["largest"] / 2**20 + 256
+        for r in m["runs"]:
+            e, d = r["encode"], r["decode"]
+            rows.append(f"| {m['label']} | {ck['parameters'] / 1e6:,.0f} M | {ck['largest'] / 1e6:.1f} M | "
+                        f"{r['threads']} | {r['bitstream_bytes']:,} | {e['wall_s']} ({e['cpu_s']}) | "
+                        f"{e['peak_rss_mb']:.0f} | {d['wall_s']} ({d['cpu_s']}) | {d['peak_rss_mb']:.0f} | "
+                        f"{target:.0f} | {e['load_before']:.0f} / {d['load_before']:.0f} |")
+        for t, z in (m.get("zipnn") or {}).items():
+            rows.append(f"| {m['label']} zipnn | | | {t} | {z['compressed_bytes']:,} | {z['encode']['wall_s']} "
+                        f"({z['encode']['cpu_s']}) | {z['encode']['peak_rss_mb']:.0f} | {z['decode']['wall_s']} "
+                        f"({z['decode']['cpu_s']}) | {z['decode']['peak_rss_mb']:.0f} | | "
+                        f"{z['encode']['load_before']:.0f} / {z['decode']['load_before']:.0f} |")
+        r = m.get("nncodec")
+        if r and "error" not in r:
+            rows.append(f"| {m['label']} NNCodec | | | 1 | {r['bitstream_bytes']:,} | {r['encode']['wall_s']} "
+                        f"({r['encode']['cpu_s']}) | {r['encode']['peak_rss_mb']:.0f} | {r['decode']['wall_s']} "
+                        f"({r['decode']['cpu_s']}) | {r['decode']['peak_rss_mb']:.0f} | | "
+                        f"{r['encode']['load_before']:.0f} / {r['decode']['load_before']:.0f} |")
+    return "\n".join(rows)
 
 
 def plot(results: dict) -> None:
@@ -308,8 +406,19 @@ def main() -> None:
     ap.add_argument("--no-zipnn", action="store_true")
     ap.add_argument("--nncodec-max", type=float, default=0.1, help="largest size NNCodec is run at (0: never)")
     ap.add_argument("--lossless", action="store_true", help="also code the 0.1 B model's bit patterns as int16")
+    ap.add_argument("--table", action="store_true", help="only: print the markdown table of --out")
+    ap.add_argument("--entry-cost", action="store_true", help="only: the byte cost of entry points")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args()
+    if a.table:
+        with open(a.out) as f:
+            print(table(json.load(f)))
+        return
+    if a.entry_cost:
+        res = entry_point_cost()
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        return
     threads = [int(t) for t in a.threads.split(",")]
     os.makedirs(a.work, exist_ok=True)
     results = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))},
@@ -338,7 +447,9 @@ def main() -> None:
         m["checkpoint"] = ck
         if a.lossless and size <= 0.1:
             m["lossless_int16"] = lossless_int(folder, a.work)
-            print(f"  lossless int16: {m['lossless_int16']['bitstream_bytes']:,} B", flush=True)
+            for v, r in m["lossless_int16"].items():
+                print(f"  lossless {v}: {r['bitstream_bytes']:,} B of {r['input_bytes']:,} "
+                      f"(x{r['input_bytes'] / r['bitstream_bytes']:.3f}), {r['encode']['wall_s']} s", flush=True)
         if size <= a.nncodec_max and os.path.exists(REF_PY):
             try:
                 r = run_nncodec(folder, a.work)
@@ -362,6 +473,7 @@ def main() -> None:
             keep(m)
         shutil.rmtree(folder, ignore_errors=True)
     plot(results)
+    print(table(results))
     print(json.dumps({m["label"]: [(r["threads"], r["encode"]["wall_s"], r["decode"]["wall_s"]) for r in m["runs"]]
                       for m in results["models"]}))
 
