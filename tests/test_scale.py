@@ -271,3 +271,24 @@ def test_peak_memory_does_not_grow_with_the_model(tmp_path):
     print(f"idle {idle:.0f} MB, encode {enc:.0f} MB, decode {dec:.0f} MB, bound +{bound:.0f} MB")
     assert enc - idle < bound, (idle, enc)
     assert dec - idle < bound, (idle, dec)
+
+
+def test_streaming_safetensors_output_restores_tied_and_0d_tensors(tmp_path):
+    rng = np.random.default_rng(3)
+    shared = rng.standard_normal((20, 8)).astype(np.float32)
+    lm = C.load_model({"emb": shared, "step": np.array(5, np.int64), "head": shared,
+                       "w": rng.standard_normal((4, 8)).astype(BF16)})
+    assert "head" not in lm.tensors                       # tied: coded once
+    (tmp_path / "m.nnc").write_bytes(nnc.encode(lm.tensors, topology=lm.topology))
+    stream = nnc.Decoder().stream(tmp_path / "m.nnc", levels=False)
+    C.save_model_streaming(tmp_path / "out.safetensors", stream)
+    eager = C.restore_tensors(nnc.decode((tmp_path / "m.nnc").read_bytes()), lm.topology)
+    got = C.load_model(tmp_path / "out.safetensors").tensors
+    rec = json.loads(bytes(C.load_model(tmp_path / "out.safetensors").topology.data) or b"{}")
+    assert list(got) == list(eager) == ["emb", "step", "head", "w"]
+    # the same file save_model writes from the whole decoded model
+    C.save_model(tmp_path / "eager.safetensors", nnc.decode((tmp_path / "m.nnc").read_bytes()), lm.topology)
+    assert (tmp_path / "out.safetensors").read_bytes() == (tmp_path / "eager.safetensors").read_bytes()
+    assert np.array_equal(got["head"], eager["head"]) and np.array_equal(got["emb"], eager["emb"])
+    assert rec.get("shapes", {}).get("step") == [] and got["step"].reshape(()) == 5
+    assert str(got["w"].dtype) == "bfloat16" and np.array_equal(got["w"], eager["w"])
