@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -61,6 +63,19 @@ _NEEDS = {"onnx": "onnx", "pytorch": "torch"}
 USELESS_REL_L2 = 0.1
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    try:
+        value = int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 5GB, 500MB, 1073741824)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnc", description="MPEG NNC (ISO/IEC 15938-17) neural network coding: compress model weights to "
@@ -96,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-param-opt", dest="param_opt", action="store_const", const=False, default=None,
                    help="no context-initialisation optimisation")
     e.add_argument("--scan-order", type=int, default=None, help="0 row-major (default), 1..4 block scans")
-    e.add_argument("--threads", type=int, default=None, help="tensors coded in parallel")
+    e.add_argument("--threads", type=int, default=None,
+                   help="tensors coded in parallel (default: every CPU; the output does not depend on it)")
     e.add_argument("--codebook", choices=["off", "auto", "force"], default=None,
                    help="codebook quantisation: auto = per tensor when smaller (NNCodec codebook_mode 2); slow "
                         "at fine QPs (one trial encode per distinct level, as NNCodec), meant for low bit depths")
@@ -137,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output model format when the extension does not tell")
     d.add_argument("--template", default=None, metavar="ORIGINAL.jit",
                    help="write a TorchScript archive: this program with the decoded weights (nothing is run)")
-    d.add_argument("--threads", type=int, default=None, help="tensors decoded in parallel")
+    d.add_argument("--threads", type=int, default=None,
+                   help="decode threads (default: every CPU): NDUs in parallel, and block rows with entry points")
+    d.add_argument("--shard-size", type=_size, default=None, metavar="SIZE",
+                   help="write a Hugging Face sharded safetensors checkpoint with shards of at most SIZE "
+                        "(e.g. 5GB, 500MB); -o DIR/ shards at 5GB by default")
     d.add_argument("--quiet", action="store_true", help="no progress display")
     _add_limit_flags(d)
 
@@ -439,19 +459,54 @@ def _error_stats(orig: dict, dec: dict) -> dict:
             "mse": sq / max(n, 1)}
 
 
-def _dtype_figures(tensors: dict, dtypes: dict[str, str]) -> dict[str, dict]:
-    """Per source dtype: tensors, parameters and bytes as the input holds them (bfloat16 = 2 bytes each)."""
+def _dtype_figures(tensors, dtypes: dict[str, str]) -> dict[str, dict]:
+    """Per source dtype: tensors, parameters and bytes as the input holds them (bfloat16 = 2 bytes each), from
+    the headers where a lazily read model offers them (nothing is read)."""
     from .converters.manifest import ITEMSIZE
+    names = getattr(tensors, "dtype_names", None)
+    if callable(names):
+        declared, shapes = names(), tensors.shapes()
+        items = [(k, declared[k], math.prod(shapes[k]), ITEMSIZE.get(declared[k], 4)) for k in tensors]
+    else:
+        items = []
+        for k, arr in tensors.items():
+            arr = np.asarray(arr)
+            items.append((k, str(arr.dtype), int(arr.size), arr.dtype.itemsize))
     out: dict[str, dict] = {}
-    for name, arr in tensors.items():
-        arr = np.asarray(arr)
-        dt = dtypes.get(name) or str(arr.dtype)
-        size = ITEMSIZE.get(dt, arr.dtype.itemsize)
+    for name, dt, size, itemsize in items:
+        dt = dtypes.get(name) or dt
         f = out.setdefault(dt, {"tensors": 0, "parameters": 0, "bytes": 0})
         f["tensors"] += 1
-        f["parameters"] += int(arr.size)
-        f["bytes"] += int(arr.size) * size
+        f["parameters"] += size
+        f["bytes"] += size * ITEMSIZE.get(dt, itemsize)
     return out
+
+
+class _StreamingError:
+    """_error_stats, accumulated tensor by tensor (so that verifying never holds the whole model), with the
+    worst relative RMS error of a float tensor."""
+
+    def __init__(self):
+        self.sq = self.ref = self.max_abs = 0.0
+        self.n = 0
+        self.worst, self.worst_name = 0.0, None
+
+    def add(self, name: str, a, b) -> None:
+        a = np.asarray(a)
+        a64 = a.astype(np.float64).reshape(-1)
+        err = np.abs(a64 - np.asarray(b).astype(np.float64).reshape(-1))
+        if err.size:
+            self.max_abs = max(self.max_abs, float(err.max()))
+        sq, ref = float(np.dot(err, err)), float(np.dot(a64, a64))
+        self.sq += sq
+        self.ref += ref
+        self.n += a64.size
+        if (a.dtype.kind == "f" or a.dtype.name == "bfloat16") and ref > 0 and (sq / ref) ** 0.5 > self.worst:
+            self.worst, self.worst_name = (sq / ref) ** 0.5, name
+
+    def result(self) -> dict:
+        return {"max_abs_err": self.max_abs, "rel_l2": (self.sq ** 0.5 / self.ref ** 0.5) if self.ref > 0 else 0.0,
+                "mse": self.sq / max(self.n, 1)}
 
 
 def _reference_arrays(tensors: dict) -> dict:
@@ -471,19 +526,28 @@ def _reference_arrays(tensors: dict) -> dict:
     return out
 
 
-def _coded_and_carried(data: bytes, source: str, coded_input_bytes: int, n_params: int) -> dict:
+def _coded_and_carried(bitstream_path: str, source: str, coded_input_bytes: int, n_params: int) -> dict:
     """Bytes of the NDUs (coded tensors) and of the topology unit (what the model carries uncoded), and the
-    ratio against the input file when the input is one file."""
+    ratio against the input file when the input is one file. Reads the unit headers of the written file
+    (memory-mapped: the payloads are not read)."""
+    import mmap
+
     from . import bitstream as bs
-    units = bs.parse(data)
-    coded = sum(u.size for u in units if u.nnr_unit_type == bs.UnitType.NNR_NDU)
-    carried = sum(u.size for u in units if u.nnr_unit_type == bs.UnitType.NNR_TPL)
+    size = os.path.getsize(bitstream_path)
+    with open(bitstream_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            sizes = [(u.nnr_unit_type, u.size) for u in bs.iter_units(view, strict=False)]
+        finally:
+            view.release()
+    coded = sum(n for t, n in sizes if t == bs.UnitType.NNR_NDU)
+    carried = sum(n for t, n in sizes if t == bs.UnitType.NNR_TPL)
     out = {"coded_bytes": coded, "carried_bytes": carried,
            "coded_bits_per_param": 8 * coded / max(n_params, 1),
            "coded_ratio": coded_input_bytes / max(coded, 1)}
     if os.path.isfile(source):
         out["file_bytes"] = os.path.getsize(source)
-        out["file_ratio"] = out["file_bytes"] / len(data)
+        out["file_ratio"] = out["file_bytes"] / size
     return out
 
 
@@ -514,14 +578,17 @@ def _cmd_encode(a) -> int:
                          "so the file would pass for a model; name it .nnc, or pass --force")
 
     from . import converters
-    from ._atomic import write_bytes_atomic
-    from .codec import Encoder, decode
+    from .codec import Decoder, Encoder
+    from .config import DecoderConfig
     from .converters.manifest import reference_topology, source_dtypes, with_name_list
 
     ui = _Progress(not (a.quiet or a.json))
     t0 = time.perf_counter()
     with ui.phase(f"loading {a.input}"):
-        model = converters.load_model(a.input, format=a.format, model_state_only=a.model_state_only)
+        if a.model_state_only:
+            model = converters.load_model(a.input, format=a.format, model_state_only=True)
+        else:   # safetensors: opened lazily, one tensor read at a time
+            model = converters.open_model(a.input, format=a.format)
     t_load = time.perf_counter() - t0
     for note in model.notes:
         print(f"nnc: note: {note}", file=sys.stderr)
@@ -543,36 +610,39 @@ def _cmd_encode(a) -> int:
     else:
         topology = with_name_list(model.topology, tensors, model.source_format)
     t0 = time.perf_counter()
-    data = Encoder(cfg).encode(tensors, topology=topology, progress=ui.enabled)
+    # written unit by unit as coded (atomically: a temporary file renamed at the end)
+    done = Encoder(cfg).encode_to(a.output, tensors, topology=topology, progress=ui.enabled)
+    _STATE.committed = True
     t_enc = time.perf_counter() - t0
 
-    figures = _dtype_figures(model.tensors, dtypes)
+    figures = _dtype_figures(tensors if a.reference_layout else model.tensors, {} if a.reference_layout else dtypes)
     n_params = sum(f["parameters"] for f in figures.values())
     orig_bytes = sum(f["bytes"] for f in figures.values())
-    summary = {"input": a.input, "output": a.output, "tensors": len(model.tensors), "parameters": n_params,
-               "input_bytes": orig_bytes, "dtypes": figures, "bitstream_bytes": len(data),
-               "ratio": orig_bytes / len(data), "bits_per_param": 8 * len(data) / max(n_params, 1),
+    size = done.bitstream_bytes
+    summary = {"input": a.input, "output": a.output, "tensors": done.tensors, "parameters": n_params,
+               "input_bytes": orig_bytes, "dtypes": figures, "bitstream_bytes": size,
+               "ratio": orig_bytes / size, "bits_per_param": 8 * size / max(n_params, 1),
                "layout": "reference" if a.reference_layout else "nnc", "load_s": t_load, "encode_s": t_enc}
-    summary.update(_coded_and_carried(data, a.input, orig_bytes, n_params))
+    summary.update(_coded_and_carried(a.output, a.input, orig_bytes, n_params))
+    worst = None
     if not a.no_verify:
         t0 = time.perf_counter()
+        stats = _StreamingError()
         with ui.phase("verifying (decoding back)"):
-            dec = decode(data)
+            for t in Decoder(DecoderConfig(threads=cfg.threads)).stream(Path(a.output), levels=False):
+                stats.add(t.name, tensors[t.name], t.array)
         summary["decode_s"] = time.perf_counter() - t0
-        summary.update(_error_stats(model.tensors, dec))
-        _warn_results(a, cfg, summary, model.tensors, dec)
-    elif a.bits_per_param is not None:
-        _warn_results(a, cfg, summary, None, None)
-    with ui.phase(f"writing {a.output}"):
-        write_bytes_atomic(a.output, data)
-    _STATE.committed = True
+        summary.update(stats.result())
+        worst = (stats.worst, stats.worst_name)
+    if not a.no_verify or a.bits_per_param is not None:
+        _warn_results(a, cfg, summary, worst)
     if a.json:
         print(json.dumps(summary))
     else:
         kinds = ", ".join(f"{dt} {f['parameters']:,}" for dt, f in figures.items())
         print(f"{a.input} -> {a.output}")
         print(f"  tensors {summary['tensors']}, parameters {n_params:,} ({kinds}), input {orig_bytes:,} bytes")
-        print(f"  bitstream {len(data):,} bytes  (ratio {summary['ratio']:.2f}x, "
+        print(f"  bitstream {size:,} bytes  (ratio {summary['ratio']:.2f}x, "
               f"{summary['bits_per_param']:.3f} bits/param)")
         print(f"  coded {summary['coded_bytes']:,} bytes for {n_params:,} coded parameters "
               f"({summary['coded_bits_per_param']:.3f} bits/param, ratio {summary['coded_ratio']:.2f}x); carried "
@@ -598,7 +668,7 @@ def _warn_ignored_flags(a, tensors: dict) -> None:
         _warn(f"--qp is ignored: {a.input} has no float tensor of rank > 1 (use --nonweight-qp)")
 
 
-def _warn_results(a, cfg, summary: dict, orig: dict | None, dec: dict | None) -> None:
+def _warn_results(a, cfg, summary: dict, worst: tuple[float, str | None] | None) -> None:
     rl2 = summary.get("rel_l2")
     if rl2 is not None and rl2 > USELESS_REL_L2:
         if a.bits_per_param is not None or a.max_rel_error is not None or a.bitdepth is not None:
@@ -612,21 +682,10 @@ def _warn_results(a, cfg, summary: dict, orig: dict | None, dec: dict | None) ->
         _warn(f"--bits-per-param {target:g} cannot be met for {a.input}: the bitstream has "
               f"{summary['bits_per_param']:.3f} bits/param (the coarsest QPs, headers and integer tensors cost "
               "more); the file is written as it is")
-    if a.max_rel_error is not None and orig is not None and dec is not None:
-        worst, name = 0.0, None
-        for k, v in orig.items():
-            v = np.asarray(v)
-            if v.dtype.kind != "f" and v.dtype.name != "bfloat16":
-                continue
-            x = v.astype(np.float64).reshape(-1)
-            ref = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-            if ref > 0:
-                err = float(np.sqrt(np.mean((x - np.asarray(dec[k], np.float64).reshape(-1)) ** 2))) / ref
-                if err > worst:
-                    worst, name = err, k
-        if name is not None and worst > 1.05 * a.max_rel_error:
-            _warn(f"--max-rel-error {a.max_rel_error:g} cannot be met: tensor {name!r} has relative RMS error "
-                  f"{worst:.3g} even at the finest QP tried")
+    if a.max_rel_error is not None and worst is not None and worst[1] is not None \
+            and worst[0] > 1.05 * a.max_rel_error:
+        _warn(f"--max-rel-error {a.max_rel_error:g} cannot be met: tensor {worst[1]!r} has relative RMS error "
+              f"{worst[0]:.3g} even at the finest QP tried")
 
 
 def _read_input(path: str) -> bytes:
@@ -646,6 +705,26 @@ def _bad(message: str, advice: str | None, exit_code: int, **where) -> Bitstream
 
 _NOT_NNC = ("nnc decode/info/check read .nnc files written by nnc encode or NNCodec; check the file name")
 _DAMAGED = "the file was cut short or changed; get an intact copy (nnc check lists every problem)"
+
+
+@contextlib.contextmanager
+def _mapped(path: str):
+    """The file as a read-only memoryview (memory-mapped: pages are read as they are touched)."""
+    import mmap
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mm)
+        try:
+            yield view
+        finally:
+            # parsed units may still hold slices of the view (an error's traceback): then the mapping is left
+            # to the garbage collector
+            with contextlib.suppress(BufferError):
+                view.release()
+                mm.close()
 
 
 def _problem(path: str, data) -> BitstreamError | None:
@@ -713,6 +792,33 @@ def _cmd_decode(a) -> int:
     from .codec import Decoder
 
     ui = _Progress(not a.quiet)
+    out = a.output
+    fmt = None if a.format is None else converters.detect_format(out, a.format)
+    folder = out.endswith(("/", os.sep)) or os.path.isdir(out)
+    streaming = a.template is None and (folder or a.shard_size is not None or fmt == "safetensors" or (
+        fmt is None and out.lower().endswith(".safetensors")))
+    if a.shard_size is not None and not streaming:
+        raise UsageError("--shard-size writes safetensors: give -o DIR/ or -o NAME.safetensors")
+    if streaming:   # tensor by tensor from the memory-mapped bitstream into the output file(s)
+        if not os.path.isfile(a.input):
+            _read_input(a.input)   # the usual "cannot read" error
+        with _mapped(a.input) as view:   # headers only: the payloads are not read here
+            bad = _problem(a.input, view)
+        if bad is not None:
+            raise bad
+        with ui.phase(f"decoding {a.input} into {out}"):
+            try:
+                stream = Decoder(_limits(a)).stream(Path(a.input), levels=False)
+                paths = converters.save_model_streaming(out, stream, shard_size=a.shard_size, format=a.format)
+            except BitstreamError as e:
+                if isinstance(e, LimitExceededError):
+                    raise
+                from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
+                with _mapped(a.input) as view:
+                    raise (_from_report(a.input, check(view)) or e) from None
+        _STATE.committed = True
+        print(f"{a.input} -> {out}: {len(stream)} tensors in {len(paths)} file(s)")
+        return 0
     data = _read_input(a.input)
     bad = _problem(a.input, data)
     if bad is not None:

@@ -6,10 +6,12 @@ integer tensors are sent losslessly as NNR_PT_INT.
 """
 from __future__ import annotations
 
+import collections
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -17,14 +19,52 @@ from . import bitstream as bs
 from . import deepcabac
 from .bitstream.source import as_bytes
 from .coding import tools as _tools
-from .coding.dtypes import coding_kind, format_for_dtype
+from .coding.dtypes import (BFLOAT16, coding_kind, dtype_record, float32_view, format_for_dtype,
+                            recorded_dtypes)
 from .coding.ndu import NduParent, NduPlan, effective_scan, plan_ndu, signalled_scan, with_history
 from .coding.quant import quantize_tensor, reconstruct_codebook, step_size
 from .config import DecoderConfig, EncoderConfig, default_decoder_config
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
 from .topology import Topology
 
-__all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "encode", "decode", "decode_model"]
+__all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "EncodeSummary", "encode", "decode",
+           "decode_model"]
+
+
+def resolve_threads(threads: int | None) -> int:
+    """``threads`` of a config: ``None`` means every CPU this process may run on."""
+    if threads is not None:
+        return int(threads)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _ordered_map(fn: Callable, items, threads: int, window: int | None = None) -> Iterator:
+    """``map(fn, items)`` on ``threads`` worker threads, results yielded in input order as they complete.
+
+    At most ``threads`` items run at once, and at most ``window`` (default ``4 * threads``) have been
+    submitted and not yet yielded, so memory stays bounded by a few items whatever the length of ``items``
+    (``items`` may be a lazy iterator: it is consumed no faster than results are taken). On an error the
+    items not started are cancelled and the first error in input order is raised."""
+    if threads <= 1:
+        for x in items:
+            yield fn(x)
+        return
+    window = window or 4 * threads
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(threads) as pool:
+        try:
+            for x in items:
+                pending.append(pool.submit(fn, x))
+                while len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -60,8 +100,8 @@ def _as_array(name: str, value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
-        raise InputError(f"tensor {name!r} is a torch tensor; nnc.encode takes numpy arrays: use "
-                         "lm = nnc.converters.from_torch(model_or_state_dict), then "
+        raise InputError(f"tensor {name!r} is a torch tensor; nnc.encode takes numpy arrays (bfloat16 as "
+                         "ml_dtypes.bfloat16): use lm = nnc.converters.from_torch(model_or_state_dict), then "
                          "nnc.encode(lm.tensors, config, topology=lm.topology)")
     try:
         return np.asarray(value)
@@ -69,8 +109,14 @@ def _as_array(name: str, value) -> np.ndarray:
         raise InputError(f"tensor {name!r} cannot be converted to a numpy array: {e}") from None
 
 
-def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | None = None) -> TensorPlan:
+def _plan(name: str, arr, index: int, cfg: EncoderConfig, qp: int | None = None) -> TensorPlan:
+    """Validate and quantise one tensor. ``arr`` may be a one-element list holding the array: the list is
+    emptied, so that the input can be freed as soon as its float32 copy exists (a caller's argument would
+    otherwise keep it alive for the whole call)."""
+    if isinstance(arr, list):
+        arr = arr.pop()
     kind = coding_kind(name, arr.dtype)
+    ndim = arr.ndim
     shape = tuple(int(d) for d in arr.shape) or (1,)
     if any(d == 0 for d in shape):
         raise InputError(f"tensor {name!r} has shape {arr.shape} with a zero dimension; NNC cannot code "
@@ -88,16 +134,17 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
                                  "that NNR_PT_INT carries losslessly")
         q = np.ascontiguousarray(arr, dtype=np.int32).reshape(shape)
         return TensorPlan(name, index, shape, q, None, False, fmt)
-    x = np.ascontiguousarray(arr, dtype=np.float32).reshape(shape)
+    x = np.ascontiguousarray(float32_view(arr)).reshape(shape)
+    del arr                          # the caller's reference is all that keeps a lazily read input alive
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
         raise InputError(f"tensor {name!r} holds a non-finite value (first at flat index {bad}); "
                          "NNC quantisation needs finite numbers")
-    qp = cfg.qp_for(name, len(arr.shape)) if qp is None else qp
+    qp = cfg.qp_for(name, ndim) if qp is None else qp
     scan = effective_scan(shape, cfg.scan_order if len(shape) > 1 else 0)
     bits = None
     if cfg.bitdepth is not None and ".num_batches_tracked" not in name:
-        bits = _tools.bitdepth.effective_bits(cfg.bitdepth, len(arr.shape) > 1)
+        bits = _tools.bitdepth.effective_bits(cfg.bitdepth, ndim > 1)
     if cfg.codebook != "off":
         ch = _tools.codebook.codebook_quantize(
             x, qp, cfg.qp_density, mode=cfg.codebook, dq=cfg.dq, scan_order=scan, profile=cfg.profile,
@@ -107,6 +154,7 @@ def _plan(name: str, arr: np.ndarray, index: int, cfg: EncoderConfig, qp: int | 
     q, qp_used = quantize_tensor(x, qp, cfg.qp_density, dq=cfg.dq, scan_order=scan, name=name)
     if bits is not None:
         q = _tools.bitdepth.clip_levels(q, x, bits)
+    del x
     return TensorPlan(name, index, shape, q, qp_used, cfg.dq, fmt)
 
 
@@ -164,9 +212,11 @@ class Encoder:
         if not isinstance(self.config, EncoderConfig):
             raise TypeError(f"config must be an EncoderConfig, got {type(self.config).__name__}")
 
-    def _prepare(self, tensors: Mapping[str, np.ndarray]) -> tuple[list[tuple[int, str, np.ndarray]], dict]:
-        """Validate names and arrays and apply the model-level encoder tools (sparsification, opt_qp, bit-depth
-        QPs, rate control; ``nnc.coding.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
+    @property
+    def threads(self) -> int:
+        return resolve_threads(self.config.threads)
+
+    def _check_mapping(self, tensors) -> None:
         if not isinstance(tensors, Mapping):
             kind = type(tensors).__name__
             if hasattr(tensors, "tensors") and hasattr(tensors, "topology"):  # nnc.converters.LoadedModel
@@ -179,9 +229,27 @@ class Encoder:
             raise InputError(f"tensors must be a mapping name -> array, got {kind}")
         if not tensors:
             raise InputError("no tensors to encode")
+
+    def _prepare(self, tensors: Mapping[str, np.ndarray]) -> tuple[list[tuple[int, str, np.ndarray]], dict]:
+        """Validate names and arrays and apply the model-level encoder tools (sparsification, opt_qp, bit-depth
+        QPs, rate control; ``nnc.coding.tools``). Returns ``[(index, name, array)]`` and per-tensor QP overrides."""
+        self._check_mapping(tensors)
         items = [(_validate_name(k), _as_array(k, v)) for k, v in tensors.items()]
         arrays, qps = _tools.prepare(dict(items), self.config)
         return [(i, k, arrays[k]) for i, (k, _) in enumerate(items)], qps
+
+    def _sources(self, tensors: Mapping) -> tuple[list[tuple[int, str, Callable[[], np.ndarray]]], dict]:
+        """``[(index, name, get_array)]`` without reading any tensor when no model-level tool needs the whole
+        model: a lazy mapping (``nnc.converters.open_model``) is then read one tensor at a time, in the worker
+        that codes it."""
+        cfg = self.config
+        if (cfg.sparsity is not None or cfg.struct_sparsity is not None or cfg.bitdepth is not None or cfg.opt_qp
+                or cfg.target_bits_per_param is not None or cfg.max_rel_error is not None):
+            items, qps = self._prepare(tensors)
+            return [(i, k, (lambda a=a: a)) for i, k, a in items], qps
+        self._check_mapping(tensors)
+        names = [_validate_name(k) for k in tensors.keys()]
+        return [(i, k, (lambda k=k: _as_array(k, tensors[k]))) for i, k in enumerate(names)], {}
 
     def plan(self, tensors: Mapping[str, np.ndarray]) -> list[TensorPlan]:
         """Validate and quantise ``tensors`` (name -> array) in order."""
@@ -197,83 +265,114 @@ class Encoder:
         Raises:
             InputError: a name, dtype, shape or value cannot be coded.
         """
+        return b"".join(self.iter_units(tensors, topology=topology, progress=progress))
+
+    def encode_to(self, dest: str | os.PathLike | BinaryIO, tensors: Mapping[str, np.ndarray], *,
+                  topology: Topology | None = None, progress: bool = False) -> "EncodeSummary":
+        """Encode ``tensors`` and write the bitstream to ``dest`` unit by unit as the units are produced.
+
+        ``dest``: a path (written atomically: a temporary file in the same folder, renamed when complete, so
+        an error leaves no partial file) or a binary file object. With a lazy mapping
+        (:func:`nnc.converters.open_model`) memory stays bounded by the tensors being coded (at most
+        ``threads`` at once) whatever the model size. The bytes are the same as :meth:`encode`'s.
+        """
+        summary = EncodeSummary()
+
+        def write(f) -> None:
+            for unit in self.iter_units(tensors, topology=topology, progress=progress, summary=summary):
+                f.write(unit)
+                summary.bitstream_bytes += len(unit)
+
+        if hasattr(dest, "write"):
+            write(dest)
+        else:
+            from ._atomic import atomic_output
+            with atomic_output(os.fspath(dest), suffix=".tmp") as tmp:
+                with open(tmp, "wb") as f:
+                    write(f)
+        return summary
+
+    def iter_units(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None,
+                   progress: bool = False, summary: "EncodeSummary | None" = None) -> Iterator[bytes]:
+        """The NNR units of the bitstream, in order, each as soon as it (and every unit before it) is coded.
+
+        Tensors are coded on ``config.threads`` threads (default: every CPU); the output does not depend on
+        the thread count. A tensor is read (``tensors[name]``) only when a worker starts on it and released
+        when its NDU is built."""
         cfg = self.config
-        items, qps = self._prepare(tensors)
-
-        def one(item) -> bytes:
-            plan = _plan(item[1], item[2], item[0], cfg, qps.get(item[1]))
-            return encode_ndu(plan, cfg, parent_signalling=False)
-
-        if topology is None and cfg.signal_dtype:
-            topology = _dtype_record([(k, a) for _, k, a in items])
-        units = [bs.start_unit(cfg.profile),
-                 bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False),
-                 bs.tpl_unit(topology if topology is not None else Topology())]
-        units += self._map(one, items, progress=progress, total_elements=lambda it: it[2].size)
-        return b"".join(units)
-
-    def _map(self, fn, items: list, *, progress: bool = False, total_elements=None) -> list:
+        items, qps = self._sources(tensors)
         bar = None
-        if progress and items:
+        if progress:
             from tqdm import tqdm
-            bar = tqdm(total=sum(total_elements(x) for x in items) if total_elements else len(items),
-                       unit=" params" if total_elements else " tensors", unit_scale=True, leave=False, disable=None,
-                       desc="encoding")
+            bar = tqdm(total=len(items), unit=" tensors", leave=False, disable=None, desc="encoding")
 
-        def run(x):
-            out = fn(x)
-            if bar is not None:
-                bar.update(total_elements(x) if total_elements else 1)
-            return out
+        def one(item) -> tuple[bytes, int, int]:
+            i, name, get = item
+            box = [get()]
+            n, nbytes = int(box[0].size), int(box[0].nbytes)
+            plan = _plan(name, box, i, cfg, qps.get(name))
+            return encode_ndu(plan, cfg, parent_signalling=False), n, nbytes
 
+        if topology is None:
+            # bfloat16 has no nnr_decompressed_data_format code: its names go in a JSON record in the TPL unit
+            # (which NNCodec reads and ignores); without bfloat16 inputs the TPL is NNCodec's empty one.
+            # so do the unsigned integer dtypes (and bool) when cfg.signal_dtype asks for the dtypes back
+            declared = _declared_dtypes(tensors)
+            recorded = {k: dt for k, dt in declared.items()
+                        if dt == "bfloat16" or (cfg.signal_dtype and dt in _UNSIGNALLED)}
+            topology = _record_topology(recorded)
         try:
-            if self.config.threads > 1 and len(items) > 1:
-                with ThreadPoolExecutor(self.config.threads) as pool:
-                    return list(pool.map(run, items))
-            return [run(x) for x in items]
+            yield bs.start_unit(cfg.profile)
+            yield bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False)
+            yield bs.tpl_unit(topology)
+            for unit, n, nbytes in _ordered_map(one, items, self.threads):
+                if summary is not None:
+                    summary.tensors += 1
+                    summary.parameters += n
+                    summary.input_bytes += nbytes
+                if bar is not None:
+                    bar.update(1)
+                yield unit
         finally:
             if bar is not None:
                 bar.close()
 
+    def _map(self, fn, items: list) -> list:
+        """``[fn(x) for x in items]`` on ``config.threads`` threads, in order."""
+        return list(_ordered_map(fn, items, min(self.threads, max(1, len(items)))))
 
-#: marker of the dtype record nnc.encode writes (no topology given, signal_dtype=True) for integer dtypes the
-#: standard has no nnr_decompressed_data_format for (uint8, uint16, uint32, bool); raw UTF-8 JSON in storage format
-#: 0, which NNCodec reads and ignores
-_DTYPE_RECORD = b'{"nnc_dtypes":1,'
+
+@dataclass
+class EncodeSummary:
+    """What :meth:`Encoder.encode_to` wrote: tensor and parameter counts, input bytes at the inputs' own width
+    (bfloat16/float16 count 2 bytes), bitstream bytes."""
+
+    tensors: int = 0
+    parameters: int = 0
+    input_bytes: int = 0
+    bitstream_bytes: int = 0
+
+
+def _dtype_name(v) -> str:
+    dt = getattr(v, "dtype", None)
+    name = str(dt) if dt is not None else ""
+    return "bfloat16" if name in ("torch.bfloat16", "bfloat16") else name
+
+
+def _declared_dtypes(tensors: Mapping) -> dict[str, str]:
+    """name -> dtype name, without reading lazily stored tensors (a mapping may offer ``dtype_names()``)."""
+    names = getattr(tensors, "dtype_names", None)
+    if callable(names):
+        return dict(names())
+    return {k: _dtype_name(v) for k, v in tensors.items()}
+
+
+#: integer dtypes without an nnr_decompressed_data_format code: recorded by name when signal_dtype is set
 _UNSIGNALLED = ("uint8", "uint16", "uint32", "bool")
 
 
-def _dtype_record(items) -> Topology | None:
-    import json
-    dtypes = {k: str(a.dtype) for k, a in items if str(a.dtype) in _UNSIGNALLED}
-    if not dtypes:
-        return None
-    body = json.dumps({"nnc_dtypes": 1, "dtypes": dtypes}, ensure_ascii=False, separators=(",", ":"))
-    return Topology(0, 0, body.encode("utf-8"))
-
-
-def _apply_dtype_record(model: "DecodedModel") -> None:
-    import json
-    topo = model.topology
-    if topo is None or topo.storage_format != 0 or topo.compression_format != 0 or \
-            not bytes(topo.data).startswith(_DTYPE_RECORD):
-        return
-    try:
-        dtypes = json.loads(bytes(topo.data).decode("utf-8"))["dtypes"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise BitstreamError("the topology unit's dtype record is not valid JSON", unit_index=None,
-                             syntax_path="NNR_TPL.topology_data") from None
-    for name, dt in (dtypes.items() if isinstance(dtypes, dict) else ()):
-        arr = model.tensors.get(name)
-        if dt not in _UNSIGNALLED or arr is None or arr.dtype.kind not in "iu":
-            continue
-        target = np.dtype(dt)
-        if dt != "bool":
-            info = np.iinfo(target)
-            if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
-                raise BitstreamError(f"tensor {name!r}: decoded values do not fit its recorded dtype {dt}",
-                                     unit_index=model.details[name].unit_index, syntax_path="NNR_NDU.payload")
-        model.tensors[name] = arr != 0 if dt == "bool" else arr.astype(target)
+def _record_topology(dtypes: dict[str, str]) -> Topology:
+    return Topology(data=dtype_record(dtypes)) if dtypes else Topology()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -285,7 +384,8 @@ class DecodedTensor:
 
     name: str
     array: np.ndarray
-    levels: np.ndarray              # stored integers (q; codebook indices for codebook tensors)
+    levels: np.ndarray | None       # stored integers (q; codebook indices for codebook tensors); None when
+                                    # the stream was opened with levels=False
     qp: int | None
     unit_index: int
     parameter_id: int | None = None
@@ -311,44 +411,126 @@ class Decoder:
         self.config = config if config is not None else default_decoder_config()
         if not isinstance(self.config, DecoderConfig):
             raise TypeError(f"config must be a DecoderConfig, got {type(self.config).__name__}")
+        self.last_budget: _Budget | None = None   # what the last decode held (the CLI bounds topology inflation
+        #                                           by the rest)
 
     def decode(self, bitstream) -> dict[str, np.ndarray]:
         """Decode a whole-model bitstream to ``{name: array}`` in bitstream order (the levels of each tensor
         are freed as soon as it is reconstructed)."""
-        return self._decode(bitstream, keep_levels=False).tensors
+        return self._collect(self._open(bitstream, None, levels=False, hold_outputs=True)).tensors
 
     def decode_model(self, bitstream, *, state=None) -> DecodedModel:
         """Decode and also return the topology and per-tensor coding details.
 
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name.
         """
-        return self._decode(bitstream, state=state, keep_levels=True)
+        return self._collect(self._open(bitstream, state, levels=True, hold_outputs=True))
 
-    def _decode(self, bitstream, *, state=None, keep_levels: bool) -> DecodedModel:
-        data = as_bytes(bitstream)
-        budget = _Budget(self.config)
-        self.last_budget = budget          # what the decode held (the CLI bounds topology inflation by the rest)
-        parsed = bs.parse(data, limits=self.config, budget=budget)
-        ctx = _StreamContext.from_parsed(parsed)
-        ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
-        jobs = [_prepare_ndu(u, ctx, self.config, budget, state) for u in ndus]
-        run = (lambda j: _run_ndu(j, keep_levels))
-        if self.config.threads > 1 and len(jobs) > 1:
-            with ThreadPoolExecutor(self.config.threads) as pool:
-                results = list(pool.map(run, jobs))
-        else:
-            results = [run(j) for j in jobs]
-        model = DecodedModel(tensors={}, topology=ctx.topology, profile=ctx.profile,
-                             parent_signalling=ctx.parent_signalling)
-        for tensors in results:
-            for t in tensors:
-                if t.name in model.tensors:
-                    raise BitstreamError(f"tensor {t.name!r} is coded twice", unit_index=t.unit_index,
-                                         syntax_path="NNR_NDU.topology_elem_id")
-                model.tensors[t.name] = t.array
-                model.details[t.name] = t
-        _apply_dtype_record(model)
+    def _open(self, bitstream, state, *, levels: bool, hold_outputs: bool) -> "DecodeStream":
+        stream = DecodeStream(self.config, bitstream, state, levels, hold_outputs)
+        self.last_budget = stream.budget
+        return stream
+
+    def _collect(self, stream: "DecodeStream") -> DecodedModel:
+        model = DecodedModel(tensors={}, topology=stream.topology, profile=stream.profile,
+                             parent_signalling=stream.parent_signalling)
+        for t in stream:
+            model.tensors[t.name] = t.array
+            model.details[t.name] = t
         return model
+
+    def stream(self, bitstream, *, state=None, levels: bool = True) -> "DecodeStream":
+        """A bitstream (bytes-like, or a ``pathlib.Path``: memory-mapped) opened for decoding tensor by tensor.
+
+        All unit headers are parsed and checked against the limits first (nothing is decoded before the
+        whole stream is known to be acceptable); iterating the result then decodes the NDUs in bitstream
+        order on ``config.threads`` threads, with at most a few tensors in memory at once, and yields each
+        :class:`DecodedTensor` once it and all before it are done. ``entries`` lists (name, shape, dtype) of
+        every tensor before anything is decoded, so an output file can be laid out up front.
+        ``levels=False`` drops each tensor's decoded integers once it is reconstructed (``DecodedTensor.levels``
+        is then None), which halves the memory of a tensor waiting to be written.
+
+        ``config.max_total_bytes`` bounds what decoding holds at once: the parsed headers plus the tensors in
+        flight (the caller writes each yielded tensor away; what it keeps is its own), not the whole model."""
+        return self._open(bitstream, state, levels=levels, hold_outputs=False)
+
+
+class DecodeStream:
+    """See :meth:`Decoder.stream`."""
+
+    def __init__(self, cfg: DecoderConfig, bitstream, state, levels: bool = True, hold_outputs: bool = False):
+        self._cfg = cfg
+        self._levels = levels
+        self._mm = None
+        if isinstance(bitstream, os.PathLike):   # a str stays an error: it is too easily bytes meant as text
+            import mmap
+            try:
+                with open(os.fspath(bitstream), "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            except OSError as e:
+                raise InputError(f"cannot read bitstream {os.fspath(bitstream)!r}: {e.strerror}") from None
+            data = memoryview(self._mm) if self._mm is not None else b""
+        else:
+            data = as_bytes(bitstream)
+        self.budget = _Budget(cfg)
+        parsed = bs.parse(data, limits=cfg, budget=self.budget)
+        ctx = _StreamContext.from_parsed(parsed)
+        self.profile = ctx.profile
+        self.topology = ctx.topology
+        self.parent_signalling = ctx.parent_signalling
+        ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
+        self._jobs = [_prepare_ndu(u, ctx, cfg, self.budget, state, hold_outputs) for u in ndus]
+        seen: set[str] = set()
+        self.entries: list[tuple[str, tuple[int, ...], np.dtype]] = []
+        for job in self._jobs:
+            for m in job.plan.members:
+                if m.name in seen:
+                    raise BitstreamError(f"tensor {m.name!r} is coded twice", unit_index=job.unit.index,
+                                         syntax_path="NNR_NDU.topology_elem_id")
+                seen.add(m.name)
+                self.entries.append((m.name, tuple(m.shape), _result_dtype(job, m.name, m.kind)))
+        self._threads = resolve_threads(cfg.threads)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[DecodedTensor]:
+        jobs, self._jobs = self._jobs, []
+        # Block rows of one tensor (entry points) use the same threads as the NDUs: the core joins its row
+        # threads before returning, so at most threads x threads short-lived threads exist.
+        # window threads + 1: decoded tensors wait for the one before them in memory; this bounds how many.
+        for tensors in _ordered_map(lambda j: _run_ndu(j, self._threads, self._release, self._levels),
+                                    jobs, self._threads, window=self._threads + 1):
+            yield from tensors
+
+    def _release(self, job: "_NduJob") -> None:
+        """Drop the mapped pages of a decoded payload from this process's resident set (they are file pages:
+        re-read from the page cache if needed), so that decoding a file does not grow RSS with its size."""
+        if self._mm is None:
+            return
+        import mmap
+        start = job.unit.offset + job.unit.header_size
+        lo = start - start % mmap.PAGESIZE
+        hi = start + len(job.unit.payload)
+        if hasattr(self._mm, "madvise") and hi > lo:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):  # pragma: no cover - advisory only
+                pass
+
+
+def _result_dtype(job: "_NduJob", name: str, kind: str) -> np.dtype:
+    recorded = job.ctx.recorded.get(name)
+    if recorded == "bfloat16" and kind != "int" and BFLOAT16 is not None:
+        return BFLOAT16
+    if recorded in _UNSIGNALLED and kind == "int":
+        return np.dtype(recorded)
+    if job.plan.out_dtype is not None:
+        return np.dtype(job.plan.out_dtype)
+    if kind == "int":
+        return np.dtype(np.int32)
+    return np.dtype(np.float64) if kind == "codebook" else np.dtype(np.float32)
 
 
 @dataclass
@@ -358,6 +540,7 @@ class _StreamContext:
     base_qp: int
     parent_signalling: bool
     topology: Topology | None
+    recorded: dict = field(default_factory=dict)   # name -> original dtype the TPL record names (bfloat16, uint8)
 
     @classmethod
     def from_parsed(cls, parsed) -> "_StreamContext":
@@ -372,9 +555,10 @@ class _StreamContext:
         if parsed.profile not in (0, 1):
             raise UnsupportedFeatureError(f"general_profile_idc {parsed.profile} is not supported (0 and 1 are)")
         topo = parsed.topology
+        recorded = {k: v for k, v in recorded_dtypes(topo).items() if v == "bfloat16" or v in _UNSIGNALLED}
         return cls(profile=parsed.profile, qp_density=qd, base_qp=qp0,
                    parent_signalling=bool(getattr(mps, "mps_parent_signalling_enabled_flag", 0)),
-                   topology=topo)
+                   topology=topo, recorded=recorded)
 
 
 #: Elements reconstructed per step (bounds the float temporaries of reconstruction to a few MB).
@@ -399,7 +583,7 @@ class _Budget(bs.MemoryBudget):
             raise LimitExceededError(f"tensor {name!r} claims {elements} elements, more than max_tensor_elements="
                                      f"{self.cfg.max_tensor_elements}", unit_index=unit_index,
                                      syntax_path="NNR_NDU.tensor_dimensions")
-        peak = sorted(self.transients + [transient], reverse=True)[:self.cfg.threads]
+        peak = sorted(self.transients + [transient], reverse=True)[:resolve_threads(self.cfg.threads)]
         if not self.check(held, sum(peak)):
             raise LimitExceededError(
                 f"tensor {name!r} ({elements} elements) would bring the memory decoding holds to "
@@ -427,19 +611,14 @@ class _NduJob:
     unit: object
     plan: NduPlan
     ctx: _StreamContext
-
-    @property
-    def out_dtype(self) -> np.dtype | None:
-        return self.plan.out_dtype
-
-    @property
-    def codebook(self) -> tuple | None:
-        return self.plan.codebook
+    entry_points: list | None = None     # per coded tensor: the signalled entry points (or None)
 
 
-def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state) -> _NduJob:
+def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state,
+                 hold_outputs: bool = True) -> _NduJob:
     """The unit's :class:`nnc.coding.NduPlan`, with every tensor's memory taken from ``budget`` before any
-    payload is decoded."""
+    payload is decoded. ``hold_outputs=False`` (a stream whose consumer writes each tensor away) counts the
+    output among the tensor's transient memory instead of what decoding keeps."""
     h = unit.body
     ptype = h.nnr_compressed_data_unit_payload_type
     if ptype == bs.PayloadType.NNR_PT_RAW_FLOAT:
@@ -455,10 +634,23 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
         levels_are_output = m.kind == "int" and plan.out_dtype in (None, np.dtype(np.int32))
         held, transient = _tensor_cost(n, m.shape[0], deepcabac.block_row_count(m.coding), itemsize,
                                        levels_are_output, state is not None, 16 * len(plan.codebook[0]) if cb else 0)
+        if not hold_outputs:
+            held, transient = 0, held + transient
         budget.take_tensor(n, held, transient, unit.index, m.name)
     if state is not None:
         plan = with_history(plan, h, state)
-    return _NduJob(unit, plan, ctx)
+    eps = _signalled_entry_points(h)
+    return _NduJob(unit, plan, ctx, [eps if m.role in ("tensor", "weight") else None for m in plan.members])
+
+
+def _signalled_entry_points(h) -> list | None:
+    """The NDU's cabac_entry_point_list as core entry points (None when absent): with them the core decodes
+    the block rows of the tensor in parallel (and falls back to sequential decoding when they do not join up
+    with the payload, which gives what any sequential decoder gives)."""
+    eps = getattr(h, "cabac_entry_point_list", None)
+    if not eps:
+        return None
+    return [deepcabac.EntryPoint(int(e.value), int(e.dq_state or 0), int(e.bit_offset)) for e in eps]
 
 
 def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
@@ -475,13 +667,18 @@ def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
                              syntax_path="NNR_MPS.mps_quantization_parameter")
 
 
-def _run_ndu(job: _NduJob, keep_levels: bool = True) -> list[DecodedTensor]:
+def _run_ndu(job: _NduJob, threads: int = 1, release=None, keep_levels: bool = True) -> list[DecodedTensor]:
     unit, plan = job.unit, job.plan
     try:
-        res = deepcabac.decode_payload(unit.payload, [m.coding for m in plan.members], threads=1)
-    except BitstreamError as e:
-        raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
-                        syntax_path="NNR_NDU.payload")
+        try:
+            res = deepcabac.decode_payload(unit.payload, [m.coding for m in plan.members],
+                                           entry_points=job.entry_points, threads=threads)
+        except BitstreamError as e:
+            raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
+                            syntax_path="NNR_NDU.payload")
+    finally:
+        if release is not None:
+            release(job)
     if res.consumed != len(unit.payload):
         raise BitstreamError(f"the CABAC data ends after {res.consumed} of {len(unit.payload)} payload bytes "
                              "(nnr_unit_size does not match the coded data)", unit_index=unit.index,
@@ -500,7 +697,7 @@ def _run_ndu(job: _NduJob, keep_levels: bool = True) -> list[DecodedTensor]:
         qp = None if qoff is None else qoff + job.ctx.base_qp
         if kind != "int":
             _check_step(qp, job.ctx.qp_density, name, unit.index)
-        arr = _reconstruct(q, kind, qp, job, name, unit.index)
+        arr = _reconstruct(q, kind, qp, job, _result_dtype(job, name, kind), name, unit.index)
         out.append(DecodedTensor(name=name, array=arr, levels=q if keep_levels else None, qp=qp,
                                  unit_index=unit.index, parameter_id=getattr(h, "parameter_id", None),
                                  put_node_depth=getattr(h, "put_node_depth", None),
@@ -520,9 +717,9 @@ def _check_fits(name: str, ends: np.ndarray, dtype, unit_index: int) -> None:
     level, so the ends decide): refuse values that would become inf or wrap in the output dtype."""
     dtype = np.dtype(dtype)
     lo, hi = ends.min(), ends.max()
-    if dtype.kind == "f":
+    if dtype.kind == "f" or dtype == BFLOAT16:
         with np.errstate(over="ignore", invalid="ignore"):
-            cast = ends.astype(dtype)
+            cast = ends.astype(dtype).astype(np.float64)
         if not np.isfinite(ends).all() or not np.isfinite(cast).all():
             raise _range_error(name, lo, hi, dtype, unit_index, "overflow")
     elif dtype.kind in "iu":
@@ -531,27 +728,30 @@ def _check_fits(name: str, ends: np.ndarray, dtype, unit_index: int) -> None:
             raise _range_error(name, lo, hi, dtype, unit_index, "do not fit")
 
 
-def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, name: str, unit_index: int) -> np.ndarray:
-    """The decoded array of one tensor, built in place chunk by chunk (no full-size temporaries)."""
+def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, out_dtype: np.dtype, name: str, unit_index: int
+                 ) -> np.ndarray:
+    """The decoded array of one tensor in ``out_dtype``, built in place chunk by chunk (no full-size
+    temporaries), refusing values that would overflow or wrap in it."""
     shape = q.shape
     flat = q.reshape(-1)
     if flat.size == 0:
-        return q.astype(job.out_dtype or (np.int32 if kind == "int" else np.float32))
+        return q.astype(out_dtype)
     qmin, qmax = int(flat.min()), int(flat.max())
     if kind == "int":
-        if job.out_dtype is None or job.out_dtype == np.int32:
+        if out_dtype == np.int32:
             return q
-        _check_fits(name, np.array([qmin, qmax], np.float64 if job.out_dtype.kind == "f" else np.int64),
-                    job.out_dtype, unit_index)
-        return q.astype(job.out_dtype)
+        if out_dtype == np.bool_:
+            return q != 0
+        _check_fits(name, np.array([qmin, qmax], np.float64 if out_dtype.kind == "f" else np.int64),
+                    out_dtype, unit_index)
+        return q.astype(out_dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         if kind == "codebook":
-            values, zero = job.codebook
+            values, zero = job.plan.codebook
             if qmin + zero < 0 or qmax + zero >= len(values):
                 raise BitstreamError(f"codebook index out of range for tensor {name!r}", unit_index=unit_index,
                                      syntax_path="NNR_NDU.payload")
             table = reconstruct_codebook(np.arange(-zero, len(values) - zero), values, zero, qp, job.ctx.qp_density)
-            out_dtype = job.out_dtype or table.dtype
             _check_fits(name, table[[qmin + zero, qmax + zero]], out_dtype, unit_index)
             table = table.astype(out_dtype)
             out = np.empty(flat.size, out_dtype)
@@ -561,7 +761,6 @@ def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, name: str, unit_ind
                 np.take(table, c, out=out[i:i + _CHUNK])
             return out.reshape(shape)
         step = step_size(qp, job.ctx.qp_density)
-        out_dtype = job.out_dtype or np.dtype(np.float32)
         _check_fits(name, np.array([qmin, qmax], np.float32) * step, out_dtype, unit_index)
         out = np.empty(flat.size, out_dtype)
         for i in range(0, flat.size, _CHUNK):

@@ -48,7 +48,8 @@ class EncoderConfig:
         device_id: ``device_id`` written in each NDU (profile 1).
         signal_dtype: for inputs that are neither float32 nor int32 (float16, float64, int8, int16, int64),
             write ``nnr_decompressed_data_format`` so that decoding restores the dtype.
-        threads: worker threads for coding independent tensors (the C++ core releases the GIL).
+        threads: worker threads coding tensors in parallel (the C++ core releases the GIL); ``None`` (default)
+            = every CPU this process may use. The bitstream does not depend on it.
         codebook: ``"off"``, ``"auto"`` (codebook per tensor when it codes smaller than uniform/DQ, NNCodec's
             ``codebook_mode=2``) or ``"force"`` (always, ``codebook_mode=1``). With ``dq=True`` the codebook
             levels come from URQ at ``qp - 2**qp_density`` (spec §2.5).
@@ -77,7 +78,7 @@ class EncoderConfig:
     profile: int = 1
     device_id: int = 0
     signal_dtype: bool = True
-    threads: int = 1
+    threads: int | None = None
     codebook: str = "off"
     bitdepth: int | None = None
     opt_qp: bool = False
@@ -116,8 +117,9 @@ class EncoderConfig:
             raise ConfigError(f"unary_length_minus1 must be 0..254, got {self.unary_length_minus1}")
         if self.device_id < 0:
             raise ConfigError("device_id must be >= 0")
-        if self.threads < 1:
-            raise ConfigError("threads must be >= 1")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"threads must be None (every CPU) or an int >= 1, got {self.threads!r}")
         if self.codebook not in ("off", "auto", "force"):
             raise ConfigError(f"codebook must be 'off', 'auto' or 'force', got {self.codebook!r}")
         if self.bitdepth is not None:
@@ -220,7 +222,9 @@ class DecoderConfig:
         max_units: largest number of NNR units in one bitstream.
         max_rank: largest ``count_tensor_dimensions``.
         max_codebook_size: largest ``codebook_size``.
-        threads: worker threads decoding independent NDUs in parallel.
+        threads: worker threads decoding NDUs in parallel, and the block rows of a tensor whose NDU signals
+            entry points (scan_order > 0); ``None`` (default) = every CPU this process may use. The decoded
+            arrays do not depend on it.
     """
 
     max_tensor_elements: int = (1 << 31) - 1
@@ -228,12 +232,14 @@ class DecoderConfig:
     max_units: int = 1 << 20
     max_rank: int = 16
     max_codebook_size: int = 1 << 16
-    threads: int = 1
+    threads: int | None = None
 
     def __post_init__(self):
         for name in ("max_tensor_elements", "max_total_bytes", "max_units", "max_rank", "max_codebook_size",
                      "threads"):
             v = getattr(self, name)
+            if name == "threads" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive int, got {v!r}")
 

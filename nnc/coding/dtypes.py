@@ -3,11 +3,71 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import json
+
 import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["DecompressedDataFormat", "coding_kind", "format_for_dtype", "dtype_for_format"]
+try:  # ml_dtypes is a numpy dependency of jax/tensorflow and the usual numpy bfloat16; optional here
+    from ml_dtypes import bfloat16 as _ml_bfloat16
+    BFLOAT16: np.dtype | None = np.dtype(_ml_bfloat16)
+except ImportError:  # pragma: no cover - exercised only without ml_dtypes
+    BFLOAT16 = None
+
+__all__ = ["DecompressedDataFormat", "coding_kind", "format_for_dtype", "dtype_for_format", "BFLOAT16",
+           "is_bfloat16", "is_float", "float32_view", "recorded_dtypes", "dtype_record"]
+
+#: Marker key of the JSON record in an NNR_TPL unit (storage format 0/3) that names original dtypes the
+#: standard has no ``nnr_decompressed_data_format`` code for (bfloat16). Shared with nnc.converters, which
+#: writes the same record with more fields (shapes of 0-d tensors, tied tensors).
+RECORD_KEY = "nnc_converters"
+RECORD_VERSION = 1
+
+
+def is_bfloat16(dtype) -> bool:
+    """True for ml_dtypes' bfloat16 (what ``torch.Tensor.numpy()`` cannot give, but jax/ml_dtypes arrays do)."""
+    return BFLOAT16 is not None and np.dtype(dtype) == BFLOAT16
+
+
+def is_float(dtype) -> bool:
+    """float16/32/64 or bfloat16: the dtypes nnc quantises."""
+    dt = np.dtype(dtype)
+    return (dt.kind == "f" and dt.itemsize in (2, 4, 8)) or is_bfloat16(dt)
+
+
+def float32_view(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 (a new array unless it already is float32); bfloat16 is widened exactly."""
+    if x.dtype == np.float32:
+        return x
+    if is_bfloat16(x.dtype):
+        bits = np.ascontiguousarray(x).view(np.uint16)
+        out = np.empty(bits.shape, np.uint32)
+        np.left_shift(bits, 16, out=out, dtype=np.uint32)
+        return out.view(np.float32)
+    return x.astype(np.float32)
+
+
+def dtype_record(dtypes: dict[str, str]) -> bytes:
+    """The JSON record (UTF-8, no NUL) naming the original dtype of tensors the NDUs cannot signal."""
+    obj = {RECORD_KEY: RECORD_VERSION, "source_format": "numpy", "dtypes": dict(dtypes)}
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def recorded_dtypes(topology) -> dict[str, str]:
+    """The ``dtypes`` of a JSON record in an uncompressed NNR_TPL unit of storage format 0 or 3 ({} otherwise,
+    also for a record that does not parse: the converters report that one with their own error)."""
+    if topology is None or int(topology.storage_format) not in (0, 3) or int(topology.compression_format) != 0:
+        return {}
+    data = bytes(topology.data)
+    if not data.lstrip().startswith(b'{"' + RECORD_KEY.encode()):
+        return {}
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    d = obj.get("dtypes") if isinstance(obj, dict) else None
+    return {str(k): str(v) for k, v in d.items()} if isinstance(d, dict) else {}
 
 
 class DecompressedDataFormat(IntEnum):
@@ -46,11 +106,11 @@ _DTYPE_OF = {
 
 def coding_kind(name: str, dtype: np.dtype) -> str:
     """``"float"`` (quantised, NNR_PT_FLOAT) or ``"int"`` (lossless, NNR_PT_INT) for an input dtype."""
-    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8):
+    if is_float(dtype):
         return "float"
     if dtype.kind in "iub":
         return "int"
-    raise InputError(f"tensor {name!r}: dtype {dtype} cannot be coded (use float16/32/64 or an integer type)")
+    raise InputError(f"tensor {name!r}: dtype {dtype} cannot be coded (use float16/32/64, bfloat16 (ml_dtypes) or an integer type)")
 
 
 def format_for_dtype(dtype: np.dtype) -> DecompressedDataFormat | None:

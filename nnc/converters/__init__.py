@@ -22,22 +22,25 @@ and tied (shared) tensors, which are coded once.
 """
 from __future__ import annotations
 
+import collections.abc as _abc
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
+from ..coding.dtypes import is_bfloat16
 from ..errors import ModelFormatError
 from ..topology import Topology
 from . import _onnx
-from ._common import TensorRecord, coded_array, plan_restore, typed_errors
+from ._common import TensorRecord, coded_array, plan_restore, restore_array, typed_errors
 from ._bitstream import drop_topology_units
 
 __all__ = [
     "LoadedModel", "load_model", "save_model", "detect_format", "FORMATS", "FOLDER_FILES",
     "from_torch", "to_state_dict", "to_checkpoint", "load_into_module", "from_onnx", "to_onnx",
-    "from_safetensors", "from_npz", "restore_tensors", "drop_topology_units",
+    "from_safetensors", "from_npz", "restore_tensors", "drop_topology_units", "open_model", "LazyTensors",
+    "save_model_streaming",
 ]
 
 #: canonical format names and the file extensions that select them
@@ -89,7 +92,7 @@ def _from_array_dict(arrays: Mapping[str, np.ndarray], source_format: str,
         if not isinstance(name, str):
             raise ModelFormatError(f"tensor name {name!r} is not a string")
         arr = np.asarray(arr)
-        if arr.dtype.kind not in "fiub" or arr.dtype.itemsize > 8:
+        if (arr.dtype.kind not in "fiub" or arr.dtype.itemsize > 8) and not is_bfloat16(arr.dtype):
             raise ModelFormatError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
         order.append(name)
         key = None
@@ -223,6 +226,160 @@ def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
         raise ModelFormatError(f"{index_path!r}: the index lists {missing[:3]}, which no shard holds")
     merged.order = order if merged.tied else []
     return LoadedModel(tensors, merged.to_topology(), source)
+
+
+class LazyTensors(_abc.Mapping):
+    """name -> array of safetensors files, read from disk one tensor per access (nothing is cached), so that
+    :meth:`nnc.Encoder.encode_to` holds only the tensors being coded. ``dtype_names()`` and ``shapes()`` come
+    from the headers without reading data."""
+
+    def __init__(self, files: list, order: list[str]):
+        self._where = {}
+        for sf in files:
+            for name in sf.entries:
+                self._where[name] = sf
+        self._order = order
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return coded_array(self._where[name].read(name))
+
+    def __iter__(self):
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def dtype_names(self) -> dict[str, str]:
+        return {n: self._where[n].entries[n][0] for n in self._order}
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {n: list(self._where[n].entries[n][1]) for n in self._order}
+
+    def nbytes(self) -> int:
+        return sum(e[3] - e[2] for n in self._order for e in [self._where[n].entries[n]])
+
+
+def _safetensors_paths(path: str) -> tuple[list[str], dict | None] | None:
+    """The safetensors file(s) of ``path`` (a file, a folder with model.safetensors or a sharded index) and
+    the index's weight map; None when ``path`` is not safetensors."""
+    import json
+    if os.path.isdir(path):
+        single = os.path.join(path, "model.safetensors")
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.isfile(single):
+            return [single], None
+        if not os.path.isfile(index):
+            return None
+        path = index
+    if path.endswith(".safetensors.index.json"):
+        try:
+            with open(path, "rb") as f:
+                weight_map = json.loads(f.read(16 << 20).decode("utf-8"))["weight_map"]
+            if not (isinstance(weight_map, dict) and weight_map
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+                raise TypeError("weight_map must map tensor names to shard file names")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise ModelFormatError(f"{path!r} is not a readable shard index: {e}") from None
+        folder = os.path.dirname(path)
+        shards = list(dict.fromkeys(weight_map.values()))
+        for shard in shards:
+            if os.path.basename(shard) != shard or shard in ("", ".", ".."):
+                raise ModelFormatError(f"{path!r}: shard {shard!r} is not a file name in the index's folder")
+            if not os.path.isfile(os.path.join(folder, shard)):
+                raise ModelFormatError(f"{path!r}: shard {shard!r} does not exist")
+        return [os.path.join(folder, s) for s in shards], weight_map
+    if os.path.splitext(path)[1].lower() == ".safetensors":
+        return [path], None
+    return None
+
+
+def open_model(source, *, format: str | None = None) -> LoadedModel:
+    """Like :func:`load_model`, but a safetensors file, folder or sharded checkpoint is opened lazily: only the
+    headers are read, and ``tensors`` is a :class:`LazyTensors` that reads each tensor when it is accessed
+    (bfloat16 stays bfloat16). The topology (dtype record) is the same as :func:`load_model`'s, so the
+    bitstream is too. Other formats are loaded as by :func:`load_model`."""
+    if isinstance(source, (str, os.PathLike)) and format in (None, "safetensors"):
+        path = os.fspath(source)
+        found = _safetensors_paths(path) if os.path.exists(path) else None
+        if found is not None:
+            from ._safetensors import SafetensorsFile
+            paths, weight_map = found
+            files = [SafetensorsFile(p) for p in paths]
+            order: list[str] = []
+            for sf in files:
+                if weight_map is not None:
+                    shard = os.path.basename(sf.path)
+                    unlisted = [n for n in sf.entries if weight_map.get(n) != shard]
+                    if unlisted:
+                        raise ModelFormatError(f"{path!r}: shard {shard!r} holds {unlisted[:3]}, which the index "
+                                               "does not place in it")
+                order += list(sf.entries)
+            if weight_map is not None:
+                held = set(order)
+                missing = [n for n in weight_map if n not in held]
+                if missing:
+                    raise ModelFormatError(f"{path!r}: the index lists {missing[:3]}, which no shard holds")
+            tensors = LazyTensors(files, order)
+            record = TensorRecord(source_format="numpy")
+            for name, dname in tensors.dtype_names().items():
+                if dname != "float32":
+                    record.dtypes[name] = dname
+            for name, shape in tensors.shapes().items():
+                if not shape:
+                    record.shapes[name] = []
+            if files[0].metadata:
+                record.extra["safetensors_metadata"] = files[0].metadata
+            return LoadedModel(tensors, record.to_topology(), "safetensors")
+    return load_model(source, format=format)
+
+
+def save_model_streaming(dest, stream, *, shard_size: int | None = None, format: str | None = None) -> list[str]:
+    """Write the tensors of a :class:`nnc.codec.DecodeStream` as safetensors while they are decoded: one file,
+    or with ``shard_size`` (bytes) or a folder ``dest`` (an existing directory, or a path ending in ``/``) a
+    Hugging Face sharded checkpoint (``model-0000k-of-0000N.safetensors`` + ``model.safetensors.index.json``).
+    Original dtypes, 0-d shapes and tied tensors are restored from the topology as by :func:`save_model`.
+    Returns the paths written. Nothing is left behind on error."""
+    from ._common import numpy_dtype
+    from ._safetensors import StreamingSafetensorsWriter
+    path = os.fspath(dest)
+    folder = path.endswith(("/", os.sep)) or os.path.isdir(path)
+    if folder:
+        path = path.rstrip("/" + os.sep) or path
+        if not os.path.isdir(path):
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise ModelFormatError(f"cannot write {path!r}: directory {parent!r} does not exist")
+            os.mkdir(path)
+        if shard_size is None:
+            shard_size = 5 << 30          # the Hugging Face default (save_pretrained's max_shard_size "5GB")
+    elif detect_format(path, format) != "safetensors":
+        raise ModelFormatError(f"streaming output is safetensors (a .safetensors file or a folder), not {path!r}")
+    record = _record_for(stream.topology) or TensorRecord()
+    layout = []
+    decoded = {name: (shape, dtype) for name, shape, dtype in stream.entries}
+    for name, (shape, dtype) in decoded.items():
+        dname = record.dtypes.get(name) or ("bfloat16" if is_bfloat16(dtype) else str(np.dtype(dtype)))
+        numpy_dtype(dname)   # a known name, or ModelFormatError
+        layout.append((name, dname, list(record.shapes.get(name, shape)), name))
+    for alias, canon in record.tied.items():
+        if canon not in decoded:
+            raise ModelFormatError(f"tied tensor {alias!r} refers to {canon!r}, which is not in the bitstream")
+        c = next(e for e in layout if e[0] == canon)
+        layout.append((alias, c[1], c[2], canon))
+    if record.order and set(record.order) == {e[0] for e in layout}:
+        pos = {n: i for i, n in enumerate(record.order)}
+        layout.sort(key=lambda e: pos[e[0]])
+    meta = record.extra.get("safetensors_metadata") or ({"format": "pt"} if record.source_format == "pytorch"
+                                                         else None)
+    writer = StreamingSafetensorsWriter(path, layout, meta, shard_size=shard_size, folder=folder)
+    try:
+        for t in stream:
+            writer.write(t.name, restore_array(t.name, t.array, record.dtypes.get(t.name), None))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.paths
 
 
 @typed_errors

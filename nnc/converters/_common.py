@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .._atomic import atomic_output
+from ..coding.dtypes import BFLOAT16
 from ..errors import LimitExceededError, ModelFormatError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
 
@@ -22,9 +23,10 @@ from ..topology import Topology, TopologyCompressionFormat, TopologyStorageForma
 META_KEY = "nnc_converters"
 META_VERSION = 1
 
-#: dtype names used in the JSON record; numpy cannot hold bfloat16, which is carried as float32.
+#: dtype names used in the JSON record; bfloat16 is ml_dtypes.bfloat16 (float32 only without ml_dtypes).
 NUMPY_DTYPES = {
-    "float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": np.float32,
+    "float16": np.float16, "float32": np.float32, "float64": np.float64,
+    "bfloat16": BFLOAT16 if BFLOAT16 is not None else np.float32,
     "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
     "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
     "bool": np.bool_,
@@ -109,8 +111,17 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def bf16_from_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) as an ml_dtypes.bfloat16 array (a view; float32 without ml_dtypes)."""
+    if BFLOAT16 is None:  # pragma: no cover - ml_dtypes missing
+        return bf16_bits_to_float32(bits)
+    return np.ascontiguousarray(bits).view(np.uint16).view(BFLOAT16)
+
+
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """Round-to-nearest-even float32 -> bfloat16 bit patterns (NaN stays NaN)."""
+    """Round-to-nearest-even float32 -> bfloat16 bit patterns (NaN stays NaN); bfloat16 input: its bits."""
+    if BFLOAT16 is not None and np.asarray(x).dtype == BFLOAT16:
+        return np.ascontiguousarray(x).view(np.uint16)
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
     nan = np.isnan(x)

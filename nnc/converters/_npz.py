@@ -6,6 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..coding.dtypes import is_bfloat16
 from ..errors import ModelFormatError
 from ._common import TensorRecord, atomic_path, plan_restore
 
@@ -52,4 +53,7 @@ def write_npz(dest: str, tensors: Mapping[str, np.ndarray], record: TensorRecord
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for p in planned:
                 with zf.open(p.name + ".npy", "w", force_zip64=True) as fh:
-                    np.lib.format.write_array(fh, np.asanyarray(p.array), allow_pickle=False)
+                    arr = np.asanyarray(p.array)
+                    if is_bfloat16(arr.dtype):     # numpy files cannot name bfloat16
+                        arr = arr.astype(np.float32)
+                    np.lib.format.write_array(fh, arr, allow_pickle=False)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
-from ._common import (atomic_path, bf16_bits_to_float32, deflate, float32_to_bf16_bits, topology_payload)
+from ._common import (atomic_path, bf16_from_bits, deflate, float32_to_bf16_bits, topology_payload)
 
 PLACEHOLDER_LOCATION = "nnc:bitstream"
 PLACEHOLDER_KEY = "nnc_tensor"
@@ -174,7 +174,7 @@ def _float_tensor_to_numpy(t, base_dir: str | None) -> np.ndarray:
         raise ModelFormatError(f"initializer {t.name!r}: {arr.size} values for shape {dims}")
     arr = arr.reshape(dims)
     if name == "bfloat16":
-        return bf16_bits_to_float32(arr)
+        return bf16_from_bits(arr)
     return arr.astype(np.dtype(storage).newbyteorder("="), copy=False)
 
 
@@ -236,7 +236,7 @@ def _fill_tensor(t, arr: np.ndarray, name: str) -> None:
     if arr.size != int(np.prod(dims, dtype=np.int64)):
         raise ModelFormatError(f"tensor {name!r}: decoded size {arr.size} does not fit ONNX shape {dims}")
     if dname == "bfloat16":
-        data = float32_to_bf16_bits(arr.astype(np.float32, copy=False))
+        data = float32_to_bf16_bits(arr)
     else:
         data = np.ascontiguousarray(arr, dtype=storage)
     del t.external_data[:]
@@ -652,7 +652,7 @@ def _top_initializer(b: bytes, base_dir: str, tensors: dict, used: set, exact: s
             raise ModelFormatError(f"initializer {t.name!r}: raw_data has {raw[2] - raw[1]} bytes, shape {dims} "
                                    f"needs {count * np.dtype(storage).itemsize}")
         arr = np.frombuffer(b, dtype=storage, count=count, offset=raw[1]).reshape(dims)
-        arr = bf16_bits_to_float32(arr) if dname == "bfloat16" else arr.astype(np.dtype(storage).newbyteorder("="),
+        arr = bf16_from_bits(arr) if dname == "bfloat16" else arr.astype(np.dtype(storage).newbyteorder("="),
                                                                                 copy=False)
     else:
         full = onnx.TensorProto()
@@ -882,7 +882,7 @@ class _RawPayload:
 
     def stored(self) -> np.ndarray:
         if self.dname == "bfloat16":
-            return float32_to_bf16_bits(np.asarray(self.arr, np.float32))
+            return float32_to_bf16_bits(np.asarray(self.arr))
         return np.ascontiguousarray(self.arr, dtype=self.storage)
 
 

@@ -44,8 +44,9 @@ def _to_numpy(t) -> np.ndarray:
         raise ModelFormatError(f"sparse/quantized tensor layout {t.layout} is not supported")
     if t.device.type != "cpu":
         t = t.cpu()
-    if t.dtype == torch.bfloat16:
-        return t.float().numpy()
+    if t.dtype == torch.bfloat16:   # bit patterns viewed as ml_dtypes.bfloat16: not widened
+        from ._common import bf16_from_bits
+        return bf16_from_bits(t.contiguous().view(torch.int16).numpy())
     if t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg()
     return t.contiguous().numpy()
@@ -159,11 +160,23 @@ def load_torch_file(path: str, *, model_state_only: bool = False, notes: list | 
     return state_dict_to_tensors(obj)
 
 
+def tensor_from_numpy(arr: np.ndarray):
+    """torch.from_numpy that also takes ml_dtypes.bfloat16 (as a bfloat16 view of the same bits)."""
+    torch = _torch()
+    from ..coding.dtypes import is_bfloat16
+    if is_bfloat16(arr.dtype):
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)
+
+
 def _to_torch(p: PlannedTensor):
     torch = _torch()
     arr = p.array
     if not arr.flags.writeable or not arr.flags.c_contiguous:
         arr = np.array(arr, order="C", copy=True)
+    from ..coding.dtypes import is_bfloat16
+    if is_bfloat16(arr.dtype):
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
     t = torch.from_numpy(arr)
     if p.dtype_name == "bfloat16":
         t = t.to(torch.bfloat16)

@@ -344,7 +344,8 @@ def rewrite_archive(template: str, dest: str, tensors: Mapping[str, Any]) -> Non
                 raise ModelFormatError(f"tensor {name!r} has shape {list(arr.shape)}, the template's "
                                        f"{list(view.shape)}")
             with torch.no_grad():
-                view.copy_(torch.from_numpy(np.array(arr, order="C", copy=True)).to(view.dtype))  # keeps 0-d
+                from ._torch import tensor_from_numpy
+                view.copy_(tensor_from_numpy(np.array(arr, order="C", copy=True)).to(view.dtype))  # keeps 0-d
         replaced = {f"{archive.root}data/{key}": flat for key, flat in archive.storages.items()}
         with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
             for info in archive.zip.infolist():

@@ -11,6 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ..dtypes import is_float
+
 __all__ = ["modify_qps"]
 
 
@@ -23,7 +25,7 @@ def modify_qps(tensors: Mapping[str, np.ndarray], qps: Mapping[str, int]) -> dic
             names.append(name)
             sizes.append(int(np.asarray(a).size))
             a = np.asarray(a)
-            stds.append(np.std(a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int32)))
+            stds.append(np.std(a.astype(np.float32) if is_float(a.dtype) else a.astype(np.int32)))
     if not names:
         return out
     rel_sizes = np.array(sizes) / sum(sizes)                         # float64

@@ -15,13 +15,14 @@ from typing import Mapping
 
 import numpy as np
 
+from ..dtypes import is_float
 from ..quant import step_size
 
 __all__ = ["sparsity", "sparsify_unstructured", "sparsify_structured"]
 
 
 def _eligible(name: str, a: np.ndarray) -> bool:
-    return a.ndim >= 2 and a.dtype.kind == "f" and bool(a.any()) and ".weight_scaling" not in name
+    return a.ndim >= 2 and is_float(a.dtype) and bool(a.any()) and ".weight_scaling" not in name
 
 
 def sparsity(tensors: Mapping[str, np.ndarray]) -> float:
