@@ -108,8 +108,8 @@ def test_bfloat16_arrays_are_coded_from_their_bits_and_come_back_as_bfloat16():
     data = nnc.encode(wb)
     widened = nnc.encode({k: (v.astype(np.float32) if v.dtype == BF16 else v) for k, v in wb.items()})
     # the NDUs are those of the same values in float32; only the TPL unit names the bfloat16 tensors
-    ndus = [u.to_bytes() for u in bs.parse(data) if u.nnr_unit_type == bs.UnitType.NNR_NDU]
-    ndus_f32 = [u.to_bytes() for u in bs.parse(widened) if u.nnr_unit_type == bs.UnitType.NNR_NDU]
+    ndus = [bs.write_unit(u) for u in bs.parse(data) if u.nnr_unit_type == bs.UnitType.NNR_NDU]
+    ndus_f32 = [bs.write_unit(u) for u in bs.parse(widened) if u.nnr_unit_type == bs.UnitType.NNR_NDU]
     assert ndus == ndus_f32
     rec = json.loads(bytes(bs.parse(data).topology.data))
     assert rec["dtypes"] == {"emb": "bfloat16", "l0.w": "bfloat16", "l0.b": "bfloat16", "l1.w": "bfloat16"}
