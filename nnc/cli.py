@@ -331,11 +331,12 @@ def _input_files(path: str) -> list[str]:
     return [path]
 
 
-def _check_output(out: str, inputs: list[str]) -> None:
-    """The output can be written and is none of the inputs (also not through a symbolic or hard link)."""
-    if out.endswith(os.sep) or os.path.isdir(out):
+def _check_output(out: str, inputs: list[str], *, folder: bool = False) -> None:
+    """The output can be written and is none of the inputs (also not through a symbolic or hard link).
+    ``folder``: the output is a folder (a sharded checkpoint), created if missing."""
+    if not folder and (out.endswith(os.sep) or os.path.isdir(out)):
         raise UsageError(f"the output {out} is a folder; give a file name, e.g. {os.path.join(out, 'model.nnc')}")
-    parent = os.path.dirname(os.path.abspath(out))
+    parent = os.path.dirname(os.path.abspath(out.rstrip("/" + os.sep) or out))
     if not os.path.isdir(parent):
         raise UsageError(f"cannot write {out}: the folder {parent} does not exist; create it first "
                          f"(mkdir -p {parent}) or choose another output")
@@ -774,7 +775,8 @@ def _from_report(path: str, report) -> BitstreamError | None:
 
 def _cmd_decode(a) -> int:
     _existing_input(a.input)
-    fmt = _format_of(a.output, a.format, "output")
+    to_folder = a.output.endswith(("/", os.sep)) or os.path.isdir(a.output)   # a Hugging Face sharded folder
+    fmt = "safetensors" if to_folder else _format_of(a.output, a.format, "output")
     if a.template is not None:
         if fmt != "pytorch":
             raise UsageError(f"--template makes a TorchScript archive; {a.output} names a {fmt} file: use a .pt or "
@@ -786,7 +788,7 @@ def _cmd_decode(a) -> int:
     _need_module(fmt, "writing the output")
     if a.threads is not None and a.threads < 1:
         raise UsageError(f"--threads must be 1 or more, got {a.threads}")
-    _check_output(a.output, [a.input] + ([a.template] if a.template else []))
+    _check_output(a.output, [a.input] + ([a.template] if a.template else []), folder=to_folder)
 
     from . import converters
     from .codec import Decoder
@@ -833,7 +835,7 @@ def _cmd_decode(a) -> int:
     dec = Decoder(cfg)
     with ui.phase(f"decoding {a.input}"):
         try:
-            model = dec._decode(data, keep_levels=False)      # levels freed per tensor
+            model = dec.decode_model(data, levels=False)      # levels freed per tensor
         except BitstreamError as e:
             if isinstance(e, LimitExceededError):
                 raise

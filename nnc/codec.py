@@ -419,12 +419,13 @@ class Decoder:
         are freed as soon as it is reconstructed)."""
         return self._collect(self._open(bitstream, None, levels=False, hold_outputs=True)).tensors
 
-    def decode_model(self, bitstream, *, state=None) -> DecodedModel:
+    def decode_model(self, bitstream, *, state=None, levels: bool = True) -> DecodedModel:
         """Decode and also return the topology and per-tensor coding details.
 
-        ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name.
+        ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name;
+        ``levels=False`` drops each tensor's decoded integers (``details[name].levels`` is then None).
         """
-        return self._collect(self._open(bitstream, state, levels=True, hold_outputs=True))
+        return self._collect(self._open(bitstream, state, levels=levels, hold_outputs=True))
 
     def _open(self, bitstream, state, *, levels: bool, hold_outputs: bool) -> "DecodeStream":
         stream = DecodeStream(self.config, bitstream, state, levels, hold_outputs)
