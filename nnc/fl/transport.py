@@ -637,7 +637,7 @@ class ServerCodec:
         if all(r in self._broadcasts for r in range(s + 1, t + 1)):
             missed = [self._broadcasts[r] for r in range(s + 1, t + 1)]
             best = DownlinkMessage("broadcasts", s, t, missed, reset_uplink=reset)
-        if not self.downlink.cache or t - s < 2:
+        if not self.downlink.cache or (t - s < 2 and best is not None):
             if best is None:
                 raise UpdateStateError(f"broadcasts {s + 1}..{t} are no longer cached")
             return best
@@ -690,8 +690,10 @@ class ServerCodec:
             self._refuse(rec, client, "invalid", f"{type(e).__name__}: {e}", reset=True)
         last = self._accepted.get(client)
         if last is not None and last[1] == digest:
-            rec.duplicates[client] = rec.duplicates.get(client, 0) + 1
-            raise DuplicateUploadError(client, f"duplicate delivery of its round-{last[0]} upload")
+            if last[0] == t:           # delivered again while its round is open: it already counts, once
+                rec.duplicates[client] = rec.duplicates.get(client, 0) + 1
+                raise DuplicateUploadError(client, f"duplicate delivery of its round-{t} upload")
+            self._refuse(rec, client, "replay", f"replay of its round-{last[0]} upload", reset=False)
         key = self.keys.get(client) if self.keys else None
         if key is not None and not hmac.compare_digest(msg.tag or b"", upload_tag(key, client, msg.round, digest)):
             self._refuse(rec, client, "identity", "upload tag does not match the client's key, round and payload",
