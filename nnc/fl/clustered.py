@@ -101,11 +101,13 @@ class ClusterServer:
                 continue
             bounded, clipped = bound_updates({c: updates[c] for c in got}, model, self.policy)
             info["clipped"].update(clipped)
-            w = np.array([float(updates[c][1]) for c in got])
-            w = w / w.sum() if w.sum() > 0 else np.full(len(got), 1.0 / len(got))
+            info["dropped"].update({c: "update norm over the round's bound" for c in got if c not in bounded})
+            admitted = [c for c in got if c in bounded] or got     # similarity and norms: the updates as sent
+            w = np.array([float(updates[c][1]) for c in admitted])
+            w = w / w.sum() if w.sum() > 0 else np.full(len(admitted), 1.0 / len(admitted))
             flat = [flatten(updates[c][0]) for c in got]
-            mean = {k: sum(wi * np.asarray(bounded[c][0][k], np.float64) for wi, c in zip(w, got))
-                    for k in model}
+            mean = {k: sum(wi * np.asarray(bounded[c][0][k], np.float64) if c in bounded else 0
+                           for wi, c in zip(w, admitted)) for k in model}
             with np.errstate(over="ignore", invalid="ignore"):
                 new = {k: (model[k] + mean[k]).astype(np.float32) for k in model}
             if all(np.isfinite(v).all() for v in new.values()):

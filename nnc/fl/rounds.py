@@ -42,11 +42,14 @@ class RoundPolicy:
         aggregation: ``"mean"`` (weighted by ``num_examples``), ``"median"`` or ``"trimmed_mean"``
             (coordinate-wise, unweighted; for in-process servers, see the module docstring).
         trim: fraction of the values cut at each end by ``"trimmed_mean"``.
+        over_bound: what happens to an update over the bound: ``"drop"`` (default: it is left out of the
+            round and counted, ``rejected[c] == "norm-bound"``; an update several times larger than the
+            round's median is a divergence or an attack, and leaving it out keeps the others' weights as if
+            it had not been sent) or ``"clip"`` (scaled down to the bound: direction kept, weight bounded).
         require_binding: refuse uploads that do not carry the client identity and the round (older
             clients); uploads that carry them are always checked.
 
-    An update over a bound is scaled down to it (norm clipping): its direction is kept, its weight is
-    bounded. The bound in effect is the smallest of the enabled ones.
+    The bound in effect is the smallest of the enabled ones.
     """
 
     max_norm: float | None = None
@@ -54,11 +57,14 @@ class RoundPolicy:
     model_factor: float | None = DEFAULT_MODEL_FACTOR
     aggregation: str = "mean"
     trim: float = 0.2
+    over_bound: str = "drop"
     require_binding: bool = False
 
     def __post_init__(self):
         if self.aggregation not in ("mean", "median", "trimmed_mean"):
             raise ValueError(f"aggregation must be 'mean', 'median' or 'trimmed_mean', got {self.aggregation!r}")
+        if self.over_bound not in ("drop", "clip"):
+            raise ValueError(f"over_bound must be 'drop' or 'clip', got {self.over_bound!r}")
         if not 0 <= self.trim < 0.5:
             raise ValueError(f"trim must be in [0, 0.5), got {self.trim}")
         for name in ("max_norm", "median_factor", "model_factor"):
@@ -80,9 +86,11 @@ def update_norm(delta: Tensors) -> float:
 
 
 def bound_updates(items: Mapping, model: Tensors, policy: RoundPolicy) -> tuple[dict, dict]:
-    """Scale each ``{client: (delta, n)}`` update down to the policy's bound.
+    """Apply the policy's norm bound to ``{client: (delta, n)}``: updates over it are left out
+    (``over_bound="drop"``) or scaled down to it (``"clip"``).
 
-    Returns ``(bounded items, {client: norm before}`` of the clipped ones). Items keep their order.
+    Returns ``(admitted items, {client: norm} of the updates that were over the bound)``; items keep their
+    order.
     """
     items = dict(items)
     if not items:
@@ -101,9 +109,11 @@ def bound_updates(items: Mapping, model: Tensors, policy: RoundPolicy) -> tuple[
     out, clipped = {}, {}
     for c, (d, n) in items.items():
         if norms[c] > bound:
+            clipped[c] = norms[c]
+            if policy.over_bound == "drop":
+                continue
             scale = bound / norms[c]
             d = {k: (np.asarray(v, np.float64) * scale).astype(np.float32) for k, v in d.items()}
-            clipped[c] = norms[c]
         out[c] = (d, n)
     return out, clipped
 

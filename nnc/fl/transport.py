@@ -247,9 +247,9 @@ class RoundRecord:
     down_kind: dict = field(default_factory=dict)   # client -> "broadcasts" | "catchup" | "full" | "float32"
     dropped: dict = field(default_factory=dict)     # client -> reason
     rejected: dict = field(default_factory=dict)    # client -> category: invalid | identity | replay |
-    #                                                 future-round | unbound | aggregate
+    #                                                 future-round | unbound | norm-bound | aggregate
     duplicates: dict = field(default_factory=dict)  # client -> repeated deliveries of an accepted upload
-    clipped: dict = field(default_factory=dict)     # client -> L2 norm of its update before the norm bound
+    clipped: dict = field(default_factory=dict)     # client -> L2 norm of its update, when over the norm bound
 
     @property
     def up_bytes(self) -> int:
@@ -817,8 +817,13 @@ class ServerCodec:
         the others. Returns the new global model."""
         rec = self._record()
         items = dict(sorted(dict(deltas).items(), key=lambda kv: str(kv[0])))
-        items, clipped = bound_updates(items, self.model, self.policy)
+        admitted, clipped = bound_updates(items, self.model, self.policy)
         rec.clipped.update(clipped)
+        for c in items:
+            if c not in admitted:
+                rec.rejected[c] = "norm-bound"
+                rec.dropped[c] = f"update norm {clipped[c]:.4g} is over the round's bound"
+        items = admitted
         combine = combine or (lambda it: combine_updates(it, self.base, self.policy))
 
         def attempt(it):
@@ -863,6 +868,6 @@ class ServerCodec:
         model = self.aggregate(deltas)
         rec = self.ledger[-1]
         for c in deltas:
-            if rec.rejected.get(c) == "aggregate":
+            if rec.rejected.get(c) in ("aggregate", "norm-bound"):
                 dropped[c] = RejectedUpdateError(c, rec.dropped[c])
         return model, dropped

@@ -109,7 +109,7 @@ def test_claimed_partition_id_cannot_displace_another_node(monkeypatch):
     from nnc.fl.flower import NNCFedAvg
 
     class Grid:   # node 7 holds partition 0; node 9 claims partition 0 as well
-        def get_node_ids(self):
+        def get_node_ids(self):  # noqa: D102
             return [7, 8, 9]
 
         def send_and_receive(self, msgs):

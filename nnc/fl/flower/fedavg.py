@@ -213,7 +213,8 @@ class NNCFedAvg(FedAvg):
     def _discover(self, grid) -> None:
         self._node_of = {}
         self.contested: dict[int, list[int]] = {}     # partition id -> nodes whose claim was refused
-        for n, p in query_partitions(grid, sorted(grid.get_node_ids())).items():
+        nodes = wait_for_nodes(grid, self.min_available_nodes, poll=0.2)
+        for n, p in query_partitions(grid, nodes).items():
             if p in self._node_of:     # a claimed partition id never displaces the node that holds it
                 self.contested.setdefault(p, []).append(n)
                 continue
@@ -267,7 +268,7 @@ class NNCFedAvg(FedAvg):
         combine = None if self.aggregator is None else flower_combine(self.aggregator, server_round)
         model = self.server.aggregate(deltas, combine)
         for key in deltas:
-            if self.server.ledger[-1].rejected.get(key) == "aggregate":
+            if self.server.ledger[-1].rejected.get(key) in ("aggregate", "norm-bound"):
                 dropped[key] = self.server.ledger[-1].dropped[key]
         self.dropped[server_round] = dropped
         rec = self.server.ledger[-1]
