@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import nnc
-from nnc.fl import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec, UplinkConfig, UplinkMessage,
-                    presets, sparsify)
+from nnc.fl import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec, UplinkConfig, presets, sparsify)
 from nnc.fl.sim import init_mlp, load_digits_data, simulate
 
 
