@@ -694,7 +694,7 @@ class ServerCodec:
                 rec.duplicates[client] = rec.duplicates.get(client, 0) + 1
                 raise DuplicateUploadError(client, f"duplicate delivery of its round-{t} upload")
             self._refuse(rec, client, "replay", f"replay of its round-{last[0]} upload", reset=False)
-        key = self.keys.get(client) if self.keys else None
+        key = self.keys.get(client, self.keys.get(str(client))) if self.keys else None
         if key is not None and not hmac.compare_digest(msg.tag or b"", upload_tag(key, client, msg.round, digest)):
             self._refuse(rec, client, "identity", "upload tag does not match the client's key, round and payload",
                          reset=False)

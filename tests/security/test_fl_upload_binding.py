@@ -132,3 +132,29 @@ def test_claimed_partition_id_cannot_displace_another_node(monkeypatch):
     st._discover(Grid())
     assert st._node_of[0] == 7                             # 0b8f26e: node 9 took partition 0 over
     assert st._node_of[1] == 8
+
+
+def test_nnc_fedavg_with_keys_refuses_an_upload_without_the_nodes_secret():
+    pytest.importorskip("flwr")
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+    from nnc.fl.flower import NNCFedAvg
+
+    up = UplinkConfig(mode="float32", error_feedback=False)
+    base = _model()
+    st = NNCFedAvg(base, up, DownlinkConfig(), keys={1: b"k1", 2: b"k2"})   # 0b8f26e: no keys argument
+
+    def reply(node, rnd_claimed, key):
+        st.server.downlink_for(node)
+        cc = ClientCodec(base, up, DownlinkConfig(), client=str(node), key=key)
+        m = cc.encode_update({k: np.full_like(v, 0.01) for k, v in base.items()}, 10)
+        binding = {"nnc.client": str(node), "nnc.round": rnd_claimed, "nnc.tag": m.tag}
+        md = Metadata(run_id=0, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="",
+                      group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN)
+        return Message(content=RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in m.payload.items()}),
+                                           "metrics": MetricRecord({"num-examples": 10}),
+                                           "nnc.uplink": ConfigRecord(binding)}), metadata=md)
+
+    good = reply(1, 1, b"k1")
+    forged = reply(2, 1, b"wrong")          # a tag made without node 2's secret
+    st.aggregate_train(1, [good, forged])
+    assert 1 not in st.dropped[1] and st.server.ledger[0].rejected == {2: "identity"}

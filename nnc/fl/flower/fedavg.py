@@ -105,12 +105,14 @@ def _save_codec(ctx: Context, codec: ClientCodec) -> None:
 
 def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfig | None = None,
             downlink: DownlinkConfig | None = None, arrays_key: str = "arrays", config_key: str = "config",
-            weighted_by_key: str = "num-examples"):
+            weighted_by_key: str = "num-examples", key_fn: Callable[[Context], bytes] | None = None):
     """A client Mod that puts the nnc transport codec around a ClientApp's train function.
 
     Args:
         base_fn: returns the initial global model ``{name: array}`` (the same on every node and the server).
         uplink, downlink: transport settings; must equal the strategy's.
+        key_fn: ``context -> secret`` shared with the server (``NNCFedAvg(keys=...)``): each upload then
+            carries an HMAC over its client key, round and payload.
     """
     uplink = uplink or UplinkConfig()
     downlink = downlink or DownlinkConfig()
@@ -121,6 +123,7 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
         codec = _load_codec(ctx, base_fn, uplink, downlink)
         cfg = msg.content[config_key]
         codec.client = str(cfg.get("nnc.client", ctx.node_id))   # the key the server knows this node by
+        codec.key = None if key_fn is None else key_fn(ctx)
         model = codec.receive(_downlink_from_records(msg.content[arrays_key], cfg))
         msg.content[arrays_key] = to_arrayrecord(model)
         reply = call_next(msg, ctx)
@@ -190,17 +193,20 @@ class NNCFedAvg(FedAvg):
         aggregator: a Flower strategy whose ``aggregate_train`` aggregates the decoded, validated and
             norm-bounded updates (``FedMedian()``, ``FedTrimmedAvg(beta=0.2)``, ``Krum(num_malicious_nodes=1)``,
             ``MultiKrum(...)``, ``Bulyan(...)``); ``None``: the policy's rule (weighted mean).
+        keys: ``{client key: secret}`` shared with the clients' ``nnc_mod(key_fn=...)``: uploads must carry a
+            matching HMAC tag, so a relabelled client or round is refused.
         other keyword arguments go to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
     def __init__(self, base: Mapping[str, np.ndarray], uplink: UplinkConfig | None = None,
                  downlink: DownlinkConfig | None = None, *, by_partition: bool = False, select_seed: int = 0,
                  select: Selection | None = None, decoder_config=None, policy: RoundPolicy | None = None,
-                 aggregator=None, **kw):
+                 aggregator=None, keys: Mapping | None = None, **kw):
         kw.setdefault("fraction_evaluate", 0.0)
         super().__init__(**kw)
         self.server = ServerCodec(base, uplink, downlink, decoder_config,
-                                  policy or RoundPolicy(require_binding=True))
+                                  policy or RoundPolicy(require_binding=True),
+                                  keys={str(k): v for k, v in keys.items()} if keys else None)
         self.aggregator = aggregator
         self.by_partition = by_partition
         self.select_seed = select_seed
