@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import nnc
-from nnc.fl import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec, UplinkConfig, UplinkMessage,
-                    presets, sparsify)
+from nnc.fl import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec, UplinkConfig, presets, sparsify)
 from nnc.fl.sim import init_mlp, load_digits_data, simulate
 
 
@@ -207,7 +206,6 @@ def test_catch_up_equals_applying_the_missed_broadcasts():
 def test_catch_up_matches_sequential_application_without_cache():
     base = _model()
     uplink, dl = presets(sparsity=0.2)["nnc_bidir_cache"]
-    rng = np.random.default_rng(7)
     models = {}
     for cache in (True, False):
         d = dl.replace(cache=cache)

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import nnc
-from nnc.fl.distill import (FLOAT_BITS, LabelCodecConfig, Q_b, SoftLabelDecoder, SoftLabelEncoder, dequantize,
-                            grid_levels, grid_size, quantize_soft_labels, rank_grid, unrank_grid)
+from nnc.fl.distill import (FLOAT_BITS, LabelCodecConfig, Q_b, SoftLabelDecoder, SoftLabelEncoder, grid_levels, grid_size, quantize_soft_labels, rank_grid, unrank_grid)
 
 
 def _probs(n, c, seed=0, alpha=0.5):

@@ -15,13 +15,14 @@ This package is the engine-agnostic core: it never imports Flower nor the simula
 """
 from . import sparsify
 from .codecs import MessageCodec, MessageDecoder, MessageEncoder, UpdateCodec
+from .rounds import RoundPolicy
 from .selection import select_clients
-from .transport import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, RoundRecord,
-                        ServerCodec, UplinkConfig, UplinkMessage, validate_tensors)
+from .transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
+                        RoundRecord, ServerCodec, UplinkConfig, UplinkMessage, validate_tensors)
 
 __all__ = ["ClientCodec", "ServerCodec", "UplinkConfig", "DownlinkConfig", "UplinkMessage", "DownlinkMessage",
            "RoundRecord", "RejectedUpdateError", "validate_tensors", "sparsify", "presets", "MessageEncoder",
-           "MessageDecoder", "MessageCodec", "UpdateCodec", "select_clients"]
+           "MessageDecoder", "MessageCodec", "UpdateCodec", "select_clients", "RoundPolicy", "DuplicateUploadError"]
 
 
 def presets(qp: int = -36, sparsity: float = 0.01, down_qp: int = -40, down_sparsity: float | None = 0.05

@@ -20,6 +20,7 @@ from typing import Mapping
 import numpy as np
 
 from .clustering import flatten, max_cross_similarity, optimal_bipartition, pairwise_cosine
+from .rounds import RoundPolicy, bound_updates
 
 __all__ = ["CFLConfig", "ClusterServer"]
 
@@ -64,10 +65,16 @@ class ClusterServer:
     ``step(round, updates)`` takes ``{client: (decoded_delta, num_examples)}``, adds each cluster's weighted
     mean update to its model, checks the split criterion per cluster and splits (both halves start from the
     cluster's current model). ``model_for(client)`` is what that client trains from next.
+
+    Each round is checked like the transport's (:class:`nnc.fl.RoundPolicy`): updates that do not fit the
+    model or are not finite in float32 are dropped (``history[-1]["dropped"]``), each cluster member's
+    contribution to the mean is norm-bounded (the split criterion and similarities use the updates as
+    sent), and a cluster whose new model would not be finite keeps its model.
     """
 
-    def __init__(self, base: Tensors, clients, config: CFLConfig | None = None):
+    def __init__(self, base: Tensors, clients, config: CFLConfig | None = None, policy: RoundPolicy | None = None):
         self.config = config or CFLConfig()
+        self.policy = policy or RoundPolicy()
         self.clusters: list[list] = [sorted(clients)]
         self.models: list[dict[str, np.ndarray]] = [{k: np.asarray(v, np.float32).copy() for k, v in base.items()}]
         self.history: list[dict] = []       # per round: norms, splits
@@ -83,7 +90,8 @@ class ClusterServer:
 
     def step(self, server_round: int, updates: Mapping) -> dict:
         cfg = self.config
-        info = {"round": server_round, "clusters": [], "splits": []}
+        info = {"round": server_round, "clusters": [], "splits": [], "dropped": {}, "clipped": {}}
+        updates = self._valid(updates, info["dropped"])
         new_clusters, new_models = [], []
         for members, model in zip(self.clusters, self.models):
             got = [c for c in members if c in updates]
@@ -91,12 +99,21 @@ class ClusterServer:
                 new_clusters.append(members)
                 new_models.append(model)
                 continue
-            w = np.array([float(updates[c][1]) for c in got])
-            w = w / w.sum()
+            bounded, clipped = bound_updates({c: updates[c] for c in got}, model, self.policy)
+            info["clipped"].update(clipped)
+            info["dropped"].update({c: "update norm over the round's bound" for c in got if c not in bounded})
+            admitted = [c for c in got if c in bounded] or got     # similarity and norms: the updates as sent
+            w = np.array([float(updates[c][1]) for c in admitted])
+            w = w / w.sum() if w.sum() > 0 else np.full(len(admitted), 1.0 / len(admitted))
             flat = [flatten(updates[c][0]) for c in got]
-            mean = {k: sum(wi * np.asarray(updates[c][0][k], np.float64) for wi, c in zip(w, got))
-                    for k in model}
-            model = {k: (model[k] + mean[k]).astype(np.float32) for k in model}
+            mean = {k: sum(wi * np.asarray(bounded[c][0][k], np.float64) if c in bounded else 0
+                           for wi, c in zip(w, admitted)) for k in model}
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = {k: (model[k] + mean[k]).astype(np.float32) for k in model}
+            if all(np.isfinite(v).all() for v in new.values()):
+                model = new
+            else:
+                info["dropped"].update({c: "the cluster's aggregate is not finite" for c in got})
             mean_norm = float(np.linalg.norm(flatten(mean)))
             max_norm = float(max(np.linalg.norm(f) for f in flat))
             rec = {"members": list(members), "mean_norm": mean_norm, "max_norm": max_norm}
@@ -121,3 +138,20 @@ class ClusterServer:
         self.clusters, self.models = new_clusters, new_models
         self.history.append(info)
         return info
+
+    def _valid(self, updates: Mapping, dropped: dict) -> dict:
+        """The updates that fit the model (names, shapes) and are finite in float32."""
+        ref = self.models[0]
+        out = {}
+        for c, (d, n) in updates.items():
+            with np.errstate(over="ignore", invalid="ignore"):
+                d32 = {k: np.asarray(v, np.float32) for k, v in dict(d).items()}
+            if set(d32) != set(ref) or any(d32[k].shape != np.shape(ref[k]) for k in ref):
+                dropped[c] = "update does not fit the model"
+            elif not all(np.isfinite(v).all() for v in d32.values()):
+                dropped[c] = "update is not finite in float32"
+            elif isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) or not n >= 0:
+                dropped[c] = f"num_examples must be non-negative, got {n!r}"
+            else:
+                out[c] = (d32, n)
+        return out

@@ -20,10 +20,21 @@ from ..config import DecoderConfig, EncoderConfig
 from ..errors import UpdateStateError
 from ..incremental import in_model_shape
 
-__all__ = ["MessageEncoder", "MessageDecoder", "MessageCodec", "UpdateCodec"]
+__all__ = ["MessageEncoder", "MessageDecoder", "MessageCodec", "UpdateCodec", "limits_for"]
 
 T = TypeVar("T")
 Tensors = Mapping[str, np.ndarray]
+
+
+def limits_for(shapes: Mapping[str, tuple], *, extra_tensors: int = 0) -> DecoderConfig:
+    """Decoder limits for a message that can only hold tensors of these shapes: :meth:`DecoderConfig.strict`
+    with the total (8 bytes per element, room for float64 reconstruction), the largest tensor and the unit
+    count derived from them, so that a few bytes declaring a huge tensor are refused before decoding."""
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes.values()]
+    total, largest = sum(sizes), max(sizes, default=1)
+    n = len(sizes) + extra_tensors
+    return DecoderConfig.strict(max_total_bytes=max(8 * total, 4096)).replace(
+        max_units=8 + 2 * n, max_tensor_elements=max(largest, 1), max_rank=8)
 
 
 @runtime_checkable
@@ -66,7 +77,8 @@ class UpdateCodec:
 
     def decode(self, data: bytes, model: Tensors | None = None, limits: DecoderConfig | None = None
                ) -> dict[str, np.ndarray]:
-        """The delta. ``limits``: decoder limits for the NNC bitstream (see :func:`nnc.fl.limits_for`)."""
+        """The delta. ``limits``: decoder limits for the NNC bitstream; default: derived from the model
+        (:func:`limits_for`) when it is known, so an upload cannot make the server decode more than a model."""
         shapes = self.template if model is None else {k: np.shape(v) for k, v in model.items()}
         data = bytes(data)
         if self.config is None:
@@ -82,7 +94,11 @@ class UpdateCodec:
                 out[k] = flat[pos:pos + n].reshape(shapes[k]).copy()
                 pos += n
             return out
-        out = {k: np.asarray(v, np.float32) for k, v in _nnc_decode(data, limits).items()}
+        if limits is None and shapes is not None:
+            limits = limits_for(shapes)
+        got = _nnc_decode(data, limits)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = {k: np.asarray(v, np.float32) for k, v in got.items()}
         if shapes is None:
             return out
         return {k: in_model_shape(v, shapes[k]) if k in shapes else v for k, v in out.items()}

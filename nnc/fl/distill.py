@@ -38,8 +38,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..codec import decode, encode
-from ..config import EncoderConfig
 from ..coding.quant import step_size
+from ..config import DecoderConfig, EncoderConfig
+from ..errors import UpdateStateError
 
 __all__ = ["grid_levels", "grid_size", "quantize_soft_labels", "dequantize", "Q_b", "rank_grid", "unrank_grid",
            "LabelCodecConfig", "SoftLabelEncoder", "SoftLabelDecoder", "FDResult", "STYPE_SOFT_LABELS"]
@@ -280,10 +281,17 @@ class SoftLabelEncoder:
 class SoftLabelDecoder:
     """Receiver side of one link: ``decode(bytes)`` returns the current soft labels (float32 probabilities)."""
 
-    def __init__(self, config: LabelCodecConfig | None = None, shape: tuple[int, int] | None = None):
+    def __init__(self, config: LabelCodecConfig | None = None, shape: tuple[int, int] | None = None,
+                 limits: DecoderConfig | None = None):
         self.config = config or LabelCodecConfig()
         self.shape = shape
         self.reference: np.ndarray | None = None
+        # what a message for this link can hold (meta, row mask or gaps, rows): more is refused before decoding
+        if limits is None and shape is not None:
+            n, c = int(shape[0]), int(shape[1])
+            limits = DecoderConfig.strict(max_total_bytes=max(8 * (6 + 2 * n + n * c), 4096)).replace(
+                max_units=16, max_tensor_elements=max(n * c, n, 6), max_rank=2)
+        self.limits = limits
 
     def decode(self, data: bytes) -> np.ndarray:
         cfg = self.config
@@ -291,9 +299,10 @@ class SoftLabelDecoder:
             x = np.frombuffer(bytes(data), dtype=np.float32)
             if self.shape is None or x.size != self.shape[0] * self.shape[1]:
                 raise ValueError("raw soft labels need the (rows, classes) shape and a matching payload")
+            _check_probabilities(x)
             self.reference = x.reshape(self.shape).copy()
             return self.reference.copy()
-        tensors = decode(data)
+        tensors = decode(data, self.limits)
         meta = tensors["sl.meta"]
         bits, n, c = int(meta[0]), int(meta[1]), int(meta[2])
         if bits != cfg.bits or (self.shape is not None and (n, c) != tuple(self.shape)):
@@ -302,8 +311,18 @@ class SoftLabelDecoder:
         ref = self.reference if int(meta[4]) != _MODES["full"] else None
         if int(meta[4]) != _MODES["full"] and self.reference is None:
             raise ValueError("delta message without a reference on the receiver")
-        self.reference = _apply(ref, tensors, n, c)
-        return _as_prob(self.reference, bits)
+        new = _apply(ref, tensors, n, c)
+        out = _as_prob(new, bits)
+        _check_probabilities(out)
+        self.reference = new
+        return out
+
+
+def _check_probabilities(p: np.ndarray) -> None:
+    """Soft labels from a stranger: finite and in [0, 1] (a float message could carry anything)."""
+    p = np.asarray(p)
+    if not np.isfinite(p).all() or (p < -1e-3).any() or (p > 1 + 1e-3).any():
+        raise UpdateStateError("soft labels must be finite probabilities in [0, 1]")
 
 
 def _as_prob(ref: np.ndarray, bits: int) -> np.ndarray:

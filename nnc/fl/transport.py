@@ -24,6 +24,8 @@ Design (see docs/fl.md for the reasoning):
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import hmac
 import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
@@ -35,9 +37,11 @@ from ..errors import NNCError, UpdateStateError
 from ..incremental import UpdateDecoder, UpdateEncoder, in_model_shape, in_model_shapes
 from ..coding.quant import qp_for_step, reconstruct_uniform
 from . import sparsify as sp
+from .rounds import RoundPolicy, bound_updates, combine_updates, update_norm
 
 __all__ = ["UplinkConfig", "DownlinkConfig", "DownlinkMessage", "UplinkMessage", "ClientCodec", "ServerCodec",
-           "RejectedUpdateError", "RoundRecord", "validate_tensors", "RUNNING_STATISTICS"]
+           "RejectedUpdateError", "DuplicateUploadError", "RoundRecord", "validate_tensors", "RUNNING_STATISTICS",
+           "RoundPolicy", "upload_tag"]
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -58,6 +62,16 @@ class RejectedUpdateError(NNCError, ValueError):
         super().__init__(f"update from client {client!r} rejected: {reason}")
         self.client = client
         self.reason = reason
+
+
+def upload_tag(key: bytes, client, round_: int | None, digest: bytes) -> bytes:
+    """HMAC-SHA256 binding an upload to its client, round and payload (see ``ServerCodec(keys=...)``)."""
+    return hmac.new(bytes(key), f"nnc-fl-upload|{client}|{round_}|".encode() + digest, hashlib.sha256).digest()
+
+
+class DuplicateUploadError(RejectedUpdateError):
+    """A second delivery of an upload the server already accepted: ignored (not applied twice), counted in
+    :attr:`RoundRecord.duplicates`; the client's state is left alone (this is not an error of the client)."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -190,10 +204,30 @@ class DownlinkMessage:
 
 @dataclass
 class UplinkMessage:
-    """One client's upload: an NNC bitstream (``payload`` bytes) or raw float32 arrays."""
+    """One client's upload: an NNC bitstream (``payload`` bytes) or raw float32 arrays.
+
+    ``client`` and ``round`` bind it to the sender and to the round it answers (set by
+    :meth:`ClientCodec.encode`); the server refuses an upload whose binding does not match.
+    """
 
     payload: bytes | dict[str, np.ndarray]
     num_examples: int = 1
+    client: object = None
+    round: int | None = None
+    tag: bytes | None = None
+
+    def digest(self) -> bytes:
+        """SHA-256 of the payload (names, dtypes, shapes and bytes for raw arrays)."""
+        h = hashlib.sha256()
+        if isinstance(self.payload, (bytes, bytearray, memoryview)):
+            h.update(b"b")
+            h.update(bytes(self.payload))
+        else:
+            for k in sorted(self.payload):
+                a = np.ascontiguousarray(self.payload[k])
+                h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+                h.update(a.tobytes())
+        return h.digest()
 
     @property
     def nbytes(self) -> int:
@@ -211,6 +245,10 @@ class RoundRecord:
     down: dict = field(default_factory=dict)        # client -> bytes sent
     down_kind: dict = field(default_factory=dict)   # client -> "broadcasts" | "catchup" | "full" | "float32"
     dropped: dict = field(default_factory=dict)     # client -> reason
+    rejected: dict = field(default_factory=dict)    # client -> category: invalid | identity | replay |
+    #                                                 future-round | unbound | norm-bound | aggregate
+    duplicates: dict = field(default_factory=dict)  # client -> repeated deliveries of an accepted upload
+    clipped: dict = field(default_factory=dict)     # client -> L2 norm of its update, when over the norm bound
 
     @property
     def up_bytes(self) -> int:
@@ -225,6 +263,9 @@ class RoundRecord:
                 "down": {str(k): v for k, v in self.down.items()},
                 "down_kind": {str(k): v for k, v in self.down_kind.items()},
                 "dropped": {str(k): v for k, v in self.dropped.items()},
+                "rejected": {str(k): v for k, v in self.rejected.items()},
+                "duplicates": {str(k): v for k, v in self.duplicates.items()},
+                "clipped": {str(k): v for k, v in self.clipped.items()},
                 "up_bytes": self.up_bytes, "down_bytes": self.down_bytes}
 
 
@@ -287,7 +328,10 @@ class ClientCodec:
         uplink, downlink: the transport settings (must match the server's).
     """
 
-    def __init__(self, base: Tensors, uplink: UplinkConfig | None = None, downlink: DownlinkConfig | None = None):
+    def __init__(self, base: Tensors, uplink: UplinkConfig | None = None, downlink: DownlinkConfig | None = None,
+                 *, client=None, key: bytes | None = None):
+        self.client = client          # identity written into every upload (see UplinkMessage)
+        self.key = key                # shared secret with the server: uploads carry an HMAC tag
         self.uplink = uplink or UplinkConfig()
         self.downlink = downlink or DownlinkConfig()
         self.base = _f32(base)
@@ -347,7 +391,7 @@ class ClientCodec:
             data, self.last_sent, self.comp_state = u.compressor.encode(
                 {k: np.asarray(delta[k], np.float32) for k in self.base}, self.comp_state,
                 _statistics(self.base, u.statistics))
-            return UplinkMessage(data, num_examples)
+            return self._bind(UplinkMessage(data, num_examples))
         stats = _statistics(self.base, u.statistics)
         feedback = u.error_feedback
         acc = {k: np.asarray(delta[k], np.float32) + (self.residual[k] if feedback and k not in stats else 0)
@@ -372,6 +416,13 @@ class ClientCodec:
         self.residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in self.base}
                          if feedback else _zeros_like(self.base))
         self.last_sent = sent
+        return self._bind(msg)
+
+    def _bind(self, msg: UplinkMessage) -> UplinkMessage:
+        msg.client = self.client
+        msg.round = int(self.synced_round) + 1     # the round this upload answers
+        if self.key is not None:
+            msg.tag = upload_tag(self.key, self.client, msg.round, msg.digest())
         return msg
 
     def _config_for(self, x: Tensors, stats: set = frozenset()) -> EncoderConfig:
@@ -507,9 +558,12 @@ class ServerCodec:
     """
 
     def __init__(self, base: Tensors, uplink: UplinkConfig | None = None, downlink: DownlinkConfig | None = None,
-                 decoder_config: DecoderConfig | None = None):
+                 decoder_config: DecoderConfig | None = None, policy: RoundPolicy | None = None,
+                 keys: Mapping | None = None):
         self.uplink = uplink or UplinkConfig()
         self.downlink = downlink or DownlinkConfig()
+        self.policy = policy or RoundPolicy()
+        self.keys = dict(keys) if keys else {}     # client -> shared secret: uploads must carry its HMAC tag
         self.base = _f32(base)
         self.model = {k: v.copy() for k, v in self.base.items()}
         self.round = 0
@@ -523,6 +577,7 @@ class ServerCodec:
         self._snapshots: dict[int, dict[str, np.ndarray]] = {0: {k: v.copy() for k, v in self.levels.items()}}
         self._broadcasts: dict[int, bytes] = {}
         self._catchups: dict[tuple[int, int], bytes] = {}
+        self._accepted: dict = {}          # client -> (round, digest) of its last accepted upload
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def _record(self) -> RoundRecord:
@@ -566,7 +621,7 @@ class ServerCodec:
         if all(r in self._broadcasts for r in range(s + 1, t + 1)):
             missed = [self._broadcasts[r] for r in range(s + 1, t + 1)]
             best = DownlinkMessage("broadcasts", s, t, missed, reset_uplink=reset)
-        if not self.downlink.cache or t - s < 2:
+        if not self.downlink.cache or (t - s < 2 and best is not None):
             if best is None:
                 raise UpdateStateError(f"broadcasts {s + 1}..{t} are no longer cached")
             return best
@@ -596,12 +651,56 @@ class ServerCodec:
             del self._catchups[key]
 
     # --- uplink -----------------------------------------------------------------------------------------
+    def _refuse(self, rec: RoundRecord, client, category: str, reason: str, *, reset: bool) -> None:
+        if reset:    # the pair's decoder may have advanced on a corrupt stream: both ends restart
+            self.decoders.pop(client, None)
+            self.pending_reset.add(client)
+        rec.rejected[client] = category
+        rec.dropped[client] = reason
+        raise RejectedUpdateError(client, reason)
+
+    def _check_binding(self, rec: RoundRecord, client, msg: UplinkMessage) -> bytes:
+        """Identity, round, replay and duplicate checks, before any decoding (no state of ``client`` changes
+        when they fail, so a forged upload cannot reset an honest client). Returns the payload digest."""
+        t = self.round + 1
+        if msg.client is None or msg.round is None:
+            if self.policy.require_binding:
+                self._refuse(rec, client, "unbound", "upload carries no client identity and round", reset=False)
+        elif str(msg.client) != str(client):
+            self._refuse(rec, client, "identity", f"upload names client {msg.client!r}", reset=False)
+        try:
+            digest = msg.digest()
+        except Exception as e:  # noqa: BLE001 - an unreadable payload object
+            self._refuse(rec, client, "invalid", f"{type(e).__name__}: {e}", reset=True)
+        last = self._accepted.get(client)
+        if last is not None and last[1] == digest:
+            if last[0] == t:           # delivered again while its round is open: it already counts, once
+                rec.duplicates[client] = rec.duplicates.get(client, 0) + 1
+                raise DuplicateUploadError(client, f"duplicate delivery of its round-{t} upload")
+            self._refuse(rec, client, "replay", f"replay of its round-{last[0]} upload", reset=False)
+        key = self.keys.get(client, self.keys.get(str(client))) if self.keys else None
+        if key is not None and not hmac.compare_digest(msg.tag or b"", upload_tag(key, client, msg.round, digest)):
+            self._refuse(rec, client, "identity", "upload tag does not match the client's key, round and payload",
+                         reset=False)
+        if msg.round is not None and int(msg.round) != t:
+            kind = "replay" if int(msg.round) < t else "future-round"
+            self._refuse(rec, client, kind, f"upload answers round {msg.round}, the server runs round {t}",
+                         reset=False)
+        return digest
+
     def receive(self, client, msg: UplinkMessage | bytes) -> dict[str, np.ndarray]:
-        """Decode and validate one upload; returns the dense float32 delta.
+        """Check, decode and validate one upload; returns the dense float32 delta.
+
+        Checks, in order: the binding (identity and round carried by the upload), duplicate delivery of the
+        upload last accepted from ``client`` (:class:`DuplicateUploadError`: not applied twice, nothing
+        reset), replay of an earlier upload or a copy of another client's, then decoding under
+        :attr:`limits` and validation in float32 (names, shapes, every value finite *after* conversion to
+        float32, the dtype the server aggregates in).
 
         Raises:
-            RejectedUpdateError: undecodable or inconsistent upload. The client's uplink state is reset on
-                the server and the next :meth:`downlink_for` tells the client to reset too.
+            RejectedUpdateError: refused upload (category in ``ledger[-1].rejected``). An undecodable or
+                invalid one also resets the client's uplink state on the server, and the next
+                :meth:`downlink_for` tells the client to reset too; binding failures reset nothing.
         """
         rec = self._record()
         if not isinstance(msg, UplinkMessage):
@@ -611,12 +710,13 @@ class ServerCodec:
         except Exception:  # noqa: BLE001 - unreadable payload object
             nb = 0
         rec.up[client] = rec.up.get(client, 0) + nb
+        digest = self._check_binding(rec, client, msg)
         try:
             if self.uplink.mode == "float32":
                 if not isinstance(msg.payload, Mapping):
                     raise UpdateStateError("expected raw float32 arrays")
-                got = _f32(msg.payload)
-                validate_tensors(got, self.base, require_all=True)
+                validate_tensors(msg.payload, self.base, require_all=True)
+                got = msg.payload
             else:
                 if not isinstance(msg.payload, (bytes, bytearray, memoryview, np.ndarray)):
                     raise UpdateStateError(f"expected an NNC bitstream, got {type(msg.payload).__name__}")
@@ -630,62 +730,128 @@ class ServerCodec:
                     got = dec.decode_update(msg.payload)
                 got = in_model_shapes(got, self.base)
                 validate_tensors(got, self.base)
+            with np.errstate(over="ignore", invalid="ignore"):
+                got = _f32(got)            # validated again in the dtype the server aggregates in
+            for k, v in got.items():
+                if not np.isfinite(v).all():
+                    raise UpdateStateError(f"tensor {k!r} holds values beyond float32's range")
             n = msg.num_examples
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
                 raise UpdateStateError(f"num_examples must be a non-negative int, got {n!r}")
-        except (NNCError, TypeError) as e:
-            self.decoders.pop(client, None)
-            self.pending_reset.add(client)
-            rec.dropped[client] = f"{type(e).__name__}: {e}"
-            raise RejectedUpdateError(client, f"{type(e).__name__}: {e}") from e
+        except (NNCError, TypeError, ValueError, OverflowError, MemoryError) as e:
+            self._refuse(rec, client, "invalid", f"{type(e).__name__}: {e}", reset=True)
+        self._accepted[client] = (self.round + 1, digest)
         delta = _zeros_like(self.base)
         for k, v in got.items():
-            delta[k] = np.asarray(v, np.float32)
+            delta[k] = v
         return delta
 
-    def aggregate(self, deltas: Mapping | Iterable) -> dict[str, np.ndarray]:
-        """Close the round: weighted mean of ``{client: (delta, num_examples)}`` (sorted by client), update
-        the global model and, in nnc downlink mode, code the broadcast. Returns the new global model."""
-        self._record()
-        items = sorted(dict(deltas).items(), key=lambda kv: str(kv[0]))
-        total = sum(n for _, (_, n) in items)
-        mean = _zeros_like(self.base)
-        if total > 0:
-            for _, (d, n) in items:
-                w = np.float32(n / total)
-                for k in mean:
-                    mean[k] += w * d[k]
-        self.round += 1
+    # --- the round as a transaction ---------------------------------------------------------------------
+    def _stage(self, mean: Tensors) -> dict:
+        """Everything the round would commit, computed without changing the server; raises if the aggregate
+        is not finite or the broadcast cannot be coded and decoded."""
+        for k, v in mean.items():
+            if not np.isfinite(v).all():
+                raise UpdateStateError(f"aggregate of tensor {k!r} is not finite")
         if self.downlink.mode == "float32":
-            self.model = {k: np.asarray(self.model[k] + mean[k], np.float32) for k in self.model}
-        else:
-            dl = self.downlink
-            stats = _statistics(mean, dl.statistics)
-            acc = {k: mean[k] + (self.residual[k] if dl.error_feedback and k not in stats else 0) for k in mean}
-            x = {k: v for k, v in acc.items() if k not in stats}
-            if dl.sparsity is not None and x:
-                x = sp.top_k(x, dl.sparsity)
-            x = {k: x[k] if k in x else acc[k] for k in mean}  # statistics dense, in the model's order
-            stream = _encode_values(x, dl, dq=dl.dq)
-            got = decode_levels(stream, self.base, dl, self.limits)   # exactly what clients will decode
-            for k, d in got.items():
-                self.levels[k] = self.levels[k] + d
-            sent = {k: reconstruct_uniform(got[k], dl.qp_for(k), dl.qp_density) if k in got
-                    else np.zeros_like(self.base[k]) for k in self.base}
-            self.residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in acc}
-                             if dl.error_feedback else _zeros_like(self.base))
-            self._broadcasts[self.round] = stream
+            with np.errstate(over="ignore", invalid="ignore"):
+                model = {k: np.asarray(self.model[k] + mean[k], np.float32) for k in self.model}
+            for k, v in model.items():
+                if not np.isfinite(v).all():
+                    raise UpdateStateError(f"model tensor {k!r} would not be finite")
+            return {"model": model}
+        dl = self.downlink
+        stats = _statistics(mean, dl.statistics)
+        acc = {k: mean[k] + (self.residual[k] if dl.error_feedback and k not in stats else 0) for k in mean}
+        x = {k: v for k, v in acc.items() if k not in stats}
+        if dl.sparsity is not None and x:
+            x = sp.top_k(x, dl.sparsity)
+        x = {k: x[k] if k in x else acc[k] for k in mean}  # statistics dense, in the model's order
+        stream = _encode_values(x, dl, dq=dl.dq)
+        got = decode_levels(stream, self.base, dl, self.limits)   # exactly what clients will decode
+        levels = {k: self.levels[k] + got[k] if k in got else self.levels[k].copy() for k in self.levels}
+        sent = {k: reconstruct_uniform(got[k], dl.qp_for(k), dl.qp_density) if k in got
+                else np.zeros_like(self.base[k]) for k in self.base}
+        residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in acc}
+                    if dl.error_feedback else _zeros_like(self.base))
+        with np.errstate(over="ignore", invalid="ignore"):
+            model = lattice_model(self.base, levels, dl)
+        for k in model:
+            if not (np.isfinite(model[k]).all() and np.isfinite(residual[k]).all()):
+                raise UpdateStateError(f"model tensor {k!r} would not be finite")
+        return {"model": model, "levels": levels, "residual": residual, "stream": stream}
+
+    def _commit(self, staged: dict) -> None:
+        self.round += 1
+        self.model = staged["model"]
+        if self.downlink.mode != "float32":
+            self.levels, self.residual = staged["levels"], staged["residual"]
+            self._broadcasts[self.round] = staged["stream"]
             self._snapshots[self.round] = {k: v.copy() for k, v in self.levels.items()}
-            self.model = lattice_model(self.base, self.levels, dl)
         self._prune()
+
+    def aggregate(self, deltas: Mapping | Iterable, combine=None) -> dict[str, np.ndarray]:
+        """Close the round as a transaction.
+
+        Bounds each update (:attr:`policy`), aggregates ``{client: (delta, num_examples)}`` (sorted by
+        client; ``combine(items) -> delta`` replaces the policy's rule, e.g. with a Flower strategy), checks
+        that the aggregate is finite and, in nnc downlink mode, that the broadcast codes and decodes, and
+        only then commits (round counter, model, residual, caches). If that fails, the clients that make it
+        fail are found and dropped (``ledger[-1].rejected[c] == "aggregate"``) and the round completes with
+        the others. Returns the new global model."""
+        rec = self._record()
+        items = dict(sorted(dict(deltas).items(), key=lambda kv: str(kv[0])))
+        admitted, clipped = bound_updates(items, self.model, self.policy)
+        rec.clipped.update(clipped)
+        for c in items:
+            if c not in admitted:
+                rec.rejected[c] = "norm-bound"
+                rec.dropped[c] = f"update norm {clipped[c]:.4g} is over the round's bound"
+        items = admitted
+        combine = combine or (lambda it: combine_updates(it, self.base, self.policy))
+
+        def attempt(it):
+            try:
+                return self._stage(combine(it) if it else _zeros_like(self.base)), None
+            except (NNCError, ArithmeticError, ValueError, MemoryError) as e:
+                return None, f"{type(e).__name__}: {e}"
+
+        def drop(c, err):
+            rec.rejected[c] = "aggregate"
+            rec.dropped[c] = f"its update breaks the aggregate ({err})"
+            del items[c]
+
+        staged, err = attempt(items)
+        if staged is None:
+            for c in list(items):      # each client alone first: whose update cannot be broadcast goes
+                if attempt({c: items[c]})[0] is None:
+                    drop(c, err)
+            staged, err = attempt(items)
+            while staged is None and items:   # interactions: drop the largest contribution until it codes
+                drop(max(items, key=lambda c: update_norm(items[c][0])), err)
+                staged, err = attempt(items)
+            if staged is None:      # nothing left: the server's own residual cannot be sent; drop it
+                self.residual = _zeros_like(self.base)
+                staged, err = attempt({})
+            if staged is None:
+                raise UpdateStateError(f"round {self.round + 1} cannot be committed: {err}")
+        self._commit(staged)
         return {k: v.copy() for k, v in self.model.items()}
 
     def step(self, uploads: Mapping) -> tuple[dict[str, np.ndarray], dict]:
-        """Receive ``{client: UplinkMessage}``, drop the rejected ones, aggregate. Returns (model, dropped)."""
+        """Receive ``{client: UplinkMessage}``, drop the rejected ones, aggregate. Returns (model, dropped);
+        ``dropped`` also names clients whose update was dropped while committing the round."""
         deltas, dropped = {}, {}
         for c, m in uploads.items():
             try:
-                deltas[c] = (self.receive(c, m), m.num_examples)
+                deltas[c] = (self.receive(c, m), m.num_examples if isinstance(m, UplinkMessage) else 1)
+            except DuplicateUploadError:
+                continue
             except RejectedUpdateError as e:
                 dropped[c] = e
-        return self.aggregate(deltas), dropped
+        model = self.aggregate(deltas)
+        rec = self.ledger[-1]
+        for c in deltas:
+            if rec.rejected.get(c) in ("aggregate", "norm-bound"):
+                dropped[c] = RejectedUpdateError(c, rec.dropped[c])
+        return model, dropped

@@ -6,7 +6,6 @@ shape (1,), so every upload was rejected) and the running statistics under top-k
 (the running variance went negative and the model collapsed to one class)."""
 import os
 
-import numpy as np
 import pytest
 
 flwr = pytest.importorskip("flwr")

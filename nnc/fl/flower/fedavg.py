@@ -21,16 +21,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.serverapp.strategy import FedAvg
 
 from ..selection import Selection, seeded_fraction
-from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec,
-                         UplinkConfig, UplinkMessage)
+from ..rounds import RoundPolicy
+from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
+                         ServerCodec, UplinkConfig, UplinkMessage)
 from .records import bytes_array as _bytes_array
 from .records import from_arrayrecord, to_arrayrecord
+from .robust import flower_combine
 
 __all__ = ["nnc_mod", "NNCFedAvg", "STYPE_STREAM", "STYPE_UPDATE", "partition_query", "query_partitions",
            "wait_for_nodes"]
 
 STYPE_STREAM = "nnc/bitstream"
 STYPE_UPDATE = "nnc/update"
+UPLINK_KEY = "nnc.uplink"         # ConfigRecord of a reply: the upload's binding (client, round, tag)
 _STATE_ARRAYS = "nnc.codec.arrays"
 _STATE_CONFIG = "nnc.codec.config"
 
@@ -62,11 +65,24 @@ def _downlink_from_records(rec: ArrayRecord, cfg: ConfigRecord) -> DownlinkMessa
                            arrays or None, bool(cfg["nnc.reset-uplink"]))
 
 
-def _uplink_from_record(rec: ArrayRecord, num_examples) -> UplinkMessage:
+def _uplink_from_record(rec: ArrayRecord, num_examples, binding: ConfigRecord | None = None) -> UplinkMessage:
     keys = list(rec.keys())
     if len(keys) == 1 and rec[keys[0]].stype == STYPE_UPDATE:
-        return UplinkMessage(bytes(rec[keys[0]].data), num_examples)
-    return UplinkMessage(from_arrayrecord(rec), num_examples)
+        msg = UplinkMessage(bytes(rec[keys[0]].data), num_examples)
+    else:
+        msg = UplinkMessage(from_arrayrecord(rec), num_examples)
+    if binding is not None:
+        msg.client = str(binding["nnc.client"]) if "nnc.client" in binding else None
+        msg.round = int(binding["nnc.round"]) if "nnc.round" in binding else None
+        msg.tag = bytes(binding["nnc.tag"]) if "nnc.tag" in binding else None
+    return msg
+
+
+def _binding_record(up: UplinkMessage) -> ConfigRecord:
+    rec = {"nnc.client": str(up.client), "nnc.round": int(up.round)}
+    if up.tag is not None:
+        rec["nnc.tag"] = bytes(up.tag)
+    return ConfigRecord(rec)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -89,12 +105,14 @@ def _save_codec(ctx: Context, codec: ClientCodec) -> None:
 
 def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfig | None = None,
             downlink: DownlinkConfig | None = None, arrays_key: str = "arrays", config_key: str = "config",
-            weighted_by_key: str = "num-examples"):
+            weighted_by_key: str = "num-examples", key_fn: Callable[[Context], bytes] | None = None):
     """A client Mod that puts the nnc transport codec around a ClientApp's train function.
 
     Args:
         base_fn: returns the initial global model ``{name: array}`` (the same on every node and the server).
         uplink, downlink: transport settings; must equal the strategy's.
+        key_fn: ``context -> secret`` shared with the server (``NNCFedAvg(keys=...)``): each upload then
+            carries an HMAC over its client key, round and payload.
     """
     uplink = uplink or UplinkConfig()
     downlink = downlink or DownlinkConfig()
@@ -104,6 +122,8 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             return call_next(msg, ctx)
         codec = _load_codec(ctx, base_fn, uplink, downlink)
         cfg = msg.content[config_key]
+        codec.client = str(cfg.get("nnc.client", ctx.node_id))   # the key the server knows this node by
+        codec.key = None if key_fn is None else key_fn(ctx)
         model = codec.receive(_downlink_from_records(msg.content[arrays_key], cfg))
         msg.content[arrays_key] = to_arrayrecord(model)
         reply = call_next(msg, ctx)
@@ -116,6 +136,7 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             if weighted_by_key in reply.content[rk]:
                 n = int(reply.content[rk][weighted_by_key])
         up = codec.encode(trained, num_examples=n)
+        reply.content[UPLINK_KEY] = _binding_record(up)
         if isinstance(up.payload, (bytes, bytearray)):
             reply.content[arrays_key] = ArrayRecord({"nnc.update": _bytes_array(up.payload, STYPE_UPDATE)})
         else:
@@ -167,24 +188,43 @@ class NNCFedAvg(FedAvg):
             :mod:`nnc.fl.selection`); with ``by_partition=True`` it defaults to
             ``seeded_fraction(fraction_train, select_seed)``, so that a run matches the in-process loop.
             Without ``by_partition`` Flower's own sampling is used and clients are keyed by node id.
+        policy: the round policy of the server (:class:`nnc.fl.RoundPolicy`: per-client norm bound, rule);
+            uploads must carry their binding (client key, round) by default.
+        aggregator: a Flower strategy whose ``aggregate_train`` aggregates the decoded, validated and
+            norm-bounded updates (``FedMedian()``, ``FedTrimmedAvg(beta=0.2)``, ``Krum(num_malicious_nodes=1)``,
+            ``MultiKrum(...)``, ``Bulyan(...)``); ``None``: the policy's rule (weighted mean).
+        keys: ``{client key: secret}`` shared with the clients' ``nnc_mod(key_fn=...)``: uploads must carry a
+            matching HMAC tag, so a relabelled client or round is refused.
         other keyword arguments go to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
     def __init__(self, base: Mapping[str, np.ndarray], uplink: UplinkConfig | None = None,
                  downlink: DownlinkConfig | None = None, *, by_partition: bool = False, select_seed: int = 0,
-                 select: Selection | None = None, decoder_config=None, **kw):
+                 select: Selection | None = None, decoder_config=None, policy: RoundPolicy | None = None,
+                 aggregator=None, keys: Mapping | None = None, **kw):
         kw.setdefault("fraction_evaluate", 0.0)
         super().__init__(**kw)
-        self.server = ServerCodec(base, uplink, downlink, decoder_config)
+        self.server = ServerCodec(base, uplink, downlink, decoder_config,
+                                  policy or RoundPolicy(require_binding=True),
+                                  keys={str(k): v for k, v in keys.items()} if keys else None)
+        self.aggregator = aggregator
         self.by_partition = by_partition
         self.select_seed = select_seed
         self.select = select
         self._node_of: dict[int, int] | None = None      # partition id -> node id
         self._key_of_node: dict[int, int] = {}
+        self.contested: dict[int, list[int]] = {}         # partition id -> nodes whose claim was refused
         self.dropped: dict[int, dict] = {}
 
     def _discover(self, grid) -> None:
-        self._node_of = {p: n for n, p in query_partitions(grid, sorted(grid.get_node_ids())).items()}
+        self._node_of = {}
+        self.contested: dict[int, list[int]] = {}     # partition id -> nodes whose claim was refused
+        nodes = wait_for_nodes(grid, self.min_available_nodes, poll=0.2)
+        for n, p in query_partitions(grid, nodes).items():
+            if p in self._node_of:     # a claimed partition id never displaces the node that holds it
+                self.contested.setdefault(p, []).append(n)
+                continue
+            self._node_of[p] = n
         self._key_of_node = {n: p for p, n in self._node_of.items()}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
@@ -200,7 +240,7 @@ class NNCFedAvg(FedAvg):
         for node in node_ids:
             key = self._key_of_node.get(node, node)
             rec, meta = _downlink_to_records(self.server.downlink_for(key))
-            cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta})
+            cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta, "nnc.client": str(key)})
             messages.append(Message(RecordDict({self.arrayrecord_key: rec, self.configrecord_key: cfg}),
                                     message_type=MessageType.TRAIN, dst_node_id=node))
         return messages
@@ -218,7 +258,8 @@ class NNCFedAvg(FedAvg):
                     if self.weighted_by_key in msg.content[rk]:
                         n = int(msg.content[rk][self.weighted_by_key])
                 rec = msg.content[self.arrayrecord_key]
-                up = _uplink_from_record(rec, n)
+                binding = msg.content[UPLINK_KEY] if UPLINK_KEY in msg.content.config_records else None
+                up = _uplink_from_record(rec, n, binding)
             except Exception as e:  # noqa: BLE001 - a malformed reply is dropped like a corrupt stream
                 dropped[key] = f"{type(e).__name__}: {e}"
                 self.server.pending_reset.add(key)
@@ -226,10 +267,16 @@ class NNCFedAvg(FedAvg):
             try:
                 deltas[key] = (self.server.receive(key, up), n)
                 contents.append(msg.content)
+            except DuplicateUploadError:      # a second delivery of an accepted upload: applied once
+                continue
             except RejectedUpdateError as e:
                 dropped[key] = e.reason
+        combine = None if self.aggregator is None else flower_combine(self.aggregator, server_round)
+        model = self.server.aggregate(deltas, combine)
+        for key in deltas:
+            if self.server.ledger[-1].rejected.get(key) in ("aggregate", "norm-bound"):
+                dropped[key] = self.server.ledger[-1].dropped[key]
         self.dropped[server_round] = dropped
-        model = self.server.aggregate(deltas)
         rec = self.server.ledger[-1]
         metrics = MetricRecord({"nnc.up-bytes": rec.up_bytes, "nnc.down-bytes": rec.down_bytes,
                                 "nnc.dropped": len(dropped)})

@@ -64,7 +64,7 @@ def simulate(data, *, uplink: UplinkConfig | None = None, downlink: DownlinkConf
     base = init_mlp(xtr.shape[1], n_classes, hidden, seed)
     parts = dirichlet_partition(ytr, num_clients, alpha, seed)
     server = ServerCodec(base, uplink, downlink)
-    clients = {c: ClientCodec(base, uplink, downlink) for c in range(num_clients)}
+    clients = {c: ClientCodec(base, uplink, downlink, client=c) for c in range(num_clients)}
     res = SimResult(accuracy=[evaluate(server.model, xte, yte)], server=server, clients=clients)
     for r in range(1, rounds + 1):
         chosen = select_clients(num_clients, participation, r, seed)
