@@ -17,6 +17,7 @@ import numpy as np
 
 from . import bitstream as bs
 from . import deepcabac
+from ._atomic import atomic_output
 from .bitstream.source import as_bytes
 from .coding import tools as _tools
 from .coding.dtypes import (BFLOAT16, coding_kind, dtype_record, float32_view, format_for_dtype,
@@ -286,7 +287,6 @@ class Encoder:
         if hasattr(dest, "write"):
             write(dest)
         else:
-            from ._atomic import atomic_output
             with atomic_output(os.fspath(dest), suffix=".tmp") as tmp:
                 with open(tmp, "wb") as f:
                     write(f)

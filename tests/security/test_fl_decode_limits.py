@@ -21,7 +21,7 @@ def _bomb(name: str) -> bytes:
     p = bs.parse(data)
     u = p.units[-1]
     raw = bs.write_unit(replace(u.body, tensor_dimensions=[16, COLS]), context=u.context, payload=bytes(u.payload))
-    return b"".join(x.to_bytes() for x in p.units[:-1]) + raw
+    return bs.write_bitstream(p.units[:-1]) + raw
 
 
 def test_cfl_update_codec_refuses_a_tensor_bigger_than_the_model():
