@@ -4,9 +4,17 @@ from flwr.clientapp import ClientApp
 
 from nnc.fl.flower import nnc_mod, partition_query
 
-from .task import DOWNLINK, UPLINK, base_fn, train
+from .task import METHODS, base_fn, train
 
-app = ClientApp(mods=[nnc_mod(base_fn, UPLINK, DOWNLINK)])
+_mods = {m: nnc_mod(base_fn, up, down) for m, (up, down) in METHODS.items()}
+
+
+def method_mod(msg: Message, ctx: Context, call_next) -> Message:
+    """nnc_mod with the transport settings of run-config ``method`` (one fixed nnc_mod is the usual case)."""
+    return _mods[str(ctx.run_config.get("method", "nnc"))](msg, ctx, call_next)
+
+
+app = ClientApp(mods=[method_mod])
 
 
 @app.train()

@@ -1,12 +1,13 @@
 """ServerApp: NNCFedAvg with partition-keyed selection; per-round accuracy, bytes and drops to ``out-file``."""
 import json
+import time
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from nnc.fl.flower import NNCFedAvg
 
-from .task import DOWNLINK, UPLINK, accuracy, base_fn, net
+from .task import METHODS, accuracy, base_fn, net
 
 app = ServerApp()
 
@@ -15,14 +16,15 @@ app = ServerApp()
 def main(grid: Grid, ctx: Context) -> None:
     rc = ctx.run_config
     parts, seed, out = int(rc["num-partitions"]), int(rc["seed"]), str(rc["out-file"])
-    st = NNCFedAvg(base_fn(seed), UPLINK, DOWNLINK, by_partition=True, select_seed=seed,
+    up, down = METHODS[str(rc.get("method", "nnc"))]
+    st = NNCFedAvg(base_fn(seed), up, down, by_partition=True, select_seed=seed,
                    fraction_train=float(rc["fraction-train"]), min_available_nodes=parts, min_train_nodes=1)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         acc = accuracy(arrays.to_torch_state_dict(), parts, seed)
         if out and server_round > 0:
             rec = st.server.ledger[-1]
-            line = {"round": server_round, "acc": acc, "up": rec.up_bytes, "down": rec.down_bytes,
+            line = {"round": server_round, "t": time.time(), "acc": acc, "up": rec.up_bytes, "down": rec.down_bytes,
                     "down_kind": {str(k): v for k, v in rec.down_kind.items()},
                     "dropped": {str(k): v for k, v in st.dropped.get(server_round, {}).items()},
                     "nodes": {str(p): n for p, n in (st._node_of or {}).items()}}

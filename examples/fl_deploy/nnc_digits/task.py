@@ -15,6 +15,9 @@ torch.set_num_threads(1)
 
 UPLINK = UplinkConfig(qp_mode="ternary", sparsity=0.05)
 DOWNLINK = DownlinkConfig(mode="nnc", qp=-40, sparsity=0.1)
+#: run-config ``method`` -> (uplink, downlink): the app's nnc setting and float32 FedAvg as the baseline
+METHODS = {"nnc": (UPLINK, DOWNLINK),
+           "float32": (UplinkConfig(mode="float32", error_feedback=False), DownlinkConfig(mode="float32"))}
 _DATA: dict = {}
 
 
