@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from nnc.fl.clustered import CFLConfig, simulate_cfl  # noqa: E402
-from nnc.fl.simulate import client_rng, init_mlp, load_digits_data, load_mnist5k, predict, train_local  # noqa: E402
+from nnc.fl.clustered import CFLConfig  # noqa: E402
+from nnc.fl.sim import client_rng, init_mlp, load_digits_data, load_mnist5k, predict, simulate_cfl, train_local  # noqa: E402
 
 SETTINGS = ("permuted", "label_flip", "noisy", "byzantine")
 

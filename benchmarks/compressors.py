@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from nnc.fl import ClientCodec, DownlinkConfig, RejectedUpdateError, ServerCodec, UplinkConfig, presets  # noqa: E402
 from nnc.fl import compressors as C  # noqa: E402
-from nnc.fl.simulate import (client_rng, dirichlet_partition, evaluate, init_mlp, load_digits_data,  # noqa: E402
+from nnc.fl.sim import (client_rng, dirichlet_partition, evaluate, init_mlp, load_digits_data,  # noqa: E402
                              load_mnist5k, select_clients, train_local)
 
 

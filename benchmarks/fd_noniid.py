@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from nnc.fl import presets  # noqa: E402
-from nnc.fl.distill import LabelCodecConfig, simulate_fd  # noqa: E402
-from nnc.fl.simulate import dirichlet_partition, load_digits_data, load_mnist5k, simulate  # noqa: E402
+from nnc.fl.distill import LabelCodecConfig  # noqa: E402
+from nnc.fl.sim import dirichlet_partition, load_digits_data, load_mnist5k, simulate, simulate_fd  # noqa: E402
 
 
 def split_public(data, n_public: int, seed: int):

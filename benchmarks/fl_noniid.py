@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from nnc.fl import presets, simulate
-from nnc.fl.simulate import SimResult, load_digits_data, load_mnist5k
+from nnc.fl import presets
+from nnc.fl.sim import SimResult, load_digits_data, load_mnist5k, simulate
 
 LABELS = {"fedavg_f32": "FedAvg float32", "fedavg_nnc": "FedAvg + nnc (QP)",
           "nnc_sparse_ef": "nnc + top-k/ternary + EF", "nnc_bidir_cache": "+ bidirectional + update cache"}
@@ -50,8 +50,9 @@ def run_flower(data, uplink, downlink, a, alpha, rounds):
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from nnc.fl.flower import NNCFedAvg, fedavg_client_app, from_arrayrecord, to_arrayrecord
-    from nnc.fl.simulate import dirichlet_partition, evaluate, init_mlp
+    from nnc.fl.flower import NNCFedAvg, from_arrayrecord, to_arrayrecord
+    from nnc.fl.sim import dirichlet_partition, evaluate, init_mlp
+    from nnc.fl.sim.flower_apps import fedavg_client_app
 
     parts = dirichlet_partition(data[1], a.clients, alpha, a.seed)
 

@@ -6,8 +6,8 @@ import pytest
 
 import nnc
 from nnc.fl import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec, UplinkConfig, UplinkMessage,
-                    presets, simulate, sparsify)
-from nnc.fl.simulate import init_mlp, load_digits_data
+                    presets, sparsify)
+from nnc.fl.sim import init_mlp, load_digits_data, simulate
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 import nnc
-from nnc.fl.clustered import (CFLConfig, ClusterServer, UpdateCodec, max_cross_similarity, optimal_bipartition,
-                              pairwise_cosine, simulate_cfl)
+from nnc.fl.clustered import CFLConfig, ClusterServer
+from nnc.fl.clustering import max_cross_similarity, optimal_bipartition, pairwise_cosine
+from nnc.fl.codecs import UpdateCodec
+from nnc.fl.sim import simulate_cfl
 
 
 def _clustered_updates(sizes=(4, 3), dim=50, noise=0.3, seed=0):
@@ -73,13 +75,16 @@ def test_updates_travel_as_nnc_bitstreams():
     out = codec.decode(payload)
     assert np.abs(out["fc.weight"] - d["fc.weight"]).max() <= 2 * float(nnc.step_size(-40, 2))
     raw = UpdateCodec(qp=None)
-    assert raw.nbytes(raw.encode(d)) == sum(v.nbytes for v in d.values())
+    data = raw.encode(d)          # always bytes, whatever the setting (issue 18: no flag-dependent return type)
+    assert isinstance(data, bytes) and raw.nbytes(data) == len(data) == sum(v.nbytes for v in d.values())
+    back = raw.decode(data, d)
+    assert all(np.array_equal(back[k], d[k]) for k in d)
 
 
 def test_simulated_cfl_separates_permuted_label_clients():
     pytest.importorskip("sklearn")
     from benchmarks.cfl import make_clients  # noqa: F401 - also checks the benchmark imports
-    from nnc.fl.simulate import client_rng, init_mlp, load_digits_data, predict, train_local
+    from nnc.fl.sim import client_rng, init_mlp, load_digits_data, predict, train_local
     data = load_digits_data()
     xtr, ytr, xte, yte = data
     specs = make_clients("label_flip", data, 12, 0)
@@ -107,7 +112,8 @@ def test_models_with_a_0d_tensor_keep_their_shapes():
     # turn into (1,) arrays, which load_state_dict would refuse
     import numpy as np
 
-    from nnc.fl.clustered import CFLConfig, simulate_cfl
+    from nnc.fl.clustered import CFLConfig
+    from nnc.fl.sim import simulate_cfl
 
     base = {"w": np.zeros((4, 4), np.float32), "bn.num_batches_tracked": np.array(0.0, np.float32)}
 

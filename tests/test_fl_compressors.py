@@ -5,7 +5,8 @@ import pytest
 
 import nnc
 from nnc.errors import UpdateStateError
-from nnc.fl import UplinkConfig, simulate
+from nnc.fl import UplinkConfig
+from nnc.fl.sim import simulate
 from nnc.fl import compressors as C
 
 MODEL = {"fc1.weight": np.zeros((16, 40), "f4"), "fc1.bias": np.zeros(16, "f4"),
@@ -220,7 +221,7 @@ def test_reference_decodes_every_compressor(reference):
 
 
 def test_in_process_loop_with_compressors():
-    from nnc.fl.simulate import load_digits_data
+    from nnc.fl.sim import load_digits_data
     data = load_digits_data()
     accs = {}
     for comp in (C.QSGD(levels=4), C.TopK(fraction=0.05), C.PowerSGD(rank=2)):
@@ -241,7 +242,7 @@ def test_in_process_loop_with_compressors():
 
 
 def test_corrupt_compressed_upload_is_dropped():
-    from nnc.fl.simulate import load_digits_data
+    from nnc.fl.sim import load_digits_data
 
     def tamper(r, c, payload):
         return payload[: len(payload) // 2] if (r, c) == (2, 0) or r == 2 else payload

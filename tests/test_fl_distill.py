@@ -116,8 +116,8 @@ def test_raw_fd_is_float32_bytes():
 
 def test_fd_loop_learns_and_delta_coding_saves_bytes():
     pytest.importorskip("sklearn")
-    from nnc.fl.distill import simulate_fd
-    from nnc.fl.simulate import dirichlet_partition, load_digits_data
+    from nnc.fl.sim import simulate_fd
+    from nnc.fl.sim import dirichlet_partition, load_digits_data
     data = load_digits_data()
     perm = np.random.default_rng(0).permutation(len(data[0]))
     pub, priv = np.sort(perm[:300]), np.sort(perm[300:])

@@ -3,17 +3,25 @@
 * :class:`ClientCodec` / :class:`ServerCodec`: per-client error accumulation, top-k / threshold / ternary
   sparsification, QP control, bidirectional coding with a server residual, update caching for clients
   that missed rounds, exact byte accounting, rejection of corrupt uploads (:class:`RejectedUpdateError`).
-* :func:`simulate`: an in-process numpy FL loop using the same objects.
-* :mod:`nnc.fl.flower`: a Flower client Mod and a FedAvg strategy (needs ``pip install "flwr[simulation]"``).
+* :mod:`nnc.fl.compressors` (QSGD, TernGrad, signSGD, top-k/DGC, PowerSGD, Atomo on NNC),
+  :mod:`nnc.fl.sparsify`, :mod:`nnc.fl.distill` (CFD's soft-label codec), :mod:`nnc.fl.clustering` and
+  :mod:`nnc.fl.clustered` (CFL), :mod:`nnc.fl.codecs` (the message-codec protocol),
+  :mod:`nnc.fl.selection` (client selection policies).
+
+This package is the engine-agnostic core: it never imports Flower nor the simulations. Beside it:
+
+* :mod:`nnc.fl.flower`: Flower client Mods and strategies (needs ``pip install "flwr[simulation]"``);
+* :mod:`nnc.fl.sim`: numpy MLP, offline data, in-process loops (``nnc.fl.sim.simulate`` ...).
 """
 from . import sparsify
-from .simulate import SimResult, dirichlet_partition, simulate
+from .codecs import MessageCodec, MessageDecoder, MessageEncoder, UpdateCodec
+from .selection import select_clients
 from .transport import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, RoundRecord,
                         ServerCodec, UplinkConfig, UplinkMessage, validate_tensors)
 
 __all__ = ["ClientCodec", "ServerCodec", "UplinkConfig", "DownlinkConfig", "UplinkMessage", "DownlinkMessage",
-           "RoundRecord", "RejectedUpdateError", "validate_tensors", "sparsify", "simulate", "SimResult",
-           "dirichlet_partition", "presets"]
+           "RoundRecord", "RejectedUpdateError", "validate_tensors", "sparsify", "presets", "MessageEncoder",
+           "MessageDecoder", "MessageCodec", "UpdateCodec", "select_clients"]
 
 
 def presets(qp: int = -36, sparsity: float = 0.01, down_qp: int = -40, down_sparsity: float | None = 0.05

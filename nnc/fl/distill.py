@@ -25,14 +25,14 @@ Three compression steps, as in the paper, and nnc's CABAC as the entropy coder:
    (``packing="index"``, one int per row) are NNR_PT_INT tensors, coded losslessly by CABAC; b = 32 rows are a
    float tensor quantised at ``float_qp``. A small int tensor ``sl.meta`` makes each message self-describing.
 
-:class:`SoftLabelEncoder` / :class:`SoftLabelDecoder` are one link's two ends; :func:`simulate_fd` is the
-numpy FL loop (FD / CFD) the benchmark and tests use; the Flower wiring is a thin layer over the same
-objects (the strategy sends :class:`SoftLabelEncoder` bytes as an ``Array`` with ``stype="nnc/soft-labels"``).
+:class:`SoftLabelEncoder` / :class:`SoftLabelDecoder` are one link's two ends (engine-agnostic; no model
+and no training here). :func:`nnc.fl.sim.simulate_fd` is the numpy FL loop (FD / CFD) the benchmark and
+tests use; :mod:`nnc.fl.flower.cfd` is the Flower wiring over the same objects (the strategy sends
+:class:`SoftLabelEncoder` bytes as an ``Array`` with ``stype="nnc/soft-labels"``).
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,11 +40,9 @@ import numpy as np
 from ..codec import decode, encode
 from ..config import EncoderConfig
 from ..quant import step_size
-from .simulate import client_rng, evaluate, forward, init_mlp, minibatch_sgd, select_clients, train_local
 
 __all__ = ["grid_levels", "grid_size", "quantize_soft_labels", "dequantize", "Q_b", "rank_grid", "unrank_grid",
-           "LabelCodecConfig", "SoftLabelEncoder", "SoftLabelDecoder", "softmax", "predict_proba", "train_soft",
-           "FDResult", "simulate_fd", "STYPE_SOFT_LABELS"]
+           "LabelCodecConfig", "SoftLabelEncoder", "SoftLabelDecoder", "FDResult", "STYPE_SOFT_LABELS"]
 
 STYPE_SOFT_LABELS = "nnc/soft-labels"
 FLOAT_BITS = 32
@@ -342,27 +340,7 @@ def _apply(ref, tensors: dict, n: int, c: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------------
-# numpy model helpers for distillation (same MLP as nnc.fl.simulate)
-# --------------------------------------------------------------------------------------------------------
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def predict_proba(p, x) -> np.ndarray:
-    return softmax(forward(p, x)[0])
-
-
-def train_soft(params, x, q, *, epochs: int = 1, lr: float = 0.05, batch: int = 32,
-               rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """Minibatch SGD on cross-entropy against soft targets ``q`` (distillation)."""
-    return minibatch_sgd(params, x, lambda logits, idx: ((softmax(logits) - q[idx]) / len(idx)).astype(np.float32),
-                         epochs=epochs, lr=lr, batch=batch, rng=rng)
-
-
-# --------------------------------------------------------------------------------------------------------
-# the in-process FD / CFD loop
+# results of an FD / CFD run (the in-process loop and the Flower strategy)
 # --------------------------------------------------------------------------------------------------------
 @dataclass
 class FDResult:
@@ -376,68 +354,3 @@ class FDResult:
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("accuracy", "client_accuracy", "up_bytes", "down_bytes",
                                               "changed_rows_up", "seconds")}
-
-
-def simulate_fd(data, parts, public_idx, *, up: LabelCodecConfig, down: LabelCodecConfig | None = None,
-                rounds: int = 20, participation: float = 1.0, hidden: int = 32, local_epochs: int = 1,
-                distill_epochs: int = 2, server_epochs: int = 2, lr: float = 0.1, batch: int = 32,
-                seed: int = 0) -> FDResult:
-    """Federated distillation over nnc soft-label messages, in process.
-
-    Args:
-        data: ``(xtr, ytr, xte, yte)``; ``parts`` index private client shards of ``xtr``; ``public_idx``
-            indexes the public set (its labels are never used).
-        up, down: codec of client -> server and server -> client soft labels (``down`` defaults to ``up``).
-
-    Per round: each selected client (1) receives the server's aggregated soft labels (from round 2 on) and
-    distils its model towards them on the public set, (2) trains on its private shard, (3) uploads its soft
-    labels on the public set. The server averages the decoded labels of the round's clients, distils its own
-    model (``server_epochs``; used for the reported accuracy, costs no communication) and keeps the average
-    for the next downlink. Each client link has its own encoder/decoder pair in both directions, so delta
-    coding stays exact with partial participation. Bytes are ``len()`` of the messages.
-    """
-    t0 = time.perf_counter()
-    down = down or up
-    xtr, ytr, xte, yte = data
-    xpub = xtr[public_idx]
-    n_cls = int(max(ytr.max(), yte.max()) + 1)
-    shape = (len(xpub), n_cls)
-    n_clients = len(parts)
-    base = init_mlp(xtr.shape[1], n_cls, hidden, seed)
-    models = {c: {k: v.copy() for k, v in base.items()} for c in range(n_clients)}
-    server_model = {k: v.copy() for k, v in base.items()}
-    up_enc = {c: SoftLabelEncoder(up) for c in range(n_clients)}
-    up_dec = {c: SoftLabelDecoder(up, shape) for c in range(n_clients)}
-    down_enc = {c: SoftLabelEncoder(down) for c in range(n_clients)}
-    down_dec = {c: SoftLabelDecoder(down, shape) for c in range(n_clients)}
-    global_labels = None
-    res = FDResult(accuracy=[evaluate(server_model, xte, yte)], client_accuracy=[evaluate(base, xte, yte)])
-    for r in range(1, rounds + 1):
-        chosen = select_clients(n_clients, participation, r, seed)
-        ub = db = 0
-        received, changed = [], []
-        for c in chosen:
-            rng = client_rng(seed, r, c)
-            if global_labels is not None:
-                msg = down_enc[c].encode(global_labels)
-                db += len(msg)
-                target = down_dec[c].decode(msg)
-                models[c] = train_soft(models[c], xpub, target, epochs=distill_epochs, lr=lr, batch=batch, rng=rng)
-            xs, ys = xtr[parts[c]], ytr[parts[c]]
-            models[c] = train_local(models[c], xs, ys, epochs=local_epochs, lr=lr, batch=batch, rng=rng)
-            before = None if up_enc[c].reference is None else up_enc[c].reference.copy()
-            msg = up_enc[c].encode(predict_proba(models[c], xpub))
-            ub += len(msg) if isinstance(msg, (bytes, bytearray)) else 0
-            received.append(up_dec[c].decode(msg))
-            after = up_enc[c].reference
-            changed.append(1.0 if before is None else float((before != after).any(1).mean()))
-        global_labels = np.mean(received, axis=0).astype(np.float32)
-        server_model = train_soft(server_model, xpub, global_labels, epochs=server_epochs, lr=lr, batch=batch,
-                                  rng=np.random.default_rng([seed, r, 99]))
-        res.up_bytes.append(ub)
-        res.down_bytes.append(db)
-        res.changed_rows_up.append(float(np.mean(changed)))
-        res.accuracy.append(evaluate(server_model, xte, yte))
-        res.client_accuracy.append(float(np.mean([evaluate(models[c], xte, yte) for c in range(n_clients)])))
-    res.seconds = time.perf_counter() - t0
-    return res

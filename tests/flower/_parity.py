@@ -1,11 +1,12 @@
 """Shared by the Flower tests: one FL setup run twice, through Flower's simulation engine (nnc_mod + NNCFedAvg)
-and through the in-process loop nnc.fl.simulate, so a test can compare bytes and accuracy."""
+and through the in-process loop nnc.fl.sim.simulate, so a test can compare bytes and accuracy."""
 from flwr.app import MetricRecord
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from nnc.fl.flower import NNCFedAvg, fedavg_client_app, from_arrayrecord, to_arrayrecord
-from nnc.fl.simulate import dirichlet_partition, evaluate, init_mlp, load_digits_data, simulate
+from nnc.fl.flower import NNCFedAvg, from_arrayrecord, to_arrayrecord
+from nnc.fl.sim.flower_apps import fedavg_client_app
+from nnc.fl.sim import dirichlet_partition, evaluate, init_mlp, load_digits_data, simulate
 
 
 def flower_and_inprocess(uplink, downlink, *, num_clients: int, rounds: int, seed: int = 0):

@@ -13,7 +13,8 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import ServerApp  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
-from nnc.fl.clustered import CFLConfig, ClusteredFedAvg, cfl_mod  # noqa: E402
+from nnc.fl.clustered import CFLConfig  # noqa: E402
+from nnc.fl.flower import ClusteredFedAvg, cfl_mod  # noqa: E402
 from nnc.fl.flower import partition_query  # noqa: E402
 
 N = 4

@@ -21,9 +21,10 @@ from flwr.app import ArrayRecord  # noqa: E402
 from flwr.serverapp import ServerApp  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
-from nnc.fl.distill import LabelCodecConfig, simulate_fd  # noqa: E402
-from nnc.fl.distill_flower import CFDFedAvg, cfd_client_app  # noqa: E402
-from nnc.fl.simulate import dirichlet_partition, load_digits_data  # noqa: E402
+from nnc.fl.distill import LabelCodecConfig  # noqa: E402
+from nnc.fl.sim import simulate_fd  # noqa: E402
+from nnc.fl.sim.flower_apps import cfd_client_app, mlp_cfd_strategy  # noqa: E402
+from nnc.fl.sim import dirichlet_partition, load_digits_data  # noqa: E402
 
 N, ROUNDS = 4, 4
 
@@ -43,8 +44,8 @@ def test_cfd_on_flower_matches_simulate_fd():
 
     @app_s.main()
     def main(grid, ctx):
-        st = CFDFedAvg(xtr[pub], 10, up=up, participation=0.75, hidden=32, server_epochs=3, lr=0.1, batch=32,
-                       seed=0, test=(xte, yte), min_available_nodes=N)
+        st = mlp_cfd_strategy(xtr[pub], 10, up=up, participation=0.75, hidden=32, server_epochs=3, lr=0.1, batch=32,
+                              seed=0, test=(xte, yte), min_available_nodes=N)
         st.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=ROUNDS)
         out.update(result=st.result, dropped=st.dropped)
 

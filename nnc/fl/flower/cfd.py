@@ -1,23 +1,25 @@
 """Compressed federated distillation (CFD) on Flower 1.42 (Message API), with nnc as the transport.
 
-The same protocol as :func:`nnc.fl.distill.simulate_fd`, split into a server strategy and a client app:
+The protocol of :func:`nnc.fl.sim.simulate_fd`, as a server strategy and a client Mod that know nothing
+about the model being trained:
 
 * :class:`CFDFedAvg` (a :class:`flwr.serverapp.strategy.FedAvg` subclass, started with ``strategy.start``).
-  Each round it picks clients by :func:`nnc.fl.simulate.select_clients` over partition ids (asked once with a
-  ``query`` message), sends each one the last round's aggregated soft labels as one NNC bitstream from that
-  link's own :class:`~nnc.fl.distill.SoftLabelEncoder` (delta-coded against what that client holds; nothing
-  in round 1), decodes the uploaded soft-label bitstreams with one :class:`~nnc.fl.distill.SoftLabelDecoder`
-  per client, averages them (in partition order), distils its own model on the public set (for evaluation;
-  no communication) and keeps the average for the next downlink.
-* :func:`cfd_client_app` / :func:`cfd_train`: the client decodes the downlink, distils towards it on the
-  public set, trains on its private shard and uploads ``Q_b``-quantised soft labels through its
-  :class:`~nnc.fl.distill.SoftLabelEncoder`. Its model and both link ends (upload encoder reference, download
-  decoder reference) live in ``context.state`` as ArrayRecords plus a ConfigRecord: no pickle, no files.
+  Each round it picks clients with the ``select`` policy over partition ids (asked once with a ``query``
+  message), sends each one the last round's aggregated soft labels as one NNC bitstream from that link's own
+  :class:`~nnc.fl.distill.SoftLabelEncoder` (delta-coded against what that client holds; nothing in round
+  1), decodes the uploaded soft-label bitstreams with one :class:`~nnc.fl.distill.SoftLabelDecoder` per
+  client, averages them (in partition order) and keeps the average for the next downlink. The server's own
+  model is an argument (``model``) together with how to distil it (``distill``) and how to score it
+  (``evaluate``); any model works (a numpy MLP, a PyTorch module's state).
+* :func:`cfd_mod`: the client Mod. It decodes the downlink into plain float32 soft labels for the ClientApp's
+  ``train`` function (``arrays["soft-labels"]``, absent in round 1), and codes the soft labels the train
+  function replies with (``arrays["soft-labels"]``: probabilities on the public set) through the uplink
+  :class:`~nnc.fl.distill.SoftLabelEncoder`. Both link ends live in ``context.state`` (ArrayRecord +
+  ConfigRecord: no pickle, no files).
 
 Every message is one ``uint8`` :class:`flwr.app.Array` (``stype="nnc/soft-labels"``) holding the bitstream
 (or the raw float32 bytes for plain FD); bytes are ``len()`` of those payloads, in ``strategy.result``
-(an :class:`~nnc.fl.distill.FDResult`, directly comparable with :func:`simulate_fd`) and in the round
-metrics ``nnc.up-bytes`` / ``nnc.down-bytes``.
+(an :class:`~nnc.fl.distill.FDResult`) and in the round metrics ``nnc.up-bytes`` / ``nnc.down-bytes``.
 
 Robustness: an upload that does not decode is dropped and the client is told to restart its uplink with a
 full message; a client that does not answer gets a full downlink next time (its decoder may not have seen
@@ -26,22 +28,22 @@ the last delta).
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.app import RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from .distill import (STYPE_SOFT_LABELS, FDResult, LabelCodecConfig, SoftLabelDecoder, SoftLabelEncoder,
-                      predict_proba, train_soft)
-from .flower import from_arrayrecord, partition_query, query_partitions, to_arrayrecord, wait_for_nodes
-from .simulate import client_rng, evaluate, init_mlp, select_clients, train_local
+from ..distill import STYPE_SOFT_LABELS, FDResult, LabelCodecConfig, SoftLabelDecoder, SoftLabelEncoder
+from ..selection import Selection, everyone
+from .fedavg import query_partitions, wait_for_nodes
+from .records import bytes_array, from_arrayrecord, to_arrayrecord
 
-__all__ = ["CFDFedAvg", "cfd_train", "cfd_client_app", "LABELS_KEY"]
+__all__ = ["CFDFedAvg", "cfd_mod", "LABELS_KEY", "TARGET_KEY"]
 
-LABELS_KEY = "nnc.soft-labels"
-_STATE_MODEL = "cfd.model"
+LABELS_KEY = "nnc.soft-labels"      # the coded soft labels on the wire
+TARGET_KEY = "soft-labels"          # plain float32 soft labels between the Mod and the train function
 _STATE_LINKS = "cfd.links"
 _STATE_CONFIG = "cfd.links.config"
 
@@ -49,8 +51,7 @@ _STATE_CONFIG = "cfd.links.config"
 def _labels_record(data: bytes | None) -> ArrayRecord:
     if data is None:
         return ArrayRecord()
-    return ArrayRecord({LABELS_KEY: Array(dtype="uint8", shape=(len(data),), stype=STYPE_SOFT_LABELS,
-                                          data=bytes(data))})
+    return ArrayRecord({LABELS_KEY: bytes_array(data, STYPE_SOFT_LABELS)})
 
 
 def _labels_payload(rec: ArrayRecord) -> bytes | None:
@@ -69,33 +70,28 @@ def _codec_tag(cfg: LabelCodecConfig) -> str:
 # --------------------------------------------------------------------------------------------------------
 # client side
 # --------------------------------------------------------------------------------------------------------
-def cfd_train(data, parts, public_idx, *, up: LabelCodecConfig, down: LabelCodecConfig | None = None,
-              hidden: int = 32, local_epochs: int = 1, distill_epochs: int = 2, lr: float = 0.1, batch: int = 32,
-              seed: int = 0):
-    """The ClientApp ``train`` function of CFD (arguments as :func:`nnc.fl.distill.simulate_fd`).
+def cfd_mod(shape: tuple[int, int], *, up: LabelCodecConfig, down: LabelCodecConfig | None = None,
+            arrays_key: str = "arrays", config_key: str = "config"):
+    """A client Mod that puts the CFD soft-label links around a ClientApp's train function.
 
-    The node's partition is ``context.node_config["partition-id"]`` (its private shard ``parts[pid]``).
-    Replies with the uploaded soft labels and metrics ``num-examples``, ``cfd.accuracy`` (this client's
-    model on the test set after the round) and ``cfd.changed-rows`` (fraction of rows the upload carried).
+    Args:
+        shape: ``(public rows, classes)`` of the soft labels.
+        up, down: the codecs of client -> server / server -> client soft labels (must equal the strategy's).
+
+    The train function receives ``msg.content[arrays_key][TARGET_KEY]`` (float32 aggregated soft labels to
+    distil towards; absent in the first round) and replies with its own soft labels on the public set under
+    the same key. The Mod adds the metric ``cfd.changed-rows`` (fraction of rows the upload carried).
     """
     down = down or up
-    xtr, ytr, xte, yte = data
-    xpub = xtr[public_idx]
-    n_cls = int(max(ytr.max(), yte.max()) + 1)
-    shape = (len(xpub), n_cls)
+    shape = (int(shape[0]), int(shape[1]))
 
-    def train(msg: Message, ctx: Context) -> Message:
-        pid = int(ctx.node_config["partition-id"])
-        cfg = msg.content["config"]
+    def mod(msg: Message, ctx: Context, call_next) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, ctx)
+        cfg = msg.content[config_key]
         if str(cfg.get("cfd.up", _codec_tag(up))) != _codec_tag(up) or \
                 str(cfg.get("cfd.down", _codec_tag(down))) != _codec_tag(down):
             raise ValueError("the strategy's soft-label codec differs from this client's")
-        r = int(cfg["server-round"])
-        # ---- state: model and both link ends
-        if _STATE_MODEL in ctx.state:
-            model = from_arrayrecord(ctx.state[_STATE_MODEL])
-        else:
-            model = init_mlp(xtr.shape[1], n_cls, hidden, seed)
         up_enc, down_dec = SoftLabelEncoder(up), SoftLabelDecoder(down, shape)
         if _STATE_LINKS in ctx.state:
             links = from_arrayrecord(ctx.state[_STATE_LINKS])
@@ -104,19 +100,22 @@ def cfd_train(data, parts, public_idx, *, up: LabelCodecConfig, down: LabelCodec
             up_enc.messages = int(ctx.state[_STATE_CONFIG]["up.messages"])
         if bool(cfg.get("cfd.reset-up", False)):
             up_enc.reference = None
-        # ---- the round, exactly as simulate_fd
-        rng = client_rng(seed, r, pid)
-        payload = _labels_payload(msg.content["arrays"])
-        if payload is not None:
-            target = down_dec.decode(payload)
-            model = train_soft(model, xpub, target, epochs=distill_epochs, lr=lr, batch=batch, rng=rng)
-        xs, ys = xtr[parts[pid]], ytr[parts[pid]]
-        model = train_local(model, xs, ys, epochs=local_epochs, lr=lr, batch=batch, rng=rng)
+        payload = _labels_payload(msg.content[arrays_key])
+        target = None if payload is None else down_dec.decode(payload)
+        msg.content[arrays_key] = ArrayRecord() if target is None else ArrayRecord({TARGET_KEY: Array(target)})
+        reply = call_next(msg, ctx)
+        if reply.has_error():
+            return reply
+        probs = reply.content[arrays_key][TARGET_KEY].numpy()
         before = None if up_enc.reference is None else up_enc.reference.copy()
-        out = up_enc.encode(predict_proba(model, xpub))
+        out = up_enc.encode(probs)
         changed = 1.0 if before is None else float((before != up_enc.reference).any(1).mean())
-        # ---- save state
-        ctx.state[_STATE_MODEL] = to_arrayrecord(model)
+        reply.content[arrays_key] = _labels_record(out)
+        names = list(reply.content.metric_records.keys())
+        if names:
+            reply.content[names[0]]["cfd.changed-rows"] = changed
+        else:
+            reply.content["metrics"] = MetricRecord({"cfd.changed-rows": changed})
         links = {}
         if up_enc.reference is not None:
             links["up.reference"] = up_enc.reference
@@ -124,20 +123,9 @@ def cfd_train(data, parts, public_idx, *, up: LabelCodecConfig, down: LabelCodec
             links["down.reference"] = down_dec.reference
         ctx.state[_STATE_LINKS] = to_arrayrecord(links)
         ctx.state[_STATE_CONFIG] = ConfigRecord({"up.messages": up_enc.messages})
-        metrics = MetricRecord({"num-examples": len(xs), "cfd.accuracy": evaluate(model, xte, yte),
-                                "cfd.changed-rows": changed})
-        return Message(RecordDict({"arrays": _labels_record(out), "metrics": metrics}), reply_to=msg)
+        return reply
 
-    return train
-
-
-def cfd_client_app(data, parts, public_idx, **kw) -> ClientApp:
-    """A ClientApp running :func:`cfd_train` (keyword arguments as there) that also answers the partition
-    ``query`` :class:`CFDFedAvg` sends once."""
-    app = ClientApp()
-    app.train()(cfd_train(data, parts, public_idx, **kw))
-    app.query()(partition_query)
-    return app
+    return mod
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -147,32 +135,35 @@ class CFDFedAvg(FedAvg):
     """The CFD server as a Flower strategy.
 
     Args:
-        xpub: the public (unlabelled) set, identical to the clients'.
-        num_classes: soft-label width.
+        shape: ``(public rows, classes)`` of the soft labels (the public set is the clients' and, through
+            ``distill``, the server's business).
         up, down: codecs of client -> server / server -> client soft labels (``down`` defaults to ``up``).
-        participation: fraction of clients per round (seeded :func:`select_clients`, like ``simulate_fd``).
-        hidden, server_epochs, lr, batch, seed: the server model and its distillation (as ``simulate_fd``).
-        test: optional ``(xte, yte)``; then ``result.accuracy`` holds the server model's accuracy per round.
+        model: the server's model ``{name: array}`` (``None``: the server only relays soft labels).
+        distill: ``(model, soft_labels, server_round) -> model``: trains the server model towards the round's
+            aggregated soft labels (for evaluation; costs no communication).
+        evaluate: ``model -> accuracy`` (then ``result.accuracy`` holds it per round).
+        select: ``(server_round, sorted partition ids) -> chosen ids`` (default: every client; see
+            :mod:`nnc.fl.selection`).
         other keyword arguments go to :class:`flwr.serverapp.strategy.FedAvg` (set ``min_available_nodes``
         to the number of clients so that all are discovered).
 
     ``self.result`` is an :class:`FDResult` (``client_accuracy`` is the mean of every client's last reported
-    accuracy; clients not yet trained count with the initial model's). ``self.dropped`` maps round ->
+    ``cfd.accuracy`` metric, if the clients report one). ``self.dropped`` maps round ->
     ``{partition: reason}``.
     """
 
-    def __init__(self, xpub: np.ndarray, num_classes: int, *, up: LabelCodecConfig,
-                 down: LabelCodecConfig | None = None, participation: float = 1.0, hidden: int = 32,
-                 server_epochs: int = 2, lr: float = 0.1, batch: int = 32, seed: int = 0, test=None, **kw):
+    def __init__(self, shape: tuple[int, int], *, up: LabelCodecConfig, down: LabelCodecConfig | None = None,
+                 model: Mapping[str, np.ndarray] | None = None,
+                 distill: Callable[[dict, np.ndarray, int], dict] | None = None,
+                 evaluate: Callable[[dict], float] | None = None, select: Selection | None = None, **kw):
         kw.setdefault("fraction_evaluate", 0.0)
         super().__init__(**kw)
         self.up, self.down = up, down or up
-        self.xpub = np.asarray(xpub)
-        self.shape = (len(self.xpub), int(num_classes))
-        self.participation = participation
-        self.server_epochs, self.lr, self.batch, self.seed = server_epochs, lr, batch, seed
-        self.test = test
-        self.model = init_mlp(self.xpub.shape[1], int(num_classes), hidden, seed)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.model = None if model is None else {k: np.asarray(v) for k, v in model.items()}
+        self.distill = distill
+        self.evaluate_model = evaluate
+        self.select = select or everyone
         self.global_labels: np.ndarray | None = None
         self.result = FDResult()
         self.dropped: dict[int, dict] = {}
@@ -185,6 +176,11 @@ class CFDFedAvg(FedAvg):
         self._sent: dict[int, int] = {}
         self._t0 = None
 
+    def _score(self) -> float:
+        if self.evaluate_model is None or self.model is None:
+            return float("nan")
+        return float(self.evaluate_model(self.model))
+
     # ---- discovery
     def _discover(self, grid) -> None:
         nodes = wait_for_nodes(grid, self.min_available_nodes, poll=0.2)
@@ -193,7 +189,7 @@ class CFDFedAvg(FedAvg):
         for p in self._node_of:
             self._up_dec[p] = SoftLabelDecoder(self.up, self.shape)
             self._down_enc[p] = SoftLabelEncoder(self.down)
-        acc0 = evaluate(self.model, *self.test) if self.test is not None else float("nan")
+        acc0 = self._score()
         self._client_acc = {p: acc0 for p in self._node_of}
         self.result.accuracy.append(acc0)
         self.result.client_accuracy.append(acc0)
@@ -203,8 +199,7 @@ class CFDFedAvg(FedAvg):
         if self._node_of is None:
             self._t0 = time.perf_counter()
             self._discover(grid)
-        keys = sorted(self._node_of)
-        chosen = [keys[i] for i in select_clients(len(keys), self.participation, server_round, self.seed)]
+        chosen = self.select(server_round, sorted(self._node_of))
         msgs, down = [], 0
         self._sent = {}
         for p in chosen:
@@ -239,9 +234,11 @@ class CFDFedAvg(FedAvg):
                 labels = self._up_dec[p].decode(payload)
                 if labels.shape != self.shape or not np.isfinite(labels).all():
                     raise ValueError("soft labels do not fit the public set")
-                m = msg.content["metrics"]
-                self._client_acc[p] = float(m["cfd.accuracy"])
-                changed[p] = float(m["cfd.changed-rows"])
+                m = msg.content["metrics"] if "metrics" in msg.content.metric_records else MetricRecord()
+                if "cfd.accuracy" in m:
+                    self._client_acc[p] = float(m["cfd.accuracy"])
+                if "cfd.changed-rows" in m:
+                    changed[p] = float(m["cfd.changed-rows"])
                 got[p] = labels
             except Exception as e:  # noqa: BLE001 - a malformed upload is dropped; the link restarts
                 dropped[p] = f"{type(e).__name__}: {e}"
@@ -255,16 +252,15 @@ class CFDFedAvg(FedAvg):
         self.dropped[server_round] = dropped
         if got:
             self.global_labels = np.mean([got[p] for p in sorted(got)], axis=0).astype(np.float32)
-            self.model = train_soft(self.model, self.xpub, self.global_labels, epochs=self.server_epochs,
-                                    lr=self.lr, batch=self.batch,
-                                    rng=np.random.default_rng([self.seed, server_round, 99]))
+            if self.distill is not None and self.model is not None:
+                self.model = self.distill(self.model, self.global_labels, server_round)
         res = self.result
         res.up_bytes.append(up)
         res.changed_rows_up.append(float(np.mean([changed[p] for p in sorted(changed)])) if changed else 0.0)
-        res.accuracy.append(evaluate(self.model, *self.test) if self.test is not None else float("nan"))
+        res.accuracy.append(self._score())
         res.client_accuracy.append(float(np.mean([self._client_acc[p] for p in sorted(self._client_acc)])))
         res.seconds = time.perf_counter() - self._t0
         metrics = MetricRecord({"nnc.up-bytes": up, "nnc.down-bytes": res.down_bytes[-1],
                                 "nnc.dropped": len(dropped), "cfd.accuracy": res.accuracy[-1],
                                 "cfd.client-accuracy": res.client_accuracy[-1]})
-        return to_arrayrecord(self.model), metrics
+        return (ArrayRecord() if self.model is None else to_arrayrecord(self.model)), metrics

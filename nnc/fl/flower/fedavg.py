@@ -20,30 +20,19 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from .simulate import client_rng, select_clients, train_local
-from .transport import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec,
-                        UplinkConfig, UplinkMessage)
+from ..selection import Selection, seeded_fraction
+from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec,
+                         UplinkConfig, UplinkMessage)
+from .records import bytes_array as _bytes_array
+from .records import from_arrayrecord, to_arrayrecord
 
-__all__ = ["nnc_mod", "NNCFedAvg", "STYPE_STREAM", "STYPE_UPDATE", "partition_query", "to_arrayrecord",
-           "from_arrayrecord"]
+__all__ = ["nnc_mod", "NNCFedAvg", "STYPE_STREAM", "STYPE_UPDATE", "partition_query", "query_partitions",
+           "wait_for_nodes"]
 
 STYPE_STREAM = "nnc/bitstream"
 STYPE_UPDATE = "nnc/update"
 _STATE_ARRAYS = "nnc.codec.arrays"
 _STATE_CONFIG = "nnc.codec.config"
-
-
-def _bytes_array(data: bytes, stype: str) -> Array:
-    return Array(dtype="uint8", shape=(len(data),), stype=stype, data=bytes(data))
-
-
-def to_arrayrecord(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
-    # np.asarray(order="C"), not np.ascontiguousarray, which turns 0-d arrays into shape (1,)
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in tensors.items()})
-
-
-def from_arrayrecord(rec: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: rec[k].numpy() for k in rec.keys()}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -144,30 +133,6 @@ def partition_query(msg: Message, ctx: Context) -> Message:
                    reply_to=msg)
 
 
-def fedavg_client_app(base_fn: Callable[[], Mapping[str, np.ndarray]], data, parts, *,
-                      uplink: UplinkConfig | None = None, downlink: DownlinkConfig | None = None, epochs: int = 1,
-                      lr: float = 0.05, batch: int = 32, seed: int = 0):
-    """A ClientApp for :class:`NNCFedAvg` on the MLPs of :mod:`nnc.fl.simulate`: the node with
-    ``node_config["partition-id"] = p`` trains on ``data[0][parts[p]], data[1][parts[p]]`` with
-    :func:`~nnc.fl.simulate.train_local` (round ``r`` uses ``client_rng(seed, r, p)``, as the in-process
-    loop does), inside :func:`nnc_mod`; it also answers the partition ``query``."""
-    from flwr.clientapp import ClientApp
-
-    app = ClientApp(mods=[nnc_mod(base_fn, uplink, downlink)])
-
-    @app.train()
-    def train(msg: Message, ctx: Context) -> Message:
-        pid, r = int(ctx.node_config["partition-id"]), int(msg.content["config"]["server-round"])
-        xs, ys = data[0][parts[pid]], data[1][parts[pid]]
-        new = train_local(from_arrayrecord(msg.content["arrays"]), xs, ys, epochs=epochs, lr=lr, batch=batch,
-                          rng=client_rng(seed, r, pid))
-        return Message(RecordDict({"arrays": to_arrayrecord(new),
-                                   "metrics": MetricRecord({"num-examples": len(xs)})}), reply_to=msg)
-
-    app.query()(partition_query)
-    return app
-
-
 # --------------------------------------------------------------------------------------------------------
 # server side
 # --------------------------------------------------------------------------------------------------------
@@ -196,20 +161,24 @@ class NNCFedAvg(FedAvg):
     Args:
         base: the initial global model.
         uplink, downlink: transport settings (the clients' mod must use the same).
-        select_seed: with ``by_partition=True``, clients are chosen by :func:`nnc.fl.simulate.select_clients`
-            over partition ids (asked once through a ``query`` message), so that a run matches the in-process
-            loop; otherwise Flower's own sampling is used and clients are keyed by node id.
+        by_partition: key clients by partition id (asked once through a ``query`` message answered by
+            :func:`partition_query`) instead of node id.
+        select: the client selection, ``(server_round, sorted partition ids) -> chosen ids`` (see
+            :mod:`nnc.fl.selection`); with ``by_partition=True`` it defaults to
+            ``seeded_fraction(fraction_train, select_seed)``, so that a run matches the in-process loop.
+            Without ``by_partition`` Flower's own sampling is used and clients are keyed by node id.
         other keyword arguments go to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
     def __init__(self, base: Mapping[str, np.ndarray], uplink: UplinkConfig | None = None,
                  downlink: DownlinkConfig | None = None, *, by_partition: bool = False, select_seed: int = 0,
-                 decoder_config=None, **kw):
+                 select: Selection | None = None, decoder_config=None, **kw):
         kw.setdefault("fraction_evaluate", 0.0)
         super().__init__(**kw)
         self.server = ServerCodec(base, uplink, downlink, decoder_config)
         self.by_partition = by_partition
         self.select_seed = select_seed
+        self.select = select
         self._node_of: dict[int, int] | None = None      # partition id -> node id
         self._key_of_node: dict[int, int] = {}
         self.dropped: dict[int, dict] = {}
@@ -223,8 +192,8 @@ class NNCFedAvg(FedAvg):
         if self.by_partition:
             if self._node_of is None:
                 self._discover(grid)
-            parts = select_clients(len(self._node_of), self.fraction_train, server_round, self.select_seed)
-            node_ids = [self._node_of[p] for p in parts]
+            select = self.select or seeded_fraction(self.fraction_train, self.select_seed)
+            node_ids = [self._node_of[p] for p in select(server_round, sorted(self._node_of))]
         else:
             node_ids = [m.metadata.dst_node_id for m in super().configure_train(server_round, arrays, config, grid)]
         messages = []
