@@ -555,6 +555,13 @@ class ServerCodec:
     def down_bytes(self) -> int:
         return sum(r.down_bytes for r in self.ledger)
 
+    def release(self, client) -> None:
+        """Forget everything held for ``client`` (its decoder, the round it holds, a pending reset): the next
+        :meth:`downlink_for` treats it as a new client (catch-up from the initial model, fresh uplink pair)."""
+        self.decoders.pop(client, None)
+        self.synced.pop(client, None)
+        self.pending_reset.discard(client)
+
     # --- downlink ---------------------------------------------------------------------------------------
     def downlink_for(self, client) -> DownlinkMessage:
         """The message that brings ``client`` to the current global model (and counts its bytes)."""

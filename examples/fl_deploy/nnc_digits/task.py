@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from nnc.fl import DownlinkConfig, UplinkConfig
-from nnc.fl.simulate import dirichlet_partition, load_digits_data
+from nnc.fl.sim import dirichlet_partition, load_digits_data
 
 torch.set_num_threads(1)
 
@@ -73,7 +73,7 @@ def run_inprocess(rounds: int, num_partitions: int, fraction: float, *, lr: floa
     """The same federation without Flower: one ClientCodec per partition, one ServerCodec, the same
     selection rule as ``NNCFedAvg(by_partition=True)``. Returns one dict per round (acc, up, down)."""
     from nnc.fl import ClientCodec, ServerCodec
-    from nnc.fl.simulate import select_clients
+    from nnc.fl import select_clients
 
     server = ServerCodec(base_fn(seed), uplink, downlink)
     clients = {p: ClientCodec(base_fn(seed), uplink, downlink) for p in range(num_partitions)}

@@ -18,8 +18,10 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
 
+from ...errors import NNCError, UpdateStateError
 from ..selection import Selection, seeded_fraction
 from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, RejectedUpdateError, ServerCodec,
                          UplinkConfig, UplinkMessage)
@@ -33,6 +35,10 @@ STYPE_STREAM = "nnc/bitstream"
 STYPE_UPDATE = "nnc/update"
 _STATE_ARRAYS = "nnc.codec.arrays"
 _STATE_CONFIG = "nnc.codec.config"
+#: downlink flag: the server holds no state for this client (first contact, or released): start afresh
+META_NEW_PAIR = "nnc.new-pair"
+#: reply key: the client could not apply the downlink (state missing / stale / corrupt); value = reason
+META_RESYNC = "nnc.resync"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -102,20 +108,37 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
     def mod(msg: Message, ctx: Context, call_next) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctx)
-        codec = _load_codec(ctx, base_fn, uplink, downlink)
         cfg = msg.content[config_key]
-        model = codec.receive(_downlink_from_records(msg.content[arrays_key], cfg))
+        new_pair = bool(cfg[META_NEW_PAIR]) if META_NEW_PAIR in cfg else False
+        try:
+            if new_pair:    # the server starts this pair afresh: so does the client, whatever it held
+                codec = ClientCodec(base_fn(), uplink, downlink)
+            elif _STATE_CONFIG not in ctx.state:
+                raise UpdateStateError("this client holds no codec state (restarted, or state lost)")
+            else:
+                codec = _load_codec(ctx, base_fn, uplink, downlink)
+            model = codec.receive(_downlink_from_records(msg.content[arrays_key], cfg))
+        except (NNCError, KeyError, ValueError, TypeError) as e:
+            # missing, stale or unreadable state: nothing was trained or sent; ask the server to start over
+            return Message(RecordDict({config_key: ConfigRecord({META_RESYNC: f"{type(e).__name__}: {e}"[:500]})}),
+                           reply_to=msg)
         msg.content[arrays_key] = to_arrayrecord(model)
-        reply = call_next(msg, ctx)
-        if reply.has_error():
+        try:
+            reply = call_next(msg, ctx)
+            if reply.has_error():
+                _save_codec(ctx, codec)
+                return reply
+            trained = from_arrayrecord(reply.content[arrays_key])
+            n = 1
+            for rk in reply.content.metric_records.keys():
+                if weighted_by_key in reply.content[rk]:
+                    n = int(reply.content[rk][weighted_by_key])
+            up = codec.encode(trained, num_examples=n)
+        except BaseException:
+            # the user's train (or encode, refusing e.g. a NaN model) failed after the downlink was applied:
+            # keep that, so the client stays in step with the server, and nothing is re-sent
             _save_codec(ctx, codec)
-            return reply
-        trained = from_arrayrecord(reply.content[arrays_key])
-        n = 1
-        for rk in reply.content.metric_records.keys():
-            if weighted_by_key in reply.content[rk]:
-                n = int(reply.content[rk][weighted_by_key])
-        up = codec.encode(trained, num_examples=n)
+            raise
         if isinstance(up.payload, (bytes, bytearray)):
             reply.content[arrays_key] = ArrayRecord({"nnc.update": _bytes_array(up.payload, STYPE_UPDATE)})
         else:
@@ -181,36 +204,101 @@ class NNCFedAvg(FedAvg):
         self.select = select
         self._node_of: dict[int, int] | None = None      # partition id -> node id
         self._key_of_node: dict[int, int] = {}
+        self._partitions: set[int] = set()                 # every partition id seen (the selection's keys)
+        self._claims: dict[int, int] = {}                  # node id -> partition it reported
+        self._sent: dict[str, tuple[int, object]] = {}     # message id -> (node id, client key), this round
+        self._unserved: dict = {}                          # selected keys with no live node, this round
         self.dropped: dict[int, dict] = {}
+        self.duplicates: dict[int, int] = {}               # round -> replies delivered more than once
+
+    def _release(self, key) -> None:
+        """Forget the server's side of one client pair (its next message starts a new pair)."""
+        self.server.release(key)
+
+    def _follow_nodes(self, grid) -> None:
+        """Keep ``partition -> node`` in step with the federation: nodes that left are released, nodes never
+        seen are asked their partition; a new node takes a partition over only when the node that held it is
+        gone (a restart), never from a live one."""
+        live = set(grid.get_node_ids())
+        if self._node_of is None:
+            live = set(wait_for_nodes(grid, self.min_available_nodes, poll=0.5, timeout=120.0))
+            self._node_of = {}
+        for n in [n for n in self._key_of_node if n not in live]:          # gone: release its state
+            p = self._key_of_node.pop(n)
+            if self._node_of.get(p) == n:
+                del self._node_of[p]
+                self._release(p)
+        for n in [n for n in self._claims if n not in live]:
+            del self._claims[n]
+        unknown = sorted(live - set(self._claims))
+        if unknown:
+            self._claims.update(query_partitions(grid, unknown))
+        for n, p in sorted(self._claims.items()):
+            if n in self._key_of_node or p in self._node_of:
+                continue                            # mapped already, or held by a live node
+            self._node_of[p] = n
+            self._key_of_node[n] = p
+            self._partitions.add(p)
+            self._release(p)                        # a new node holds nothing: start the pair afresh
 
     def _discover(self, grid) -> None:
-        self._node_of = {p: n for n, p in query_partitions(grid, sorted(grid.get_node_ids())).items()}
-        self._key_of_node = {n: p for p, n in self._node_of.items()}
+        self._follow_nodes(grid)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
                         ) -> Iterable[Message]:
+        self._sent, self._unserved = {}, {}
         if self.by_partition:
-            if self._node_of is None:
-                self._discover(grid)
+            self._follow_nodes(grid)
             select = self.select or seeded_fraction(self.fraction_train, self.select_seed)
-            node_ids = [self._node_of[p] for p in select(server_round, sorted(self._node_of))]
+            chosen = select(server_round, sorted(self._partitions))
+            self._unserved = {p: "no live node holds this partition" for p in chosen if p not in self._node_of}
+            node_ids = [self._node_of[p] for p in chosen if p in self._node_of]
         else:
+            live = set(grid.get_node_ids())
+            for key in [k for k in set(self.server.synced) | set(self.server.decoders) if k not in live]:
+                self._release(key)                  # node ids that left the federation
             node_ids = [m.metadata.dst_node_id for m in super().configure_train(server_round, arrays, config, grid)]
         messages = []
         for node in node_ids:
             key = self._key_of_node.get(node, node)
+            new_pair = key not in self.server.synced
             rec, meta = _downlink_to_records(self.server.downlink_for(key))
-            cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta})
-            messages.append(Message(RecordDict({self.arrayrecord_key: rec, self.configrecord_key: cfg}),
-                                    message_type=MessageType.TRAIN, dst_node_id=node))
+            cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta, META_NEW_PAIR: new_pair})
+            msg = Message(RecordDict({self.arrayrecord_key: rec, self.configrecord_key: cfg}),
+                          message_type=MessageType.TRAIN, dst_node_id=node)
+            self._sent[msg.object_id] = (node, key)    # the id Flower gives it; replies name it in reply_to
+            messages.append(msg)
         return messages
 
+    def _key_of_reply(self, msg: Message, answered: set):
+        """The client a reply belongs to, from the message it answers (an error the SuperLink generates for
+        a node carries ``src_node_id = 1``); ``None`` for a second copy of an answered message."""
+        mid = msg.metadata.reply_to_message_id
+        if mid in answered:
+            return None
+        answered.add(mid)
+        if mid in self._sent:
+            return self._sent[mid][1]
+        src = msg.metadata.src_node_id
+        return None if src == SUPERLINK_NODE_ID else self._key_of_node.get(src, src)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        deltas, dropped, contents = {}, {}, []
+        deltas, dropped, contents, answered, dup = {}, dict(self._unserved), [], set(), 0
         for msg in replies:
-            key = self._key_of_node.get(msg.metadata.src_node_id, msg.metadata.src_node_id)
+            key = self._key_of_reply(msg, answered)
+            if key is None or key in deltas or key in dropped:
+                dup += 1                            # delivered twice: neither applied twice nor a reset
+                continue
             if msg.has_error():
                 dropped[key] = f"client error: {msg.error.reason}"
+                if msg.metadata.src_node_id == SUPERLINK_NODE_ID:
+                    # the SuperLink answered for the node (gone, or the message expired): the client may or
+                    # may not have applied the downlink, so the pair starts afresh
+                    self._release(key)
+                continue
+            if META_RESYNC in msg.content.config_records.get(self.configrecord_key, {}):
+                dropped[key] = f"client resync: {msg.content[self.configrecord_key][META_RESYNC]}"
+                self._release(key)
                 continue
             try:
                 n = 1
@@ -228,7 +316,14 @@ class NNCFedAvg(FedAvg):
                 contents.append(msg.content)
             except RejectedUpdateError as e:
                 dropped[key] = e.reason
+        answered_keys = set(deltas) | set(dropped)
+        for node, key in self._sent.values():       # no reply at all within the timeout
+            if key not in answered_keys:
+                dropped[key] = "no reply"
+                self._release(key)
+        self._sent = {}
         self.dropped[server_round] = dropped
+        self.duplicates[server_round] = dup
         model = self.server.aggregate(deltas)
         rec = self.server.ledger[-1]
         metrics = MetricRecord({"nnc.up-bytes": rec.up_bytes, "nnc.down-bytes": rec.down_bytes,
