@@ -177,3 +177,29 @@ def test_duplicate_delivery_is_applied_once_and_not_resent():
     got = run(st, grid, 5, hook)
     for k in ref:
         assert np.array_equal(got[k], ref[k]), k
+
+
+@pytest.mark.parametrize("method", ["nnc", "float32"])
+def test_one_record_per_message_framing_is_counted_and_small(method):
+    # 24 tensors: per-tensor records would cost Flower an Array + ArrayChunk object (ids, dtype, shape) each
+    many = {f"layer{i}.weight": np.full((4, 3), 0.1 * i, np.float32) for i in range(24)}
+    up, down = ((UP, DOWN) if method == "nnc" else
+                (UplinkConfig(mode="float32", error_feedback=False), DownlinkConfig(mode="float32")))
+    st = NNCFedAvg(many, up, down, by_partition=True, fraction_train=1.0, min_available_nodes=2)
+    nodes = [Node(100 + p, p, up, down) for p in range(2)]
+    for n in nodes:
+        n.mod = nnc_mod(lambda: many, up, down)
+        n.train = lambda msg, ctx: Message(RecordDict({
+            "arrays": to_arrayrecord({k: v + 0.01 for k, v in from_arrayrecord(msg.content["arrays"]).items()}),
+            "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK
+    arrays, grid = to_arrayrecord(many), Grid(nodes)
+    for r in (1, 2):
+        arrays, _ = st.aggregate_train(r, grid.send_and_receive(list(st.configure_train(r, arrays, ConfigRecord({}),
+                                                                                          grid))))
+    assert all(not d for d in st.dropped.values())
+    for rec in st.server.ledger:
+        for k in rec.up:
+            assert rec.up[k] < rec.up_wire[k] < rec.up[k] + 400, (rec.up, rec.up_wire)
+        for k in rec.down:
+            assert rec.down[k] < rec.down_wire[k] < rec.down[k] + 400, (rec.down, rec.down_wire)

@@ -26,6 +26,16 @@ REPO = APP_DIR.parent.parent
 CONNECTION = "nnc-local"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so a killed test or
+    benchmark leaves no deployment behind."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -92,7 +102,8 @@ class LocalDeployment:
         log = open(self.root / f"{name}.log", "ab")
         try:
             return subprocess.Popen(cmd, cwd=self.root, env=dict(self.env, FLWR_HOME=str(home)), stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         finally:
             log.close()
 
@@ -159,7 +170,8 @@ class LocalDeployment:
         try:
             return subprocess.Popen(["flwr", "run", str(self.app), CONNECTION, "--run-config", cfg, "--stream"],
                                     cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         finally:
             log.close()
 
@@ -170,14 +182,16 @@ class LocalDeployment:
 
     def wait_rounds(self, n: int, proc: subprocess.Popen | None = None, timeout: float = 600.0) -> list[dict]:
         deadline = time.monotonic() + timeout
+        why = f"after {timeout} s"
         while time.monotonic() < deadline:
             got = self.rounds()
             if len(got) >= n:
                 return got
             if proc is not None and proc.poll() is not None and len(self.rounds()) < n:
+                why = f"when `flwr run` ended (exit code {proc.returncode})"
                 break
             time.sleep(0.2)
-        raise TimeoutError(f"{len(self.rounds())} of {n} rounds after {timeout} s\n--- flwr run:\n"
+        raise TimeoutError(f"{len(self.rounds())} of {n} rounds {why}\n--- flwr run:\n"
                            f"{self.log('flwr-run')[-3000:]}\n--- superlink:\n{self.log('superlink')[-3000:]}")
 
     def run(self, timeout: float = 600.0, **run_config) -> list[dict]:

@@ -212,6 +212,10 @@ class RoundRecord:
     down: dict = field(default_factory=dict)        # client -> bytes sent
     down_kind: dict = field(default_factory=dict)   # client -> "broadcasts" | "catchup" | "full" | "float32"
     dropped: dict = field(default_factory=dict)     # client -> reason
+    # client -> bytes of the records the transport wrote (payload + the framing nnc controls), where an engine
+    # adapter counts them (nnc.fl.flower: Flower's serialised ArrayRecord of the message)
+    up_wire: dict = field(default_factory=dict)
+    down_wire: dict = field(default_factory=dict)
 
     @property
     def up_bytes(self) -> int:
@@ -226,7 +230,9 @@ class RoundRecord:
                 "down": {str(k): v for k, v in self.down.items()},
                 "down_kind": {str(k): v for k, v in self.down_kind.items()},
                 "dropped": {str(k): v for k, v in self.dropped.items()},
-                "up_bytes": self.up_bytes, "down_bytes": self.down_bytes}
+                "up_bytes": self.up_bytes, "down_bytes": self.down_bytes,
+                **({"up_wire": sum(self.up_wire.values()), "down_wire": sum(self.down_wire.values())}
+                   if self.up_wire or self.down_wire else {})}
 
 
 # --------------------------------------------------------------------------------------------------------

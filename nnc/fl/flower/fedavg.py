@@ -13,6 +13,7 @@ Only the ``arrays`` of train messages are touched; evaluate and query messages p
 """
 from __future__ import annotations
 
+import struct
 import time
 from typing import Callable, Iterable, Mapping
 
@@ -33,10 +34,10 @@ __all__ = ["nnc_mod", "NNCFedAvg", "STYPE_STREAM", "STYPE_UPDATE", "partition_qu
 
 STYPE_STREAM = "nnc/bitstream"
 STYPE_UPDATE = "nnc/update"
+STYPE_UPDATE_F32 = "nnc/update-f32"     # float32 upload: tensors concatenated in model order
+STYPE_DOWNLINK = "nnc/downlink"         # header + streams (+ float32 tensors), one Array per message
 _STATE_ARRAYS = "nnc.codec.arrays"
 _STATE_CONFIG = "nnc.codec.config"
-#: downlink flag: the server holds no state for this client (first contact, or released): start afresh
-META_NEW_PAIR = "nnc.new-pair"
 #: reply key: the client could not apply the downlink (state missing / stale / corrupt); value = reason
 META_RESYNC = "nnc.resync"
 
@@ -44,35 +45,96 @@ META_RESYNC = "nnc.resync"
 # --------------------------------------------------------------------------------------------------------
 # downlink / uplink <-> records
 # --------------------------------------------------------------------------------------------------------
-def _downlink_to_records(msg: DownlinkMessage) -> tuple[ArrayRecord, dict]:
-    arrays = {}
-    for i, s in enumerate(msg.streams):
-        arrays[f"nnc.stream.{i:04d}"] = _bytes_array(s, STYPE_STREAM)
+_KINDS = ("broadcasts", "catchup", "full", "float32")
+_HEAD = struct.Struct("<BBBIIH")   # version, kind, flags (1: reset uplink, 2: float32 arrays, 4: new pair),
+#                                    base round, round,
+_LEN = struct.Struct("<I")         # number of streams; then one uint32 length per stream
+_VERSION = 1
+
+
+def _pack_tensors(arrays: Mapping[str, np.ndarray], names) -> bytes:
+    """float32 tensors concatenated in ``names`` order: the receiver knows names and shapes (its model)."""
+    return b"".join(np.asarray(arrays[k], dtype="<f4", order="C").tobytes() for k in names)
+
+
+def _unpack_tensors(data, model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sizes = [int(np.asarray(v).size) for v in model.values()]
+    if len(data) != 4 * sum(sizes):
+        raise UpdateStateError(f"{len(data)} bytes of float32 tensors, the model needs {4 * sum(sizes)}")
+    flat = np.frombuffer(data, dtype="<f4")
+    out, pos = {}, 0
+    for (k, v), n in zip(model.items(), sizes):
+        out[k] = flat[pos:pos + n].reshape(np.shape(v)).astype(np.float32)
+        pos += n
+    return out
+
+
+def _downlink_to_records(msg: DownlinkMessage, names, new_pair: bool = False) -> tuple[ArrayRecord, dict]:
+    """One ``uint8`` Array per message: a 13-byte header, the stream lengths, the streams, then (float32
+    downlink, or the initial model on first contact) the tensors in model order. No per-tensor records:
+    names, shapes and dtypes are the receiver's own model's."""
+    flags = (1 if msg.reset_uplink else 0) | (2 if msg.arrays is not None else 0) | (4 if new_pair else 0)
+    parts = [_HEAD.pack(_VERSION, _KINDS.index(msg.kind), flags, int(msg.base_round), int(msg.round),
+                        len(msg.streams))]
+    parts += [_LEN.pack(len(x)) for x in msg.streams] + [bytes(x) for x in msg.streams]
     if msg.arrays is not None:
-        for k, v in msg.arrays.items():
-            arrays[k] = Array(np.asarray(v, dtype=np.float32, order="C"))
-    meta = {"nnc.kind": msg.kind, "nnc.base-round": int(msg.base_round), "nnc.round": int(msg.round),
-            "nnc.reset-uplink": bool(msg.reset_uplink)}
-    return ArrayRecord(arrays), meta
+        parts.append(_pack_tensors(msg.arrays, names))
+    return ArrayRecord({"nnc": _bytes_array(b"".join(parts), STYPE_DOWNLINK)}), {}
 
 
-def _downlink_from_records(rec: ArrayRecord, cfg: ConfigRecord) -> DownlinkMessage:
-    streams, arrays = [], {}
-    for k in rec.keys():
-        a = rec[k]
-        if a.stype == STYPE_STREAM:
-            streams.append(bytes(a.data))
-        else:
-            arrays[k] = a.numpy()
-    return DownlinkMessage(str(cfg["nnc.kind"]), int(cfg["nnc.base-round"]), int(cfg["nnc.round"]), streams,
-                           arrays or None, bool(cfg["nnc.reset-uplink"]))
+def _new_pair(rec: ArrayRecord) -> bool:
+    """The downlink's new-pair flag (the server holds nothing for this client: start afresh)."""
+    a = rec["nnc"] if "nnc" in rec else None
+    return a is not None and len(a.data) >= _HEAD.size and bool(_HEAD.unpack_from(a.data)[2] & 4)
 
 
-def _uplink_from_record(rec: ArrayRecord, num_examples) -> UplinkMessage:
+def _downlink_from_records(rec: ArrayRecord, model: Mapping[str, np.ndarray]) -> DownlinkMessage:
+    if list(rec.keys()) != ["nnc"] or rec["nnc"].stype != STYPE_DOWNLINK:
+        raise UpdateStateError(f"expected one {STYPE_DOWNLINK!r} array, got {list(rec.keys())[:4]}")
+    data = memoryview(bytes(rec["nnc"].data))
+    if len(data) < _HEAD.size:
+        raise UpdateStateError("downlink record shorter than its header")
+    ver, kind, flags, base_round, rnd, n = _HEAD.unpack_from(data)
+    if ver != _VERSION or kind >= len(_KINDS):
+        raise UpdateStateError(f"downlink record version {ver} / kind {kind} not understood")
+    pos = _HEAD.size + n * _LEN.size
+    if pos > len(data):
+        raise UpdateStateError("downlink record truncated in its stream table")
+    streams = []
+    for i in range(n):
+        ln = _LEN.unpack_from(data, _HEAD.size + i * _LEN.size)[0]
+        if pos + ln > len(data):
+            raise UpdateStateError("downlink record truncated in a stream")
+        streams.append(bytes(data[pos:pos + ln]))
+        pos += ln
+    arrays = _unpack_tensors(data[pos:], model) if flags & 2 else None
+    if not flags & 2 and pos != len(data):
+        raise UpdateStateError(f"{len(data) - pos} trailing bytes in the downlink record")
+    return DownlinkMessage(_KINDS[kind], base_round, rnd, streams, arrays, bool(flags & 1))
+
+
+def _uplink_to_record(up: UplinkMessage, names) -> ArrayRecord:
+    if isinstance(up.payload, (bytes, bytearray)):
+        return ArrayRecord({"nnc": _bytes_array(up.payload, STYPE_UPDATE)})
+    return ArrayRecord({"nnc": _bytes_array(_pack_tensors(up.payload, names), STYPE_UPDATE_F32)})
+
+
+def _uplink_from_record(rec: ArrayRecord, num_examples, model: Mapping[str, np.ndarray]) -> UplinkMessage:
     keys = list(rec.keys())
     if len(keys) == 1 and rec[keys[0]].stype == STYPE_UPDATE:
         return UplinkMessage(bytes(rec[keys[0]].data), num_examples)
+    if len(keys) == 1 and rec[keys[0]].stype == STYPE_UPDATE_F32:
+        return UplinkMessage(_unpack_tensors(bytes(rec[keys[0]].data), model), num_examples)
     return UplinkMessage(from_arrayrecord(rec), num_examples)
+
+
+def record_wire_bytes(obj) -> int:
+    """Serialised size of a Flower record (or message) as it is transferred: the object and all objects
+    below it (Arrays, ArrayChunks), each with Flower's object header. Counted by NNCFedAvg per message."""
+    total = len(obj.deflate())
+    for child in (obj.children or {}).values():
+        total += record_wire_bytes(child)
+    return total
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -108,16 +170,15 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
     def mod(msg: Message, ctx: Context, call_next) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctx)
-        cfg = msg.content[config_key]
-        new_pair = bool(cfg[META_NEW_PAIR]) if META_NEW_PAIR in cfg else False
         try:
+            new_pair = _new_pair(msg.content[arrays_key])
             if new_pair:    # the server starts this pair afresh: so does the client, whatever it held
                 codec = ClientCodec(base_fn(), uplink, downlink)
             elif _STATE_CONFIG not in ctx.state:
                 raise UpdateStateError("this client holds no codec state (restarted, or state lost)")
             else:
                 codec = _load_codec(ctx, base_fn, uplink, downlink)
-            model = codec.receive(_downlink_from_records(msg.content[arrays_key], cfg))
+            model = codec.receive(_downlink_from_records(msg.content[arrays_key], codec.base))
         except (NNCError, KeyError, ValueError, TypeError) as e:
             # missing, stale or unreadable state: nothing was trained or sent; ask the server to start over
             return Message(RecordDict({config_key: ConfigRecord({META_RESYNC: f"{type(e).__name__}: {e}"[:500]})}),
@@ -139,10 +200,7 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             # keep that, so the client stays in step with the server, and nothing is re-sent
             _save_codec(ctx, codec)
             raise
-        if isinstance(up.payload, (bytes, bytearray)):
-            reply.content[arrays_key] = ArrayRecord({"nnc.update": _bytes_array(up.payload, STYPE_UPDATE)})
-        else:
-            reply.content[arrays_key] = to_arrayrecord(up.payload)
+        reply.content[arrays_key] = _uplink_to_record(up, list(codec.base))
         _save_codec(ctx, codec)
         return reply
 
@@ -262,8 +320,9 @@ class NNCFedAvg(FedAvg):
         for node in node_ids:
             key = self._key_of_node.get(node, node)
             new_pair = key not in self.server.synced
-            rec, meta = _downlink_to_records(self.server.downlink_for(key))
-            cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta, META_NEW_PAIR: new_pair})
+            rec, meta = _downlink_to_records(self.server.downlink_for(key), list(self.server.base), new_pair)
+            self.server.ledger[-1].down_wire[key] = record_wire_bytes(rec)
+            cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta})
             msg = Message(RecordDict({self.arrayrecord_key: rec, self.configrecord_key: cfg}),
                           message_type=MessageType.TRAIN, dst_node_id=node)
             self._sent[msg.object_id] = (node, key)    # the id Flower gives it; replies name it in reply_to
@@ -306,7 +365,8 @@ class NNCFedAvg(FedAvg):
                     if self.weighted_by_key in msg.content[rk]:
                         n = int(msg.content[rk][self.weighted_by_key])
                 rec = msg.content[self.arrayrecord_key]
-                up = _uplink_from_record(rec, n)
+                self.server.ledger[-1].up_wire[key] = record_wire_bytes(rec)
+                up = _uplink_from_record(rec, n, self.server.base)
             except Exception as e:  # noqa: BLE001 - a malformed reply is dropped like a corrupt stream
                 dropped[key] = f"{type(e).__name__}: {e}"
                 self.server.pending_reset.add(key)
