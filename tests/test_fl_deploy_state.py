@@ -203,3 +203,45 @@ def test_one_record_per_message_framing_is_counted_and_small(method):
             assert rec.up[k] < rec.up_wire[k] < rec.up[k] + 400, (rec.up, rec.up_wire)
         for k in rec.down:
             assert rec.down[k] < rec.down_wire[k] < rec.down[k] + 400, (rec.down, rec.down_wire)
+
+
+def test_federated_evaluation_goes_through_the_codec_and_is_counted():
+    nodes = [Node(100 + p, p) for p in range(PARTS)]
+    seen = {}
+
+    def evaluate(node):
+        def fn(msg, ctx):
+            seen[node.partition] = from_arrayrecord(msg.content["arrays"])
+            return Message(RecordDict({"metrics": MetricRecord({"acc": 1.0, "num-examples": 1})}), reply_to=msg)
+        return fn
+
+    st = NNCFedAvg(base_fn(), UP, DOWN, by_partition=True, fraction_train=0.67, fraction_evaluate=1.0,
+                   min_available_nodes=PARTS, min_evaluate_nodes=PARTS)
+    grid = Grid(nodes)
+    for n in nodes:
+        orig, ev = n.handle, evaluate(n)
+
+        def handle(msg, n=n, orig=orig, ev=ev):
+            if msg.metadata.message_type == MessageType.EVALUATE:
+                TaskIdentity.node_id = n.id
+                return n.mod(msg, n.ctx, ev)
+            return orig(msg)
+        n.handle = handle
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK
+    arrays = to_arrayrecord(base_fn())
+    for r in (1, 2, 3):
+        arrays, _ = st.aggregate_train(r, grid.send_and_receive(list(st.configure_train(r, arrays, ConfigRecord({}),
+                                                                                          grid))))
+        msgs = list(st.configure_evaluate(r, arrays, ConfigRecord({}), grid))
+        assert len(msgs) == PARTS
+        for m in msgs:     # no float32 model outside the codec
+            assert [m.content["arrays"][k].stype for k in m.content["arrays"].keys()] == ["nnc/downlink"]
+        seen.clear()
+        st.aggregate_evaluate(r, grid.send_and_receive(msgs))
+        for p in range(PARTS):   # every client evaluated exactly the server's model
+            for k, v in st.server.model.items():
+                assert np.array_equal(seen[p][k], v)
+        assert all(st.server.synced[p] == r for p in range(PARTS))
+        assert all(not d for d in st.dropped.values())
+    evals = st.server.ledger[-1]            # the evaluation downlinks of round 3 opened record 4
+    assert evals.round == 4 and set(evals.down) == set(range(PARTS)) and all(evals.down[p] > 0 for p in evals.down)

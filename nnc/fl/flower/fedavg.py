@@ -82,6 +82,11 @@ def _downlink_to_records(msg: DownlinkMessage, names, new_pair: bool = False) ->
     return ArrayRecord({"nnc": _bytes_array(b"".join(parts), STYPE_DOWNLINK)}), {}
 
 
+def _is_downlink(content: RecordDict, arrays_key: str) -> bool:
+    rec = content.array_records.get(arrays_key)
+    return rec is not None and list(rec.keys()) == ["nnc"] and rec["nnc"].stype == STYPE_DOWNLINK
+
+
 def _new_pair(rec: ArrayRecord) -> bool:
     """The downlink's new-pair flag (the server holds nothing for this client: start afresh)."""
     a = rec["nnc"] if "nnc" in rec else None
@@ -168,7 +173,9 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
     downlink = downlink or DownlinkConfig()
 
     def mod(msg: Message, ctx: Context, call_next) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN:
+        kind = msg.metadata.message_type
+        if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or (
+                kind == MessageType.EVALUATE and not _is_downlink(msg.content, arrays_key)):
             return call_next(msg, ctx)
         try:
             new_pair = _new_pair(msg.content[arrays_key])
@@ -184,6 +191,9 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             return Message(RecordDict({config_key: ConfigRecord({META_RESYNC: f"{type(e).__name__}: {e}"[:500]})}),
                            reply_to=msg)
         msg.content[arrays_key] = to_arrayrecord(model)
+        if kind == MessageType.EVALUATE:     # the global model reached the client through the codec
+            _save_codec(ctx, codec)
+            return call_next(msg, ctx)
         try:
             reply = call_next(msg, ctx)
             if reply.has_error():
@@ -321,13 +331,59 @@ class NNCFedAvg(FedAvg):
             key = self._key_of_node.get(node, node)
             new_pair = key not in self.server.synced
             rec, meta = _downlink_to_records(self.server.downlink_for(key), list(self.server.base), new_pair)
-            self.server.ledger[-1].down_wire[key] = record_wire_bytes(rec)
+            led = self.server.ledger[-1]
+            led.down_wire[key] = led.down_wire.get(key, 0) + record_wire_bytes(rec)
             cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta})
             msg = Message(RecordDict({self.arrayrecord_key: rec, self.configrecord_key: cfg}),
                           message_type=MessageType.TRAIN, dst_node_id=node)
             self._sent[msg.object_id] = (node, key)    # the id Flower gives it; replies name it in reply_to
             messages.append(msg)
         return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
+                           ) -> Iterable[Message]:
+        """Federated evaluation through the codec: each sampled node gets the downlink that brings it to the
+        current model (counted in the ledger like any downlink, in the record of the round that follows), not
+        a float32 copy outside it."""
+        self._sent_eval = {}
+        if self.fraction_evaluate == 0.0:
+            return []
+        out = []
+        for m in super().configure_evaluate(server_round, arrays, config, grid):
+            node = m.metadata.dst_node_id
+            if self.by_partition and node not in self._key_of_node:
+                continue
+            key = self._key_of_node.get(node, node)
+            new_pair = key not in self.server.synced
+            rec, _ = _downlink_to_records(self.server.downlink_for(key), list(self.server.base), new_pair)
+            led = self.server.ledger[-1]
+            led.down_wire[key] = led.down_wire.get(key, 0) + record_wire_bytes(rec)
+            msg = Message(RecordDict({self.arrayrecord_key: rec,
+                                      self.configrecord_key: m.content[self.configrecord_key]}),
+                          message_type=MessageType.EVALUATE, dst_node_id=node)
+            self._sent_eval[msg.object_id] = (node, key)
+            out.append(msg)
+        return out
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        good, answered = [], set()
+        sent, self._sent = self._sent, getattr(self, "_sent_eval", {})
+        try:
+            for msg in replies:
+                key = self._key_of_reply(msg, answered)
+                if key is None:
+                    continue
+                if msg.has_error():
+                    if msg.metadata.src_node_id == SUPERLINK_NODE_ID:
+                        self._release(key)
+                    continue
+                if META_RESYNC in msg.content.config_records.get(self.configrecord_key, {}):
+                    self._release(key)
+                    continue
+                good.append(msg)
+        finally:
+            self._sent = sent
+        return super().aggregate_evaluate(server_round, good)
 
     def _key_of_reply(self, msg: Message, answered: set):
         """The client a reply belongs to, from the message it answers (an error the SuperLink generates for
