@@ -245,3 +245,24 @@ def test_federated_evaluation_goes_through_the_codec_and_is_counted():
         assert all(not d for d in st.dropped.values())
     evals = st.server.ledger[-1]            # the evaluation downlinks of round 3 opened record 4
     assert evals.round == 4 and set(evals.down) == set(range(PARTS)) and all(evals.down[p] > 0 for p in evals.down)
+
+
+def test_client_state_is_at_most_8_bytes_per_parameter_and_lossless():
+    from nnc.fl import ClientCodec, ServerCodec
+    rng = np.random.default_rng(1)
+    base = {"a": rng.standard_normal((300, 200)).astype(np.float32), "b": np.zeros(300, np.float32)}
+    n = sum(v.size for v in base.values())
+    up, down = UplinkConfig(qp_mode="ternary", sparsity=0.02, sparsity_scope="global"), DOWN
+    server, client = ServerCodec(base, up, down), ClientCodec(base, up, down)
+    for r in range(4):
+        arrays, scalars = client.state_dict()
+        assert sum(np.asarray(v).nbytes for v in arrays.values()) <= 8 * n
+        again = ClientCodec(base, up, down)            # what the next round's ClientApp process rebuilds
+        again.load_state_dict(arrays, scalars)
+        msg = server.downlink_for(0)
+        m1, m2 = client.receive(msg), again.receive(msg)
+        trained = {k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.05 for k, v in m1.items()}
+        u1, u2 = client.encode(trained, 5), again.encode(trained, 5)
+        assert u1.payload == u2.payload and all(np.array_equal(m1[k], m2[k]) for k in m1)
+        assert all(np.array_equal(client.residual[k], again.residual[k]) for k in base)
+        server.step({0: u1})
