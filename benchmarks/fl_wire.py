@@ -159,6 +159,48 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def records(hidden: int = 32) -> dict:
+    """Serialised size of what nnc puts in a Flower message, per-tensor records (the layout before one record per
+    message: one Array per tensor or stream + four ConfigRecord keys) against one packed Array, for the app's
+    model (64-hidden-10 MLP) after a round of training. Exact (``record_wire_bytes``), no deployment needed."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    from nnc.fl import ClientCodec, ServerCodec
+    from nnc.fl.flower.fedavg import STYPE_STREAM, STYPE_UPDATE, _downlink_to_records, _uplink_to_record, \
+        record_wire_bytes
+    from nnc.fl.flower.records import bytes_array, to_arrayrecord
+    from nnc_digits.task import METHODS, base_fn
+
+    def old_down(msg):
+        arrays = {f"nnc.stream.{i:04d}": bytes_array(x, STYPE_STREAM) for i, x in enumerate(msg.streams)}
+        arrays.update({k: Array(np.asarray(v, np.float32)) for k, v in (msg.arrays or {}).items()})
+        meta = ConfigRecord({"nnc.kind": msg.kind, "nnc.base-round": 0, "nnc.round": 1, "nnc.reset-uplink": False})
+        return record_wire_bytes(ArrayRecord(arrays)) + record_wire_bytes(meta) - record_wire_bytes(ConfigRecord())
+
+    def old_up(u):
+        if isinstance(u.payload, bytes):
+            return record_wire_bytes(ArrayRecord({"nnc.update": bytes_array(u.payload, STYPE_UPDATE)}))
+        return record_wire_bytes(to_arrayrecord(u.payload))
+
+    base = base_fn()
+    out = {}
+    for m, (up, down) in METHODS.items():
+        server, client = ServerCodec(base, up, down), ClientCodec(base, up, down)
+        rng = np.random.default_rng(0)
+        for r in range(2):
+            msg = server.downlink_for(0)
+            model = client.receive(msg)
+            u = client.encode({k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.01
+                               for k, v in model.items()})
+            server.step({0: u})
+        msg = server.downlink_for(0)
+        out[m] = {"down_payload": msg.nbytes, "down_old": old_down(msg),
+                  "down_new": record_wire_bytes(_downlink_to_records(msg, list(base))[0]),
+                  "up_payload": u.nbytes, "up_old": old_up(u), "up_new": record_wire_bytes(_uplink_to_record(u, list(base)))}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=3)
@@ -167,7 +209,17 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["float32", "nnc"])
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--records", action="store_true", help="only the record framing table (no deployment)")
     a = ap.parse_args(argv)
+    if a.records:
+        rec = records()
+        print("| method | message | payload | per-tensor records (before) | one record (now) |\n|---|---|---|---|---|")
+        for m, r in rec.items():
+            for d in ("down", "up"):
+                print(f"| {m} | {d} | {r[d + '_payload']:,} | {r[d + '_old']:,} | {r[d + '_new']:,} |")
+        if a.json:
+            a.json.write_text(json.dumps(rec, indent=1))
+        return 0
     res = measure(a.nodes, a.rounds, a.idle, a.methods, a.lr)
     print(table(res))
     if a.json:
