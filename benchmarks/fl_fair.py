@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         summary[m] = {k: (float(np.mean(v)) if v else None) for k, v in ratios.items()}
         summary[m].update(reached=len(ok), seeds=a.seeds, lr=lr_of[m])
         lines.append(f"| {LABELS[m]} | {lr_of[m]} | {len(ok)}/{a.seeds} | "
-                     f"{ms([p['round'] for p in ok])} | {ms([p['best'] for p in per], ".3f")} | {ms(ratios['up'])} | "
+                     f"{ms([p['round'] for p in ok])} | {ms([p['best'] for p in per], '.3f')} | {ms(ratios['up'])} | "
                      f"{ms(ratios['up_wire'])} | {ms(ratios['down'])} | {ms(ratios['down_wire'])} | "
                      f"{ms(ratios['total'])} | {ms(ratios['total_wire'])} | {per_round_up:,.0f} |")
     res["summary"] = summary
