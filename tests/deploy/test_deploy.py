@@ -32,7 +32,7 @@ def test_deployment_matches_the_in_process_loop():
     assert len({n for r in got for n in r["nodes"].values()}) == NODES
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["sigterm"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_supernode_restart_rejoins_and_catches_up(sig):
     rounds = 6
     with LocalDeployment(NODES) as d:
