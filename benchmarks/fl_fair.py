@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from nnc.fl import ClientCodec, ServerCodec, presets, select_clients
-from nnc.fl.flower.fedavg import (STYPE_DOWNLINK, STYPE_UPDATE, STYPE_UPDATE_F32, _downlink_to_records,
+from nnc.fl.flower.fedavg import (STYPE_UPDATE, STYPE_UPDATE_F32, _downlink_to_records,
                                   record_wire_bytes)
 from nnc.fl.flower.records import bytes_array
 from nnc.fl.sim import client_rng, dirichlet_partition, evaluate, init_mlp, load_mnist5k, train_local

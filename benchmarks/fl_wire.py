@@ -197,7 +197,8 @@ def records(hidden: int = 32) -> dict:
         msg = server.downlink_for(0)
         out[m] = {"down_payload": msg.nbytes, "down_old": old_down(msg),
                   "down_new": record_wire_bytes(_downlink_to_records(msg, list(base))[0]),
-                  "up_payload": u.nbytes, "up_old": old_up(u), "up_new": record_wire_bytes(_uplink_to_record(u, list(base)))}
+                  "up_payload": u.nbytes, "up_old": old_up(u),
+                  "up_new": record_wire_bytes(_uplink_to_record(u, list(base)))}
     return out
 
 

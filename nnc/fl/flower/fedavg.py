@@ -9,7 +9,9 @@
   different catch-up) and decodes uploads in ``aggregate_train`` with strict limits, dropping rejected ones.
   Bytes on the wire are in ``strategy.server.ledger``.
 
-Only the ``arrays`` of train messages are touched; evaluate and query messages pass through.
+Only the ``arrays`` of train messages (and of evaluate messages that :class:`NNCFedAvg` sends through the codec)
+are touched; query messages pass through. A deployment (SuperLink, SuperNodes, restarts, failures): docs/fl.md,
+"Deploy".
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import time
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
 
@@ -46,9 +48,10 @@ META_RESYNC = "nnc.resync"
 # downlink / uplink <-> records
 # --------------------------------------------------------------------------------------------------------
 _KINDS = ("broadcasts", "catchup", "full", "float32")
-_HEAD = struct.Struct("<BBBIIH")   # version, kind, flags (1: reset uplink, 2: float32 arrays, 4: new pair),
-#                                    base round, round,
-_LEN = struct.Struct("<I")         # number of streams; then one uint32 length per stream
+# header: version, kind, flags (1 reset uplink, 2 float32 tensors follow, 4 new pair), base round, round,
+# number of streams; then one uint32 length per stream
+_HEAD = struct.Struct("<BBBIIH")
+_LEN = struct.Struct("<I")
 _VERSION = 1
 
 
