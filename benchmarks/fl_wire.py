@@ -94,12 +94,12 @@ class CountingProxy:
         return out
 
 
-def measure(nodes: int, rounds: int, idle_s: float, methods, lr: float) -> dict:
+def measure(nodes: int, rounds: int, idle_s: float, methods, lr: float, hidden: int = 32) -> dict:
     d = LocalDeployment(nodes)
     proxy = CountingProxy(d.port).start()
     d.fleet_port = proxy.port
     result = {"conditions": {"nodes": nodes, "rounds": rounds, "idle_s": idle_s, "lr": lr,
-                             "model": "PyTorch MLP 64-32-10 (2,410 parameters), sklearn digits",
+                             "model": f"PyTorch MLP 64-{hidden}-10 ({74 * hidden + 10:,} parameters), sklearn digits",
                              "flower": __import__("flwr").__version__, "transport": "Fleet API over HTTP, "
                              "--insecure, 127.0.0.1, counted at a TCP proxy between SuperNodes and SuperLink"},
               "methods": {}}
@@ -115,7 +115,7 @@ def measure(nodes: int, rounds: int, idle_s: float, methods, lr: float) -> dict:
             d.out_file = d.root / f"rounds-{m}.jsonl"
             t_start = time.time()
             rows = d.run(**{"num-server-rounds": rounds, "fraction-train": 1.0, "lr": lr, "seed": 0,
-                            "method": m, "out-file": str(d.out_file)}, timeout=1800)
+                            "method": m, "hidden": hidden, "out-file": str(d.out_file)}, timeout=1800)
             prev = t_start
             per = []
             for r in rows:
@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle polling measured before the runs")
     ap.add_argument("--methods", nargs="+", default=["float32", "nnc"])
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--hidden", type=int, default=32, help="hidden units of the app's MLP (model size)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--records", action="store_true", help="only the record framing table (no deployment)")
     a = ap.parse_args(argv)
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
         if a.json:
             a.json.write_text(json.dumps(rec, indent=1))
         return 0
-    res = measure(a.nodes, a.rounds, a.idle, a.methods, a.lr)
+    res = measure(a.nodes, a.rounds, a.idle, a.methods, a.lr, a.hidden)
     print(table(res))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

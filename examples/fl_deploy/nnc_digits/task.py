@@ -21,13 +21,13 @@ METHODS = {"nnc": (UPLINK, DOWNLINK),
 _DATA: dict = {}
 
 
-def net(seed: int = 0) -> torch.nn.Module:
+def net(seed: int = 0, hidden: int = 32) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
 
 
-def base_fn(seed: int = 0) -> dict[str, np.ndarray]:
-    return {k: v.numpy().copy() for k, v in net(seed).state_dict().items()}
+def base_fn(seed: int = 0, hidden: int = 32) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in net(seed, hidden).state_dict().items()}
 
 
 def data(num_partitions: int, seed: int = 0):
@@ -40,12 +40,12 @@ def data(num_partitions: int, seed: int = 0):
 
 
 def train(arrays, partition: int, num_partitions: int, server_round: int, *, lr: float, seed: int = 0,
-          epochs: int = 1, batch: int = 32) -> tuple[dict[str, torch.Tensor], int]:
+          epochs: int = 1, batch: int = 32, hidden: int = 32) -> tuple[dict[str, torch.Tensor], int]:
     """One round of local SGD on ``partition``; returns (state_dict, number of examples)."""
     xtr, ytr, _, _, parts = data(num_partitions, seed)
     idx = parts[partition]
     x, y = torch.as_tensor(xtr[idx]), torch.as_tensor(ytr[idx])
-    model = net(seed)
+    model = net(seed, hidden)
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in dict(arrays).items()})
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(int(np.random.default_rng([seed, server_round, partition, 11])
@@ -60,9 +60,9 @@ def train(arrays, partition: int, num_partitions: int, server_round: int, *, lr:
     return model.state_dict(), len(idx)
 
 
-def accuracy(arrays, num_partitions: int, seed: int = 0) -> float:
+def accuracy(arrays, num_partitions: int, seed: int = 0, hidden: int = 32) -> float:
     _, _, xte, yte, _ = data(num_partitions, seed)
-    model = net(seed)
+    model = net(seed, hidden)
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in dict(arrays).items()})
     with torch.no_grad():
         return float((model(torch.as_tensor(xte)).argmax(1).numpy() == yte).mean())
