@@ -99,7 +99,7 @@ def measure(nodes: int, rounds: int, idle_s: float, methods, lr: float, hidden: 
     proxy = CountingProxy(d.port).start()
     d.fleet_port = proxy.port
     result = {"conditions": {"nodes": nodes, "rounds": rounds, "idle_s": idle_s, "lr": lr,
-                             "model": f"PyTorch MLP 64-{hidden}-10 ({74 * hidden + 10:,} parameters), sklearn digits",
+                             "model": f"PyTorch MLP 64-{hidden}-10 ({75 * hidden + 10:,} parameters), sklearn digits",
                              "flower": __import__("flwr").__version__, "transport": "Fleet API over HTTP, "
                              "--insecure, 127.0.0.1, counted at a TCP proxy between SuperNodes and SuperLink"},
               "methods": {}}
