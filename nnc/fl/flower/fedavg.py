@@ -262,6 +262,13 @@ class NNCFedAvg(FedAvg):
             ``seeded_fraction(fraction_train, select_seed)``, so that a run matches the in-process loop.
             Without ``by_partition`` Flower's own sampling is used and clients are keyed by node id.
         other keyword arguments go to :class:`flwr.serverapp.strategy.FedAvg`.
+
+    After each round: ``dropped[round]`` (client key -> reason; a reply is charged to the message it answers,
+    so the SuperLink's own error replies, ``src_node_id = 1``, fall on the right client), ``duplicates[round]``
+    (replies delivered more than once, skipped), ``server.ledger`` (payload ``up``/``down`` and the record
+    framing ``up_wire``/``down_wire`` per client). Nodes that leave are released; with ``by_partition`` a
+    restarted node takes its partition over once the old node is gone. With ``fraction_evaluate > 0`` the
+    evaluation model also travels through the codec.
     """
 
     def __init__(self, base: Mapping[str, np.ndarray], uplink: UplinkConfig | None = None,
