@@ -8,6 +8,8 @@ alpha the target is FedAvg float32's best accuracy minus 1 point; the table give
 
     python benchmarks/fl_noniid.py                       # ~2-4 min on 2 cores; table, JSON, PNG
     python benchmarks/fl_noniid.py --flower              # also runs the best method through Flower
+    python benchmarks/fl_noniid.py --fair --rounds 80     # the fair headline (benchmarks/fl_fair.py): every
+                                                         # method 80 rounds, lr tuned on validation, 3 seeds
 
 The measured configuration of docs/fl.md (MLP 784-1024-10, global top-0.025 % ternary + EF, sparse methods
 given 250 rounds, the dense ones 100), one alpha set per process, then merged:
@@ -234,4 +236,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if "--fair" in sys.argv[1:]:     # the fair protocol (equal rounds, lr tuned on validation, seeds): fl_fair.py
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from fl_fair import main as fair_main
+        sys.exit(fair_main([a for a in sys.argv[1:] if a != "--fair"]))
     main()

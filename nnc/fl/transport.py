@@ -249,6 +249,10 @@ class RoundRecord:
     #                                                 future-round | unbound | norm-bound | aggregate
     duplicates: dict = field(default_factory=dict)  # client -> repeated deliveries of an accepted upload
     clipped: dict = field(default_factory=dict)     # client -> L2 norm of its update, when over the norm bound
+    # client -> bytes of the records the transport wrote (payload + the framing nnc controls), where an engine
+    # adapter counts them (nnc.fl.flower: Flower's serialised ArrayRecord of the message)
+    up_wire: dict = field(default_factory=dict)
+    down_wire: dict = field(default_factory=dict)
 
     @property
     def up_bytes(self) -> int:
@@ -266,7 +270,9 @@ class RoundRecord:
                 "rejected": {str(k): v for k, v in self.rejected.items()},
                 "duplicates": {str(k): v for k, v in self.duplicates.items()},
                 "clipped": {str(k): v for k, v in self.clipped.items()},
-                "up_bytes": self.up_bytes, "down_bytes": self.down_bytes}
+                "up_bytes": self.up_bytes, "down_bytes": self.down_bytes,
+                **({"up_wire": sum(self.up_wire.values()), "down_wire": sum(self.down_wire.values())}
+                   if self.up_wire or self.down_wire else {})}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -451,16 +457,38 @@ class ClientCodec:
 
     # --- state as flat arrays and scalars (for Flower's Context.state; no pickle) -----------------------
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """The client's state, lossless and compact (``load_state_dict`` restores it bit for bit).
+
+        Holds, per tensor: the downlink lattice levels (coded downlink only) in the smallest integer dtype that
+        holds them; the error-feedback residual (float32; omitted without error feedback); the last upload's
+        reconstruction (sparse: int32 positions + float32 values, when under a third is non-zero); the uplink
+        encoder's TCA history (levels in the smallest integer dtype, the seen-non-zero flags bit-packed). Not
+        held: the initial model (rebuilt by ``base_fn``; kept only when the server sent it) and the current
+        model (``base + step * levels`` with the coded downlink; a float32 downlink sends it whole every round).
+        For a top-k ternary uplink with error feedback and the coded downlink this is about 6-8 B/param.
+        """
         arrays: dict[str, np.ndarray] = {}
-        scalars: dict[str, int] = {"synced_round": int(self.synced_round),
-                                   "has_last_sent": int(self.last_sent is not None)}
+        nnc_down = self.downlink.mode == "nnc"
+        keep_base = nnc_down and not self.downlink.initial_model_known
+        # the last upload is only needed to put it back into the residual (reset_uplink) or the compressor state
+        need_sent = self.last_sent is not None and (self.uplink.error_feedback or self.uplink.compressor is not None)
+        scalars: dict[str, int] = {"state_version": 2, "synced_round": int(self.synced_round),
+                                   "has_last_sent": int(need_sent), "has_base": int(keep_base)}
         for k in self.base:
-            arrays[f"base/{k}"] = self.base[k]
-            arrays[f"model/{k}"] = self.model[k]
-            arrays[f"levels/{k}"] = self.levels[k]
-            arrays[f"residual/{k}"] = self.residual[k]
-            if self.last_sent is not None:
-                arrays[f"last_sent/{k}"] = self.last_sent[k]
+            if keep_base:
+                arrays[f"base/{k}"] = self.base[k]
+            if nnc_down:
+                arrays[f"levels/{k}"] = _smallest_int(self.levels[k])
+            if self.uplink.error_feedback and np.any(self.residual[k]):
+                arrays[f"residual/{k}"] = self.residual[k]
+            if need_sent:
+                v = np.asarray(self.last_sent[k], np.float32)
+                nz = np.flatnonzero(v)
+                if nz.size * 3 < v.size:
+                    arrays[f"last_sent.idx/{k}"] = nz.astype(np.int32)
+                    arrays[f"last_sent.val/{k}"] = v.reshape(-1)[nz]
+                else:
+                    arrays[f"last_sent/{k}"] = v
         for k, v in self.comp_state.items():
             arrays[f"comp/{k}"] = np.asarray(v)
         st = self.encoder.state
@@ -469,20 +497,41 @@ class ClientCodec:
             scalars[f"enc.depth/{k}"] = int(h.put_node_depth)
             scalars[f"enc.pid/{k}"] = -1 if h.parameter_id is None else int(h.parameter_id)
             if h.levels is not None:
-                arrays[f"enc.levels/{k}"] = np.asarray(h.levels)
+                arrays[f"enc.levels/{k}"] = _smallest_int(np.asarray(h.levels))
             if h.seen_nonzero is not None:
-                arrays[f"enc.seen/{k}"] = np.asarray(h.seen_nonzero)
+                seen = np.asarray(h.seen_nonzero)
+                scalars[f"enc.seen.n/{k}"] = int(seen.size)
+                arrays[f"enc.seen/{k}"] = np.packbits(seen.reshape(-1) != 0)
         return arrays, scalars
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, int]) -> None:
+        """Restore :meth:`state_dict`'s output (``base`` must be the initial model this codec was built with)."""
         self.synced_round = int(scalars["synced_round"])
+        old = int(scalars.get("state_version", 1)) < 2
         for k in list(self.base):
-            self.base[k] = np.array(arrays[f"base/{k}"], np.float32)
-            self.model[k] = np.array(arrays[f"model/{k}"], np.float32)
-            self.levels[k] = np.array(arrays[f"levels/{k}"], np.int64)
-            self.residual[k] = np.array(arrays[f"residual/{k}"], np.float32)
-        self.last_sent = ({k: np.array(arrays[f"last_sent/{k}"], np.float32) for k in self.base}
-                          if scalars.get("has_last_sent") else None)
+            shape = np.shape(self.base[k])
+            if f"base/{k}" in arrays:
+                self.base[k] = np.array(arrays[f"base/{k}"], np.float32)
+            self.levels[k] = (np.array(arrays[f"levels/{k}"], np.int64).reshape(shape) if f"levels/{k}" in arrays
+                              else np.zeros(shape, np.int64))
+            self.residual[k] = (np.array(arrays[f"residual/{k}"], np.float32) if f"residual/{k}" in arrays
+                                else np.zeros(shape, np.float32))
+            if old:
+                self.model[k] = np.array(arrays[f"model/{k}"], np.float32)
+        if not old:
+            self.model = (lattice_model(self.base, self.levels, self.downlink) if self.downlink.mode == "nnc"
+                          else {k: v.copy() for k, v in self.base.items()})
+        if scalars.get("has_last_sent"):
+            self.last_sent = {}
+            for k, b in self.base.items():
+                if f"last_sent.idx/{k}" in arrays:
+                    v = np.zeros(np.size(b), np.float32)
+                    v[np.asarray(arrays[f"last_sent.idx/{k}"], np.int64)] = arrays[f"last_sent.val/{k}"]
+                    self.last_sent[k] = v.reshape(np.shape(b))
+                else:
+                    self.last_sent[k] = np.array(arrays[f"last_sent/{k}"], np.float32)
+        else:
+            self.last_sent = None
         if self.uplink.compressor is not None:
             loaded = {k[len("comp/"):]: np.array(v) for k, v in arrays.items() if k.startswith("comp/")}
             self.comp_state = loaded or self.uplink.compressor.init_state(self.base)
@@ -501,7 +550,28 @@ class ClientCodec:
             if f"enc.levels/{k}" in arrays:
                 h.levels = np.array(arrays[f"enc.levels/{k}"], np.int32)
             if f"enc.seen/{k}" in arrays:
-                h.seen_nonzero = np.array(arrays[f"enc.seen/{k}"], np.uint8)
+                seen = np.asarray(arrays[f"enc.seen/{k}"], np.uint8)
+                if f"enc.seen.n/{k}" in scalars:
+                    seen = np.unpackbits(seen, count=int(scalars[f"enc.seen.n/{k}"]))
+                    if h.levels is not None and h.levels.size == seen.size:
+                        seen = seen.reshape(h.levels.shape)
+                h.seen_nonzero = np.array(seen, np.uint8)
+
+    def state_nbytes(self) -> int:
+        """Bytes of the arrays :meth:`state_dict` returns (what a client stores between rounds)."""
+        return sum(int(np.asarray(v).nbytes) for v in self.state_dict()[0].values())
+
+
+def _smallest_int(a: np.ndarray) -> np.ndarray:
+    """``a`` in the smallest signed integer dtype that holds its values exactly."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return a.astype(np.int8)
+    lo, hi = int(a.min()), int(a.max())
+    for dt in (np.int8, np.int16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return a.astype(dt)
+    return a.astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -593,6 +663,13 @@ class ServerCodec:
     @property
     def down_bytes(self) -> int:
         return sum(r.down_bytes for r in self.ledger)
+
+    def release(self, client) -> None:
+        """Forget everything held for ``client`` (its decoder, the round it holds, a pending reset): the next
+        :meth:`downlink_for` treats it as a new client (catch-up from the initial model, fresh uplink pair)."""
+        self.decoders.pop(client, None)
+        self.synced.pop(client, None)
+        self.pending_reset.discard(client)
 
     # --- downlink ---------------------------------------------------------------------------------------
     def downlink_for(self, client) -> DownlinkMessage:

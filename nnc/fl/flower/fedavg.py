@@ -9,17 +9,22 @@
   different catch-up) and decodes uploads in ``aggregate_train`` with strict limits, dropping rejected ones.
   Bytes on the wire are in ``strategy.server.ledger``.
 
-Only the ``arrays`` of train messages are touched; evaluate and query messages pass through.
+Only the ``arrays`` of train messages (and of evaluate messages that :class:`NNCFedAvg` sends through the codec)
+are touched; query messages pass through. A deployment (SuperLink, SuperNodes, restarts, failures): docs/fl.md,
+"Deploy".
 """
 from __future__ import annotations
 
+import struct
 import time
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
 
+from ...errors import NNCError, UpdateStateError
 from ..selection import Selection, seeded_fraction
 from ..rounds import RoundPolicy
 from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
@@ -34,41 +39,104 @@ __all__ = ["nnc_mod", "NNCFedAvg", "STYPE_STREAM", "STYPE_UPDATE", "partition_qu
 STYPE_STREAM = "nnc/bitstream"
 STYPE_UPDATE = "nnc/update"
 UPLINK_KEY = "nnc.uplink"         # ConfigRecord of a reply: the upload's binding (client, round, tag)
+STYPE_UPDATE_F32 = "nnc/update-f32"     # float32 upload: tensors concatenated in model order
+STYPE_DOWNLINK = "nnc/downlink"         # header + streams (+ float32 tensors), one Array per message
 _STATE_ARRAYS = "nnc.codec.arrays"
 _STATE_CONFIG = "nnc.codec.config"
+#: reply key: the client could not apply the downlink (state missing / stale / corrupt); value = reason
+META_RESYNC = "nnc.resync"
 
 
 # --------------------------------------------------------------------------------------------------------
 # downlink / uplink <-> records
 # --------------------------------------------------------------------------------------------------------
-def _downlink_to_records(msg: DownlinkMessage) -> tuple[ArrayRecord, dict]:
-    arrays = {}
-    for i, s in enumerate(msg.streams):
-        arrays[f"nnc.stream.{i:04d}"] = _bytes_array(s, STYPE_STREAM)
+_KINDS = ("broadcasts", "catchup", "full", "float32")
+# header: version, kind, flags (1 reset uplink, 2 float32 tensors follow, 4 new pair), base round, round,
+# number of streams; then one uint32 length per stream
+_HEAD = struct.Struct("<BBBIIH")
+_LEN = struct.Struct("<I")
+_VERSION = 1
+
+
+def _pack_tensors(arrays: Mapping[str, np.ndarray], names) -> bytes:
+    """float32 tensors concatenated in ``names`` order: the receiver knows names and shapes (its model)."""
+    return b"".join(np.asarray(arrays[k], dtype="<f4", order="C").tobytes() for k in names)
+
+
+def _unpack_tensors(data, model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sizes = [int(np.asarray(v).size) for v in model.values()]
+    if len(data) != 4 * sum(sizes):
+        raise UpdateStateError(f"{len(data)} bytes of float32 tensors, the model needs {4 * sum(sizes)}")
+    flat = np.frombuffer(data, dtype="<f4")
+    out, pos = {}, 0
+    for (k, v), n in zip(model.items(), sizes):
+        out[k] = flat[pos:pos + n].reshape(np.shape(v)).astype(np.float32)
+        pos += n
+    return out
+
+
+def _downlink_to_records(msg: DownlinkMessage, names, new_pair: bool = False) -> tuple[ArrayRecord, dict]:
+    """One ``uint8`` Array per message: a 13-byte header, the stream lengths, the streams, then (float32
+    downlink, or the initial model on first contact) the tensors in model order. No per-tensor records:
+    names, shapes and dtypes are the receiver's own model's."""
+    flags = (1 if msg.reset_uplink else 0) | (2 if msg.arrays is not None else 0) | (4 if new_pair else 0)
+    parts = [_HEAD.pack(_VERSION, _KINDS.index(msg.kind), flags, int(msg.base_round), int(msg.round),
+                        len(msg.streams))]
+    parts += [_LEN.pack(len(x)) for x in msg.streams] + [bytes(x) for x in msg.streams]
     if msg.arrays is not None:
-        for k, v in msg.arrays.items():
-            arrays[k] = Array(np.asarray(v, dtype=np.float32, order="C"))
-    meta = {"nnc.kind": msg.kind, "nnc.base-round": int(msg.base_round), "nnc.round": int(msg.round),
-            "nnc.reset-uplink": bool(msg.reset_uplink)}
-    return ArrayRecord(arrays), meta
+        parts.append(_pack_tensors(msg.arrays, names))
+    return ArrayRecord({"nnc": _bytes_array(b"".join(parts), STYPE_DOWNLINK)}), {}
 
 
-def _downlink_from_records(rec: ArrayRecord, cfg: ConfigRecord) -> DownlinkMessage:
-    streams, arrays = [], {}
-    for k in rec.keys():
-        a = rec[k]
-        if a.stype == STYPE_STREAM:
-            streams.append(bytes(a.data))
-        else:
-            arrays[k] = a.numpy()
-    return DownlinkMessage(str(cfg["nnc.kind"]), int(cfg["nnc.base-round"]), int(cfg["nnc.round"]), streams,
-                           arrays or None, bool(cfg["nnc.reset-uplink"]))
+def _is_downlink(content: RecordDict, arrays_key: str) -> bool:
+    rec = content.array_records.get(arrays_key)
+    return rec is not None and list(rec.keys()) == ["nnc"] and rec["nnc"].stype == STYPE_DOWNLINK
 
 
-def _uplink_from_record(rec: ArrayRecord, num_examples, binding: ConfigRecord | None = None) -> UplinkMessage:
+def _new_pair(rec: ArrayRecord) -> bool:
+    """The downlink's new-pair flag (the server holds nothing for this client: start afresh)."""
+    a = rec["nnc"] if "nnc" in rec else None
+    return a is not None and len(a.data) >= _HEAD.size and bool(_HEAD.unpack_from(a.data)[2] & 4)
+
+
+def _downlink_from_records(rec: ArrayRecord, model: Mapping[str, np.ndarray]) -> DownlinkMessage:
+    if list(rec.keys()) != ["nnc"] or rec["nnc"].stype != STYPE_DOWNLINK:
+        raise UpdateStateError(f"expected one {STYPE_DOWNLINK!r} array, got {list(rec.keys())[:4]}")
+    data = memoryview(bytes(rec["nnc"].data))
+    if len(data) < _HEAD.size:
+        raise UpdateStateError("downlink record shorter than its header")
+    ver, kind, flags, base_round, rnd, n = _HEAD.unpack_from(data)
+    if ver != _VERSION or kind >= len(_KINDS):
+        raise UpdateStateError(f"downlink record version {ver} / kind {kind} not understood")
+    pos = _HEAD.size + n * _LEN.size
+    if pos > len(data):
+        raise UpdateStateError("downlink record truncated in its stream table")
+    streams = []
+    for i in range(n):
+        ln = _LEN.unpack_from(data, _HEAD.size + i * _LEN.size)[0]
+        if pos + ln > len(data):
+            raise UpdateStateError("downlink record truncated in a stream")
+        streams.append(bytes(data[pos:pos + ln]))
+        pos += ln
+    arrays = _unpack_tensors(data[pos:], model) if flags & 2 else None
+    if not flags & 2 and pos != len(data):
+        raise UpdateStateError(f"{len(data) - pos} trailing bytes in the downlink record")
+    return DownlinkMessage(_KINDS[kind], base_round, rnd, streams, arrays, bool(flags & 1))
+
+
+def _uplink_to_record(up: UplinkMessage, names) -> ArrayRecord:
+    if isinstance(up.payload, (bytes, bytearray)):
+        return ArrayRecord({"nnc": _bytes_array(up.payload, STYPE_UPDATE)})
+    return ArrayRecord({"nnc": _bytes_array(_pack_tensors(up.payload, names), STYPE_UPDATE_F32)})
+
+
+def _uplink_from_record(rec: ArrayRecord, num_examples, model: Mapping[str, np.ndarray],
+                        binding: ConfigRecord | None = None) -> UplinkMessage:
     keys = list(rec.keys())
     if len(keys) == 1 and rec[keys[0]].stype == STYPE_UPDATE:
         msg = UplinkMessage(bytes(rec[keys[0]].data), num_examples)
+    elif len(keys) == 1 and rec[keys[0]].stype == STYPE_UPDATE_F32:
+        msg = UplinkMessage(_unpack_tensors(bytes(rec[keys[0]].data), model), num_examples)
     else:
         msg = UplinkMessage(from_arrayrecord(rec), num_examples)
     if binding is not None:
@@ -83,6 +151,15 @@ def _binding_record(up: UplinkMessage) -> ConfigRecord:
     if up.tag is not None:
         rec["nnc.tag"] = bytes(up.tag)
     return ConfigRecord(rec)
+
+
+def record_wire_bytes(obj) -> int:
+    """Serialised size of a Flower record (or message) as it is transferred: the object and all objects
+    below it (Arrays, ArrayChunks), each with Flower's object header. Counted by NNCFedAvg per message."""
+    total = len(obj.deflate())
+    for child in (obj.children or {}).values():
+        total += record_wire_bytes(child)
+    return total
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -118,29 +195,48 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
     downlink = downlink or DownlinkConfig()
 
     def mod(msg: Message, ctx: Context, call_next) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN:
+        kind = msg.metadata.message_type
+        if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or (
+                kind == MessageType.EVALUATE and not _is_downlink(msg.content, arrays_key)):
             return call_next(msg, ctx)
-        codec = _load_codec(ctx, base_fn, uplink, downlink)
-        cfg = msg.content[config_key]
-        codec.client = str(cfg.get("nnc.client", ctx.node_id))   # the key the server knows this node by
-        codec.key = None if key_fn is None else key_fn(ctx)
-        model = codec.receive(_downlink_from_records(msg.content[arrays_key], cfg))
+        try:
+            new_pair = _new_pair(msg.content[arrays_key])
+            if new_pair:    # the server starts this pair afresh: so does the client, whatever it held
+                codec = ClientCodec(base_fn(), uplink, downlink)
+            elif _STATE_CONFIG not in ctx.state:
+                raise UpdateStateError("this client holds no codec state (restarted, or state lost)")
+            else:
+                codec = _load_codec(ctx, base_fn, uplink, downlink)
+            cfg = msg.content[config_key]
+            codec.client = str(cfg.get("nnc.client", ctx.node_id))   # the key the server knows this node by
+            codec.key = None if key_fn is None else key_fn(ctx)
+            model = codec.receive(_downlink_from_records(msg.content[arrays_key], codec.base))
+        except (NNCError, KeyError, ValueError, TypeError) as e:
+            # missing, stale or unreadable state: nothing was trained or sent; ask the server to start over
+            return Message(RecordDict({config_key: ConfigRecord({META_RESYNC: f"{type(e).__name__}: {e}"[:500]})}),
+                           reply_to=msg)
         msg.content[arrays_key] = to_arrayrecord(model)
-        reply = call_next(msg, ctx)
-        if reply.has_error():
+        if kind == MessageType.EVALUATE:     # the global model reached the client through the codec
             _save_codec(ctx, codec)
-            return reply
-        trained = from_arrayrecord(reply.content[arrays_key])
-        n = 1
-        for rk in reply.content.metric_records.keys():
-            if weighted_by_key in reply.content[rk]:
-                n = int(reply.content[rk][weighted_by_key])
-        up = codec.encode(trained, num_examples=n)
+            return call_next(msg, ctx)
+        try:
+            reply = call_next(msg, ctx)
+            if reply.has_error():
+                _save_codec(ctx, codec)
+                return reply
+            trained = from_arrayrecord(reply.content[arrays_key])
+            n = 1
+            for rk in reply.content.metric_records.keys():
+                if weighted_by_key in reply.content[rk]:
+                    n = int(reply.content[rk][weighted_by_key])
+            up = codec.encode(trained, num_examples=n)
+        except BaseException:
+            # the user's train (or encode, refusing e.g. a NaN model) failed after the downlink was applied:
+            # keep that, so the client stays in step with the server, and nothing is re-sent
+            _save_codec(ctx, codec)
+            raise
+        reply.content[arrays_key] = _uplink_to_record(up, list(codec.base))
         reply.content[UPLINK_KEY] = _binding_record(up)
-        if isinstance(up.payload, (bytes, bytearray)):
-            reply.content[arrays_key] = ArrayRecord({"nnc.update": _bytes_array(up.payload, STYPE_UPDATE)})
-        else:
-            reply.content[arrays_key] = to_arrayrecord(up.payload)
         _save_codec(ctx, codec)
         return reply
 
@@ -196,6 +292,13 @@ class NNCFedAvg(FedAvg):
         keys: ``{client key: secret}`` shared with the clients' ``nnc_mod(key_fn=...)``: uploads must carry a
             matching HMAC tag, so a relabelled client or round is refused.
         other keyword arguments go to :class:`flwr.serverapp.strategy.FedAvg`.
+
+    After each round: ``dropped[round]`` (client key -> reason; a reply is charged to the message it answers,
+    so the SuperLink's own error replies, ``src_node_id = 1``, fall on the right client), ``duplicates[round]``
+    (replies delivered more than once, skipped), ``server.ledger`` (payload ``up``/``down`` and the record
+    framing ``up_wire``/``down_wire`` per client). Nodes that leave are released; with ``by_partition`` a
+    restarted node takes its partition over once the old node is gone. With ``fraction_evaluate > 0`` the
+    evaluation model also travels through the codec.
     """
 
     def __init__(self, base: Mapping[str, np.ndarray], uplink: UplinkConfig | None = None,
@@ -214,43 +317,152 @@ class NNCFedAvg(FedAvg):
         self._node_of: dict[int, int] | None = None      # partition id -> node id
         self._key_of_node: dict[int, int] = {}
         self.contested: dict[int, list[int]] = {}         # partition id -> nodes whose claim was refused
+        self._partitions: set[int] = set()                 # every partition id seen (the selection's keys)
+        self._claims: dict[int, int] = {}                  # node id -> partition it reported
+        self._sent: dict[str, tuple[int, object]] = {}     # message id -> (node id, client key), this round
+        self._unserved: dict = {}                          # selected keys with no live node, this round
         self.dropped: dict[int, dict] = {}
+        self.duplicates: dict[int, int] = {}               # round -> replies delivered more than once
 
-    def _discover(self, grid) -> None:
-        self._node_of = {}
-        self.contested: dict[int, list[int]] = {}     # partition id -> nodes whose claim was refused
-        nodes = wait_for_nodes(grid, self.min_available_nodes, poll=0.2)
-        for n, p in query_partitions(grid, nodes).items():
-            if p in self._node_of:     # a claimed partition id never displaces the node that holds it
-                self.contested.setdefault(p, []).append(n)
+    def _release(self, key) -> None:
+        """Forget the server's side of one client pair (its next message starts a new pair)."""
+        self.server.release(key)
+
+    def _follow_nodes(self, grid) -> None:
+        """Keep ``partition -> node`` in step with the federation: nodes that left are released, nodes never
+        seen are asked their partition; a new node takes a partition over only when the node that held it is
+        gone (a restart), never from a live one."""
+        live = set(grid.get_node_ids())
+        if self._node_of is None:
+            live = set(wait_for_nodes(grid, self.min_available_nodes, poll=0.5, timeout=120.0))
+            self._node_of = {}
+        for n in [n for n in self._key_of_node if n not in live]:          # gone: release its state
+            p = self._key_of_node.pop(n)
+            if self._node_of.get(p) == n:
+                del self._node_of[p]
+                self._release(p)
+        for n in [n for n in self._claims if n not in live]:
+            del self._claims[n]
+        unknown = sorted(live - set(self._claims))
+        if unknown:
+            self._claims.update(query_partitions(grid, unknown))
+        for n, p in sorted(self._claims.items()):
+            if n in self._key_of_node:
+                continue                            # mapped already
+            if p in self._node_of:                  # held by a live node: a claim never displaces it
+                if n not in self.contested.get(p, []):
+                    self.contested.setdefault(p, []).append(n)
                 continue
             self._node_of[p] = n
-        self._key_of_node = {n: p for p, n in self._node_of.items()}
+            self._key_of_node[n] = p
+            self._partitions.add(p)
+            self._release(p)                        # a new node holds nothing: start the pair afresh
+
+    def _discover(self, grid) -> None:
+        self._follow_nodes(grid)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
                         ) -> Iterable[Message]:
+        self._sent, self._unserved = {}, {}
         if self.by_partition:
-            if self._node_of is None:
-                self._discover(grid)
+            self._follow_nodes(grid)
             select = self.select or seeded_fraction(self.fraction_train, self.select_seed)
-            node_ids = [self._node_of[p] for p in select(server_round, sorted(self._node_of))]
+            chosen = select(server_round, sorted(self._partitions))
+            self._unserved = {p: "no live node holds this partition" for p in chosen if p not in self._node_of}
+            node_ids = [self._node_of[p] for p in chosen if p in self._node_of]
         else:
+            live = set(grid.get_node_ids())
+            for key in [k for k in set(self.server.synced) | set(self.server.decoders) if k not in live]:
+                self._release(key)                  # node ids that left the federation
             node_ids = [m.metadata.dst_node_id for m in super().configure_train(server_round, arrays, config, grid)]
         messages = []
         for node in node_ids:
             key = self._key_of_node.get(node, node)
-            rec, meta = _downlink_to_records(self.server.downlink_for(key))
+            new_pair = key not in self.server.synced
+            rec, meta = _downlink_to_records(self.server.downlink_for(key), list(self.server.base), new_pair)
+            led = self.server.ledger[-1]
+            led.down_wire[key] = led.down_wire.get(key, 0) + record_wire_bytes(rec)
             cfg = ConfigRecord({**dict(config), "server-round": server_round, **meta, "nnc.client": str(key)})
-            messages.append(Message(RecordDict({self.arrayrecord_key: rec, self.configrecord_key: cfg}),
-                                    message_type=MessageType.TRAIN, dst_node_id=node))
+            msg = Message(RecordDict({self.arrayrecord_key: rec, self.configrecord_key: cfg}),
+                          message_type=MessageType.TRAIN, dst_node_id=node)
+            self._sent[msg.object_id] = (node, key)    # the id Flower gives it; replies name it in reply_to
+            messages.append(msg)
         return messages
 
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
+                           ) -> Iterable[Message]:
+        """Federated evaluation through the codec: each sampled node gets the downlink that brings it to the
+        current model (counted in the ledger like any downlink, in the record of the round that follows), not
+        a float32 copy outside it."""
+        self._sent_eval = {}
+        if self.fraction_evaluate == 0.0:
+            return []
+        out = []
+        for m in super().configure_evaluate(server_round, arrays, config, grid):
+            node = m.metadata.dst_node_id
+            if self.by_partition and node not in self._key_of_node:
+                continue
+            key = self._key_of_node.get(node, node)
+            new_pair = key not in self.server.synced
+            rec, _ = _downlink_to_records(self.server.downlink_for(key), list(self.server.base), new_pair)
+            led = self.server.ledger[-1]
+            led.down_wire[key] = led.down_wire.get(key, 0) + record_wire_bytes(rec)
+            msg = Message(RecordDict({self.arrayrecord_key: rec,
+                                      self.configrecord_key: m.content[self.configrecord_key]}),
+                          message_type=MessageType.EVALUATE, dst_node_id=node)
+            self._sent_eval[msg.object_id] = (node, key)
+            out.append(msg)
+        return out
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        good, answered = [], set()
+        sent, self._sent = self._sent, getattr(self, "_sent_eval", {})
+        try:
+            for msg in replies:
+                key = self._key_of_reply(msg, answered)
+                if key is None:
+                    continue
+                if msg.has_error():
+                    if msg.metadata.src_node_id == SUPERLINK_NODE_ID:
+                        self._release(key)
+                    continue
+                if META_RESYNC in msg.content.config_records.get(self.configrecord_key, {}):
+                    self._release(key)
+                    continue
+                good.append(msg)
+        finally:
+            self._sent = sent
+        return super().aggregate_evaluate(server_round, good)
+
+    def _key_of_reply(self, msg: Message, answered: set):
+        """The client a reply belongs to, from the message it answers (an error the SuperLink generates for
+        a node carries ``src_node_id = 1``); ``None`` for a second copy of an answered message."""
+        mid = msg.metadata.reply_to_message_id
+        if mid in answered:
+            return None
+        answered.add(mid)
+        if mid in self._sent:
+            return self._sent[mid][1]
+        src = msg.metadata.src_node_id
+        return None if src == SUPERLINK_NODE_ID else self._key_of_node.get(src, src)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        deltas, dropped, contents = {}, {}, []
+        deltas, dropped, contents, answered, dup = {}, dict(self._unserved), [], set(), 0
         for msg in replies:
-            key = self._key_of_node.get(msg.metadata.src_node_id, msg.metadata.src_node_id)
+            key = self._key_of_reply(msg, answered)
+            if key is None or key in deltas or key in dropped:
+                dup += 1                            # delivered twice: neither applied twice nor a reset
+                continue
             if msg.has_error():
                 dropped[key] = f"client error: {msg.error.reason}"
+                if msg.metadata.src_node_id == SUPERLINK_NODE_ID:
+                    # the SuperLink answered for the node (gone, or the message expired): the client may or
+                    # may not have applied the downlink, so the pair starts afresh
+                    self._release(key)
+                continue
+            if META_RESYNC in msg.content.config_records.get(self.configrecord_key, {}):
+                dropped[key] = f"client resync: {msg.content[self.configrecord_key][META_RESYNC]}"
+                self._release(key)
                 continue
             try:
                 n = 1
@@ -258,8 +470,9 @@ class NNCFedAvg(FedAvg):
                     if self.weighted_by_key in msg.content[rk]:
                         n = int(msg.content[rk][self.weighted_by_key])
                 rec = msg.content[self.arrayrecord_key]
+                self.server.ledger[-1].up_wire[key] = record_wire_bytes(rec)
                 binding = msg.content[UPLINK_KEY] if UPLINK_KEY in msg.content.config_records else None
-                up = _uplink_from_record(rec, n, binding)
+                up = _uplink_from_record(rec, n, self.server.base, binding)
             except Exception as e:  # noqa: BLE001 - a malformed reply is dropped like a corrupt stream
                 dropped[key] = f"{type(e).__name__}: {e}"
                 self.server.pending_reset.add(key)
@@ -268,15 +481,23 @@ class NNCFedAvg(FedAvg):
                 deltas[key] = (self.server.receive(key, up), n)
                 contents.append(msg.content)
             except DuplicateUploadError:      # a second delivery of an accepted upload: applied once
+                dup += 1
                 continue
             except RejectedUpdateError as e:
                 dropped[key] = e.reason
+        answered_keys = set(deltas) | set(dropped)
+        for node, key in self._sent.values():       # no reply at all within the timeout
+            if key not in answered_keys:
+                dropped[key] = "no reply"
+                self._release(key)
+        self._sent = {}
+        self.dropped[server_round] = dropped
+        self.duplicates[server_round] = dup
         combine = None if self.aggregator is None else flower_combine(self.aggregator, server_round)
         model = self.server.aggregate(deltas, combine)
         for key in deltas:
             if self.server.ledger[-1].rejected.get(key) in ("aggregate", "norm-bound"):
                 dropped[key] = self.server.ledger[-1].dropped[key]
-        self.dropped[server_round] = dropped
         rec = self.server.ledger[-1]
         metrics = MetricRecord({"nnc.up-bytes": rec.up_bytes, "nnc.down-bytes": rec.down_bytes,
                                 "nnc.dropped": len(dropped)})
