@@ -33,7 +33,7 @@ def limits_for(shapes: Mapping[str, tuple], *, extra_tensors: int = 0) -> Decode
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes.values()]
     total, largest = sum(sizes), max(sizes, default=1)
     n = len(sizes) + extra_tensors
-    return DecoderConfig.strict(max_total_bytes=max(8 * total, 4096)).replace(
+    return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
         max_units=8 + 2 * n, max_tensor_elements=max(largest, 1), max_rank=8)
 
 

@@ -289,7 +289,7 @@ class SoftLabelDecoder:
         # what a message for this link can hold (meta, row mask or gaps, rows): more is refused before decoding
         if limits is None and shape is not None:
             n, c = int(shape[0]), int(shape[1])
-            limits = DecoderConfig.strict(max_total_bytes=max(8 * (6 + 2 * n + n * c), 4096)).replace(
+            limits = DecoderConfig.strict(max_total_bytes=max(16 * (6 + 2 * n + n * c), 1 << 16)).replace(
                 max_units=16, max_tensor_elements=max(n * c, n, 6), max_rank=2)
         self.limits = limits
 

@@ -319,7 +319,7 @@ def _qp_for_step(step: float, qp_density: int, rounding=math.floor) -> int:
 def _strict_limits(model: Tensors) -> DecoderConfig:
     total = sum(int(np.asarray(v).size) for v in model.values())
     largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
-    return DecoderConfig.strict(max_total_bytes=max(4 * total, 1024)).replace(
+    return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
         max_units=4 + 2 * len(model), max_tensor_elements=max(largest, 1), max_rank=8)
 
 
@@ -754,7 +754,10 @@ class ServerCodec:
             if last[0] == t:           # delivered again while its round is open: it already counts, once
                 rec.duplicates[client] = rec.duplicates.get(client, 0) + 1
                 raise DuplicateUploadError(client, f"duplicate delivery of its round-{t} upload")
-            self._refuse(rec, client, "replay", f"replay of its round-{last[0]} upload", reset=False)
+            if msg.round is None:      # unbound: the same bytes again are a replay; a bound upload is judged by
+                #                        its round below (an honest client can send the same update twice, e.g.
+                #                        an all-zero one; keys= authenticate the binding against rewriting)
+                self._refuse(rec, client, "replay", f"replay of its round-{last[0]} upload", reset=False)
         key = self.keys.get(client, self.keys.get(str(client))) if self.keys else None
         if key is not None and not hmac.compare_digest(msg.tag or b"", upload_tag(key, client, msg.round, digest)):
             self._refuse(rec, client, "identity", "upload tag does not match the client's key, round and payload",
