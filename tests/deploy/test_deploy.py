@@ -1,9 +1,18 @@
 """nnc on a real Flower 1.42 deployment: a SuperLink and three SuperNodes on 127.0.0.1 (``--insecure``, runtime
 dependency installation disabled), the app in examples/fl_deploy (nnc_mod around a PyTorch ``train``,
 NNCFedAvg) submitted with ``flwr run``. Every process is stopped by its pid (local_deployment.stop)."""
+import shutil
 import signal
+import sys
+from pathlib import Path
 
 import pytest
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "fl_deploy"
+sys.path.insert(0, str(APP))      # local_deployment, nnc_digits (the app) for the in-process reference
+_MISSING = [b for b in ("flower-superlink", "flower-supernode", "flwr") if shutil.which(b) is None]
+if _MISSING:
+    pytest.skip(f"Flower executables not on PATH: {_MISSING}", allow_module_level=True)
 
 pytest.importorskip("flwr")
 pytest.importorskip("torch")
