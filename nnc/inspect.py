@@ -224,6 +224,13 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
     if not decode or pt == PT.NNR_PT_RAW_FLOAT:
         return infos, errors
     got = ndu_codings(u, qd) if budget is None else ndu_codings(u, qd, budget.limits.max_tensor_elements)
+    if got is None and budget is not None and dims and math.prod(dims) > budget.limits.max_tensor_elements:
+        msg = (f"payload not decoded: {math.prod(dims)} elements, more than max_tensor_elements="
+               f"{budget.limits.max_tensor_elements}")
+        errors.append(msg)
+        if limits_hit is not None:
+            limits_hit.append(f"unit {u.index}: {msg}")
+        return infos, errors
     if got is None:
         errors.append("payload not decoded (unsupported coding, invalid dimensions or more elements than "
                       "max_tensor_elements)")
