@@ -288,7 +288,8 @@ class _Encoder(UpdateEncoder):
 def _strict_limits(model: Tensors) -> DecoderConfig:
     total = sum(int(np.asarray(v).size) for v in model.values())
     largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
-    return DecoderConfig.strict(max_total_bytes=max(4 * total, 1024)).replace(
+    # 4x the float32 model size: the budget counts outputs, the levels the update decoder keeps and temporaries
+    return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
         max_units=4 + 2 * len(model), max_tensor_elements=max(largest, 1), max_rank=8)
 
 
