@@ -218,8 +218,9 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
         dtype = _DTYPE_NAMES.get(fmt, f"reserved({fmt})") if fmt is not None else default
         ti = TensorInfo(name=name, shape=shape, dtype=dtype, elements=math.prod(shape) if shape else 0, coding=kind)
         if kind == "codebook" and cb is not None:
+            arr = cb.values_array(bound=1 << 62)       # numpy cumulative sums, not a per-entry Python loop
             ti.codebook = {"size": cb.codebook_size, "egk": cb.codebook_egk, "zero_offset": cb.CbZeroOffset,
-                           "values": _fmt(cb.values)}
+                           "values": _fmt(cb.values if arr is None else arr.tolist())}
         infos.append(ti)
     if not decode or pt == PT.NNR_PT_RAW_FLOAT:
         return infos, errors
