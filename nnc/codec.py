@@ -18,7 +18,7 @@ from . import deepcabac
 from .config import DecoderConfig, EncoderConfig, default_decoder_config
 from .dtypes import coding_kind, dtype_for_format, format_for_dtype
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
-from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
+from .quant import quantize_tensor, reconstruct_codebook, step_size
 from .topology import Topology
 from . import tools as _tools
 

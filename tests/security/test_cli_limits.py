@@ -7,7 +7,6 @@ import pytest
 
 from _bombs_path import MB
 import bombs
-import nnc
 from nnc.cli import main
 
 

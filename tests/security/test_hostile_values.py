@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from _bombs_path import MB  # noqa: F401
+import _bombs_path  # noqa: F401  (puts benchmarks/ on sys.path)
 import bombs
 import nnc
 

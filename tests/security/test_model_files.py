@@ -118,7 +118,7 @@ def test_onnx_external_data_symlink_outside_the_folder_is_refused(tmp_path):
 
 
 def test_onnx_placeholder_of_a_hostile_type_is_a_model_format_error(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
@@ -126,7 +126,7 @@ def test_onnx_placeholder_of_a_hostile_type_is_a_model_format_error(tmp_path):
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], initializer=[w])
     lm = converters.load_model(helper.make_model(g))
     from nnc.converters import _onnx
-    from nnc.converters._common import deflate, topology_payload
+    from nnc.converters._common import deflate
     model = _onnx.parse_topology(lm.topology)
     model.graph.initializer[0].data_type = 999                    # no such TensorProto type
     raw = model.SerializeToString()
