@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -200,13 +199,13 @@ def deflate_topology(expanded=1 << 30):
 
 def hostile_topology_json():
     """A converters topology record with wrong types everywhere (dtypes a list, shapes of strings...)."""
-    rec = b'{"nnc.converters":1,"source_format":"pytorch","dtypes":[1,2],"shapes":{"w":"abc"},"tied":7}'
+    rec = b'{"nnc_converters":1,"source_format":"pytorch","dtypes":[1,2],"shapes":{"w":"abc"},"tied":7}'
     topo = nnc.Topology(int(bs.TopologyStorageFormat.NNR_TPL_PYT), 0, rec)
     return _head(topology=topo) + nnc.encode({"w": np.ones(4, np.float32)})[len(_head()):]
 
 
 def deep_topology_json(depth=200_000):
-    rec = b'{"nnc.converters":1,"source_format":"pytorch","extra":' + b"[" * depth + b"]" * depth + b"}"
+    rec = b'{"nnc_converters":1,"source_format":"pytorch","extra":' + b"[" * depth + b"]" * depth + b"}"
     topo = nnc.Topology(int(bs.TopologyStorageFormat.NNR_TPL_PYT), 0, rec)
     return _head(topology=topo) + nnc.encode({"w": np.ones(4, np.float32)})[len(_head()):]
 

@@ -240,13 +240,18 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
         dtype = _DTYPE_NAMES.get(fmt, f"reserved({fmt})") if fmt is not None else default
         ti = TensorInfo(name=m.name, shape=list(m.shape), dtype=dtype, elements=math.prod(m.shape), coding=kind)
         if kind == "codebook" and cb is not None:
+            arr = cb.values_array(bound=1 << 62)       # numpy cumulative sums, not a per-entry Python loop
             ti.codebook = {"size": cb.codebook_size, "egk": cb.codebook_egk, "zero_offset": cb.CbZeroOffset,
-                           "values": _fmt(cb.values)}
+                           "values": _fmt(cb.values if arr is None else arr.tolist())}
         infos.append(ti)
     if not decode or any(m.coding is None for m in plan.members):
         return infos, errors
     if plan.elements > (budget.limits.max_tensor_elements if budget is not None else _MAX_DESCRIBED_ELEMENTS):
-        errors.append("payload not decoded (more elements than max_tensor_elements)")
+        limit = budget.limits.max_tensor_elements if budget is not None else _MAX_DESCRIBED_ELEMENTS
+        msg = f"payload not decoded: {plan.elements} elements, more than max_tensor_elements={limit}"
+        errors.append(msg)
+        if limits_hit is not None and budget is not None:
+            limits_hit.append(f"unit {u.index}: {msg}")
         return infos, errors
     if budget is not None:
         # levels, row flags and entry points of this payload; counted as held so that the decode work of the

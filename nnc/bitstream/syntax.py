@@ -28,8 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import (BitstreamError, ConfigError, NNCError, TruncatedBitstreamError,
-                      UnsupportedFeatureError)
+from ..errors import BitstreamError, ConfigError, NNCError, TruncatedBitstreamError, UnsupportedFeatureError
 from .bits import BitReader, BitWriter, Float32
 
 __all__ = [

@@ -337,6 +337,27 @@ class Codebook:
             out[j] = v
         return out
 
+    def values_array(self, bound: int = 1 << 31):
+        """:attr:`values` as an int64 numpy array (cumulative sums, no per-entry Python work), or ``None`` when
+        some value leaves ``-bound..bound-1`` (the decoder refuses such codebooks)."""
+        import numpy as np
+        z = self.CbZeroOffset
+        v0 = int(self.codebook_zero_value)
+        left = np.asarray(self.codebook_delta_left, dtype=np.int64)   # ue values < 2**48: no overflow here
+        right = np.asarray(self.codebook_delta_right, dtype=np.int64)
+        if abs(v0) >= bound or (left.size and int(left.max()) >= bound) or (right.size and int(right.max()) >= bound):
+            return None
+        # each step is < 2**31 and there are < 2**31 steps: the sums fit int64
+        lo = v0 - np.cumsum(left + 1)
+        hi = v0 + np.cumsum(right + 1)
+        if (lo.size and int(lo[-1]) < -bound) or (hi.size and int(hi[-1]) >= bound):
+            return None
+        out = np.empty(self.codebook_size, np.int64)
+        out[z] = v0
+        out[:z] = lo[::-1][-z:] if z else lo[:0]
+        out[z + 1:] = hi
+        return out
+
     @classmethod
     def from_values(cls, values, zero_offset: int, egk: int = 0) -> "Codebook":
         """Build the syntax fields from a strictly increasing integer codebook."""

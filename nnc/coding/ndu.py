@@ -170,13 +170,14 @@ def _codebook(h, profile: int, unit_index, max_codebook_size: int | None):
         raise LimitExceededError(f"codebook of {cb.codebook_size} entries exceeds max_codebook_size="
                                  f"{max_codebook_size}", unit_index=unit_index,
                                  syntax_path="NNR_NDU.codebook.codebook_size")
-    values = cb.values
-    if values[0] < -(1 << 31) or values[-1] > (1 << 31) - 1:   # increasing: the ends are the extremes
-        raise BitstreamError(f"codebook values {values[0]}..{values[-1]} leave the int32 range codebook entries "
+    values = cb.values_array()            # int64, by cumulative sums; None past the int32 range
+    if values is None:
+        vals = cb.values                   # increasing: the ends are the extremes
+        raise BitstreamError(f"codebook values {vals[0]}..{vals[-1]} leave the int32 range codebook entries "
                              "have (the reference decoder stores them as int32)", unit_index=unit_index,
-                             syntax_path="NNR_NDU.codebook.codebook_delta_right" if values[-1] > 0 else
+                             syntax_path="NNR_NDU.codebook.codebook_delta_right" if vals[-1] > 0 else
                              "NNR_NDU.codebook.codebook_delta_left", code="CODEBOOK_INVALID")
-    codebook = (np.asarray(values, dtype=np.int64), cb.zero_offset)
+    codebook = (values, cb.zero_offset)
     if profile == 1:
         return codebook, len(values), cb.zero_offset
     return codebook, 0, 0

@@ -340,8 +340,9 @@ class _Checker:
                         f"but a {len(u.payload)}-byte payload holds at most {capacity}", self.body_offset(u),
                         f"{_NDU}.tensor_dimensions", ERROR)
         if n > self.max_elements:
-            raise _Skip("PAYLOAD_NOT_VERIFIED", f"tensor of {n} elements exceeds the checker's limit "
-                        f"({self.max_elements}); payload not decoded", None, f"{_NDU}.tensor_dimensions", WARNING)
+            raise _Skip("LIMIT_EXCEEDED",
+                        f"tensor of {n} elements exceeds the checker's limit (max_tensor_elements="
+                        f"{self.max_elements}); payload not decoded", None, f"{_NDU}.tensor_dimensions", WARNING)
         # decoding a payload costs its int32 levels, row flags and entry points; they are freed after each NDU
         # but counted as held, so the total decode work of a stream is bounded by max_total_bytes as in decode()
         cost = sum(4 * m.coding.size + m.coding.height + 160 * (-(-m.coding.height // 8)) for m in plan.members)

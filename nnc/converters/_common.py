@@ -150,16 +150,25 @@ def inflate(data: bytes, max_bytes: int | None = None) -> bytes:
     last = None
     for wbits in (15, -15):
         try:
+            # first pass: count the output in 1 MiB steps without keeping it, so a bomb costs no memory
             d = zlib.decompressobj(wbits)
-            out = d.decompress(data, max_bytes)
-            if d.unconsumed_tail:
-                raise LimitExceededError(f"the deflate-compressed topology data ({len(data)} bytes) expands to more "
-                                         f"than max_total_bytes={max_bytes} bytes", syntax_path="NNR_TPL.topology_data")
-            out += d.flush()
-            if len(out) > max_bytes:
+            size, buf = 0, data
+            while True:
+                size += len(d.decompress(buf, 1 << 20))
+                if size > max_bytes:
+                    raise LimitExceededError(f"the deflate-compressed topology data ({len(data)} bytes) expands to "
+                                             f"more than max_total_bytes={max_bytes} bytes",
+                                             syntax_path="NNR_TPL.topology_data")
+                buf = d.unconsumed_tail
+                if not buf:
+                    break
+            size += len(d.flush())
+            if size > max_bytes:
                 raise LimitExceededError(f"the deflate-compressed topology data expands to more than "
                                          f"max_total_bytes={max_bytes} bytes", syntax_path="NNR_TPL.topology_data")
-            return out
+            if not d.eof:
+                raise zlib.error("incomplete or truncated stream")
+            return zlib.decompress(data, wbits, max(size, 1))
         except zlib.error as e:
             last = e
     raise ModelFormatError(f"topology data is not a valid deflate stream: {last}")

@@ -319,6 +319,7 @@ def _qp_for_step(step: float, qp_density: int, rounding=math.floor) -> int:
 def _strict_limits(model: Tensors) -> DecoderConfig:
     total = sum(int(np.asarray(v).size) for v in model.values())
     largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
+    # 4x the float32 model size: the budget counts outputs, the levels the update decoder keeps and temporaries
     return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
         max_units=4 + 2 * len(model), max_tensor_elements=max(largest, 1), max_rank=8)
 

@@ -33,17 +33,11 @@ def test_amplification_at_the_limit_stays_within_the_memory_bound(tmp_path):
     assert r["peak_rss"] <= rss_bound(limit), r
 
 
-def test_many_claims_just_under_the_limit_together(tmp_path):
-    limit = 128 * MB
-    r = _run(tmp_path, bombs.many_tensors(limit), limit=limit)
-    assert r["outcome"] == "LimitExceededError", r
-    assert r["peak_rss"] <= rss_bound(limit), r
-
-
 # -- parser work per input byte ------------------------------------------------------------------------------
-@pytest.mark.parametrize("build", ["dense_codebook", "entry_points"])
-def test_header_parsing_work_is_bounded_per_input_byte(tmp_path, build):
-    data = getattr(bombs, build)(256 * 1024)
+def test_header_parsing_work_is_bounded_per_input_byte(tmp_path):
+    # 256 KB of 65536-entry codebooks whose deltas cost one bit each (read in bulk, not per bit in Python);
+    # benchmarks/bench_bombs.py measures the other header arrays (entry points, names, performance maps)
+    data = bombs.dense_codebook(256 * 1024)
     r = _run(tmp_path, data, limit=1 << 30)
     assert _outcome_ok(r), r
     mb = len(data) / MB
