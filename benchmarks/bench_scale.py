@@ -364,7 +364,8 @@ def plot(results: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    pts = [m for m in results["models"] if m["label"].startswith("llm")]
+    pts = sorted((m for m in results["models"] if m["label"].startswith("llm")),
+                 key=lambda m: m["checkpoint"]["parameters"])
     if not pts:
         return
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
@@ -412,7 +413,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.table:
         with open(a.out) as f:
-            print(table(json.load(f)))
+            res = json.load(f)
+        print(table(res))
+        plot(res)
         return
     if a.entry_cost:
         res = entry_point_cost()

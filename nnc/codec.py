@@ -19,7 +19,7 @@ from . import bitstream as bs
 from . import deepcabac
 from .config import DecoderConfig, EncoderConfig
 from .dtypes import (BFLOAT16, coding_kind, dtype_for_format, dtype_record, float32_view, format_for_dtype,
-                     is_bfloat16, recorded_dtypes)
+                     recorded_dtypes)
 from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
 from .quant import quantize_tensor, reconstruct_codebook, reconstruct_uniform, step_size
 from .topology import Topology

@@ -345,7 +345,7 @@ def save_model_streaming(dest, stream, *, shard_size: int | None = None, format:
     elif detect_format(path, format) != "safetensors":
         raise ModelFormatError(f"streaming output is safetensors (a .safetensors file or a folder), not {path!r}")
     record = _record_for(stream.topology) or TensorRecord()
-    layout, canon_of = [], {}
+    layout = []
     decoded = {name: (shape, dtype) for name, shape, dtype in stream.entries}
     for name, (shape, dtype) in decoded.items():
         dname = record.dtypes.get(name) or ("bfloat16" if is_bfloat16(dtype) else str(np.dtype(dtype)))
