@@ -186,7 +186,7 @@ class StreamingSafetensorsWriter:
             stem = base[:-len(".safetensors")] if base.endswith(".safetensors") else base
         if not os.path.isdir(directory):
             raise ModelFormatError(f"cannot write {dest!r}: directory {directory!r} does not exist")
-        sharded = shard_size is not None and (folder or len(groups) > 1)
+        sharded = shard_size is not None and len(groups) > 1   # one shard: model.safetensors, no index (as HF)
         n = len(groups)
         names = ([f"{stem}-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)] if sharded
                  else [f"{stem}.safetensors" if folder else os.path.basename(dest)])

@@ -107,42 +107,46 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
       return fail(err, Status::kOverflow, i, "quantized value at element " + std::to_string(i) + " does not fit in int32");
   }
 
-  // Block scans: gather the values in coding order once (and remember their positions for the write-back).
-  std::unique_ptr<int64_t[]> order;
-  std::unique_ptr<float[]> scanned;
-  const float* xs = x;
-  if (!direct) {
-    order.reset(new int64_t[static_cast<size_t>(n)]);
-    scanned.reset(new float[static_cast<size_t>(n)]);
-    int64_t k = 0;
-    for_each_in_scan(h, w, scan, [&](int64_t pos) {
-      order[static_cast<size_t>(k)] = pos;
-      scanned[static_cast<size_t>(k)] = x[pos];
-      ++k;
-    });
-    xs = scanned.get();
-  }
-
   // Per element, 2 bits per state: the index (0..2) of the chosen branch in kTrellis.b[state].
   std::unique_ptr<uint16_t[]> decisions(new uint16_t[static_cast<size_t>(n)]);
   double cost[8];
   cost[0] = 0.0;
   for (int s = 1; s < 8; ++s) cost[s] = 0.5 * std::numeric_limits<double>::max();
-
-  if (!(cpu_has_avx512f() && trellis_forward_avx512(xs, n, dscale, decisions.get(), cost)) &&
-      !(cpu_has_avx2() && trellis_forward_avx2(xs, n, dscale, decisions.get(), cost)))
-    trellis_forward(xs, n, dscale, decisions.get(), cost);
+  // The forward pass carries its whole state in cost[], so it can run over the scan piece by piece.
+  auto forward = [&](const float* xs, int64_t len, int64_t at) {
+    if (!(cpu_has_avx512f() && trellis_forward_avx512(xs, len, dscale, decisions.get() + at, cost)) &&
+        !(cpu_has_avx2() && trellis_forward_avx2(xs, len, dscale, decisions.get() + at, cost)))
+      trellis_forward(xs, len, dscale, decisions.get() + at, cost);
+  };
+  const int64_t b = int64_t(4) << scan;
+  if (direct) {
+    forward(x, n, 0);
+  } else {
+    // Block scans: one block row at a time is gathered in coding order (not the whole tensor: memory).
+    std::unique_ptr<float[]> buf(new float[static_cast<size_t>(std::min(h, b) * w)]);
+    int64_t k = 0;
+    for (int64_t y0 = 0; y0 < h; y0 += b) {
+      const int64_t y1 = std::min(h, y0 + b);
+      int64_t len = 0;
+      for (int64_t x0 = 0; x0 < w; x0 += b) {
+        const int64_t x1 = std::min(w, x0 + b);
+        for (int64_t y = y0; y < y1; ++y)
+          for (int64_t xx = x0; xx < x1; ++xx) buf[static_cast<size_t>(len++)] = x[y * w + xx];
+      }
+      forward(buf.get(), len, k);
+      k += len;
+    }
+  }
 
   int state = 0;
   for (int s = 1; s < 8; ++s)
     if (cost[s] < cost[state]) state = s;
 
-  for (int64_t k = n - 1; k >= 0; --k) {
+  auto back = [&](int64_t k, int64_t pos) {
     const unsigned idx = (decisions[static_cast<size_t>(k)] >> (2 * state)) & 3u;
     const Branch br = kTrellis.b[state][idx];
-    const int64_t pos = direct ? k : order[static_cast<size_t>(k)];
     // Branch-free: the magnitude is computed for every slot and masked out for the zero slot.
-    const float v = xs[k];
+    const float v = x[pos];
     const double org = std::fabs(dscale * static_cast<double>(v));
     const int32_t m = first_candidate(org);
     const int64_t c = int64_t(m) + ((br.slot - m) & 3);  // 64-bit: no overflow in the masked-out case
@@ -151,6 +155,20 @@ Status quantize_dq(const float* x, int32_t* q, int64_t h, int64_t w, float step,
     const int32_t neg = -static_cast<int32_t>(v < 0);  // all ones for negative values
     q[pos] = (mag ^ neg) - neg;
     state = br.prev;
+  };
+  if (direct) {
+    for (int64_t k = n - 1; k >= 0; --k) back(k, k);
+  } else {
+    // The scan of for_each_in_scan, backwards (positions computed, not stored: memory).
+    int64_t k = n - 1;
+    for (int64_t y0 = ((h - 1) / b) * b; y0 >= 0; y0 -= b) {
+      const int64_t y1 = std::min(h, y0 + b);
+      for (int64_t x0 = ((w - 1) / b) * b; x0 >= 0; x0 -= b) {
+        const int64_t x1 = std::min(w, x0 + b);
+        for (int64_t y = y1 - 1; y >= y0; --y)
+          for (int64_t xx = x1 - 1; xx >= x0; --xx) back(k--, y * w + xx);
+      }
+    }
   }
   return Status::kOk;
 }
