@@ -156,6 +156,23 @@ class UsageError(ConfigError):
     """A command line that cannot work (conflicting flags, bad paths); raised before anything is loaded."""
 
 
+class OutputError(NNCError, OSError):
+    """The output could not be written (disk full, file too large, permissions); the previous file is intact."""
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, NNCError):
+            raise
+        what = (e.strerror or _one_line(e))
+        raise OutputError(f"cannot write {path}: {what[:1].lower() + what[1:]}; nothing was written (an existing "
+                          f"file is unchanged): check the free space and the permissions of "
+                          f"{os.path.dirname(os.path.abspath(path))}") from None
+
+
 def _warn(msg: str) -> None:
     print(f"nnc: warning: {msg}", file=sys.stderr)
 
@@ -471,7 +488,7 @@ def _cmd_encode(a) -> int:
         _warn_results(a, cfg, summary, model.tensors, dec)
     elif a.bits_per_param is not None:
         _warn_results(a, cfg, summary, None, None)
-    with ui.phase(f"writing {a.output}"):
+    with ui.phase(f"writing {a.output}"), _writing(a.output):
         write_bytes_atomic(a.output, data)
     _STATE.committed = True
     if a.json:
@@ -638,7 +655,7 @@ def _cmd_decode(a) -> int:
                 raise
             from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
             raise (_from_report(a.input, check(data)) or e) from None
-    with ui.phase(f"writing {a.output}"):
+    with ui.phase(f"writing {a.output}"), _writing(a.output):
         converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
     _STATE.committed = True
     print(f"{a.input} -> {a.output}: {len(model.tensors)} tensors")
@@ -746,12 +763,24 @@ def _exit_code(e: BaseException) -> int:
     return 2
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}(?:\.[\w]+)?$")
+
+
+def _user_path(path) -> str:
+    """The path the user named, for a temporary file of nnc's atomic writer (``.model.nnc.ab12cd34.nnc``)."""
+    text = os.fspath(path)
+    m = _TEMP_NAME.match(os.path.basename(text))
+    return os.path.join(os.path.dirname(text), m.group("name")) if m else text
+
+
 def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and not isinstance(e, NNCError):
         what = e.strerror or _one_line(e)
-        where = e.filename if e.filename is not None else None
-        text = f"{where}: {what[:1].lower() + what[1:]}" if where else what
-        return _one_line(text)
+        what = what[:1].lower() + what[1:]
+        if e.filename is None:
+            return _one_line(f"{what}; check the disk and the permissions of the output folder")
+        return _one_line(f"cannot use {_user_path(e.filename)}: {what}; check the path, the free space and the "
+                         "permissions")
     msg = _one_line(e)
     advice = getattr(e, "advice", None)
     if advice is None and isinstance(e, ModelFormatError) and ";" not in msg:
