@@ -26,14 +26,16 @@ import time
 import numpy as np
 
 from . import __version__
+from .config import EncoderConfig as _EncoderConfig
 from .errors import (BitstreamError, ConfigError, LimitExceededError, ModelFormatError, NNCError,
                      UnsupportedFeatureError)
 
 __all__ = ["build_parser", "main"]
 
+_D = _EncoderConfig()  # the defaults shown in --help come from the config, which the flags fall back to
 _QP_HELP = ("QP sets the quantisation step of weight tensors (rank > 1): step = 2**(QP/4) with the default "
             "--qp-density 2, so every 4 QP halve (more negative) or double (less negative) the step. More "
-            "negative = finer, larger file, smaller error. Default -38 (step 0.0015) keeps typical models' "
+            f"negative = finer, larger file, smaller error. Default {_D.qp} (step 0.0015) keeps typical models' "
             "accuracy, -32 costs about 1.5 bits per parameter less and is usually fine, above about -20 most "
             "models degrade, "
             "and 0 or more wrecks them (nnc warns). The format allows -128..127.")
@@ -83,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true",
                    help="write the bitstream even though the output name has a model extension (.onnx, .pt...)")
     e.add_argument("--qp", type=int, default=None,
-                   help="QP of weight tensors: more negative = finer and larger; default -38 (see below)")
-    e.add_argument("--qp-density", type=int, default=None, help="QP steps per octave = 2**density; default 2")
-    e.add_argument("--nonweight-qp", type=int, default=None, help="QP of rank <= 1 tensors; default -75")
+                   help=f"QP of weight tensors: more negative = finer and larger; default {_D.qp} (see below)")
+    e.add_argument("--qp-density", type=int, default=None, help=f"QP steps per octave = 2**density; default {_D.qp_density}")
+    e.add_argument("--nonweight-qp", type=int, default=None, help=f"QP of rank <= 1 tensors; default {_D.nonweight_qp}")
     e.add_argument("--qp-per-tensor", type=_qp_override, action="append", default=None, metavar="PATTERN=QP",
                    help="override the QP of tensors whose name matches the fnmatch PATTERN (repeatable)")
     e.add_argument("--no-dq", dest="dq", action="store_const", const=False, default=None,
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not signal all-zero rows")
     e.add_argument("--no-param-opt", dest="param_opt", action="store_const", const=False, default=None,
                    help="no context-initialisation optimisation")
-    e.add_argument("--scan-order", type=int, default=None, help="0 row-major (default), 1..4 block scans")
+    e.add_argument("--scan-order", type=int, default=None, help=f"0 row-major, 1..4 block scans; default {_D.scan_order}")
     e.add_argument("--threads", type=int, default=None, help="tensors coded in parallel")
     e.add_argument("--codebook", choices=["off", "auto", "force"], default=None,
                    help="codebook quantisation: auto = per tensor when smaller (NNCodec codebook_mode 2); slow "
@@ -526,7 +528,7 @@ def _warn_results(a, cfg, summary: dict, orig: dict | None, dec: dict | None) ->
         if a.bits_per_param is not None or a.max_rel_error is not None or a.bitdepth is not None:
             how = "allow more bits (a larger --bits-per-param / --bitdepth or smaller --max-rel-error)"
         else:
-            how = f"use a more negative --qp (now {cfg.qp}; the default is -38, and each -4 halves the step)"
+            how = f"use a more negative --qp (now {cfg.qp}; the default is {_D.qp}, and each -4 halves the step)"
         _warn(f"relative L2 error {rl2:.2f}: the model is likely useless at these settings (a usable model is "
               f"typically below 0.01); {how}")
     target = a.bits_per_param
