@@ -689,7 +689,9 @@ def _cmd_check(a) -> int:
     with _Progress(not (a.quiet or a.json)).phase(f"checking {a.input}"):
         bad = _problem(a.input, data)
         if bad is not None and bad.exit_code == 2:
-            raise bad  # not NNC at all: the same line as decode and info, no report of it
+            if a.json:  # scripts still get a report ("readable": false) on stdout
+                print(json.dumps(check(data).to_dict(), indent=1))
+            raise bad  # not NNC at all: the same line as decode and info
         report = check(data)
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
     if bad is None and any(v.code in _DAMAGE_CODES for v in report.errors):
