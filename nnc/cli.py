@@ -28,15 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .config import EncoderConfig as _EncoderConfig
 from .config import decoder_limits
 from .errors import (BitstreamError, ConfigError, LimitExceededError, ModelFormatError, NNCError,
                      UnsupportedFeatureError)
 
 __all__ = ["build_parser", "main"]
 
+_D = _EncoderConfig()  # the defaults shown in --help come from the config, which the flags fall back to
 _QP_HELP = ("QP sets the quantisation step of weight tensors (rank > 1): step = 2**(QP/4) with the default "
             "--qp-density 2, so every 4 QP halve (more negative) or double (less negative) the step. More "
-            "negative = finer, larger file, smaller error. Default -38 (step 0.0015) keeps typical models' "
+            f"negative = finer, larger file, smaller error. Default {_D.qp} (step 0.0015) keeps typical models' "
             "accuracy, -32 costs about 1.5 bits per parameter less and is usually fine, above about -20 most "
             "models degrade, "
             "and 0 or more wrecks them (nnc warns). The format allows -128..127.")
@@ -99,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true",
                    help="write the bitstream even though the output name has a model extension (.onnx, .pt...)")
     e.add_argument("--qp", type=int, default=None,
-                   help="QP of weight tensors: more negative = finer and larger; default -38 (see below)")
-    e.add_argument("--qp-density", type=int, default=None, help="QP steps per octave = 2**density; default 2")
-    e.add_argument("--nonweight-qp", type=int, default=None, help="QP of rank <= 1 tensors; default -75")
+                   help=f"QP of weight tensors: more negative = finer and larger; default {_D.qp} (see below)")
+    e.add_argument("--qp-density", type=int, default=None, help=f"QP steps per octave = 2**density; default {_D.qp_density}")
+    e.add_argument("--nonweight-qp", type=int, default=None, help=f"QP of rank <= 1 tensors; default {_D.nonweight_qp}")
     e.add_argument("--qp-per-tensor", type=_qp_override, action="append", default=None, metavar="PATTERN=QP",
                    help="override the QP of tensors whose name matches the fnmatch PATTERN (repeatable)")
     e.add_argument("--no-dq", dest="dq", action="store_const", const=False, default=None,
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not signal all-zero rows")
     e.add_argument("--no-param-opt", dest="param_opt", action="store_const", const=False, default=None,
                    help="no context-initialisation optimisation")
-    e.add_argument("--scan-order", type=int, default=None, help="0 row-major (default), 1..4 block scans")
+    e.add_argument("--scan-order", type=int, default=None, help=f"0 row-major, 1..4 block scans; default {_D.scan_order}")
     e.add_argument("--threads", type=int, default=None,
                    help="tensors coded in parallel (default: every CPU; the output does not depend on it)")
     e.add_argument("--codebook", choices=["off", "auto", "force"], default=None,
@@ -185,6 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------------------
 class UsageError(ConfigError):
     """A command line that cannot work (conflicting flags, bad paths); raised before anything is loaded."""
+
+
+class OutputError(NNCError, OSError):
+    """The output could not be written (disk full, file too large, permissions); the previous file is intact."""
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, NNCError):
+            raise
+        what = (e.strerror or _one_line(e))
+        raise OutputError(f"cannot write {path}: {what[:1].lower() + what[1:]}; nothing was written (an existing "
+                          f"file is unchanged): check the free space and the permissions of "
+                          f"{os.path.dirname(os.path.abspath(path))}") from None
 
 
 def _warn(msg: str) -> None:
@@ -612,7 +631,8 @@ def _cmd_encode(a) -> int:
         topology = with_name_list(model.topology, tensors, model.source_format)
     t0 = time.perf_counter()
     # written unit by unit as coded (atomically: a temporary file renamed at the end)
-    done = Encoder(cfg).encode_to(a.output, tensors, topology=topology, progress=ui.enabled)
+    with _writing(a.output):
+        done = Encoder(cfg).encode_to(a.output, tensors, topology=topology, progress=ui.enabled)
     _STATE.committed = True
     t_enc = time.perf_counter() - t0
 
@@ -675,7 +695,7 @@ def _warn_results(a, cfg, summary: dict, worst: tuple[float, str | None] | None)
         if a.bits_per_param is not None or a.max_rel_error is not None or a.bitdepth is not None:
             how = "allow more bits (a larger --bits-per-param / --bitdepth or smaller --max-rel-error)"
         else:
-            how = f"use a more negative --qp (now {cfg.qp}; the default is -38, and each -4 halves the step)"
+            how = f"use a more negative --qp (now {cfg.qp}; the default is {_D.qp}, and each -4 halves the step)"
         _warn(f"relative L2 error {rl2:.2f}: the model is likely useless at these settings (a usable model is "
               f"typically below 0.01); {how}")
     target = a.bits_per_param
@@ -842,7 +862,7 @@ def _cmd_decode(a) -> int:
             from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
             raise (_from_report(a.input, check(data)) or e) from None
     left = max(1, cfg.max_total_bytes - dec.last_budget.used)
-    with ui.phase(f"writing {a.output}"), decoder_limits(cfg.replace(max_total_bytes=left)):
+    with ui.phase(f"writing {a.output}"), _writing(a.output), decoder_limits(cfg.replace(max_total_bytes=left)):
         # topology inflation gets what the decoding budget has left
         converters.save_model(a.output, model.tensors, model.topology, format=a.format, template=a.template)
     _STATE.committed = True
@@ -879,7 +899,9 @@ def _cmd_check(a) -> int:
     with _Progress(not (a.quiet or a.json)).phase(f"checking {a.input}"):
         bad = _problem(a.input, data)
         if bad is not None and bad.exit_code == 2:
-            raise bad  # not NNC at all: the same line as decode and info, no report of it
+            if a.json:  # scripts still get a report ("readable": false) on stdout
+                print(json.dumps(check(data, config=_limits(a)).to_dict(), indent=1))
+            raise bad  # not NNC at all: the same line as decode and info
         report = check(data, config=_limits(a))
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
     hit = report.find("LIMIT_EXCEEDED")
@@ -973,12 +995,24 @@ def _exit_code(e: BaseException) -> int:
     return 2
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}(?:\.[\w]+)?$")
+
+
+def _user_path(path) -> str:
+    """The path the user named, for a temporary file of nnc's atomic writer (``.model.nnc.ab12cd34.nnc``)."""
+    text = os.fspath(path)
+    m = _TEMP_NAME.match(os.path.basename(text))
+    return os.path.join(os.path.dirname(text), m.group("name")) if m else text
+
+
 def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and not isinstance(e, NNCError):
         what = e.strerror or _one_line(e)
-        where = e.filename if e.filename is not None else None
-        text = f"{where}: {what[:1].lower() + what[1:]}" if where else what
-        return _one_line(text)
+        what = what[:1].lower() + what[1:]
+        if e.filename is None:
+            return _one_line(f"{what}; check the disk and the permissions of the output folder")
+        return _one_line(f"cannot use {_user_path(e.filename)}: {what}; check the path, the free space and the "
+                         "permissions")
     msg = _one_line(e)
     advice = getattr(e, "advice", None)
     if advice is None and isinstance(e, ModelFormatError) and ";" not in msg:

@@ -79,3 +79,17 @@ def test_format_flag_for_files_whose_extension_does_not_tell(tmp_path, capsys):
     assert main(["encode", str(tmp_path / "pytorch_model.bin"), "-o", str(tmp_path / "b.nnc")]) == 0
     a, b = (nnc.decode((tmp_path / f).read_bytes()) for f in ("a.nnc", "b.nnc"))
     assert list(a) == list(b) == ["fc.weight"] and np.array_equal(a["fc.weight"], b["fc.weight"])
+
+
+def test_encode_flags_default_to_the_config(monkeypatch, tmp_path):
+    # the CLI restates no default: every setting flag is None unless given, and the config supplies the value
+    from nnc import cli
+
+    a = cli.build_parser().parse_args(["encode", "in.npz", "-o", "out.nnc"])
+    settings = ("qp", "qp_density", "nonweight_qp", "qp_per_tensor", "dq", "row_skipping", "param_opt",
+                "scan_order", "threads", "codebook", "bitdepth", "opt_qp", "sparsity", "struct_sparsity",
+                "bits_per_param", "max_rel_error")
+    assert {k: getattr(a, k) for k in settings} == dict.fromkeys(settings)
+    assert cli._encoder_config(a) == nnc.EncoderConfig()
+    d = cli.build_parser().parse_args(["decode", "in.nnc", "-o", "out.npz"])
+    assert d.threads is None

@@ -53,3 +53,28 @@ def test_docs_list_the_command_line_classes():
                   "nnc: warning:", "--reference-layout"):
         assert words in doc, words
     assert re.search(r"\|\s*1\s*\|[^\n]*damaged", doc)
+
+
+def test_a_failed_write_names_the_output_not_a_temporary_file(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    from clitools import env, small_model
+    src = tmp_path / "model.npz"
+    small_model(src)
+    assert nnc("encode", src, "-o", tmp_path / "m.nnc", "--quiet").returncode == 0
+    (tmp_path / "old.npz").write_bytes(b"previous")
+
+    def small_files():  # the write fails part-way with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
+    for cmd, out in ((["encode", src, "-o", tmp_path / "big.nnc", "--quiet"], tmp_path / "big.nnc"),
+                     (["decode", tmp_path / "m.nnc", "-o", tmp_path / "old.npz"], tmp_path / "old.npz")):
+        p = subprocess.run([sys.executable, "-m", "nnc.cli", *map(str, cmd)], capture_output=True, text=True,
+                           env=env(), preexec_fn=small_files)
+        assert p.returncode == 2, p.stderr
+        line = error_line(p)
+        assert line.startswith(f"nnc: error: cannot write {out}: file too large; nothing was written"), line
+        _clean(line, out)
+    assert (tmp_path / "old.npz").read_bytes() == b"previous"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.nnc", "model.npz", "old.npz"]

@@ -1,7 +1,6 @@
 """Guard rails: QP is explained in --help and the README; settings that wreck the model, size targets that
 cannot be met and flags that have no effect are warned about on stderr (exit 0); conflicting flags are refused."""
 import re
-import time
 
 import numpy as np
 

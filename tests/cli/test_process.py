@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from clitools import ROOT, env, nnc, small_model
+from clitools import env, nnc, small_model
 
 
 def test_version_and_python_dash_m_nnc(tmp_path):
