@@ -365,7 +365,7 @@ def plot(results: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    pts = sorted((m for m in results["models"] if m["label"].startswith("llm")),
+    pts = sorted((m for m in results["models"] if m["label"].startswith("llm") and " " not in m["label"]),
                  key=lambda m: m["checkpoint"]["parameters"])
     if not pts:
         return
