@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the bitstream even though the output name has a model extension (.onnx, .pt...)")
     e.add_argument("--qp", type=int, default=None,
                    help=f"QP of weight tensors: more negative = finer and larger; default {_D.qp} (see below)")
-    e.add_argument("--qp-density", type=int, default=None, help=f"QP steps per octave = 2**density; default {_D.qp_density}")
+    e.add_argument("--qp-density", type=int, default=None,
+                   help=f"QP steps per octave = 2**density; default {_D.qp_density}")
     e.add_argument("--nonweight-qp", type=int, default=None, help=f"QP of rank <= 1 tensors; default {_D.nonweight_qp}")
     e.add_argument("--qp-per-tensor", type=_qp_override, action="append", default=None, metavar="PATTERN=QP",
                    help="override the QP of tensors whose name matches the fnmatch PATTERN (repeatable)")
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not signal all-zero rows")
     e.add_argument("--no-param-opt", dest="param_opt", action="store_const", const=False, default=None,
                    help="no context-initialisation optimisation")
-    e.add_argument("--scan-order", type=int, default=None, help=f"0 row-major, 1..4 block scans; default {_D.scan_order}")
+    e.add_argument("--scan-order", type=int, default=None,
+                   help=f"0 row-major, 1..4 block scans; default {_D.scan_order}")
     e.add_argument("--threads", type=int, default=None,
                    help="tensors coded in parallel (default: every CPU; the output does not depend on it)")
     e.add_argument("--codebook", choices=["off", "auto", "force"], default=None,

@@ -174,7 +174,7 @@ class BitReader:
                 raise BitstreamError(f"ue({k}) code has more than {MAX_UE_PREFIX_BITS} leading zero bits",
                                      byte_offset=p0 >> 3)
             s = starts
-            z = zeros[s].astype(np.int64)                                              # zeros is indexed by record start
+            z = zeros[s].astype(np.int64)      # zeros is indexed by record start
             bad = np.flatnonzero(z > MAX_UE_PREFIX_BITS)
             if bad.size:
                 at = int(s[bad[0]]) + (b0 << 3)

@@ -14,8 +14,8 @@ from ..errors import BitstreamError, LimitExceededError, UnsupportedFeatureError
 from ..topology import Topology
 from .enums import (CompressedParameterTypes, NNRUnitType, ParentNodeIdType, PayloadType,
                     QuantizationMethodFlags, TopologyCompressionFormat, TopologyStorageFormat)
-from .syntax import (FLT, IE, ST, UE, RestBytes, Align, Array, Descriptor, Expr, Fail, Field, I, If, Loop, Scope, Sub, U,
-                     over_limit, register_names, syntax)
+from .syntax import (FLT, IE, ST, UE, RestBytes, Align, Array, Descriptor, Expr, Fail, Field, I, If, Loop, Scope, Sub,
+                     U, over_limit, register_names, syntax)
 
 __all__ = [
     "UnitHeader", "StartUnit", "ModelParameterSet", "LayerParameterSet", "TopologyUnit", "QuantizationUnit",

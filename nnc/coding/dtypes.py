@@ -110,7 +110,8 @@ def coding_kind(name: str, dtype: np.dtype) -> str:
         return "float"
     if dtype.kind in "iub":
         return "int"
-    raise InputError(f"tensor {name!r}: dtype {dtype} cannot be coded (use float16/32/64, bfloat16 (ml_dtypes) or an integer type)")
+    raise InputError(f"tensor {name!r}: dtype {dtype} cannot be coded (use float16/32/64, bfloat16 (ml_dtypes) or "
+                     "an integer type)")
 
 
 def format_for_dtype(dtype: np.dtype) -> DecompressedDataFormat | None:

@@ -23,8 +23,8 @@ from .. import deepcabac
 from ..errors import BitstreamError, LimitExceededError, UnsupportedFeatureError
 from .dtypes import dtype_for_format
 
-__all__ = ["MAX_SCAN_ORDER", "NduParent", "NduMember", "NduPlan", "plan_ndu", "with_history", "block_members", "effective_scan",
-           "signalled_scan", "layer_width"]
+__all__ = ["MAX_SCAN_ORDER", "NduParent", "NduMember", "NduPlan", "plan_ndu", "with_history", "block_members",
+           "effective_scan", "signalled_scan", "layer_width"]
 
 #: scan_order values 0..4 are defined (spec §1.9); larger ones are reserved.
 MAX_SCAN_ORDER = 4

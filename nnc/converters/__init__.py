@@ -142,7 +142,8 @@ def from_torch(module_or_state_dict) -> LoadedModel:
     elif isinstance(module_or_state_dict, Mapping):
         tensors, record = _torch.state_dict_to_tensors(module_or_state_dict)
     else:
-        raise ModelFormatError(f"from_torch expects an nn.Module or a state_dict, got {type(module_or_state_dict).__name__}")
+        raise ModelFormatError("from_torch expects an nn.Module or a state_dict, got "
+                               f"{type(module_or_state_dict).__name__}")
     return _finish(tensors, record, "pytorch")
 
 

@@ -48,7 +48,8 @@ def topology_unit_formats(bitstream: bytes) -> list[int]:
     return out
 
 
-def drop_topology_units(bitstream: bytes, storage_formats: Iterable[int] | None = REFERENCE_UNSUPPORTED_TOPOLOGY_FORMATS) -> bytes:
+def drop_topology_units(bitstream: bytes,
+                        storage_formats: Iterable[int] | None = REFERENCE_UNSUPPORTED_TOPOLOGY_FORMATS) -> bytes:
     """A copy of ``bitstream`` without its NNR_TPL units of the given storage formats (``None``: all of them)."""
     fmts = None if storage_formats is None else set(int(f) for f in storage_formats)
     parts = []

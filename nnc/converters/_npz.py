@@ -17,12 +17,13 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         screen_npz(path)      # declared vs compressed sizes, .npy headers vs entry sizes, the decoder budget
     try:
         z = np.load(path, allow_pickle=False)
-    except FileNotFoundError as e:
+    except FileNotFoundError:
         raise ModelFormatError(f"cannot read {path!r}: no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         # numpy's own text would suggest allow_pickle, which nnc never uses: say it in nnc's words
         raise ModelFormatError(f"{path!r} is not an .npz archive (a zip of .npy arrays as numpy.savez writes), or "
-                               "it is truncated; check the file, or pass --format if it is another model format") from None
+                               "it is truncated; check the file, or pass --format if it is another model "
+                               "format") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ModelFormatError(f"{path!r} is a single .npy array, not an .npz archive of named arrays")
     out: dict[str, np.ndarray] = {}
@@ -30,7 +31,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         for name in z.files:
             try:
                 arr = z[name]
-            except ValueError as e:  # object arrays need pickle, which we refuse
+            except ValueError:  # object arrays need pickle, which we refuse
                 raise ModelFormatError(f"{path!r}: array {name!r} holds Python objects, which nnc never unpickles; "
                                        "save numeric arrays only") from None
             except (OSError, zipfile.BadZipFile, EOFError, KeyError):

@@ -471,7 +471,8 @@ def _slot_array(t, base_dir) -> np.ndarray:
         raise ModelFormatError(f"tensor {t.name!r}: cannot read its data: {e}") from None
 
 
-def _zero_point_for(arr: np.ndarray, uses: list, values: Mapping[str, object], base_dir) -> tuple[int, np.ndarray] | None:
+def _zero_point_for(arr: np.ndarray, uses: list, values: Mapping[str, object],
+                    base_dir) -> tuple[int, np.ndarray] | None:
     """The zero point (axis, values) shared by every consumer of an integer weight, or None (none, unknown,
     blocked or disagreeing between consumers)."""
     found = None
@@ -780,7 +781,8 @@ def _lookup(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     try:
         return tensors[name]
     except KeyError:
-        raise ModelFormatError(f"the ONNX topology needs tensor {name!r}, which is not among the decoded tensors") from None
+        raise ModelFormatError(f"the ONNX topology needs tensor {name!r}, which is not among the decoded "
+                               "tensors") from None
 
 
 def to_onnx(tensors: Mapping[str, np.ndarray], topology: Topology):

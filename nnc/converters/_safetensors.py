@@ -77,7 +77,8 @@ class SafetensorsFile:
             dname = _ST_TO_NAME[st_dtype]
             storage = np.dtype(_STORAGE[dname])
             count = int(np.prod(shape, dtype=np.int64))
-            if any(d < 0 for d in shape) or not (0 <= begin <= end <= data_len) or end - begin != count * storage.itemsize:
+            if any(d < 0 for d in shape) or not (0 <= begin <= end <= data_len) or \
+                    end - begin != count * storage.itemsize:
                 raise ModelFormatError(f"{path!r}: tensor {name!r} has inconsistent offsets {begin}..{end} for shape "
                                        f"{shape} {st_dtype} (data section {data_len} bytes; truncated file?)")
             self.entries[name] = (dname, shape, int(begin), int(end))

@@ -121,7 +121,7 @@ def load_torch_file(path: str, *, model_state_only: bool = False, notes: list | 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             break
-        except pickle.UnpicklingError as e:
+        except pickle.UnpicklingError:
             raise ModelFormatError(
                 f"{path!r} holds objects other than tensors and plain containers; nnc loads PyTorch files only "
                 f"with torch.load(weights_only=True) and refuses arbitrary pickles. Save model.state_dict() "
@@ -150,8 +150,8 @@ def load_torch_file(path: str, *, model_state_only: bool = False, notes: list | 
         if chosen is not None:
             obj = obj[chosen]
         elif others:
-            raise ModelFormatError(f"{path!r} is a checkpoint with several state_dicts ({', '.join(map(repr, others))}); "
-                                   f"save the one to code on its own")
+            raise ModelFormatError(f"{path!r} is a checkpoint with several state_dicts "
+                                   f"({', '.join(map(repr, others))}); save the one to code on its own")
     if not isinstance(obj, Mapping):
         raise ModelFormatError(f"{path!r} holds a {type(obj).__name__}, not a state_dict (mapping of names to tensors)")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]

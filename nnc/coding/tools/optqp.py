@@ -17,7 +17,8 @@ __all__ = ["modify_qps"]
 
 
 def modify_qps(tensors: Mapping[str, np.ndarray], qps: Mapping[str, int]) -> dict[str, int]:
-    """New qps for the weight tensors (rank > 1 arrays, as NNCodec types them) of ``tensors``; other entries are kept."""
+    """New qps for the weight tensors (rank > 1 arrays, as NNCodec types them) of ``tensors``; other entries are
+    kept."""
     out = dict(qps)
     names, sizes, stds = [], [], []
     for name, a in tensors.items():

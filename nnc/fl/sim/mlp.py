@@ -85,7 +85,7 @@ def train_local(params, x, y, *, epochs: int = 1, lr: float = 0.05, batch: int =
 
 
 # --------------------------------------------------------------------------------------------------------
-# numpy model helpers for distillation 
+# numpy model helpers for distillation
 # --------------------------------------------------------------------------------------------------------
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(1, keepdims=True)
