@@ -78,6 +78,60 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
         LIVE_TEMPORARIES.discard(tmp_path)
 
 
+@contextlib.contextmanager
+def atomic_stream(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes ``path`` only when the block completes (written as it is produced).
+
+    On Linux the file is created unnamed (``O_TMPFILE``) in the target's directory, so a process killed
+    mid-write (even by SIGKILL) leaves nothing behind; at the end it is given a temporary name and renamed over
+    the target. Elsewhere (or where the file system has no ``O_TMPFILE``) this is :func:`atomic_output`.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "the output is a directory, not a file", str(target))
+    if not directory.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(directory))
+    flag = getattr(os, "O_TMPFILE", None)
+    fd = proc = None
+    if flag is not None:
+        with contextlib.suppress(OSError):
+            proc = os.open("/proc/self/fd", os.O_RDONLY)
+            fd = os.open(directory, flag | os.O_WRONLY, 0o600)
+    if fd is None:
+        if proc is not None:
+            os.close(proc)
+        with atomic_output(target) as tmp, open(tmp, "wb") as f:
+            yield f
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _final_mode(target))
+            for _ in range(100):        # a unique name for the instant between link and rename
+                tmp = directory / f".{target.name}.{os.urandom(6).hex()}.tmp"
+                try:   # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N names the unnamed file
+                    os.link(str(f.fileno()), tmp, src_dir_fd=proc, follow_symlinks=True)
+                    break
+                except FileExistsError:
+                    continue
+            else:  # pragma: no cover
+                raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
+    finally:
+        os.close(proc)
+    LIVE_TEMPORARIES.add(tmp)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    finally:
+        LIVE_TEMPORARIES.discard(tmp)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_output(path) as tmp:

@@ -797,7 +797,8 @@ def _from_report(path: str, report) -> BitstreamError | None:
 
 def _cmd_decode(a) -> int:
     _existing_input(a.input)
-    to_folder = a.output.endswith(("/", os.sep)) or os.path.isdir(a.output)   # a Hugging Face sharded folder
+    # a Hugging Face sharded folder (safetensors; another --format keeps the "is a folder" refusal)
+    to_folder = (a.output.endswith(("/", os.sep)) or os.path.isdir(a.output)) and a.format in (None, "safetensors")
     fmt = "safetensors" if to_folder else _format_of(a.output, a.format, "output")
     if a.template is not None:
         if fmt != "pytorch":

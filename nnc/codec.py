@@ -17,7 +17,7 @@ import numpy as np
 
 from . import bitstream as bs
 from . import deepcabac
-from ._atomic import atomic_output
+from ._atomic import atomic_stream
 from .bitstream.source import as_bytes
 from .coding import tools as _tools
 from .coding.dtypes import (BFLOAT16, coding_kind, dtype_record, float32_view, format_for_dtype,
@@ -287,9 +287,8 @@ class Encoder:
         if hasattr(dest, "write"):
             write(dest)
         else:
-            with atomic_output(os.fspath(dest), suffix=".tmp") as tmp:
-                with open(tmp, "wb") as f:
-                    write(f)
+            with atomic_stream(os.fspath(dest)) as f:   # nothing named until complete, even if killed
+                write(f)
         return summary
 
     def iter_units(self, tensors: Mapping[str, np.ndarray], *, topology: Topology | None = None,

@@ -47,19 +47,19 @@ def test_killed_encode_leaves_old_output_intact(tmp_path):
 
 _SIGTERM_MID_WRITE = textwrap.dedent(r"""
     import os, signal, sys, time
-    import nnc._atomic as A
+    import nnc.codec as C
     from nnc.cli import main
 
-    def write_half_then_die(path, data):
-        with A.atomic_output(path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                print("TEMP", tmp, flush=True)
-                os.kill(os.getpid(), signal.SIGTERM)   # e.g. a scheduler stopping the job
+    real = C.Encoder.iter_units
+
+    def half_then_die(self, *args, **kwargs):
+        for i, unit in enumerate(real(self, *args, **kwargs)):
+            yield unit
+            if i == 2:                                   # STR, MPS, TPL written: the output is in progress
+                print("TEMP", flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)     # e.g. a scheduler stopping the job
                 time.sleep(30)
-                f.write(data[len(data) // 2:])
-    A.write_bytes_atomic = write_half_then_die
+    C.Encoder.iter_units = half_then_die
     sys.exit(main(sys.argv[1:]))
 """)
 

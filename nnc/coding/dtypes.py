@@ -64,7 +64,7 @@ def recorded_dtypes(topology) -> dict[str, str]:
         return {}
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):   # hostile nesting too: the converters report it
         return {}
     d = obj.get("dtypes") if isinstance(obj, dict) else None
     return {str(k): str(v) for k, v in d.items()} if isinstance(d, dict) else {}
