@@ -45,6 +45,31 @@ def remove_live_temporaries() -> None:
         LIVE_TEMPORARIES.discard(tmp)
 
 
+def _checked_target(path) -> tuple[Path, Path]:
+    """(target, its directory), checked first so that an error names the target (not a temporary file) and
+    nothing is created."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "the output is a directory, not a file", str(target))
+    if not directory.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(directory))
+    return target, directory
+
+
+def _rename_into(tmp: Path, target: Path) -> None:
+    """Rename the finished temporary file ``tmp`` (registered in LIVE_TEMPORARIES) over ``target``; on failure
+    it is removed."""
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    finally:
+        LIVE_TEMPORARIES.discard(tmp)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; on success rename it to ``path``.
@@ -52,13 +77,7 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     The temporary name keeps the target's suffix (some writers, e.g. ``np.savez``, look at it).
     On any exception the temporary file is removed and the target is untouched.
     """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    # checked first, so that the error names the target (not the temporary file) and nothing is created
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "the output is a directory, not a file", str(target))
-    if not directory.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(directory))
+    target, directory = _checked_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix,
                                dir=directory)
     os.close(fd)
@@ -69,13 +88,12 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp_path, _final_mode(target))
-        os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
-        raise
-    finally:
         LIVE_TEMPORARIES.discard(tmp_path)
+        raise
+    _rename_into(tmp_path, target)
 
 
 @contextlib.contextmanager
@@ -86,12 +104,7 @@ def atomic_stream(path: str | os.PathLike) -> Iterator[BinaryIO]:
     mid-write (even by SIGKILL) leaves nothing behind; at the end it is given a temporary name and renamed over
     the target. Elsewhere (or where the file system has no ``O_TMPFILE``) this is :func:`atomic_output`.
     """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "the output is a directory, not a file", str(target))
-    if not directory.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(directory))
+    target, directory = _checked_target(path)
     flag = getattr(os, "O_TMPFILE", None)
     fd = proc = None
     if flag is not None:
@@ -122,14 +135,7 @@ def atomic_stream(path: str | os.PathLike) -> Iterator[BinaryIO]:
     finally:
         os.close(proc)
     LIVE_TEMPORARIES.add(tmp)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    finally:
-        LIVE_TEMPORARIES.discard(tmp)
+    _rename_into(tmp, target)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:
