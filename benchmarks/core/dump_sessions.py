@@ -45,7 +45,8 @@ def main() -> None:
 
     dc._core.encode = recording_encode
     try:
-        data = nnc.encode(tensors, nnc.EncoderConfig(qp=a.qp, dq=not a.no_dq))
+        # one thread: the sessions are recorded in coding order (tensors on several threads would interleave)
+        data = nnc.encode(tensors, nnc.EncoderConfig(qp=a.qp, dq=not a.no_dq, threads=1))
     finally:
         dc._core.encode = real_encode
     with open(a.out, "wb") as f:
