@@ -252,16 +252,6 @@ class UpdateDecoder:
         self._decoder = Decoder(config)
         self.state = UpdateState()
         self.model = ({k: np.array(v, copy=True) for k, v in base.items()} if base is not None else None)
-        #: what the decoder reconstructs from the last update (the coded tensors only), name -> float32
-        self.last_reconstruction: dict[str, np.ndarray] = {}
-
-    def set_config(self, config: EncoderConfig) -> None:
-        """Change the quantisation settings (e.g. the QP) for the following updates; the update history that
-        TCA and HDSP use is kept."""
-        if not isinstance(config, EncoderConfig) or config.profile != 1:
-            raise ConfigError("set_config needs an EncoderConfig with profile 1")
-        self.config = config
-        self._encoder = Encoder(config)
 
     def decode_model(self, bitstream) -> DecodedModel:
         """Decode the next update; returns the decoded differences with their coding details."""
