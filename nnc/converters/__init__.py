@@ -180,15 +180,14 @@ def _load_folder(path: str, format: str | None) -> LoadedModel:
                            f"({', '.join(FOLDER_FILES)}); name the file")
 
 
-def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
-    """A checkpoint split into shards (``*.index.json`` with a ``weight_map`` name -> shard file): the shards'
-    tensors in shard order, each shard in its own order, as one model."""
+def _read_shard_index(index_path: str) -> tuple[list[str], dict]:
+    """(shard file names in first-use order, weight_map) of a ``*.index.json``, each shard checked to be a file
+    in the index's folder."""
     import json
     folder = os.path.dirname(index_path)
     try:
         with open(index_path, "rb") as f:
-            index = json.loads(f.read(16 << 20).decode("utf-8"))
-        weight_map = index["weight_map"]
+            weight_map = json.loads(f.read(16 << 20).decode("utf-8"))["weight_map"]
         if not (isinstance(weight_map, dict) and weight_map
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
             raise TypeError("weight_map must map tensor names to shard file names")
@@ -200,6 +199,14 @@ def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
             raise ModelFormatError(f"{index_path!r}: shard {shard!r} is not a file name in the index's folder")
         if not os.path.isfile(os.path.join(folder, shard)):
             raise ModelFormatError(f"{index_path!r}: shard {shard!r} does not exist")
+    return shards, weight_map
+
+
+def _load_sharded(index_path: str, format: str | None) -> LoadedModel:
+    """A checkpoint split into shards (``*.index.json`` with a ``weight_map`` name -> shard file): the shards'
+    tensors in shard order, each shard in its own order, as one model."""
+    folder = os.path.dirname(index_path)
+    shards, weight_map = _read_shard_index(index_path)
     tensors: dict[str, np.ndarray] = {}
     merged = None
     order: list[str] = []
@@ -263,7 +270,6 @@ class LazyTensors(_abc.Mapping):
 def _safetensors_paths(path: str) -> tuple[list[str], dict | None] | None:
     """The safetensors file(s) of ``path`` (a file, a folder with model.safetensors or a sharded index) and
     the index's weight map; None when ``path`` is not safetensors."""
-    import json
     if os.path.isdir(path):
         single = os.path.join(path, "model.safetensors")
         index = os.path.join(path, "model.safetensors.index.json")
@@ -273,22 +279,8 @@ def _safetensors_paths(path: str) -> tuple[list[str], dict | None] | None:
             return None
         path = index
     if path.endswith(".safetensors.index.json"):
-        try:
-            with open(path, "rb") as f:
-                weight_map = json.loads(f.read(16 << 20).decode("utf-8"))["weight_map"]
-            if not (isinstance(weight_map, dict) and weight_map
-                    and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
-                raise TypeError("weight_map must map tensor names to shard file names")
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-            raise ModelFormatError(f"{path!r} is not a readable shard index: {e}") from None
-        folder = os.path.dirname(path)
-        shards = list(dict.fromkeys(weight_map.values()))
-        for shard in shards:
-            if os.path.basename(shard) != shard or shard in ("", ".", ".."):
-                raise ModelFormatError(f"{path!r}: shard {shard!r} is not a file name in the index's folder")
-            if not os.path.isfile(os.path.join(folder, shard)):
-                raise ModelFormatError(f"{path!r}: shard {shard!r} does not exist")
-        return [os.path.join(folder, s) for s in shards], weight_map
+        shards, weight_map = _read_shard_index(path)
+        return [os.path.join(os.path.dirname(path), s) for s in shards], weight_map
     if os.path.splitext(path)[1].lower() == ".safetensors":
         return [path], None
     return None
