@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Mapping
 
@@ -42,16 +42,23 @@ def resolve_threads(threads: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _ordered_map(fn: Callable, items, threads: int, window: int | None = None) -> Iterator:
+def _ordered_map(fn: Callable, items, threads: int, window: int | None = None, *,
+                 costs: "list[tuple[int, int]] | None" = None, cap: int | None = None) -> Iterator:
     """``map(fn, items)`` on ``threads`` worker threads, results yielded in input order as they complete.
 
     At most ``threads`` items run at once, and at most ``window`` (default ``4 * threads``) have been
     submitted and not yet yielded, so memory stays bounded by a few items whatever the length of ``items``
     (``items`` may be a lazy iterator: it is consumed no faster than results are taken). On an error the
-    items not started are cancelled and the first error in input order is raised."""
+    items not started are cancelled and the first error in input order is raised.
+
+    With ``costs`` (``items`` a sequence; per item: bytes in use while it runs, bytes its result holds until
+    it is yielded) the items are scheduled largest first instead (see :func:`_largest_first`)."""
     if threads <= 1:
         for x in items:
             yield fn(x)
+        return
+    if costs is not None:
+        yield from _largest_first(fn, list(items), threads, costs, cap, window or 64 * threads)
         return
     window = window or 4 * threads
     pending: collections.deque = collections.deque()
@@ -65,6 +72,55 @@ def _ordered_map(fn: Callable, items, threads: int, window: int | None = None) -
                 yield pending.popleft().result()
         finally:
             for f in pending:
+                f.cancel()
+
+
+def _largest_first(fn: Callable, items: list, threads: int, costs: list[tuple[int, int]], cap: int | None,
+                   lookahead: int) -> Iterator:
+    """The scheduler of :func:`_ordered_map` with costs. In input order, one large tensor near the end (or the
+    start) of a model leaves every other thread idle while it alone is coded; so a free thread takes the most
+    expensive item not yet started among the next ``lookahead`` ones whose cost fits: everything started and
+    not yet yielded (running items at their running cost, finished ones at what their result holds) stays
+    within ``cap`` bytes (default: the ``threads`` largest running costs, what running in input order can
+    hold at once). The next item to yield may always start, so a single item over ``cap`` still runs.
+    Results are yielded in input order, so the output does not depend on the schedule."""
+    n = len(items)
+    run = [int(c[0]) for c in costs]
+    held_after = [int(c[1]) for c in costs]
+    if cap is None:
+        cap = sum(sorted(run, reverse=True)[:threads])
+    futures: dict[int, object] = {}
+    running: dict[object, int] = {}
+    held = 0
+    head = 0
+    with ThreadPoolExecutor(threads) as pool:
+        try:
+            while head < n:
+                while len(running) < threads:
+                    pick = None
+                    for j in range(head, min(n, head + lookahead)):
+                        if j not in futures and held + run[j] <= cap and (pick is None or run[j] > run[pick]):
+                            pick = j
+                    if pick is None and head not in futures:
+                        pick = head
+                    if pick is None:
+                        break
+                    f = pool.submit(fn, items[pick])
+                    futures[pick] = f
+                    running[f] = pick
+                    held += run[pick]
+                if running:
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for f in done:
+                        j = running.pop(f)
+                        held += held_after[j] - run[j]
+                while head < n and head in futures and futures[head].done():
+                    f = futures.pop(head)
+                    held -= held_after[head]
+                    head += 1
+                    yield f.result()
+        finally:
+            for f in futures.values():
                 f.cancel()
 
 
@@ -324,7 +380,8 @@ class Encoder:
             yield bs.start_unit(cfg.profile)
             yield bs.mps_unit(profile=cfg.profile, qp_density=cfg.qp_density, parent_signalling=False)
             yield bs.tpl_unit(topology)
-            for unit, n, nbytes in _ordered_map(one, items, self.threads):
+            for unit, n, nbytes in _ordered_map(one, items, self.threads,
+                                                 costs=_encode_costs(tensors, items) if self.threads > 1 else None):
                 if summary is not None:
                     summary.tensors += 1
                     summary.parameters += n
@@ -339,6 +396,27 @@ class Encoder:
     def _map(self, fn, items: list) -> list:
         """``[fn(x) for x in items]`` on ``config.threads`` threads, in order."""
         return list(_ordered_map(fn, items, min(self.threads, max(1, len(items)))))
+
+
+def _encode_costs(tensors: Mapping, items: list) -> "list[tuple[int, int]] | None":
+    """Per item of :meth:`Encoder._sources` (bytes while it is coded, bytes of its NDU until written), from the
+    shapes without reading a tensor: a lazy mapping's ``shapes()`` (``nnc.converters.open_model``) or a
+    dict's arrays; None (input order) when neither says. While coded a tensor holds its input, a float32 copy
+    and int32 levels; its NDU is counted at one byte per element (coded NDUs are smaller)."""
+    shapes = getattr(tensors, "shapes", None)
+    try:
+        if callable(shapes):
+            sizes = {k: math.prod(v) for k, v in shapes().items()}
+            itemsize = dict.fromkeys(sizes, 4)
+        elif type(tensors) is dict:       # a subclass may read lazily in __getitem__
+            arrays = {k: v for k, v in tensors.items() if isinstance(v, np.ndarray)}
+            sizes = {k: int(v.size) for k, v in arrays.items()}
+            itemsize = {k: int(v.itemsize) for k, v in arrays.items()}
+        else:
+            return None
+        return [(sizes[name] * (itemsize[name] + 8), sizes[name]) for _, name, _ in items]
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -499,9 +577,12 @@ class DecodeStream:
         jobs, self._jobs = self._jobs, []
         # Block rows of one tensor (entry points) use the same threads as the NDUs: the core joins its row
         # threads before returning, so at most threads x threads short-lived threads exist.
-        # window threads + 1: decoded tensors wait for the one before them in memory; this bounds how many.
+        # Largest first, within what the budget counted in flight (the ``threads`` largest transients):
+        # decoded tensors that wait for the ones before them stay inside that bound.
+        costs = [(j.run_cost, j.done_cost) for j in jobs]
+        cap = max([sum(self.budget.transients)] + [c[0] for c in costs])
         for tensors in _ordered_map(lambda j: _run_ndu(j, self._threads, self._release, self._levels),
-                                    jobs, self._threads, window=self._threads + 1):
+                                    jobs, self._threads, costs=costs, cap=cap):
             yield from tensors
 
     def _release(self, job: "_NduJob") -> None:
@@ -612,6 +693,8 @@ class _NduJob:
     plan: NduPlan
     ctx: _StreamContext
     entry_points: list | None = None     # per coded tensor: the signalled entry points (or None)
+    run_cost: int = 0                    # bytes in use while it decodes (what the budget counts in flight)
+    done_cost: int = 0                   # bytes its decoded tensors hold until they are taken
 
 
 def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state,
@@ -627,6 +710,7 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
         raise UnsupportedFeatureError("incremental (parent) NNR_PT_BLOCK NDUs are not supported")
     plan = plan_ndu(h, profile=ctx.profile, qp_density=ctx.qp_density, unit_index=unit.index,
                     max_rank=cfg.max_rank, max_codebook_size=cfg.max_codebook_size)
+    run_cost = done_cost = 0
     for m in plan.members:
         n = math.prod(m.shape)
         cb = m.kind == "codebook"
@@ -635,12 +719,15 @@ def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget,
         held, transient = _tensor_cost(n, m.shape[0], deepcabac.block_row_count(m.coding), itemsize,
                                        levels_are_output, state is not None, 16 * len(plan.codebook[0]) if cb else 0)
         if not hold_outputs:
+            done_cost += held
             held, transient = 0, held + transient
         budget.take_tensor(n, held, transient, unit.index, m.name)
+        run_cost += transient
     if state is not None:
         plan = with_history(plan, h, state)
     eps = _signalled_entry_points(h)
-    return _NduJob(unit, plan, ctx, [eps if m.role in ("tensor", "weight") else None for m in plan.members])
+    return _NduJob(unit, plan, ctx, [eps if m.role in ("tensor", "weight") else None for m in plan.members],
+                   run_cost, done_cost)
 
 
 def _signalled_entry_points(h) -> list | None:

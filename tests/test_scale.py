@@ -292,3 +292,86 @@ def test_streaming_safetensors_output_restores_tied_and_0d_tensors(tmp_path):
     assert np.array_equal(got["head"], eager["head"]) and np.array_equal(got["emb"], eager["emb"])
     assert rec.get("shapes", {}).get("step") == [] and got["step"].reshape(()) == 5
     assert str(got["w"].dtype) == "bfloat16" and np.array_equal(got["w"], eager["w"])
+
+
+def _late_giant():
+    """Four small tensors and a large one last: coded in input order, the large one would run alone at the end."""
+    rng = np.random.default_rng(3)
+    w = {f"small{i}": (rng.standard_normal((64, 32)) * 0.02).astype(np.float32) for i in range(4)}
+    w["giant"] = (rng.standard_normal((512, 64)) * 0.02).astype(np.float32)
+    return w
+
+
+def test_a_large_tensor_late_in_the_model_is_coded_first_and_the_bytes_do_not_change():
+    w = _late_giant()
+    log = []
+
+    class Lazy(dict):          # nnc.converters.open_model's shape: shapes() without reading a tensor
+        def __getitem__(self, k):
+            log.append(k)
+            return dict.__getitem__(self, k)
+
+        def shapes(self):
+            return {k: list(v.shape) for k, v in dict.items(self)}
+
+        def dtype_names(self):
+            return {k: str(v.dtype) for k, v in dict.items(self)}
+
+    data = b"".join(nnc.Encoder(nnc.EncoderConfig(threads=2)).iter_units(Lazy(w)))
+    assert "giant" in log[:2], log
+    assert sorted(log) == sorted(w)
+    assert data == nnc.encode(w, nnc.EncoderConfig(threads=1))
+
+
+def test_a_large_tensor_late_in_the_bitstream_is_decoded_first_and_yielded_in_order(monkeypatch):
+    w = _late_giant()
+    data = nnc.encode(w, nnc.EncoderConfig(threads=1))
+    ref = nnc.decode(data, nnc.DecoderConfig(threads=1))
+    sizes = []
+    real = deepcabac.decode_payload
+
+    def spy(payload, tensors, **kw):
+        sizes.append(tensors[0].size)
+        return real(payload, tensors, **kw)
+
+    monkeypatch.setattr(deepcabac, "decode_payload", spy)
+    got = [(t.name, t.array) for t in nnc.Decoder(nnc.DecoderConfig(threads=2)).stream(data, levels=False)]
+    assert w["giant"].size in sizes[:2], sizes
+    assert [k for k, _ in got] == list(w)
+    for k, a in got:
+        assert np.array_equal(a, ref[k]), k
+
+
+def test_largest_first_schedule_stays_within_its_memory_cap():
+    """Items started and not yet yielded never hold more than the cap plus one item (the next to yield may
+    always start); the largest item that fits starts first; results come in input order."""
+    import threading
+    import time
+
+    from nnc.codec import _ordered_map
+
+    costs = [(10, 2), (10, 2), (50, 5), (10, 2), (40, 4), (10, 2), (10, 2), (60, 6)]
+    cap = 70
+    lock = threading.Lock()
+    state = {"held": 0, "peak": 0}
+    started = []
+
+    def fn(i):
+        with lock:
+            started.append(i)
+            state["held"] += costs[i][0]
+            state["peak"] = max(state["peak"], state["held"])
+        time.sleep(0.002 * costs[i][0] / 10)
+        with lock:
+            state["held"] += costs[i][1] - costs[i][0]
+        return i
+
+    order = []
+    for i in _ordered_map(fn, list(range(len(costs))), 3, costs=costs, cap=cap):
+        order.append(i)
+        with lock:
+            state["held"] -= costs[i][1]
+    assert order == list(range(len(costs)))
+    assert sorted(started) == order
+    assert 7 in started[:2], started
+    assert state["peak"] <= cap + max(c[0] for c in costs), state
