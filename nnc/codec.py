@@ -20,8 +20,8 @@ from . import deepcabac
 from ._atomic import atomic_stream
 from .bitstream.source import as_bytes
 from .coding import tools as _tools
-from .coding.dtypes import (BFLOAT16, coding_kind, dtype_record, float32_view, format_for_dtype,
-                            recorded_dtypes)
+from .coding.dtypes import (bfloat16_dtype, coding_kind, dtype_record, float32_view, format_for_dtype,
+                            is_bfloat16, recorded_dtypes)
 from .coding.ndu import NduParent, NduPlan, effective_scan, plan_ndu, signalled_scan, with_history
 from .coding.quant import quantize_tensor, reconstruct_codebook, step_size
 from .config import DecoderConfig, EncoderConfig, default_decoder_config
@@ -603,8 +603,8 @@ class DecodeStream:
 
 def _result_dtype(job: "_NduJob", name: str, kind: str) -> np.dtype:
     recorded = job.ctx.recorded.get(name)
-    if recorded == "bfloat16" and kind != "int" and BFLOAT16 is not None:
-        return BFLOAT16
+    if recorded == "bfloat16" and kind != "int" and bfloat16_dtype() is not None:
+        return bfloat16_dtype()
     if recorded in _UNSIGNALLED and kind == "int":
         return np.dtype(recorded)
     if job.plan.out_dtype is not None:
@@ -804,7 +804,7 @@ def _check_fits(name: str, ends: np.ndarray, dtype, unit_index: int) -> None:
     level, so the ends decide): refuse values that would become inf or wrap in the output dtype."""
     dtype = np.dtype(dtype)
     lo, hi = ends.min(), ends.max()
-    if dtype.kind == "f" or dtype == BFLOAT16:
+    if dtype.kind == "f" or is_bfloat16(dtype):
         with np.errstate(over="ignore", invalid="ignore"):
             cast = ends.astype(dtype).astype(np.float64)
         if not np.isfinite(ends).all() or not np.isfinite(cast).all():

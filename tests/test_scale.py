@@ -375,3 +375,17 @@ def test_largest_first_schedule_stays_within_its_memory_cap():
     assert sorted(started) == order
     assert 7 in started[:2], started
     assert state["peak"] <= cap + max(c[0] for c in costs), state
+
+
+def test_import_nnc_does_not_import_ml_dtypes_until_bfloat16_is_needed():
+    """ml_dtypes takes ~1.5 s to import with numpy 2.4 (its ufunc loops): nnc loads it only for bfloat16."""
+    code = ("import sys, numpy as np, nnc\n"
+            "assert 'ml_dtypes' not in sys.modules\n"
+            "w = {'a': np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)}\n"
+            "out = nnc.decode(nnc.encode(w))\n"
+            "assert 'ml_dtypes' not in sys.modules, 'float32 coding imported ml_dtypes'\n"
+            "import ml_dtypes\n"
+            "b = {'a': w['a'].astype(ml_dtypes.bfloat16)}\n"
+            "assert nnc.decode(nnc.encode(b))['a'].dtype == ml_dtypes.bfloat16\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr

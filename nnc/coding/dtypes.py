@@ -4,19 +4,38 @@ from __future__ import annotations
 from enum import IntEnum
 
 import json
+import sys
 
 import numpy as np
 
 from ..errors import InputError
 
-try:  # ml_dtypes is a numpy dependency of jax/tensorflow and the usual numpy bfloat16; optional here
-    from ml_dtypes import bfloat16 as _ml_bfloat16
-    BFLOAT16: np.dtype | None = np.dtype(_ml_bfloat16)
-except ImportError:  # pragma: no cover - exercised only without ml_dtypes
-    BFLOAT16 = None
+# ml_dtypes gives numpy its usual bfloat16 (jax, tensorflow and torch's numpy views use it). It is imported on
+# first need, not with nnc: importing it registers its ufunc loops one by one, which takes 1.5 s with numpy 2.4
+# (measured: ml_dtypes 0.7.0) -- longer than everything else `import nnc` does. No bfloat16 array can exist
+# before ml_dtypes is imported, so until then nothing is bfloat16.
+_BF16: "list[np.dtype | None]" = []
 
-__all__ = ["DecompressedDataFormat", "coding_kind", "format_for_dtype", "dtype_for_format", "BFLOAT16",
-           "is_bfloat16", "is_float", "float32_view", "recorded_dtypes", "dtype_record"]
+
+def bfloat16_dtype() -> "np.dtype | None":
+    """numpy's bfloat16 (``ml_dtypes.bfloat16``), imported on first use; None without ml_dtypes."""
+    if not _BF16:
+        try:
+            from ml_dtypes import bfloat16
+            _BF16.append(np.dtype(bfloat16))
+        except ImportError:  # pragma: no cover - exercised only without ml_dtypes
+            _BF16.append(None)
+    return _BF16[0]
+
+
+def __getattr__(name: str):
+    if name == "BFLOAT16":      # the dtype as a module constant, for code that imports it by name
+        return bfloat16_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DecompressedDataFormat", "coding_kind", "format_for_dtype", "dtype_for_format",
+           "bfloat16_dtype", "is_bfloat16", "is_float", "float32_view", "recorded_dtypes", "dtype_record"]
 
 #: Marker key of the JSON record in an NNR_TPL unit (storage format 0/3) that names original dtypes the
 #: standard has no ``nnr_decompressed_data_format`` code for (bfloat16). Shared with nnc.converters, which
@@ -27,7 +46,10 @@ RECORD_VERSION = 1
 
 def is_bfloat16(dtype) -> bool:
     """True for ml_dtypes' bfloat16 (what ``torch.Tensor.numpy()`` cannot give, but jax/ml_dtypes arrays do)."""
-    return BFLOAT16 is not None and np.dtype(dtype) == BFLOAT16
+    if "ml_dtypes" not in sys.modules:
+        return False
+    bf16 = bfloat16_dtype()
+    return bf16 is not None and np.dtype(dtype) == bf16
 
 
 def is_float(dtype) -> bool:
