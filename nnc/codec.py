@@ -577,7 +577,7 @@ class DecodeStream:
         jobs, self._jobs = self._jobs, []
         # Block rows of one tensor (entry points) use the same threads as the NDUs: the core joins its row
         # threads before returning, so at most threads x threads short-lived threads exist.
-        # Largest first, within what the budget counted in flight (the ``threads`` largest transients):
+        # Largest first, within what the budget counted in flight (the largest transients, one per thread + 1):
         # decoded tensors that wait for the ones before them stay inside that bound.
         costs = [(j.run_cost, j.done_cost) for j in jobs]
         cap = max([sum(self.budget.transients)] + [c[0] for c in costs])
@@ -648,11 +648,19 @@ _CHUNK = 1 << 18
 _ENTRY_POINT_BYTES = 160
 
 
+def _in_flight_slots(threads: int | None) -> int:
+    """How many tensors' transients the decode budget counts at once: one per thread, plus one with several
+    threads, so that the largest-first schedule can keep the other threads busy while the largest tensor
+    decodes (results wait in memory for the ones before them)."""
+    n = resolve_threads(threads)
+    return n + 1 if n > 1 else 1
+
+
 class _Budget(bs.MemoryBudget):
     """The decoder's account (:class:`nnc.bitstream.MemoryBudget`): parsed headers, then per tensor the output
     and, while it decodes, its int32 levels, row-skip flags, entry points and reconstruction temporaries, all
-    checked against ``max_total_bytes`` before anything is allocated. ``threads`` tensors may be in flight at
-    once, so the largest ``threads`` transients are counted together."""
+    checked against ``max_total_bytes`` before anything is allocated. Several tensors may be in flight at
+    once, so the largest :func:`_in_flight_slots` transients are counted together."""
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__(cfg)
@@ -664,7 +672,7 @@ class _Budget(bs.MemoryBudget):
             raise LimitExceededError(f"tensor {name!r} claims {elements} elements, more than max_tensor_elements="
                                      f"{self.cfg.max_tensor_elements}", unit_index=unit_index,
                                      syntax_path="NNR_NDU.tensor_dimensions")
-        peak = sorted(self.transients + [transient], reverse=True)[:resolve_threads(self.cfg.threads)]
+        peak = sorted(self.transients + [transient], reverse=True)[:_in_flight_slots(self.cfg.threads)]
         if not self.check(held, sum(peak)):
             raise LimitExceededError(
                 f"tensor {name!r} ({elements} elements) would bring the memory decoding holds to "
