@@ -236,7 +236,8 @@ def encode_ndu(plan: TensorPlan, cfg: EncoderConfig, *, parent_signalling: bool,
                                       # bit-depth clipping of DQ levels ignores the parity rule, as NNCodec does
                                       # (spec §6 item 30): code the clipped values as the reference does
                                       allow_dq_mismatch=bool(plan.dq and cfg.bitdepth is not None))
-    payload, eps = deepcabac.encode_payload([(plan.q, coding, plan.qp or 0, options)])
+    payload, eps = deepcabac.encode_payload([(plan.q, coding, plan.qp or 0, options)],
+                                            threads=resolve_threads(cfg.threads))
     header = bs.NduHeaderSpec(
         payload_type=bs.PayloadType.NNR_PT_INT if plan.qp is None else bs.PayloadType.NNR_PT_FLOAT,
         name=plan.name,

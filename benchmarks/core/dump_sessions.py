@@ -37,11 +37,11 @@ def main() -> None:
     sessions = []
     real_encode = dc._core.encode
 
-    def recording_encode(levels, table, settings, tca, hist):
+    def recording_encode(levels, table, settings, tca, hist, *rest):
         if any(x is not None for x in tca) or any(x is not None for x in hist):
             raise SystemExit("TCA/HDSP sessions are not supported by the harness")
         sessions.append(([np.array(lv, dtype=np.int32) for lv in levels], table.copy(), settings.copy()))
-        return real_encode(levels, table, settings, tca, hist)
+        return real_encode(levels, table, settings, tca, hist, *rest)
 
     dc._core.encode = recording_encode
     try:

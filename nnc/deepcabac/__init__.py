@@ -201,7 +201,7 @@ def _entry_points(raw) -> list[EntryPoint]:
 
 
 def encode_payload(
-    items: Sequence[tuple[np.ndarray, TensorCoding, int, EncodeOptions]],
+    items: Sequence[tuple[np.ndarray, TensorCoding, int, EncodeOptions]], *, threads: int = 1,
 ) -> tuple[bytes, list[list[EntryPoint]]]:
     """Code the tensors of one NDU into one CABAC payload (terminating bin and flush included).
 
@@ -211,6 +211,10 @@ def encode_payload(
 
     Returns the payload bytes and, per tensor, the entry points to signal (empty unless the tensor has
     two or more block rows).
+
+    ``threads`` > 1 (extension): the block rows of a tensor with two or more of them (scan order > 0, at
+    least 65,536 elements) are coded on that many threads, each run of rows by a coder of its own, joined
+    into the one payload afterwards: the same bytes and entry points as on one thread.
     """
     codings = [it[1] for it in items]
     table, tca, hist = _spec_table(codings)
@@ -230,7 +234,7 @@ def encode_payload(
         opt = opt if opt is not None else EncodeOptions()
         settings[i] = (int(opt.param_opt), int(opt.row_skipping), int(opt.hdsp),
                        int(qp or 0) if c.qp_bits is not None else 0, int(opt.allow_dq_mismatch))
-    st, ti, pos, msg, payload, eps = _core.encode(levels, table, settings, tca, hist)
+    st, ti, pos, msg, payload, eps = _core.encode(levels, table, settings, tca, hist, int(max(1, threads)))
     if st == _BAD_INPUT:
         raise InputError(msg)
     if st == _BAD_CONFIG:

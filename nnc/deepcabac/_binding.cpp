@@ -67,7 +67,8 @@ std::vector<nncabac::TensorSpec> read_specs(const I64Table& table, const nb::lis
   return specs;
 }
 
-nb::tuple encode(nb::list levels, I64Table spec_table, I64Table setting_table, nb::list tca, nb::list hist) {
+nb::tuple encode(nb::list levels, I64Table spec_table, I64Table setting_table, nb::list tca, nb::list hist,
+                 int threads) {
   std::vector<nncabac::TensorSpec> specs = read_specs(spec_table, tca, hist);
   const size_t n = specs.size();
   if (nb::len(levels) != n) throw nb::value_error("one level array per tensor expected");
@@ -93,7 +94,7 @@ nb::tuple encode(nb::list levels, I64Table spec_table, I64Table setting_table, n
   nncabac::Status st;
   {
     nb::gil_scoped_release release;
-    st = nncabac::encode_session(specs.data(), settings.data(), ptrs.data(), n, out, eps, err);
+    st = nncabac::encode_session(specs.data(), settings.data(), ptrs.data(), n, out, eps, err, threads);
   }
   nb::list ep_list;
   for (const auto& v : eps) {
@@ -167,7 +168,8 @@ nb::tuple quantize(F32In x, I32Out q, int64_t height, int64_t width, float step,
 
 NB_MODULE(_core, m) {
   m.doc() = "nnc DeepCABAC core (C++)";
-  m.def("encode", &encode, "levels"_a, "specs"_a, "settings"_a, "tca"_a, "hist"_a);
+  m.def("encode", &encode, "levels"_a, "specs"_a, "settings"_a, "tca"_a, "hist"_a, "threads"_a);
   m.def("decode", &decode, "data"_a, "specs"_a, "tca"_a, "hist"_a, "outs"_a, "eps"_a, "threads"_a);
+  m.def("parallel_pass_count", &nncabac::parallel_pass_count);
   m.def("quantize", &quantize, "x"_a, "q"_a, "height"_a, "width"_a, "step"_a, "dq"_a, "scan_order"_a);
 }

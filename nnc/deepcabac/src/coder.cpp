@@ -17,6 +17,9 @@
 namespace nncabac {
 namespace {
 
+std::atomic<uint64_t> g_parallel_passes{0};  // tensors whose block rows were coded on several threads
+
+constexpr int64_t kMinParallelElements = int64_t(1) << 16;  // below this a tensor's rows are coded on one thread
 constexpr size_t kReadSlack = 2;  // bytes the decoder may virtually read past the end before giving up
 
 // A row that row skipping may leave out: every stored integer is zero (§3.11).
@@ -121,8 +124,20 @@ Status fail(ErrorInfo& err, Status st, int64_t tensor, int64_t pos, std::string 
 // Encoder for one tensor.
 class TensorEncoder {
  public:
-  TensorEncoder(ArithEncoder& enc, const TensorSpec& t, const EncodeSettings& es, const int32_t* q, int64_t index)
-      : enc_(enc), t_(t), es_(es), q_(q), index_(index), L_(t.unary_length), g_(make_geometry(t)) {}
+  TensorEncoder(ArithEncoder& enc, const TensorSpec& t, const EncodeSettings& es, const int32_t* q, int64_t index,
+                int threads = 1)
+      : enc_(enc), t_(t), es_(es), q_(q), index_(index), L_(t.unary_length), g_(make_geometry(t)),
+        threads_(g_.nw < kMinParallelElements
+                     ? 1
+                     : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, g_.block_rows)))) {}
+
+  // Where each block row starts in the payload, for the entry points (filled by the parallel pass only).
+  struct RowMark {
+    uint64_t t;      // bit position (shifts since the session started)
+    uint32_t a16;    // the coder's value A mod 2^16 there
+    uint32_t state;  // DQ state
+  };
+  std::vector<RowMark> marks;  // block rows 0..block_rows-1 (empty: rows coded serially)
 
   Status run(ErrorInfo& err) {
     const bool limited = codebook_active(t_);
@@ -165,6 +180,8 @@ class TensorEncoder {
     const bool tca = t_.tca_base != nullptr;
 
     const bool optimise = es_.param_opt && !(t_.profile == 1 && S == 1);
+    // Several threads: the block rows are split into one run per thread for the passes below.
+    if (threads_ > 1) split_rows(skip);
     std::vector<uint8_t> best(static_cast<size_t>(L_.total), 0);
     if (optimise) {
       ShadowTask task;
@@ -173,6 +190,8 @@ class TensorEncoder {
       task.skip = skip;
       task.tca = tca_active();
       task.hd = hd_active();
+      task.chunks = chunks_.data();
+      task.nchunks = static_cast<int>(chunks_.size());
       if (!(cpu_has_avx2() && shadow_best_avx2(task, best.data()))) shadow_best_portable(task, best.data());
     }
     std::vector<int> list;
@@ -184,7 +203,11 @@ class TensorEncoder {
       ctx_[i].init(e);
     }
     if (g_.block_rows > 1) enc_.reset_range();
-    dispatch_pass(skip);
+    if (chunks_.size() > 1) {
+      parallel_pass(skip);
+    } else {
+      dispatch_pass(skip);
+    }
     return Status::kOk;
   }
 
@@ -218,11 +241,21 @@ class TensorEncoder {
   // Code the levels (after the preamble and the signalled context initialisations).
   template <bool kDq, bool kTca, bool kHd>
   void pass(const uint8_t* skip) {
+    pass_rows<kDq, kTca, kHd>(enc_, ctx_.data(), skip, 0, g_.block_rows, 0, nullptr);
+  }
+
+  // Block rows [br0, br1) with coder `enc_io` and contexts `ctx`, from DQ state `state0`; with `marks`,
+  // where each later block row starts (the coder's bit length and value, after the reset).
+  template <bool kDq, bool kTca, bool kHd>
+  void pass_rows(ArithEncoder& enc_io, Context* ctx_io, const uint8_t* skip, int64_t br0, int64_t br1, int state0,
+                 std::vector<RowMark>* row_marks) {
     uint8_t skip_map[8];
     if (kDq && skip) skip_transition(g_.w, skip_map);
-    Site site{0, 0, 0, false};
-    ArithEncoder enc = enc_;  // local copy (written back below)
-    RealSink real{enc, ctx_.data()};
+    Site site{state0, 0, 0, false};
+    ArithEncoder enc = enc_io;  // local copy (written back below)
+    Context* const ctxp = ctx_io;
+    const int nctx = L_.total;
+    RealSink real{enc, ctxp};
     const int32_t* q = q_;
     const int32_t* base = t_.tca_base;
     const uint8_t* hist = t_.hdsp_history;
@@ -230,8 +263,8 @@ class TensorEncoder {
     const int64_t m_neg = m_neg_, m_pos = m_pos_;
     const int sign_mode = sign_mode_;
     const bool nothing = codebook_active(t_) && t_.codebook_size == 1;
-    traverse(
-        g_, skip,
+    traverse_rows(
+        g_, skip, br0, br1,
         [&](int64_t pos) NNC_LAMBDA_INLINE {
           const int32_t v = q[pos];
           const int64_t k = kDq ? dq_coded_level(v, site.state) : v;
@@ -246,11 +279,142 @@ class TensorEncoder {
           if (kDq) site.state = skip_map[site.state];
         },
         [&]() {
-          for (auto& c : ctx_) c.reset();
+          for (int i = 0; i < nctx; ++i) ctxp[i].reset();
           site.nb = 0;
           enc.reset_range();
+          if (row_marks)
+            row_marks->push_back(RowMark{enc.bit_length(), enc.low16(), static_cast<uint32_t>(site.state)});
         });
-    enc_ = enc;
+    enc_io = enc;
+  }
+
+  // One run of block rows per thread (chunks_), with the DQ state and the parameter-optimisation pass's
+  // neighbour class where each run starts: one quick serial walk over the levels.
+  void split_rows(const uint8_t* skip) {
+    const int64_t nbr = g_.block_rows;
+    const int T = threads_;
+    chunks_.assign(static_cast<size_t>(T), RowChunk{});
+    for (int c = 0; c < T; ++c) {
+      chunks_[static_cast<size_t>(c)].br0 = nbr * c / T;
+      chunks_[static_cast<size_t>(c)].br1 = nbr * (c + 1) / T;
+    }
+    uint8_t skip_map[8];
+    if (t_.dq && skip) skip_transition(g_.w, skip_map);
+    int state = 0, nb = 0;
+    const int32_t* q = q_;
+    const bool dq = t_.dq;
+    int next = 1;  // the next chunk whose start is wanted
+    for (int64_t br = 0; br < nbr && next < T; ++br) {
+      if (br == chunks_[static_cast<size_t>(next)].br0) {
+        chunks_[static_cast<size_t>(next)].state = state;
+        chunks_[static_cast<size_t>(next)].nb = nb;
+        ++next;
+      }
+      traverse_rows(
+          g_, skip, br, br + 1,
+          [&](int64_t pos) NNC_LAMBDA_INLINE {
+            const int32_t v = q[pos];
+            nb = neighbour_class(v);
+            if (dq) state = kDqNext[state][dq_coded_level(v, state) & 1];
+            return true;
+          },
+          [&](int64_t, int64_t, int64_t) {
+            if (dq) state = skip_map[state];
+          },
+          [&]() {});
+    }
+  }
+
+  // The block-row runs of chunks_ coded on their own threads by coders started at A = 0, then added into
+  // enc_ in order (see ArithEncoder::exact_value): the same bytes as pass(), and the marks for the entry
+  // points.
+  void parallel_pass(const uint8_t* skip) {
+    g_parallel_passes.fetch_add(1, std::memory_order_relaxed);
+    const size_t T = chunks_.size();
+    struct Run {
+      std::vector<uint8_t> buf;
+      std::vector<RowMark> marks;
+      std::vector<uint8_t> bytes;
+      int tail_bits = 0;
+      uint32_t tail = 0;
+      uint32_t range = 256;
+    };
+    std::vector<Run> runs(T);
+    const std::vector<Context> init = ctx_;
+    auto work = [&](size_t c) {
+      Run& r = runs[c];
+      ArithEncoder e(&r.buf);
+      e.start();
+      e.reset_range();
+      std::vector<Context> ctx = init;
+      const RowChunk& k = chunks_[c];
+      with_flags(
+          [&](auto dq, auto tca, auto hd) {
+            pass_rows<decltype(dq)::value, decltype(tca)::value, decltype(hd)::value>(e, ctx.data(), skip, k.br0,
+                                                                                     k.br1, k.state, &r.marks);
+          },
+          t_.dq, tca_active(), hd_active());
+      e.exact_value(r.bytes, r.tail_bits, r.tail);
+      r.range = e.range();
+      std::vector<uint8_t>().swap(r.buf);
+    };
+    std::vector<std::thread> pool;
+    for (size_t c = 1; c < T; ++c) {
+      try {
+        pool.emplace_back(work, c);
+      } catch (...) {
+        work(c);
+      }
+    }
+    work(0);
+    for (auto& th : pool) th.join();
+
+    marks.clear();
+    marks.reserve(static_cast<size_t>(g_.block_rows));
+    marks.push_back(RowMark{enc_.bit_length(), enc_.low16(), 0});
+    for (size_t c = 0; c < T; ++c) {
+      Run& r = runs[c];
+      if (c > 0) marks.push_back(RowMark{enc_.bit_length(), enc_.low16(), static_cast<uint32_t>(chunks_[c].state)});
+      const uint64_t ls = enc_.bit_length();
+      const uint32_t a16 = enc_.low16();
+      for (const RowMark& m : r.marks) {
+        const uint64_t n = m.t - 9;  // shifts of this run up to the mark
+        const uint32_t shifted = n >= 16 ? 0u : ((a16 << n) & 0xFFFFu);
+        marks.push_back(RowMark{ls + n, (shifted + m.a16) & 0xFFFFu, m.state});
+      }
+      join(r.bytes, r.tail_bits, r.tail);
+      enc_.set_range(r.range);
+      std::vector<uint8_t>().swap(r.bytes);
+    }
+  }
+
+  // enc_ := enc_ * 2^N + X for X given as bytes followed by tail_bits bits, of bit length N + 9.
+  void join(const std::vector<uint8_t>& bytes, int tail_bits, uint32_t tail) {
+    const uint64_t total = 8 * static_cast<uint64_t>(bytes.size()) + static_cast<uint64_t>(tail_bits);
+    auto bit = [&](uint64_t i) -> uint32_t {  // bit i of X, most significant first
+      if (i < 8 * bytes.size()) return (bytes[static_cast<size_t>(i >> 3)] >> (7 - (i & 7))) & 1u;
+      const uint64_t j = i - 8 * bytes.size();
+      return (tail >> (tail_bits - 1 - static_cast<int>(j))) & 1u;
+    };
+    auto bits = [&](uint64_t i, int n) -> uint32_t {  // n <= 9 bits from bit i
+      const uint64_t byte_end = 8 * static_cast<uint64_t>(bytes.size());
+      if (i + static_cast<uint64_t>(n) <= byte_end && (i >> 3) + 1 < bytes.size()) {
+        const size_t b = static_cast<size_t>(i >> 3);
+        const uint32_t w = (static_cast<uint32_t>(bytes[b]) << 16) | (static_cast<uint32_t>(bytes[b + 1]) << 8) |
+                           (b + 2 < bytes.size() ? bytes[b + 2] : 0u);
+        return (w >> (24 - static_cast<int>(i & 7) - n)) & ((1u << n) - 1u);
+      }
+      uint32_t v = 0;
+      for (int k = 0; k < n; ++k) v = (v << 1) | bit(i + static_cast<uint64_t>(k));
+      return v;
+    };
+    const int head = static_cast<int>(std::min<uint64_t>(9, total));
+    enc_.add_low(bits(0, head) << (9 - head));
+    for (uint64_t i = 9; i < total;) {
+      const int n = static_cast<int>(std::min<uint64_t>(8, total - i));
+      enc_.shift_in(bits(i, n), n);
+      i += static_cast<uint64_t>(n);
+    }
   }
 
  public:
@@ -301,6 +465,8 @@ class TensorEncoder {
   int64_t m_neg_ = kUnbounded, m_pos_ = kUnbounded;
   int sign_mode_ = 0;
   bool hdsp_ = false;
+  int threads_ = 1;
+  std::vector<RowChunk> chunks_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -556,6 +722,30 @@ class TensorDecoder {
   bool nothing_coded_ = false;
 };
 
+// Entry points of block rows 1.. from the marks of a tensor coded by TensorEncoder::parallel_pass and the
+// finished payload C: t_r = L_r - 9, and the decoder's register at a block-row start holds the first t_r + 9
+// bits of C minus A there (§1.11: value = floor(V / 128); V's low 7 bits are the next stream bits).
+std::vector<EntryPoint> entry_points_from_marks(const std::vector<TensorEncoder::RowMark>& marks,
+                                                const std::vector<uint8_t>& payload) {
+  std::vector<EntryPoint> eps;
+  auto c16 = [&](uint64_t end) -> uint32_t {  // bits [end - 16, end) of the payload (zeros before bit 0)
+    uint32_t v = 0;
+    for (int k = 16; k >= 1; --k) {
+      const uint64_t i = end >= uint64_t(k) ? end - uint64_t(k) : ~uint64_t(0);
+      uint32_t b = 0;
+      if (i != ~uint64_t(0) && (i >> 3) < payload.size()) b = (payload[static_cast<size_t>(i >> 3)] >> (7 - (i & 7))) & 1u;
+      v = (v << 1) | b;
+    }
+    return v;
+  };
+  for (size_t r = 1; r < marks.size(); ++r) {
+    const uint64_t t = marks[r].t - 9;
+    const uint32_t v8 = (c16(t + 9) - marks[r].a16) & 0xFFFFu;
+    eps.push_back(EntryPoint{v8, marks[r].state, marks[r].t - marks[r - 1].t});
+  }
+  return eps;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -565,6 +755,8 @@ void shadow_best_portable(const ShadowTask& t, uint8_t* best) {
   std::vector<ShadowContext> shadow(static_cast<size_t>(context_count(t.spec->unary_length)));
   shadow_best(t, shadow.data(), best);
 }
+
+uint64_t parallel_pass_count() { return g_parallel_passes.load(std::memory_order_relaxed); }
 
 int effective_scan_order(const TensorSpec& t) {
   if (t.width <= 1 || t.height <= 1) return 0;
@@ -594,7 +786,7 @@ Status check_spec(const TensorSpec& t, ErrorInfo& err, int64_t i) {
 
 Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, const int32_t* const* levels,
                       size_t count, std::vector<uint8_t>& out, std::vector<std::vector<EntryPoint>>& entry_points,
-                      ErrorInfo& err) {
+                      ErrorInfo& err, int threads) {
   out.clear();
   entry_points.assign(count, {});
   int64_t total = 0;
@@ -611,15 +803,22 @@ Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, c
   out.reserve(static_cast<size_t>(std::min<int64_t>(total, int64_t(1) << 26)) + 64);
   ArithEncoder enc(&out);
   enc.start();
+  // Block rows coded on several threads leave marks from which their entry points are computed.
+  std::vector<std::vector<TensorEncoder::RowMark>> marks(count);
   for (size_t i = 0; i < count; ++i) {
-    TensorEncoder te(enc, specs[i], settings[i], levels[i], int64_t(i));
+    TensorEncoder te(enc, specs[i], settings[i], levels[i], int64_t(i), threads);
     if (Status st = te.check_dq(err); st != Status::kOk) return st;
     if (Status st = te.run(err); st != Status::kOk) return st;
+    marks[i] = std::move(te.marks);
   }
   enc.finish();
 
   if (any_multi) {
-    // Entry points are measured by decoding the payload just written.
+    // Entry points: computed from the marks where there are some (then the check below decodes those block
+    // rows in parallel from them, which also checks them), otherwise measured by decoding the payload.
+    std::vector<std::vector<EntryPoint>> computed(count);
+    for (size_t i = 0; i < count; ++i)
+      if (!marks[i].empty()) computed[i] = entry_points_from_marks(marks[i], out);
     ArithDecoder dec(out.data(), out.size());
     dec.start();
     std::vector<int32_t> scratch;
@@ -627,6 +826,7 @@ Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, c
       scratch.resize(static_cast<size_t>(specs[i].height * specs[i].width));
       DecodedTensorInfo info;
       TensorDecoder td(dec, specs[i], scratch.data(), int64_t(i));
+      if (!computed[i].empty()) td.set_entry_points(computed[i].data(), computed[i].size(), threads);
       if (td.run(info, err) != Status::kOk) {
         err.status = Status::kInternal;
         err.message = "internal error: re-decoding the encoded payload failed: " + err.message;
@@ -635,6 +835,9 @@ Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, c
       const bool exact = !(specs[i].dq && settings[i].allow_dq_mismatch);
       if (exact && std::memcmp(scratch.data(), levels[i], scratch.size() * sizeof(int32_t)) != 0)
         return fail(err, Status::kInternal, int64_t(i), -1, "internal error: encoder self-check mismatch");
+      if (!computed[i].empty() && !info.parallel)
+        return fail(err, Status::kInternal, int64_t(i), -1,
+                    "internal error: the entry points of the block rows coded in parallel do not join up");
       entry_points[i] = std::move(info.entry_points);
     }
   }

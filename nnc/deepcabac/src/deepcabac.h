@@ -68,6 +68,9 @@ struct DecodedTensorInfo {
   std::vector<EntryPoint> entry_points;
 };
 
+// How many tensors this process has coded with their block rows on several threads (for tests).
+uint64_t parallel_pass_count();
+
 // Derived geometry.
 int effective_scan_order(const TensorSpec& t);
 int64_t block_row_count(const TensorSpec& t);  // 1 for scan order 0
@@ -77,9 +80,11 @@ Status check_spec(const TensorSpec& t, ErrorInfo& err, int64_t tensor_index);
 
 // Encode `count` tensors into one CABAC payload. levels[i] holds H*W stored integers (q) of tensor i in
 // row-major order. Entry points (for tensors with >= 2 block rows) are measured on the produced payload.
+// With threads > 1 the block rows of a large tensor with entry points (scan order > 0) are coded on that
+// many threads (same bytes).
 Status encode_session(const TensorSpec* specs, const EncodeSettings* settings, const int32_t* const* levels,
                       size_t count, std::vector<uint8_t>& out, std::vector<std::vector<EntryPoint>>& entry_points,
-                      ErrorInfo& err);
+                      ErrorInfo& err, int threads = 1);
 
 // Decode `count` tensors from one CABAC payload of `size` bytes into out[i] (H*W int32 each).
 // `consumed` receives the number of bytes the decoder had consumed when the terminating bin was read.

@@ -343,6 +343,61 @@ class ArithEncoder {
 
   void reset_range() { range_ = 256; }
 
+  // --- Joining separately coded block rows (parallel encoding, §3.10) -------------------------------------
+  // The coder's state is an exact integer A: the bytes written, the outstanding bytes (carry_byte_ and
+  // pending_ - 1 bytes 0xFF, which a carry may still change) and the low register's window of
+  // window_bits() bits: A = bytes * 2^window_bits() + low_. Coding a bin adds to A and shifts it; the
+  // shifts depend only on the range, so block rows that start with a range reset can be coded by
+  // encoders started at A = 0 and added in afterwards: A = A_before * 2^shifts + A_row.
+
+  // Bits of A held in the low register.
+  int window_bits() const { return 32 - bits_left_; }
+  // Bit length of A: the bits of the stream up to here plus the window (start(): 9).
+  uint64_t bit_length() const {
+    const uint64_t outstanding = pending_;
+    return 8 * (static_cast<uint64_t>(out_->size()) + outstanding) + static_cast<uint64_t>(window_bits());
+  }
+  // A mod 2^16.
+  uint32_t low16() const {
+    const int k = window_bits();
+    uint64_t bytes = 0;  // the last two bytes of (written, outstanding)
+    const size_t n = out_->size();
+    uint8_t b[2] = {0, 0};
+    int have = 0;
+    for (uint32_t i = 0; i < pending_ && have < 2; ++i, ++have) b[have] = i + 1 == pending_ ? carry_byte_ : 0xFF;
+    for (size_t i = 0; have < 2 && i < n; ++i, ++have) b[have] = (*out_)[n - 1 - i];
+    bytes = (static_cast<uint64_t>(b[1]) << 8) | b[0];
+    return static_cast<uint32_t>(((bytes << k) + low_) & 0xFFFFu);
+  }
+  // The whole of A as a byte string plus `tail_bits` (< 32) bits in `tail`: A = bytes * 2^tail_bits + tail.
+  // The encoder is left as it was. Only for an encoder started at A = 0 (no carry can leave the top).
+  void exact_value(std::vector<uint8_t>& bytes, int& tail_bits, uint32_t& tail) const {
+    bytes = *out_;
+    if (pending_ > 0) {
+      bytes.push_back(carry_byte_);
+      bytes.insert(bytes.end(), pending_ - 1, 0xFF);
+    }
+    tail_bits = window_bits();
+    uint64_t low = low_;
+    if (low >> tail_bits) {  // a carry out of the window into the bytes
+      for (size_t i = bytes.size(); i-- > 0;) {
+        if (++bytes[i] != 0) break;
+      }
+      low &= (uint64_t(1) << tail_bits) - 1;
+    }
+    tail = static_cast<uint32_t>(low);
+  }
+  // A = A * 2^n + v, v < 2^n, n <= 8: the bits of a block row coded apart, shifted in.
+  void shift_in(uint32_t v, int n) {
+    low_ = (low_ << n) | v;
+    bits_left_ -= n;
+    if (bits_left_ < 12) put_byte();
+  }
+  // A += v for v < 2^9 at the bottom of the window (the top bits of a block row coded apart).
+  void add_low(uint32_t v) { low_ += v; }
+  uint32_t range() const { return range_; }
+  void set_range(uint32_t r) { range_ = r; }
+
   // Terminating bin (value 1) followed by the flush.
   void finish() {
     range_ -= 2;

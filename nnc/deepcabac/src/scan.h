@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "deepcabac.h"
 #include "shadow.h"
@@ -213,15 +215,16 @@ struct ShadowSinkT {
 
 template <class Shadow, bool kDq, bool kTca, bool kHd>
 void shadow_pass(Shadow* shadow, int nctx, const Geometry& g, const Layout& L, const int32_t* q,
-                 const int32_t* base, const uint8_t* hist, const uint8_t* skip) {
+                 const int32_t* base, const uint8_t* hist, const uint8_t* skip, int64_t br0, int64_t br1,
+                 int state0, int nb0) {
   uint8_t skip_map[8];
   if (kDq && skip) skip_transition(g.w, skip_map);
-  Site site{0, 0, 0, false};
+  Site site{state0, nb0, 0, false};
   ShadowSinkT<Shadow> sink{shadow};
   // Each element codes at most one bin per context, so flushing every kFlushBins elements is enough.
   uint32_t until_flush = Shadow::kFlushBins;
-  traverse(
-      g, skip,
+  traverse_rows(
+      g, skip, br0, br1,
       [&](int64_t pos) NNC_LAMBDA_INLINE {
         const int32_t v = q[pos];
         if (kTca) site.base = base[pos];
@@ -266,16 +269,41 @@ void shadow_best(const ShadowTask& t, Shadow* shadow, uint8_t* best) {
   for (int i = 0; i < L.total; ++i) shadow[i].init();
   const int32_t* base = t.tca ? t.spec->tca_base : nullptr;
   const uint8_t* hist = t.hd ? t.spec->hdsp_history : nullptr;
-  with_flags(
-      [&](auto dq, auto tca, auto hd) {
-        shadow_pass<Shadow, decltype(dq)::value, decltype(tca)::value, decltype(hd)::value>(
-            shadow, L.total, g, L, t.levels, base, hist, t.skip);
-      },
-      t.spec->dq, t.tca, t.hd);
-  for (int i = 0; i < L.total; ++i) {
-    shadow[i].flush();
-    best[i] = static_cast<uint8_t>(choose_ecoidx(shadow[i].cost));
+  auto run = [&](Shadow* sh, int64_t br0, int64_t br1, int state0, int nb0) {
+    with_flags(
+        [&](auto dq, auto tca, auto hd) {
+          shadow_pass<Shadow, decltype(dq)::value, decltype(tca)::value, decltype(hd)::value>(
+              sh, L.total, g, L, t.levels, base, hist, t.skip, br0, br1, state0, nb0);
+        },
+        t.spec->dq, t.tca, t.hd);
+    for (int i = 0; i < L.total; ++i) sh[i].flush();
+  };
+  if (t.nchunks > 1 && t.chunks != nullptr) {
+    // Chunk 0 in `shadow`, the others in models of their own on threads; then the costs are added up.
+    std::vector<std::vector<Shadow>> more(static_cast<size_t>(t.nchunks - 1));
+    for (auto& m : more) {
+      m.resize(static_cast<size_t>(L.total));
+      for (auto& c : m) c.init();
+    }
+    std::vector<std::thread> pool;
+    for (int c = 1; c < t.nchunks; ++c) {
+      const RowChunk& k = t.chunks[c];
+      Shadow* sh = more[static_cast<size_t>(c - 1)].data();
+      try {
+        pool.emplace_back([&run, sh, k]() { run(sh, k.br0, k.br1, k.state, k.nb); });
+      } catch (...) {
+        run(sh, k.br0, k.br1, k.state, k.nb);  // no thread to be had: this one does it
+      }
+    }
+    run(shadow, t.chunks[0].br0, t.chunks[0].br1, t.chunks[0].state, t.chunks[0].nb);
+    for (auto& th : pool) th.join();
+    for (const auto& m : more)
+      for (int i = 0; i < L.total; ++i)
+        for (int e = 0; e < 9; ++e) shadow[i].cost[e] += m[static_cast<size_t>(i)].cost[e];
+  } else {
+    run(shadow, 0, g.block_rows, 0, 0);
   }
+  for (int i = 0; i < L.total; ++i) best[i] = static_cast<uint8_t>(choose_ecoidx(shadow[i].cost));
 }
 
 }  // namespace
