@@ -683,12 +683,26 @@ def _warn_ignored_flags(a, tensors: dict) -> None:
         if pattern not in tensors and not any(fnmatch.fnmatchcase(k, pattern) for k in tensors):
             _warn(f"--qp-per-tensor {pattern}=... matches no tensor of {a.input} and is ignored (names are as "
                   "`nnc info` lists them after encoding; patterns use fnmatch: * and ?)")
-    floats = [np.asarray(v) for v in tensors.values() if np.asarray(v).dtype.kind == "f"
-              or np.asarray(v).dtype.name == "bfloat16"]
-    if a.nonweight_qp is not None and not any(v.ndim <= 1 for v in floats):
+    if a.nonweight_qp is None and a.qp is None:
+        return
+    ranks = [len(shape) for dtype, shape in _dtypes_and_shapes(tensors) if dtype.startswith(("float", "bfloat"))]
+    if a.nonweight_qp is not None and not any(r <= 1 for r in ranks):
         _warn(f"--nonweight-qp is ignored: {a.input} has no float tensor of rank <= 1")
-    if a.qp is not None and floats and not any(v.ndim > 1 for v in floats):
+    if a.qp is not None and ranks and not any(r > 1 for r in ranks):
         _warn(f"--qp is ignored: {a.input} has no float tensor of rank > 1 (use --nonweight-qp)")
+
+
+def _dtypes_and_shapes(tensors) -> list[tuple[str, tuple]]:
+    """(dtype name, shape) of every tensor, from a lazy model's headers (nnc.converters.open_model) without
+    reading any tensor, else from the arrays one at a time (never all of them at once)."""
+    if callable(getattr(tensors, "dtype_names", None)) and callable(getattr(tensors, "shapes", None)):
+        names, shapes = tensors.dtype_names(), tensors.shapes()
+        return [(str(names[k]), tuple(shapes[k])) for k in tensors.keys()]
+    out = []
+    for k in tensors.keys():
+        v = np.asarray(tensors[k])
+        out.append((v.dtype.name, v.shape))
+    return out
 
 
 def _warn_results(a, cfg, summary: dict, worst: tuple[float, str | None] | None) -> None:

@@ -237,6 +237,23 @@ def test_reference_decodes_entry_point_streams_to_the_same_arrays(reference):
             assert np.array_equal(np.asarray(ref[k], np.float32), mine[k].astype(np.float32)), k
 
 
+def _peak_mb(args) -> float:
+    """VmHWM (MB) of a process running ``nnc`` with ``args`` (none: imports only), read by itself at exit (wait4's
+    ru_maxrss would include the high-water mark of this test process, inherited through fork)."""
+    code = ("import atexit, sys\n"
+            "def hwm():\n"
+            "    kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+            "    sys.stdout.write(f'\\nHWM {kb}\\n')\n"
+            "atexit.register(hwm)\n"
+            "import nnc.cli, nnc.converters, nnc.codec\n"
+            "if len(sys.argv) > 1: sys.exit(nnc.cli.main(sys.argv[1:]))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return int(r.stdout.strip().splitlines()[-1].split()[1]) / 1024
+
+
 def test_peak_memory_does_not_grow_with_the_model(tmp_path):
     """Encode and decode of a 16-tensor bfloat16 file (64 MB as float32) in subprocesses: the peak RSS above
     an idle interpreter with nnc imported stays below 3x the largest tensor's float32 size + 24 MB, well under
@@ -246,22 +263,7 @@ def test_peak_memory_does_not_grow_with_the_model(tmp_path):
                for i in range(16)}
     _write_bf16_safetensors(tmp_path / "m.safetensors", tensors)
     del tensors
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-
-    def peak(args):
-        """VmHWM of a process running ``nnc`` with ``args`` (0: imports only), read by itself at exit (wait4's
-        ru_maxrss would include the high-water mark of this test process, inherited through fork)."""
-        code = ("import atexit, sys\n"
-                "def hwm():\n"
-                "    kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
-                "    sys.stdout.write(f'\\nHWM {kb}\\n')\n"
-                "atexit.register(hwm)\n"
-                "import nnc.cli, nnc.converters, nnc.codec\n"
-                "if len(sys.argv) > 1: sys.exit(nnc.cli.main(sys.argv[1:]))\n")
-        r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stderr[-2000:]
-        return int(r.stdout.strip().splitlines()[-1].split()[1]) / 1024
-
+    peak = _peak_mb
     idle = peak([])
     fast = ["--no-dq", "--no-param-opt", "--qp", "-30", "--threads", "2", "--no-verify", "--quiet"]
     enc = peak(["encode", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "m.nnc"), *fast])
@@ -271,6 +273,19 @@ def test_peak_memory_does_not_grow_with_the_model(tmp_path):
     print(f"idle {idle:.0f} MB, encode {enc:.0f} MB, decode {dec:.0f} MB, bound +{bound:.0f} MB")
     assert enc - idle < bound, (idle, enc)
     assert dec - idle < bound, (idle, dec)
+
+
+def test_cli_encode_does_not_read_the_whole_model_to_check_its_flags(tmp_path):
+    """--qp / --nonweight-qp are checked against the tensors' dtypes and ranks from the headers: 128 tensors
+    (64 MB of bfloat16) are never all in memory (they were, held in a list, before encoding started)."""
+    rng = np.random.default_rng(1)
+    one = (rng.standard_normal((512, 512), dtype=np.float32) * 0.02).astype(BF16)
+    _write_bf16_safetensors(tmp_path / "m.safetensors", {f"l{i}.w": one for i in range(128)})
+    idle = _peak_mb([])
+    enc = _peak_mb(["encode", tmp_path / "m.safetensors", "-o", tmp_path / "m.nnc", "--qp", "-30",
+                    "--nonweight-qp", "-40", "--no-dq", "--no-param-opt", "--threads", "1", "--no-verify",
+                    "--quiet"])
+    assert enc - idle < 32, (idle, enc)      # the model is 64 MB; one tensor is 0.5 MB (1 MB as float32)
 
 
 def test_streaming_safetensors_output_restores_tied_and_0d_tensors(tmp_path):
