@@ -354,9 +354,9 @@ class TensorEncoder {
                                                                                      k.br1, k.state, &r.marks);
           },
           t_.dq, tca_active(), hd_active());
-      e.exact_value(r.bytes, r.tail_bits, r.tail);
+      e.exact_value(r.buf, r.tail_bits, r.tail);   // in place: the run's own bytes become X's
       r.range = e.range();
-      std::vector<uint8_t>().swap(r.buf);
+      r.bytes.swap(r.buf);
     };
     std::vector<std::thread> pool;
     for (size_t c = 1; c < T; ++c) {
@@ -410,7 +410,16 @@ class TensorEncoder {
     };
     const int head = static_cast<int>(std::min<uint64_t>(9, total));
     enc_.add_low(bits(0, head) << (9 - head));
-    for (uint64_t i = 9; i < total;) {
+    uint64_t i = 9;
+    // Whole bytes of X from bit 9 on (a fixed alignment: bit 1 of each byte), then what is left.
+    const size_t nb = bytes.size();
+    if (nb >= 3) {
+      const uint8_t* b = bytes.data();
+      const size_t last = nb - 2;  // bits 9 + 8k .. 16 + 8k lie in bytes k + 1 and k + 2
+      for (size_t k = 0; k < last; ++k) enc_.shift_in(((uint32_t(b[k + 1]) << 1) | (b[k + 2] >> 7)) & 0xFFu, 8);
+      i = 9 + 8 * static_cast<uint64_t>(last);
+    }
+    for (; i < total;) {
       const int n = static_cast<int>(std::min<uint64_t>(8, total - i));
       enc_.shift_in(bits(i, n), n);
       i += static_cast<uint64_t>(n);

@@ -370,9 +370,10 @@ class ArithEncoder {
     return static_cast<uint32_t>(((bytes << k) + low_) & 0xFFFFu);
   }
   // The whole of A as a byte string plus `tail_bits` (< 32) bits in `tail`: A = bytes * 2^tail_bits + tail.
-  // The encoder is left as it was. Only for an encoder started at A = 0 (no carry can leave the top).
+  // The encoder is left as it was unless `bytes` is its own buffer (then it is done with). Only for an
+  // encoder started at A = 0 (no carry can leave the top).
   void exact_value(std::vector<uint8_t>& bytes, int& tail_bits, uint32_t& tail) const {
-    bytes = *out_;
+    if (&bytes != out_) bytes = *out_;
     if (pending_ > 0) {
       bytes.push_back(carry_byte_);
       bytes.insert(bytes.end(), pending_ - 1, 0xFF);
@@ -388,7 +389,7 @@ class ArithEncoder {
     tail = static_cast<uint32_t>(low);
   }
   // A = A * 2^n + v, v < 2^n, n <= 8: the bits of a block row coded apart, shifted in.
-  void shift_in(uint32_t v, int n) {
+  NNC_INLINE void shift_in(uint32_t v, int n) {
     low_ = (low_ << n) | v;
     bits_left_ -= n;
     if (bits_left_ < 12) put_byte();
