@@ -793,7 +793,7 @@ def _run_ndu(job: _NduJob, threads: int = 1, release=None, keep_levels: bool = T
         qp = None if qoff is None else qoff + job.ctx.base_qp
         if kind != "int":
             _check_step(qp, job.ctx.qp_density, name, unit.index)
-        arr = _reconstruct(q, kind, qp, job, _result_dtype(job, name, kind), name, unit.index)
+        arr = _reconstruct(q, kind, qp, job, _result_dtype(job, name, kind), name, unit.index, threads)
         out.append(DecodedTensor(name=name, array=arr, levels=q if keep_levels else None, qp=qp,
                                  unit_index=unit.index, parameter_id=getattr(h, "parameter_id", None),
                                  put_node_depth=getattr(h, "put_node_depth", None),
@@ -824,15 +824,32 @@ def _check_fits(name: str, ends: np.ndarray, dtype, unit_index: int) -> None:
             raise _range_error(name, lo, hi, dtype, unit_index, "do not fit")
 
 
-def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, out_dtype: np.dtype, name: str, unit_index: int
-                 ) -> np.ndarray:
+def _in_errstate(fn: Callable[[int], object], i: int):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return fn(i)
+
+
+def _chunks(n: int, fn: Callable[[int], object], threads: int) -> list:
+    """``[fn(i) for i in range(0, n, _CHUNK)]``, on up to ``threads`` threads when there are several chunks
+    (numpy releases the GIL in its loops, so the slices of one large tensor are converted in parallel)."""
+    starts = range(0, n, _CHUNK)
+    if threads <= 1 or len(starts) <= 1:
+        return [fn(i) for i in starts]
+    with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+        return list(pool.map(fn, starts))
+
+
+def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, out_dtype: np.dtype, name: str, unit_index: int,
+                 threads: int = 1) -> np.ndarray:
     """The decoded array of one tensor in ``out_dtype``, built in place chunk by chunk (no full-size
-    temporaries), refusing values that would overflow or wrap in it."""
+    temporaries; the chunks of a large tensor on ``threads`` threads), refusing values that would overflow or
+    wrap in it."""
     shape = q.shape
     flat = q.reshape(-1)
     if flat.size == 0:
         return q.astype(out_dtype)
-    qmin, qmax = int(flat.min()), int(flat.max())
+    lims = _chunks(flat.size, lambda i: (int(flat[i:i + _CHUNK].min()), int(flat[i:i + _CHUNK].max())), threads)
+    qmin, qmax = min(lo for lo, _ in lims), max(hi for _, hi in lims)
     if kind == "int":
         if out_dtype == np.int32:
             return q
@@ -859,10 +876,13 @@ def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, out_dtype: np.dtype
         step = step_size(qp, job.ctx.qp_density)
         _check_fits(name, np.array([qmin, qmax], np.float32) * step, out_dtype, unit_index)
         out = np.empty(flat.size, out_dtype)
-        for i in range(0, flat.size, _CHUNK):
+
+        def one(i: int) -> None:
             part = flat[i:i + _CHUNK].astype(np.float32)
             part *= step                       # float32(q) * float32(step), as reconstruct_uniform
             out[i:i + _CHUNK] = part
+
+        _chunks(flat.size, lambda i: _in_errstate(one, i), threads)   # errstate is per thread: set in each
         return out.reshape(shape)
 
 
