@@ -191,12 +191,8 @@ def _plan(name: str, arr, index: int, cfg: EncoderConfig, qp: int | None = None)
                                  "that NNR_PT_INT carries losslessly")
         q = np.ascontiguousarray(arr, dtype=np.int32).reshape(shape)
         return TensorPlan(name, index, shape, q, None, False, fmt)
-    x = np.ascontiguousarray(float32_view(arr)).reshape(shape)
+    x = _float32_input(name, arr, resolve_threads(cfg.threads)).reshape(shape)
     del arr                          # the caller's reference is all that keeps a lazily read input alive
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise InputError(f"tensor {name!r} holds a non-finite value (first at flat index {bad}); "
-                         "NNC quantisation needs finite numbers")
     qp = cfg.qp_for(name, ndim) if qp is None else qp
     scan = effective_scan(shape, cfg.scan_order if len(shape) > 1 else 0)
     bits = None
@@ -213,6 +209,30 @@ def _plan(name: str, arr, index: int, cfg: EncoderConfig, qp: int | None = None)
         q = _tools.bitdepth.clip_levels(q, x, bits)
     del x
     return TensorPlan(name, index, shape, q, qp_used, cfg.dq, fmt)
+
+
+def _float32_input(name: str, arr: np.ndarray, threads: int) -> np.ndarray:
+    """``arr`` as a flat C-contiguous float32 array (itself when it already is one; bfloat16 widened exactly),
+    checked finite: in slices, on ``threads`` threads for a large tensor (numpy releases the GIL)."""
+    src = np.ascontiguousarray(arr).reshape(-1)
+    x = src if src.dtype == np.float32 else np.empty(src.size, np.float32)
+    bf16 = is_bfloat16(src.dtype)
+
+    def one(i: int) -> int:
+        part = x[i:i + _CHUNK]
+        if x is not src:
+            if bf16:
+                np.left_shift(src[i:i + _CHUNK].view(np.uint16), 16, out=part.view(np.uint32), dtype=np.uint32)
+            else:
+                part[...] = float32_view(src[i:i + _CHUNK])
+        ok = np.isfinite(part)
+        return -1 if ok.all() else i + int(np.flatnonzero(~ok)[0])
+
+    bad = [b for b in _chunks(src.size, one, threads) if b >= 0]
+    if bad:
+        raise InputError(f"tensor {name!r} holds a non-finite value (first at flat index {bad[0]}); "
+                         "NNC quantisation needs finite numbers")
+    return x
 
 
 def encode_ndu(plan: TensorPlan, cfg: EncoderConfig, *, parent_signalling: bool, parent: NduParent | None = None
