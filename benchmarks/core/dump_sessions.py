@@ -36,12 +36,17 @@ def main() -> None:
 
     sessions = []
     real_encode = dc._core.encode
+    spec_fields = ("height", "width", "profile", "unary_length", "qp_bits", "scan_order", "dq", "parent_present",
+                   "codebook_size", "codebook_zero")
+    setting_fields = ("param_opt", "row_skipping", "hdsp", "qp_offset", "allow_dq_mismatch")
 
-    def recording_encode(levels, table, settings, tca, hist):
-        if any(x is not None for x in tca) or any(x is not None for x in hist):
+    def recording_encode(levels, specs, settings):
+        if any(s.tca_base is not None or s.hdsp_history is not None for s in specs):
             raise SystemExit("TCA/HDSP sessions are not supported by the harness")
-        sessions.append(([np.array(lv, dtype=np.int32) for lv in levels], table.copy(), settings.copy()))
-        return real_encode(levels, table, settings, tca, hist)
+        table = np.array([[int(getattr(s, f)) for f in spec_fields] for s in specs], dtype=np.int64)
+        sett = np.array([[int(getattr(s, f)) for f in setting_fields] for s in settings], dtype=np.int64)
+        sessions.append(([np.array(lv, dtype=np.int32) for lv in levels], table, sett))
+        return real_encode(levels, specs, settings)
 
     dc._core.encode = recording_encode
     try:
