@@ -4,8 +4,8 @@
 
 MODEL: a model file nnc can read (safetensors, ONNX, .pt, .npz) or one of the names of
 ``tests.support.realmodels.model_paths()`` (minilm, ocr_rec, ...). The file holds, per session (NDU), the
-spec table row, the encoder settings and the stored integers of every tensor, exactly as passed to the
-core's encoder (format: see bench_core.cpp). The harness then times the core alone, without Python.
+fields of every tensor's ``_core.TensorSpec`` and ``_core.EncodeSettings`` (as int64 rows) and its stored
+integers, exactly as passed to the core's encoder (format: see bench_core.cpp). The harness then times the core alone, without Python.
 """
 from __future__ import annotations
 
