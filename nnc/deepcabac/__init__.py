@@ -144,37 +144,40 @@ def step_size(qp: int, qp_density: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-def _check_coding(i: int, c: TensorCoding) -> None:
+def _spec(i: int, c: TensorCoding) -> _core.TensorSpec:
+    """The core's typed spec for ``c`` (tensor ``i`` of the session). The core checks the ranges again
+    (``check_spec``); these checks give the Python-side messages before any array is allocated."""
     if not isinstance(c, TensorCoding):
         raise ConfigError(f"tensor {i}: expected TensorCoding, got {type(c).__name__}")
-    if len(c.shape) == 0:
-        raise ConfigError(f"tensor {i}: rank-0 shapes are not allowed (code scalars as shape (1,))")
-    if min(c.shape) < 1:
-        raise ConfigError(f"tensor {i}: every dimension must be >= 1, got {c.shape}")
-    if c.profile not in (0, 1):
-        raise ConfigError(f"tensor {i}: profile must be 0 or 1")
-    if not 1 <= c.unary_length <= 256:
-        raise ConfigError(f"tensor {i}: unary_length must be in 1..256")
-    if c.qp_bits is not None and not 1 <= c.qp_bits <= 32:
-        raise ConfigError(f"tensor {i}: qp_bits must be None or 1..32")
-    if not 0 <= c.scan_order <= 4:
-        raise ConfigError(f"tensor {i}: scan_order must be in 0..4")
-    if c.codebook_size < 0 or (c.codebook_size > 0 and not 0 <= c.codebook_zero < c.codebook_size):
-        raise ConfigError(f"tensor {i}: codebook_zero must be in 0..codebook_size-1")
-    if c.tca_base is not None and (c.profile != 1 or not c.parent_present):
-        raise ConfigError(f"tensor {i}: TCA needs profile 1 and parent_present (temporal_context_modeling_flag)")
-
-
-def _spec(i: int, c: TensorCoding) -> _core.TensorSpec:
-    """The core's typed spec for ``c`` (tensor ``i`` of the session), after the Python-side checks."""
     try:
-        _check_coding(i, c)
-        return _core.TensorSpec(c.height, c.width, profile=c.profile, unary_length=c.unary_length,
-                                qp_bits=c.qp_bits or 0, scan_order=c.scan_order, dq=bool(c.dq),
+        shape = c.shape
+        if len(shape) == 0:
+            raise ConfigError(f"tensor {i}: rank-0 shapes are not allowed (code scalars as shape (1,))")
+        if min(shape) < 1:
+            raise ConfigError(f"tensor {i}: every dimension must be >= 1, got {shape}")
+        profile, qp_bits = c.profile, c.qp_bits
+        if profile != 0 and profile != 1:
+            raise ConfigError(f"tensor {i}: profile must be 0 or 1")
+        if not 1 <= c.unary_length <= 256:
+            raise ConfigError(f"tensor {i}: unary_length must be in 1..256")
+        if qp_bits is not None and not 1 <= qp_bits <= 32:
+            raise ConfigError(f"tensor {i}: qp_bits must be None or 1..32")
+        if not 0 <= c.scan_order <= 4:
+            raise ConfigError(f"tensor {i}: scan_order must be in 0..4")
+        if c.codebook_size < 0 or (c.codebook_size > 0 and not 0 <= c.codebook_zero < c.codebook_size):
+            raise ConfigError(f"tensor {i}: codebook_zero must be in 0..codebook_size-1")
+        tca = hist = None
+        if c.tca_base is not None:
+            if profile != 1 or not c.parent_present:
+                raise ConfigError(f"tensor {i}: TCA needs profile 1 and parent_present "
+                                  "(temporal_context_modeling_flag)")
+            tca = _tca_base(i, c)
+        if c.hdsp_history is not None:
+            hist = _hdsp_history(i, c)
+        return _core.TensorSpec(shape[0], math.prod(shape[1:]), profile=profile, unary_length=c.unary_length,
+                                qp_bits=qp_bits or 0, scan_order=c.scan_order, dq=bool(c.dq),
                                 parent_present=bool(c.parent_present), codebook_size=c.codebook_size,
-                                codebook_zero=c.codebook_zero,
-                                tca_base=None if c.tca_base is None else _tca_base(i, c),
-                                hdsp_history=None if c.hdsp_history is None else _hdsp_history(i, c))
+                                codebook_zero=c.codebook_zero, tca_base=tca, hdsp_history=hist)
     except TypeError:  # the binding takes ints and bools only: name the field of the wrong type
         raise ConfigError(f"tensor {i}: {_wrong_field(c)}") from None
 
@@ -298,7 +301,10 @@ def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
     ``threads`` threads (default: all CPUs). Entry points that do not join up exactly with the payload are
     ignored (the tensor is decoded sequentially, which is what a sequential decoder would produce).
     """
-    if isinstance(data, np.ndarray):
+    t = type(data)
+    if t is bytes or t is bytearray or (t is memoryview and data.format == "B" and data.c_contiguous):
+        buf = data  # to the core as it is (buffer protocol: no copy, and cheaper than a numpy view)
+    elif isinstance(data, np.ndarray):
         buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     else:
         buf = np.frombuffer(data, dtype=np.uint8)
