@@ -93,30 +93,35 @@ nb::object none_if_negative(int64_t v) { return v < 0 ? nb::object(nb::none()) :
   throw nb::python_error();
 }
 
-// The specs of a session: every item must be a TensorSpec (TypeError naming the index otherwise).
-std::vector<nncabac::TensorSpec> read_specs(const nb::list& specs) {
+// The specs of a session: every item must be a TensorSpec (TypeError naming the index otherwise). `keep` holds a
+// reference to each, so the TCA/HDSP arrays they point into stay alive while the GIL is released even if another
+// thread empties the caller's list meanwhile.
+std::vector<nncabac::TensorSpec> read_specs(const nb::list& specs, std::vector<nb::object>& keep) {
   const size_t n = nb::len(specs);
   std::vector<nncabac::TensorSpec> out(n);
+  keep.reserve(keep.size() + n);
   for (size_t i = 0; i < n; ++i) {
     nb::handle h = specs[i];
     if (!nb::isinstance<Spec>(h))
       throw nb::type_error(("specs[" + std::to_string(i) + "] must be nnc.deepcabac._core.TensorSpec, got " +
                             py_type_name(h)).c_str());
     out[i] = nb::cast<const Spec&>(h).s;
+    keep.push_back(nb::borrow(h));
   }
   return out;
 }
 
 uint64_t clamp_u64(nb::handle h) {
   uint64_t v = 0;
-  if (nb::try_cast(h, v, /*convert=*/false)) return v;
+  if (nb::try_cast(h, v)) return v;
   int64_t s = 0;
-  if (nb::try_cast(h, s, /*convert=*/false) && s < 0) return 0;
+  if (nb::try_cast(h, s) && s < 0) return 0;
   return std::numeric_limits<uint64_t>::max();  // larger than any payload: the entry point is not used
 }
 
 nb::tuple encode(nb::list levels, nb::list specs, nb::list settings) {
-  std::vector<nncabac::TensorSpec> sp = read_specs(specs);
+  std::vector<nb::object> keep;  // everything the core reads while the GIL is released
+  std::vector<nncabac::TensorSpec> sp = read_specs(specs, keep);
   const size_t n = sp.size();
   if (nb::len(levels) != n || nb::len(settings) != n)
     throw nb::value_error("encode needs one level array and one EncodeSettings per spec");
@@ -128,10 +133,12 @@ nb::tuple encode(nb::list levels, nb::list specs, nb::list settings) {
       throw nb::type_error(("settings[" + std::to_string(i) + "] must be nnc.deepcabac._core.EncodeSettings, got " +
                             py_type_name(h)).c_str());
     st[i] = nb::cast<const nncabac::EncodeSettings&>(h);
-    I32In a = exact_array<I32In>(levels[i], "levels", "int32");
+    nb::handle lv = levels[i];
+    I32In a = exact_array<I32In>(lv, "levels", "int32");
     if (static_cast<int64_t>(a.shape(0)) != element_count(sp[i]))
       throw nb::value_error(("levels[" + std::to_string(i) + "] has the wrong element count").c_str());
     ptrs[i] = a.data();
+    keep.push_back(nb::borrow(lv));
   }
   std::vector<uint8_t> out;
   std::vector<std::vector<nncabac::EntryPoint>> eps;
@@ -147,15 +154,18 @@ nb::tuple encode(nb::list levels, nb::list specs, nb::list settings) {
 }
 
 nb::tuple decode(U8In data, nb::list specs, nb::list outs, nb::object entry_points, int threads) {
-  std::vector<nncabac::TensorSpec> sp = read_specs(specs);
+  std::vector<nb::object> keep;  // everything the core reads or writes while the GIL is released
+  std::vector<nncabac::TensorSpec> sp = read_specs(specs, keep);
   const size_t n = sp.size();
   if (nb::len(outs) != n) throw nb::value_error("decode needs one output array per spec");
   std::vector<int32_t*> ptrs(n);
   for (size_t i = 0; i < n; ++i) {
-    I32Out a = exact_array<I32Out>(outs[i], "outs", "writable int32");
+    nb::handle o = outs[i];
+    I32Out a = exact_array<I32Out>(o, "outs", "writable int32");
     if (static_cast<int64_t>(a.shape(0)) != element_count(sp[i]))
       throw nb::value_error(("outs[" + std::to_string(i) + "] has the wrong element count").c_str());
     ptrs[i] = a.data();
+    keep.push_back(nb::borrow(o));
   }
   // Optional entry points per tensor (any objects with value / dq_state / bit_offset; None = not signalled).
   std::vector<std::vector<nncabac::EntryPoint>> signalled;
