@@ -790,7 +790,9 @@ def _run_ndu(job: _NduJob, threads: int = 1, release=None, keep_levels: bool = T
             res = deepcabac.decode_payload(unit.payload, [m.coding for m in plan.members],
                                            entry_points=job.entry_points, threads=threads)
         except BitstreamError as e:
-            raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size,
+            # the core's location (tensor, element, bit in the payload) stays on e; add the unit and the byte
+            at = 0 if e.payload_bit_offset is None else min(e.payload_bit_offset // 8, len(unit.payload))
+            raise e.located(unit_index=unit.index, byte_offset=unit.offset + unit.header_size + at,
                             syntax_path="NNR_NDU.payload")
     finally:
         if release is not None:

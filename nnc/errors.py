@@ -22,6 +22,9 @@ class                          also a                      raised when
 Bitstream errors carry where they happened: ``unit_index`` (0-based NNR unit number), ``byte_offset``
 (offset of the failing read from the start of the bitstream, or of the unit if the stream offset is
 unknown) and ``syntax_path`` (e.g. ``"NNR_NDU.nnr_compressed_data_unit_header.tensor_dimensions[1]"``).
+Errors found by the CABAC core also say where in its session: ``tensor_index`` (the tensor of the NDU, in
+coding order), ``position`` (the element, row-major, or row) and, for bitstream errors, ``payload_bit_offset``
+(the arithmetic decoder's read position in the NDU payload, in bits); ``None`` where not known.
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ class NNCError(Exception):
     """
 
     code: str | None = None
+    tensor_index: int | None = None
+    position: int | None = None
+
+    def __init__(self, *args, tensor_index: int | None = None, position: int | None = None):
+        super().__init__(*args)
+        if tensor_index is not None:
+            self.tensor_index = tensor_index
+        if position is not None:
+            self.position = position
 
 
 class BitstreamError(NNCError, ValueError):
@@ -59,17 +71,24 @@ class BitstreamError(NNCError, ValueError):
         byte_offset: byte offset (from the start of the bitstream) where the problem was found, or ``None``.
         syntax_path: dotted path of the syntax element, or ``None``.
         code: the conformance code of the violation, or ``None`` (see :class:`NNCError`).
+        tensor_index, position: tensor of the NDU and element where the CABAC core failed, or ``None``.
+        payload_bit_offset: the core's read position in the NDU payload (bits) when it failed, or ``None``.
     """
 
+    payload_bit_offset: int | None = None
+
     def __init__(self, message: str, *, unit_index: int | None = None, byte_offset: int | None = None,
-                 syntax_path: str | None = None, code: str | None = None):
+                 syntax_path: str | None = None, code: str | None = None, tensor_index: int | None = None,
+                 position: int | None = None, payload_bit_offset: int | None = None):
         self.reason = message
         if code is not None:
             self.code = code
         self.unit_index = unit_index
         self.byte_offset = byte_offset
         self.syntax_path = syntax_path
-        super().__init__(self._format())
+        if payload_bit_offset is not None:
+            self.payload_bit_offset = payload_bit_offset
+        super().__init__(self._format(), tensor_index=tensor_index, position=position)
 
     def _format(self) -> str:
         where = []

@@ -132,9 +132,10 @@ def test_no_private_name_is_imported_from_another_package():
     assert not bad, "\n".join(bad)
 
 
-# The command line defers each subcommand's imports (fast --help); the converters load their format modules, which
-# need optional dependencies (torch, onnx, safetensors), on first use (docs/architecture.md, "Not done yet").
-LAZY_IMPORTERS = ("nnc.cli", "nnc.converters")
+# The command line defers each subcommand's imports (fast --help). Everywhere else an nnc module is imported at the
+# top of the module; optional third-party packages (torch, onnx, protobuf, flwr, ml_dtypes) may be imported inside
+# the function that needs them (docs/architecture.md, "Imports").
+LAZY_IMPORTERS = ("nnc.cli",)
 
 
 def test_no_function_local_import_of_nnc_outside_the_cli():
@@ -144,3 +145,47 @@ def test_no_function_local_import_of_nnc_outside_the_cli():
            if local and target.startswith("nnc") and not any(_within(name, x) for x in LAZY_IMPORTERS)
            and not any(_within(name, a) and _within(target, b) for a, b in ALLOWED)]
     assert not bad, "\n".join(bad)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the nnc modules it imports (function-local imports included). ``from pkg import sub`` counts as
+    an import of the submodule only (running the package's ``__init__`` first is Python's doing, not a design
+    edge); ``from pkg import name`` of anything else counts as an import of the package."""
+    modules = {m for m, _, _ in MODULES}
+    packages = {m for m, _, p in MODULES if p.name == "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    for name, target, names, _, _, _ in EDGES:
+        if target not in modules or target == name:
+            continue
+        if target in packages and names and all(f"{target}.{n}" in modules for n in names):
+            continue
+        graph.setdefault(name, set()).add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, path = [], {}, []
+
+    def visit(u: str) -> None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                found.append(path[path.index(v):] + [v])
+            elif v not in state:
+                visit(v)
+        path.pop()
+        state[u] = 2
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u)
+    return found
+
+
+def test_no_import_cycles():
+    """No module reaches itself through imports (e.g. the converters' ``_torch`` <-> ``_torchscript`` and
+    ``_common`` -> ``_torch`` -> ``_common`` of old: what both sides need lives in a module below them)."""
+    cycles = _cycles(_module_graph())
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+

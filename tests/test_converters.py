@@ -523,17 +523,30 @@ def test_rapidocr_cls_graph_roundtrip_without_codec(tmp_path):
 # bitstream unit surgery
 
 def test_drop_topology_units():
-    from nnc.converters._bitstream import iter_units, topology_unit_formats
+    from nnc.bitstream import iter_units
+    from nnc.converters._bitstream import topology_unit_formats
     str_u = bytes([0x00, 0x04, 0x02, 0x01])
     mps = bytes.fromhex("0008068100400080")
     tpl2 = (7).to_bytes(2, "big") + bytes([0x0E, 2, 1, 0xAB, 0x00])
     body = bytes([0x0E, 3, 0]) + b"x" * 40000 + b"\x00"
     tpl3 = ((len(body) + 4) | 0x80000000).to_bytes(4, "big") + body
     bs = str_u + mps + tpl2 + tpl3
-    assert [u[2] for u in iter_units(bs)] == [0, 1, 3, 3]
+    assert [u.nnr_unit_type for u in iter_units(bs, strict=False)] == [0, 1, 3, 3]
     assert topology_unit_formats(bs) == [2, 3]
     assert C.drop_topology_units(bs) == str_u + mps + tpl3
     assert C.drop_topology_units(bs, None) == str_u + mps
+
+
+def test_drop_topology_units_reports_the_parsers_framing_errors():
+    """The units come from the bitstream parser: a unit running past the end raises its located, coded error
+    (the old size walker of its own raised a plain BitstreamError without unit index or code)."""
+    from nnc.errors import TruncatedBitstreamError
+    str_u = bytes([0x00, 0x04, 0x02, 0x01])
+    mps = bytes.fromhex("0008068100400080")
+    tpl2 = (7).to_bytes(2, "big") + bytes([0x0E, 2, 1, 0xAB, 0x00])
+    with pytest.raises(TruncatedBitstreamError) as ei:
+        C.drop_topology_units(str_u + mps + tpl2[:-2])
+    assert (ei.value.unit_index, ei.value.byte_offset, ei.value.code) == (2, len(str_u + mps), "TRUNCATED_UNIT")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -549,14 +562,14 @@ def _tpl_unit(topology: Topology) -> bytes:
 
 
 def _splice_tpl(bs: bytes, tpl: bytes | None) -> bytes:
-    from nnc.converters._bitstream import iter_units
+    from nnc.bitstream import iter_units
     parts = []
-    for pos, size, typ in iter_units(bs):
-        if typ == 3:
+    for u in iter_units(bs, strict=False):
+        if u.nnr_unit_type == 3:
             if tpl is not None:
                 parts.append(tpl)
         else:
-            parts.append(bs[pos:pos + size])
+            parts.append(bytes(u.data))
     return b"".join(parts)
 
 

@@ -5,7 +5,7 @@
 // Build and run with run.sh.
 //
 // Input format (little-endian): int64 session count; per session int64 tensor count; per tensor
-// int64[10] spec row (as nnc.deepcabac passes it), int64[5] settings row, int64 n, int32[n] levels.
+// int64[10] spec row (the TensorSpec fields in declaration order), int64[5] settings row (EncodeSettings), int64 n, int32[n] levels.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

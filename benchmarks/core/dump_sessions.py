@@ -4,8 +4,8 @@
 
 MODEL: a model file nnc can read (safetensors, ONNX, .pt, .npz) or one of the names of
 ``tests.support.realmodels.model_paths()`` (minilm, ocr_rec, ...). The file holds, per session (NDU), the
-spec table row, the encoder settings and the stored integers of every tensor, exactly as passed to the
-core's encoder (format: see bench_core.cpp). The harness then times the core alone, without Python.
+fields of every tensor's ``_core.TensorSpec`` and ``_core.EncodeSettings`` (as int64 rows) and its stored
+integers, exactly as passed to the core's encoder (format: see bench_core.cpp). The harness then times the core alone, without Python.
 """
 from __future__ import annotations
 
@@ -36,12 +36,17 @@ def main() -> None:
 
     sessions = []
     real_encode = dc._core.encode
+    spec_fields = ("height", "width", "profile", "unary_length", "qp_bits", "scan_order", "dq", "parent_present",
+                   "codebook_size", "codebook_zero")
+    setting_fields = ("param_opt", "row_skipping", "hdsp", "qp_offset", "allow_dq_mismatch")
 
-    def recording_encode(levels, table, settings, tca, hist, *rest):
-        if any(x is not None for x in tca) or any(x is not None for x in hist):
+    def recording_encode(levels, specs, settings, *rest):
+        if any(s.tca_base is not None or s.hdsp_history is not None for s in specs):
             raise SystemExit("TCA/HDSP sessions are not supported by the harness")
-        sessions.append(([np.array(lv, dtype=np.int32) for lv in levels], table.copy(), settings.copy()))
-        return real_encode(levels, table, settings, tca, hist, *rest)
+        table = np.array([[int(getattr(s, f)) for f in spec_fields] for s in specs], dtype=np.int64)
+        sett = np.array([[int(getattr(s, f)) for f in setting_fields] for s in settings], dtype=np.int64)
+        sessions.append(([np.array(lv, dtype=np.int32) for lv in levels], table, sett))
+        return real_encode(levels, specs, settings, *rest)
 
     dc._core.encode = recording_encode
     try:

@@ -23,6 +23,7 @@ and tied (shared) tensors, which are coded once.
 from __future__ import annotations
 
 import collections.abc as _abc
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -32,9 +33,12 @@ import numpy as np
 from ..coding.dtypes import is_bfloat16
 from ..errors import ModelFormatError
 from ..topology import Topology
-from . import _onnx
-from ._common import TensorRecord, coded_array, plan_restore, restore_array, typed_errors
+from . import _onnx, _torch, _torchscript
 from ._bitstream import drop_topology_units
+from ._common import TensorRecord, coded_array, numpy_dtype, plan_restore, restore_array, typed_errors
+from ._npz import read_npz, write_npz
+from ._safetensors import SafetensorsFile, StreamingSafetensorsWriter, read_safetensors, write_safetensors
+from ._torchbase import torch_module
 
 __all__ = [
     "LoadedModel", "load_model", "save_model", "detect_format", "FORMATS", "FOLDER_FILES",
@@ -115,7 +119,6 @@ def _from_array_dict(arrays: Mapping[str, np.ndarray], source_format: str,
 
 
 def from_safetensors(path: str | os.PathLike) -> LoadedModel:
-    from ._safetensors import read_safetensors
     arrays, dtypes, metadata = read_safetensors(os.fspath(path))
     lm = _from_array_dict(arrays, "safetensors", dtypes)
     if metadata:
@@ -126,14 +129,12 @@ def from_safetensors(path: str | os.PathLike) -> LoadedModel:
 
 
 def from_npz(path: str | os.PathLike) -> LoadedModel:
-    from ._npz import read_npz
     return _from_array_dict(read_npz(os.fspath(path)), "npz")
 
 
 def from_torch(module_or_state_dict) -> LoadedModel:
     """From an ``nn.Module`` (its state_dict: parameters and persistent buffers) or a state_dict."""
-    from . import _torch
-    torch = _torch._torch()
+    torch = torch_module()
     if isinstance(module_or_state_dict, torch.nn.Module):
         tensors, record = _torch.from_module(module_or_state_dict)
     elif isinstance(module_or_state_dict, Mapping) and not all(
@@ -183,7 +184,6 @@ def _load_folder(path: str, format: str | None) -> LoadedModel:
 def _read_shard_index(index_path: str) -> tuple[list[str], dict]:
     """(shard file names in first-use order, weight_map) of a ``*.index.json``, each shard checked to be a file
     in the index's folder."""
-    import json
     folder = os.path.dirname(index_path)
     try:
         with open(index_path, "rb") as f:
@@ -295,7 +295,6 @@ def open_model(source, *, format: str | None = None) -> LoadedModel:
         path = os.fspath(source)
         found = _safetensors_paths(path) if os.path.exists(path) else None
         if found is not None:
-            from ._safetensors import SafetensorsFile
             paths, weight_map = found
             files = [SafetensorsFile(p) for p in paths]
             order: list[str] = []
@@ -332,8 +331,6 @@ def save_model_streaming(dest, stream, *, shard_size: int | None = None, format:
     Hugging Face sharded checkpoint (``model-0000k-of-0000N.safetensors`` + ``model.safetensors.index.json``).
     Original dtypes, 0-d shapes and tied tensors are restored from the topology as by :func:`save_model`.
     Returns the paths written. Nothing is left behind on error."""
-    from ._common import numpy_dtype
-    from ._safetensors import StreamingSafetensorsWriter
     path = os.fspath(dest)
     folder = path.endswith(("/", os.sep)) or os.path.isdir(path)
     if folder:
@@ -395,7 +392,6 @@ def load_model(source, *, format: str | None = None, model_state_only: bool = Fa
             tensors, topology = _onnx.load_onnx_file(path)
             return LoadedModel({k: coded_array(v) for k, v in tensors.items()}, topology, "onnx")
         if fmt == "pytorch":
-            from . import _torch
             notes: list[str] = []
             tensors, record = _torch.load_torch_file(path, model_state_only=model_state_only, notes=notes)
             lm = _finish(tensors, record, "pytorch")
@@ -444,13 +440,11 @@ def _record_for(topology: Topology | None) -> TensorRecord | None:
 def to_checkpoint(tensors: Mapping[str, np.ndarray], topology: Topology | None = None):
     """The decoded checkpoint with its original structure (nested dicts, lists, scalars; tensors as torch
     tensors), or the flat state_dict for a bitstream made from a plain state_dict."""
-    from . import _torch
     return _torch.to_checkpoint(tensors, _record_for(topology))
 
 
 def to_state_dict(tensors: Mapping[str, np.ndarray], topology: Topology | None = None) -> dict:
     """A torch state_dict: original dtypes, 0-d shapes, and tied entries as the same tensor object."""
-    from . import _torch
     if _onnx.is_onnx_topology(topology):
         tensors = _onnx.with_zero_points(tensors, topology)
     return _torch.to_state_dict(tensors, _record_for(topology))
@@ -484,7 +478,6 @@ def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | Non
     if os.path.isdir(path):
         raise ModelFormatError(f"cannot write {path!r}: it is a directory")
     if template is not None:
-        from . import _torchscript
         if fmt != "pytorch":
             raise ModelFormatError(f"a TorchScript template makes a TorchScript archive; {path!r} names a {fmt} file")
         if not _torchscript.is_torchscript_archive(os.fspath(template)):
@@ -504,11 +497,8 @@ def save_model(dest, tensors: Mapping[str, np.ndarray], topology: Topology | Non
         raise ModelFormatError(f"cannot write {path!r} without the TorchScript program: pass the original archive "
                                "as template (CLI: --template original.jit), or write a .pt state_dict")
     if fmt == "pytorch":
-        from . import _torch
         _torch.write_torch_file(path, tensors, record)
     elif fmt == "safetensors":
-        from ._safetensors import write_safetensors
         write_safetensors(path, tensors, record)
     else:
-        from ._npz import write_npz
         write_npz(path, tensors, record)

@@ -1,51 +1,45 @@
 """Unit-level surgery on an NNC bitstream: drop NNR_TPL units a decoder does not understand.
 
-Every NNR unit starts with its total size (``nnr_unit_size_flag`` u(1), then u(15) or u(31)), so a unit can be
-skipped without parsing it. NNCodec 2.1.3 refuses topology storage formats 1, 2, 5 and 6 (it raises
-NotImplementedError) and reads ``topology_data`` of the other formats as a NUL-terminated string; removing those
-units leaves a bitstream it decodes, with every tensor unchanged (the NDUs name their tensors themselves).
+The units are found by the bitstream parser (:func:`nnc.bitstream.iter_units`, the one unit walker), which reads
+every unit's size and header; a unit whose body nnc cannot parse is still kept or dropped whole (its errors do not
+matter here), but a unit whose size field is unusable (truncated, too small, running past the end) raises the
+parser's :class:`~nnc.errors.BitstreamError`, located by unit index and byte offset. NNCodec 2.1.3 refuses
+topology storage formats 1, 2, 5 and 6 (it raises NotImplementedError) and reads ``topology_data`` of the other
+formats as a NUL-terminated string; removing those units leaves a bitstream it decodes, with every tensor
+unchanged (the NDUs name their tensors themselves).
 """
 from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from ..errors import BitstreamError
+from ..bitstream import NNRUnitType, Unit, iter_units
 
-NNR_TPL = 3
 #: storage formats NNCodec 2.1.3 cannot decode
 REFERENCE_UNSUPPORTED_TOPOLOGY_FORMATS = (1, 2, 5, 6)
 
 
-def iter_units(bitstream: bytes) -> Iterator[tuple[int, int, int]]:
-    """(offset, size, nnr_unit_type) for each unit."""
-    b = memoryview(bytes(bitstream))
-    pos = 0
-    while pos < len(b):
-        if len(b) - pos < 3:
-            raise BitstreamError("truncated unit header", byte_offset=pos)
-        if b[pos] & 0x80:
-            if len(b) - pos < 5:
-                raise BitstreamError("truncated unit header", byte_offset=pos)
-            size = int.from_bytes(b[pos:pos + 4], "big") & 0x7FFFFFFF
-            hdr = pos + 4
-        else:
-            size = int.from_bytes(b[pos:pos + 2], "big")
-            hdr = pos + 2
-        if size < hdr - pos + 1 or pos + size > len(b):
-            raise BitstreamError(f"nnr_unit_size {size} does not fit the bitstream", byte_offset=pos)
-        yield pos, size, b[hdr] >> 2
-        pos += size
+def framed_units(bitstream) -> Iterator[Unit]:
+    """The units of ``bitstream`` as the parser finds them (``strict=False``: a unit's syntax errors are left in
+    ``unit.errors``); a unit whose size field cannot be used raises its framing error."""
+    for unit in iter_units(bitstream, strict=False):
+        if unit.data is None:  # no usable nnr_unit_size: the parser cannot go on either
+            raise unit.errors[0]
+        yield unit
+
+
+def _storage_format(unit: Unit) -> int:
+    """topology_storage_format of an NNR_TPL unit: its first byte after the unit header (read from the parsed
+    body when the parser could read it)."""
+    if unit.body is not None:
+        return int(unit.body.topology_storage_format)
+    h = unit.header
+    at = (4 if h.nnr_unit_size_flag else 2) + 1 + (1 if h.partial_data_counter_present_flag else 0)
+    return int(unit.data[at]) if at < len(unit.data) else -1
 
 
 def topology_unit_formats(bitstream: bytes) -> list[int]:
     """topology_storage_format of every NNR_TPL unit (in order)."""
-    out = []
-    for pos, size, typ in iter_units(bitstream):
-        if typ == NNR_TPL:
-            hdr = pos + (4 if bitstream[pos] & 0x80 else 2)
-            extra = 1 if bitstream[hdr] & 0x01 else 0  # partial_data_counter
-            out.append(bitstream[hdr + 1 + extra])
-    return out
+    return [_storage_format(u) for u in framed_units(bitstream) if u.nnr_unit_type == NNRUnitType.NNR_TPL]
 
 
 def drop_topology_units(bitstream: bytes,
@@ -53,11 +47,8 @@ def drop_topology_units(bitstream: bytes,
     """A copy of ``bitstream`` without its NNR_TPL units of the given storage formats (``None``: all of them)."""
     fmts = None if storage_formats is None else set(int(f) for f in storage_formats)
     parts = []
-    for pos, size, typ in iter_units(bitstream):
-        if typ == NNR_TPL:
-            hdr = pos + (4 if bitstream[pos] & 0x80 else 2)
-            extra = 1 if bitstream[hdr] & 0x01 else 0
-            if fmts is None or bitstream[hdr + 1 + extra] in fmts:
-                continue
-        parts.append(bytes(bitstream[pos:pos + size]))
+    for unit in framed_units(bitstream):
+        if unit.nnr_unit_type == NNRUnitType.NNR_TPL and (fmts is None or _storage_format(unit) in fmts):
+            continue
+        parts.append(bytes(unit.data))
     return b"".join(parts)

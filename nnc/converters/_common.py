@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -16,7 +17,8 @@ import numpy as np
 
 from .._atomic import atomic_output
 from ..coding.dtypes import BFLOAT16
-from ..errors import LimitExceededError, ModelFormatError
+from ..config import default_decoder_config
+from ..errors import LimitExceededError, ModelFormatError, NNCError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
 
 #: Marker key that starts the JSON topology record written by nnc.converters.
@@ -79,14 +81,11 @@ def typed_errors(fn):
     """Decorator for the converters' entry points: an exception that a garbage model file provokes inside
     numpy, protobuf, zipfile, torch or json becomes a :class:`ModelFormatError` naming the file (or the
     topology) and the original exception; nnc's own errors pass through unchanged."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:   # noqa: BLE001 - filtered below
-            from ..errors import NNCError
             if isinstance(e, NNCError) or not _is_garbage(e):
                 raise
             where = args[0] if args and isinstance(args[0], (str, os.PathLike)) else "the model"
@@ -145,7 +144,6 @@ def inflate(data: bytes, max_bytes: int | None = None) -> bytes:
     :func:`nnc.config.default_decoder_config`): a deflate bomb raises :class:`LimitExceededError` after
     producing at most that many bytes, instead of expanding without bound."""
     if max_bytes is None:
-        from ..config import default_decoder_config
         max_bytes = default_decoder_config().max_total_bytes
     last = None
     for wbits in (15, -15):
@@ -321,11 +319,31 @@ class PlannedTensor:
     alias_of: str | None = None
 
 
+def undo_exact_views(tensors: Mapping[str, np.ndarray], record) -> dict[str, np.ndarray]:
+    """Decoded int16 bit views back to the float arrays they carry (see :func:`checkpoint_to_tensors`)."""
+    views = (record.extra or {}).get("exact_views") if record is not None else None
+    if not views:
+        return dict(tensors)
+    out = dict(tensors)
+    for name, (dtype, shape) in views.items():
+        if name not in out:
+            continue
+        try:
+            dt = np.dtype(dtype)
+            arr = np.asarray(out[name])
+            if dt.kind != "f" or arr.dtype.kind not in "iu":
+                raise ValueError(f"{arr.dtype} cannot carry {dtype}")
+            bits = arr.astype(np.int16).reshape(-1)
+            out[name] = bits.view(dt).reshape([int(d) for d in shape])
+        except (TypeError, ValueError) as e:
+            raise ModelFormatError(f"tensor {name!r}: exact-view record does not fit the decoded data: {e}") from None
+    return out
+
+
 def plan_restore(tensors: Mapping[str, np.ndarray], record: "TensorRecord | None") -> list[PlannedTensor]:
     """Restored tensors in original order, with aliases (tied tensors) pointing at their canonical entry."""
     record = record or TensorRecord()
     if record.extra.get("exact_views"):
-        from ._torch import undo_exact_views
         tensors = undo_exact_views(tensors, record)
     out: dict[str, PlannedTensor] = {}
     for name, arr in tensors.items():

@@ -9,11 +9,11 @@ import numpy as np
 from ..coding.dtypes import is_bfloat16
 from ..errors import ModelFormatError
 from ._common import TensorRecord, atomic_path, plan_restore
+from ._zipscreen import screen_npz
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
     if zipfile.is_zipfile(path):
-        from ._zipscreen import screen_npz
         screen_npz(path)      # declared vs compressed sizes, .npy headers vs entry sizes, the decoder budget
     try:
         z = np.load(path, allow_pickle=False)

@@ -17,6 +17,7 @@ is removed, ``data_location`` is EXTERNAL and ``external_data`` holds ``location
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterator, Mapping
 
@@ -180,7 +181,6 @@ def _float_tensor_to_numpy(t, base_dir: str | None) -> np.ndarray:
 
 def _zero_point_of(t) -> tuple[int | str, np.ndarray] | None:
     """(axis, zero points) recorded in an integer placeholder, or None."""
-    import json
     for e in t.external_data:
         if e.key == PLACEHOLDER_ZERO_POINT:
             try:
@@ -255,7 +255,6 @@ def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray]
     e = t.external_data.add()
     e.key, e.value = PLACEHOLDER_KEY, bitstream_name
     if zero_point is not None:
-        import json
         e = t.external_data.add()
         e.key = PLACEHOLDER_ZERO_POINT
         e.value = json.dumps({"axis": int(zero_point[0]), "values": [int(v) for v in zero_point[1].reshape(-1)]},

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .._atomic import write_bytes_atomic
 from ..coding.dtypes import BFLOAT16
 from ..errors import ModelFormatError
 from ._common import (TensorRecord, atomic_path, bf16_bits_to_float32, float32_to_bf16_bits, plan_restore)
@@ -252,7 +253,6 @@ class StreamingSafetensorsWriter:
             os.replace(tmp, final)
         self._tmp = []
         if self._index is not None:
-            from .._atomic import write_bytes_atomic
             write_bytes_atomic(self._index[0], (json.dumps(self._index[1], indent=2) + "\n").encode("utf-8"))
 
     def abort(self) -> None:

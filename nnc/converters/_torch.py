@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
+from collections import OrderedDict
 from typing import Any, Mapping
 
 import numpy as np
 
+from ..coding.dtypes import is_bfloat16
 from ..errors import ModelFormatError
-from ._common import PlannedTensor, TensorRecord, atomic_path, plan_restore
+from . import _torchscript
+from ._common import PlannedTensor, TensorRecord, atomic_path, bf16_from_bits, plan_restore
+from ._torchbase import tensor_from_numpy
+from ._torchbase import torch_module as _torch
+from ._zipscreen import screen_zip
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - exercised only without torch
-        raise ModelFormatError("PyTorch support needs the 'torch' package (pip install 'nnc[torch]')") from None
-    return torch
 
 
 def _dtype_name(t) -> str:
@@ -45,7 +44,6 @@ def _to_numpy(t) -> np.ndarray:
     if t.device.type != "cpu":
         t = t.cpu()
     if t.dtype == torch.bfloat16:   # bit patterns viewed as ml_dtypes.bfloat16: not widened
-        from ._common import bf16_from_bits
         return bf16_from_bits(t.contiguous().view(torch.int16).numpy())
     if t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg()
@@ -108,12 +106,9 @@ def load_torch_file(path: str, *, model_state_only: bool = False, notes: list | 
     torch = _torch()
     if not os.path.isfile(path):
         raise ModelFormatError(f"cannot read {path!r}: no such file")
-    from . import _torchscript
     if _torchscript.is_torchscript_archive(path):  # torch.jit.save output: read its state_dict, run nothing
         return state_dict_to_tensors(_torchscript.read_state_dict(path))
-    import zipfile
     if zipfile.is_zipfile(path):   # torch's zip format: sizes checked before torch inflates anything
-        from ._zipscreen import screen_zip
         screen_zip(path, what="PyTorch file")
     obj = None
     errors = []
@@ -160,24 +155,14 @@ def load_torch_file(path: str, *, model_state_only: bool = False, notes: list | 
     return state_dict_to_tensors(obj)
 
 
-def tensor_from_numpy(arr: np.ndarray):
-    """torch.from_numpy that also takes ml_dtypes.bfloat16 (as a bfloat16 view of the same bits)."""
-    torch = _torch()
-    from ..coding.dtypes import is_bfloat16
-    if is_bfloat16(arr.dtype):
-        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(arr)
-
-
 def _to_torch(p: PlannedTensor):
     torch = _torch()
     arr = p.array
     if not arr.flags.writeable or not arr.flags.c_contiguous:
         arr = np.array(arr, order="C", copy=True)
-    from ..coding.dtypes import is_bfloat16
+    t = tensor_from_numpy(arr)
     if is_bfloat16(arr.dtype):
-        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-    t = torch.from_numpy(arr)
+        return t
     if p.dtype_name == "bfloat16":
         t = t.to(torch.bfloat16)
     elif p.dtype_name == "bool" and t.dtype != torch.bool:
@@ -290,27 +275,6 @@ def checkpoint_to_tensors(obj: Mapping, where: str = "checkpoint"):
     return tensors, record
 
 
-def undo_exact_views(tensors: Mapping[str, np.ndarray], record) -> dict[str, np.ndarray]:
-    """Decoded int16 bit views back to the float arrays they carry (see :func:`checkpoint_to_tensors`)."""
-    views = (record.extra or {}).get("exact_views") if record is not None else None
-    if not views:
-        return dict(tensors)
-    out = dict(tensors)
-    for name, (dtype, shape) in views.items():
-        if name not in out:
-            continue
-        try:
-            dt = np.dtype(dtype)
-            arr = np.asarray(out[name])
-            if dt.kind != "f" or arr.dtype.kind not in "iu":
-                raise ValueError(f"{arr.dtype} cannot carry {dtype}")
-            bits = arr.astype(np.int16).reshape(-1)
-            out[name] = bits.view(dt).reshape([int(d) for d in shape])
-        except (TypeError, ValueError) as e:
-            raise ModelFormatError(f"tensor {name!r}: exact-view record does not fit the decoded data: {e}") from None
-    return out
-
-
 def _decode_tree(node, tensors: Mapping[str, Any]):
     torch = _torch()
     if node is None or isinstance(node, (bool, int, float, str)):
@@ -329,7 +293,6 @@ def _decode_tree(node, tensors: Mapping[str, Any]):
                 raise ModelFormatError(f"checkpoint record: unknown torch dtype {v!r}")
             return dt
         if tag in ("$d", "$o"):
-            from collections import OrderedDict
             out = OrderedDict() if tag == "$o" else {}
             for kv in v:
                 out[_decode_tree(kv[0], tensors)] = _decode_tree(kv[1], tensors)

@@ -20,7 +20,13 @@ import zipfile
 from collections import OrderedDict
 from typing import Any, Mapping
 
+import numpy as np
+
 from ..errors import ModelFormatError
+from ._common import atomic_path
+from ._torchbase import tensor_from_numpy
+from ._torchbase import torch_module as _torch
+from ._zipscreen import screen_zip
 
 # decompressed size allowed for one pickle or code file of the archive (tensor data is checked against the
 # sizes the pickle declares instead)
@@ -90,7 +96,6 @@ class _Archive:
             raise ModelFormatError(f"{path!r}: expected one <root>/data.pkl in the TorchScript archive, "
                                    f"found {len(roots)}")
         self.root = roots[0]
-        from ._zipscreen import screen_zip
         screen_zip(path, what="TorchScript archive")   # declared vs compressed sizes, the decoder budget
         self.entries = set(names)
         self.classes: dict[str, tuple[list[str], list[str]] | None] = {}
@@ -262,11 +267,6 @@ class _Archive:
             raise ModelFormatError(f"{self.path!r}: data.pkl cannot be read ({type(e).__name__}: {e})") from None
 
 
-def _torch():
-    from ._torch import _torch as get
-    return get()
-
-
 def read_state_dict(path: str) -> "OrderedDict[str, Any]":
     """The state_dict (names -> torch tensors, ``ScriptModule.state_dict()`` order) of a TorchScript archive."""
     archive = _Archive(path)
@@ -326,9 +326,6 @@ def rewrite_archive(template: str, dest: str, tensors: Mapping[str, Any]) -> Non
     arrays of the same names and shapes, e.g. decoded ones). Nothing of the template is run: its code, its other
     attributes and every byte outside the replaced tensors are copied, each tensor is written into its storage
     (cast to the storage's dtype), and the archive is written entry by entry in the template's order."""
-    import numpy as np
-
-    from ._common import atomic_path
     torch = _torch()
     archive = _Archive(template)
     try:
@@ -344,7 +341,6 @@ def rewrite_archive(template: str, dest: str, tensors: Mapping[str, Any]) -> Non
                 raise ModelFormatError(f"tensor {name!r} has shape {list(arr.shape)}, the template's "
                                        f"{list(view.shape)}")
             with torch.no_grad():
-                from ._torch import tensor_from_numpy
                 view.copy_(tensor_from_numpy(np.array(arr, order="C", copy=True)).to(view.dtype))  # keeps 0-d
         replaced = {f"{archive.root}data/{key}": flat for key, flat in archive.storages.items()}
         with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:

@@ -21,6 +21,7 @@ import zipfile
 
 import numpy as np
 
+from ..config import default_decoder_config
 from ..errors import LimitExceededError, ModelFormatError
 
 #: deflate's largest possible expansion is 1032:1; a declared size beyond this ratio cannot be honest
@@ -32,7 +33,6 @@ MAX_NPY_HEADER = 1 << 16
 def _budget(max_bytes: int | None) -> int:
     if max_bytes is not None:
         return max_bytes
-    from ..config import default_decoder_config
     return default_decoder_config().max_total_bytes
 
 

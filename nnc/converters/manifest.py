@@ -18,6 +18,7 @@ from typing import Iterable
 
 from ..errors import ModelFormatError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
+from . import _onnx
 from ._common import TensorRecord
 
 __all__ = ["expected_names", "source_dtypes", "with_name_list", "reference_topology", "ITEMSIZE"]
@@ -30,7 +31,6 @@ ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int8": 1, 
 
 
 def _onnx_dtypes(topology: Topology) -> dict[str, str] | None:
-    from . import _onnx
     try:
         import onnx  # noqa: F401
     except ImportError:

@@ -38,8 +38,8 @@ __all__ = [
     "entry_point_count",
 ]
 
-# Status codes of the C++ core.
-_OK, _TRUNCATED, _CORRUPT, _BAD_CONFIG, _BAD_INPUT, _OVERFLOW, _INTERNAL, _TRAILING = range(8)
+# The core reports a failure as _core.CoreError carrying its status and location; _raise maps it onto nnc.errors.
+_S = _core.Status
 
 
 @dataclass(frozen=True)
@@ -144,60 +144,102 @@ def step_size(qp: int, qp_density: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-def _check_coding(i: int, c: TensorCoding) -> None:
+def _spec(i: int, c: TensorCoding) -> _core.TensorSpec:
+    """The core's typed spec for ``c`` (tensor ``i`` of the session). The core checks the ranges again
+    (``check_spec``); these checks give the Python-side messages before any array is allocated."""
     if not isinstance(c, TensorCoding):
         raise ConfigError(f"tensor {i}: expected TensorCoding, got {type(c).__name__}")
-    if len(c.shape) == 0:
-        raise ConfigError(f"tensor {i}: rank-0 shapes are not allowed (code scalars as shape (1,))")
-    if any(int(d) < 1 for d in c.shape):
-        raise ConfigError(f"tensor {i}: every dimension must be >= 1, got {c.shape}")
-    if c.profile not in (0, 1):
-        raise ConfigError(f"tensor {i}: profile must be 0 or 1")
-    if not 1 <= c.unary_length <= 256:
-        raise ConfigError(f"tensor {i}: unary_length must be in 1..256")
-    if c.qp_bits is not None and not 1 <= c.qp_bits <= 32:
-        raise ConfigError(f"tensor {i}: qp_bits must be None or 1..32")
-    if not 0 <= c.scan_order <= 4:
-        raise ConfigError(f"tensor {i}: scan_order must be in 0..4")
-    if c.codebook_size < 0 or (c.codebook_size > 0 and not 0 <= c.codebook_zero < c.codebook_size):
-        raise ConfigError(f"tensor {i}: codebook_zero must be in 0..codebook_size-1")
-    if c.tca_base is not None and (c.profile != 1 or not c.parent_present):
-        raise ConfigError(f"tensor {i}: TCA needs profile 1 and parent_present (temporal_context_modeling_flag)")
+    try:
+        shape = c.shape
+        if len(shape) == 0:
+            raise ConfigError(f"tensor {i}: rank-0 shapes are not allowed (code scalars as shape (1,))")
+        if min(shape) < 1:
+            raise ConfigError(f"tensor {i}: every dimension must be >= 1, got {shape}")
+        profile, qp_bits = c.profile, c.qp_bits
+        if profile != 0 and profile != 1:
+            raise ConfigError(f"tensor {i}: profile must be 0 or 1")
+        if not 1 <= c.unary_length <= 256:
+            raise ConfigError(f"tensor {i}: unary_length must be in 1..256")
+        if qp_bits is not None and not 1 <= qp_bits <= 32:
+            raise ConfigError(f"tensor {i}: qp_bits must be None or 1..32")
+        if not 0 <= c.scan_order <= 4:
+            raise ConfigError(f"tensor {i}: scan_order must be in 0..4")
+        if c.codebook_size < 0 or (c.codebook_size > 0 and not 0 <= c.codebook_zero < c.codebook_size):
+            raise ConfigError(f"tensor {i}: codebook_zero must be in 0..codebook_size-1")
+        tca = hist = None
+        if c.tca_base is not None:
+            if profile != 1 or not c.parent_present:
+                raise ConfigError(f"tensor {i}: TCA needs profile 1 and parent_present "
+                                  "(temporal_context_modeling_flag)")
+            tca = _tca_base(i, c)
+        if c.hdsp_history is not None:
+            hist = _hdsp_history(i, c)
+        return _core.TensorSpec(shape[0], math.prod(shape[1:]), profile=profile, unary_length=c.unary_length,
+                                qp_bits=qp_bits or 0, scan_order=c.scan_order, dq=bool(c.dq),
+                                parent_present=bool(c.parent_present), codebook_size=c.codebook_size,
+                                codebook_zero=c.codebook_zero, tca_base=tca, hdsp_history=hist)
+    except TypeError:  # the binding takes ints and bools only: name the field of the wrong type
+        raise ConfigError(f"tensor {i}: {_wrong_field(c)}") from None
 
 
-def _spec_table(codings: Sequence[TensorCoding]) -> tuple[np.ndarray, list, list]:
-    table = np.zeros((len(codings), 10), dtype=np.int64)
-    tca: list = []
-    hist: list = []
-    for i, c in enumerate(codings):
-        _check_coding(i, c)
-        table[i] = (c.height, c.width, c.profile, c.unary_length, c.qp_bits or 0, c.scan_order,
-                    int(bool(c.dq)), int(bool(c.parent_present)), c.codebook_size, c.codebook_zero)
-        if c.tca_base is None:
-            tca.append(None)
-        else:
-            b = np.asarray(c.tca_base)
-            if b.dtype != np.int32:
-                raise ConfigError(f"tensor {i}: tca_base must be int32, got {b.dtype}")
-            if b.size != c.size:
-                raise ConfigError(f"tensor {i}: tca_base has {b.size} elements, the tensor {c.size}")
-            tca.append(np.ascontiguousarray(b).reshape(-1))
-        if c.hdsp_history is None:
-            hist.append(None)
-        else:
-            h = np.asarray(c.hdsp_history)
-            if h.size != c.size:
-                raise ConfigError(f"tensor {i}: hdsp_history has {h.size} elements, the tensor {c.size}")
-            if h.dtype in (np.bool_, np.int8, np.uint8):
-                h = np.ascontiguousarray(h).reshape(-1).view(np.uint8)
-            else:
-                h = (np.ascontiguousarray(h).reshape(-1) != 0).view(np.uint8)
-            hist.append(h)
-    return table, tca, hist
+def _tca_base(i: int, c: TensorCoding) -> np.ndarray:
+    b = np.asarray(c.tca_base)
+    if b.dtype != np.int32:
+        raise ConfigError(f"tensor {i}: tca_base must be int32, got {b.dtype}")
+    if b.size != c.size:
+        raise ConfigError(f"tensor {i}: tca_base has {b.size} elements, the tensor {c.size}")
+    return np.ascontiguousarray(b).reshape(-1)
+
+
+def _hdsp_history(i: int, c: TensorCoding) -> np.ndarray:
+    h = np.asarray(c.hdsp_history)
+    if h.size != c.size:
+        raise ConfigError(f"tensor {i}: hdsp_history has {h.size} elements, the tensor {c.size}")
+    if h.dtype in (np.bool_, np.int8, np.uint8):
+        return np.ascontiguousarray(h).reshape(-1).view(np.uint8)
+    return (np.ascontiguousarray(h).reshape(-1) != 0).view(np.uint8)
+
+
+_INT_FIELDS = ("profile", "unary_length", "qp_bits", "scan_order", "codebook_size", "codebook_zero")
+
+
+def _wrong_field(c: TensorCoding) -> str:
+    for d in c.shape:
+        if not isinstance(d, (int, np.integer)):
+            return f"shape entries must be integers, got {type(d).__name__} in {c.shape!r}"
+    for name in _INT_FIELDS:
+        v = getattr(c, name)
+        if not isinstance(v, (int, np.integer)) and not (name == "qp_bits" and v is None):
+            return f"TensorCoding.{name} must be an integer, got {type(v).__name__} {v!r}"
+    return "a TensorCoding field has the wrong type or does not fit the core's integer types"
+
+
+def _raise(e: Exception, *, encoding: bool = False) -> None:
+    """Raise the nnc.errors exception for the core's CoreError ``e``, with the core's location as attributes:
+    ``tensor_index`` (tensor of the session), ``position`` (element or row) and, for bitstream errors,
+    ``payload_bit_offset`` (the decoder's read position in the payload)."""
+    st, msg = e.status, str(e)
+    loc = {"tensor_index": e.tensor, "position": e.position}
+    err: Exception
+    if st == _S.TRUNCATED:
+        err = TruncatedBitstreamError(msg, code="PAYLOAD_TRUNCATED", payload_bit_offset=e.bit_position, **loc)
+    elif st == _S.TRAILING:
+        err = BitstreamError(msg, code="PAYLOAD_SIZE_MISMATCH", payload_bit_offset=e.bit_position, **loc)
+    elif st == _S.CORRUPT:
+        err = BitstreamError(msg, code="PAYLOAD_CORRUPT", payload_bit_offset=e.bit_position, **loc)
+    elif st == _S.OVERFLOW:
+        err = QuantizationOverflowError(msg)
+    elif st == _S.BAD_INPUT:
+        err = InputError(msg, **loc)
+    elif st == _S.BAD_CONFIG:
+        err = ConfigError(msg, **loc)
+    else:
+        raise RuntimeError(f"DeepCABAC {'encoder' if encoding else 'core'} failed ({st.name}): {msg}") from None
+    raise err from None
 
 
 def _entry_points(raw) -> list[EntryPoint]:
-    return [EntryPoint(int(v), int(s), int(o)) for (v, s, o) in raw]
+    return [EntryPoint(e.value, e.dq_state, e.bit_offset) for e in raw]
 
 
 def encode_payload(
@@ -210,17 +252,16 @@ def encode_payload(
     ``qp_offset`` is ignored when ``coding.qp_bits`` is None; otherwise it is masked to qp_bits bits.
 
     Returns the payload bytes and, per tensor, the entry points to signal (empty unless the tensor has
-    two or more block rows).
+    two or more block rows). Errors the core finds (:class:`nnc.errors.InputError`, e.g. a DQ parity mismatch)
+    carry ``tensor_index`` and ``position`` (the element).
 
     ``threads`` > 1 (extension): the block rows of a tensor with two or more of them (scan order > 0, at
     least 65,536 elements) are coded on that many threads, each run of rows by a coder of its own, joined
     into the one payload afterwards: the same bytes and entry points as on one thread.
     """
-    codings = [it[1] for it in items]
-    table, tca, hist = _spec_table(codings)
-    settings = np.zeros((len(items), 5), dtype=np.int64)
-    levels = []
+    specs, settings, levels = [], [], []
     for i, (q, c, qp, opt) in enumerate(items):
+        specs.append(_spec(i, c))
         a = np.asarray(q)
         if a.dtype != np.int32:
             if a.dtype.kind not in "iu" and a.dtype != np.bool_:
@@ -232,16 +273,20 @@ def encode_payload(
             raise InputError(f"tensor {i}: {a.size} levels for shape {c.shape}")
         levels.append(np.ascontiguousarray(a).reshape(-1))
         opt = opt if opt is not None else EncodeOptions()
-        settings[i] = (int(opt.param_opt), int(opt.row_skipping), int(opt.hdsp),
-                       int(qp or 0) if c.qp_bits is not None else 0, int(opt.allow_dq_mismatch))
-    st, ti, pos, msg, payload, eps = _core.encode(levels, table, settings, tca, hist, int(max(1, threads)))
-    if st == _BAD_INPUT:
-        raise InputError(msg)
-    if st == _BAD_CONFIG:
-        raise ConfigError(msg)
-    if st != _OK:
-        raise RuntimeError(f"DeepCABAC encoder failed ({st}): {msg}")
+        qp_offset = _wrap32(int(qp or 0)) if c.qp_bits is not None else 0
+        settings.append(_core.EncodeSettings(param_opt=bool(opt.param_opt), row_skipping=bool(opt.row_skipping),
+                                             hdsp=bool(opt.hdsp), qp_offset=qp_offset,
+                                             allow_dq_mismatch=bool(opt.allow_dq_mismatch)))
+    try:
+        payload, eps = _core.encode(levels, specs, settings, int(max(1, threads)))
+    except _core.CoreError as e:
+        _raise(e, encoding=True)
     return payload, [_entry_points(e) for e in eps]
+
+
+def _wrap32(v: int) -> int:
+    """``v`` as the core's int32 qp offset (the core masks it to qp_bits bits; the table kept the low 32 bits)."""
+    return ((v + 2**31) & 0xFFFFFFFF) - 2**31
 
 
 def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
@@ -250,51 +295,50 @@ def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
 
     ``data`` must be exactly the CABAC bytes (the NDU payload after the header); a payload that is too
     short raises :class:`nnc.errors.TruncatedBitstreamError`, one that is inconsistent or has trailing
-    bytes raises :class:`nnc.errors.BitstreamError`.
+    bytes raises :class:`nnc.errors.BitstreamError`. Both carry where the core found the problem:
+    ``tensor_index`` (the tensor of ``tensors``, None after the last one), ``position`` (the element, or None)
+    and ``payload_bit_offset`` (the arithmetic decoder's read position in ``data`` in bits, which runs up to
+    16 bits ahead of the bin being decoded); the caller adds the unit and byte (:meth:`BitstreamError.located`).
 
     Optional (extension): ``entry_points`` = per tensor the entry points signalled in the NDU header (or
     None). Tensors with two or more block rows are then decoded with their block rows in parallel on
     ``threads`` threads (default: all CPUs). Entry points that do not join up exactly with the payload are
     ignored (the tensor is decoded sequentially, which is what a sequential decoder would produce).
     """
-    if isinstance(data, np.ndarray):
+    t = type(data)
+    if t is bytes or t is bytearray or (t is memoryview and data.format == "B" and data.c_contiguous):
+        buf = data  # to the core as it is (buffer protocol: no copy, and cheaper than a numpy view)
+    elif isinstance(data, np.ndarray):
         buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     else:
         buf = np.frombuffer(data, dtype=np.uint8)
-    table, tca, hist = _spec_table(tensors)
-    outs = [np.empty(c.size, dtype=np.int32) for c in tensors]
-    eps: list = [None] * len(tensors)
+    specs = [_spec(i, c) for i, c in enumerate(tensors)]
+    outs = [np.empty(s.height * s.width, dtype=np.int32) for s in specs]
     if entry_points is not None:
         if len(entry_points) != len(tensors):
             raise ConfigError("entry_points needs one entry (list or None) per tensor")
         for i, e in enumerate(entry_points):
-            if e:
-                eps[i] = [(int(p.value), int(p.dq_state), int(p.bit_offset)) for p in e]
-                if any(v < 0 or d < 0 or o < 0 for v, d, o in eps[i]):
-                    raise BitstreamError(f"negative entry-point field for tensor {i}")
+            if e and any(int(p.value) < 0 or int(p.dq_state) < 0 or int(p.bit_offset) < 0 for p in e):
+                raise BitstreamError(f"negative entry-point field for tensor {i}", tensor_index=i)
     if threads is None:
-        threads = os.cpu_count() or 1
-    st, ti, pos, msg, consumed, info = _core.decode(buf, table, tca, hist, outs, eps, int(max(1, threads)))
-    if st != _OK:
-        # The message names the tensor and element; location fields are left to the caller (which knows
-        # where the payload sits in the bitstream), see BitstreamError.located().
-        if st == _TRUNCATED:
-            raise TruncatedBitstreamError(msg, code="PAYLOAD_TRUNCATED")
-        if st == _BAD_CONFIG:
-            raise ConfigError(msg)
-        if st == _TRAILING:
-            raise BitstreamError(msg, code="PAYLOAD_SIZE_MISMATCH")
-        raise BitstreamError(msg, code="PAYLOAD_CORRUPT")
-    levels = [o.reshape(tuple(int(d) for d in c.shape)) for o, c in zip(outs, tensors)]
-    return DecodedPayload(
-        levels=levels,
-        qp_offsets=[int(t[0]) if t[1] else None for t in info],
-        hdsp_flags=[bool(t[2]) for t in info],
-        row_skip_flags=[bool(t[3]) for t in info],
-        entry_points=[_entry_points(t[4]) for t in info],
-        consumed=int(consumed),
-        parallel=[bool(t[5]) for t in info],
-    )
+        threads = _CPUS
+    try:
+        info, consumed = _core.decode(buf, specs, outs, entry_points, max(1, int(threads)))
+    except _core.CoreError as e:
+        _raise(e)
+    res = DecodedPayload([], [], [], [], [], consumed, [])
+    for o, c, t in zip(outs, tensors, info):
+        res.levels.append(o.reshape(c.shape))
+        res.qp_offsets.append(t.qp_offset)
+        res.hdsp_flags.append(t.hdsp_flag)
+        res.row_skip_flags.append(t.row_skip_flag)
+        eps = t.entry_points
+        res.entry_points.append([EntryPoint(e.value, e.dq_state, e.bit_offset) for e in eps] if eps else [])
+        res.parallel.append(t.parallel)
+    return res
+
+
+_CPUS = os.cpu_count() or 1
 
 
 def _run_parallel(fn, jobs, weights, max_workers):
@@ -360,11 +404,8 @@ def quantize(x: np.ndarray, step: float, *, dq: bool, scan_order: int = 0) -> np
     q = np.empty(flat.size, dtype=np.int32)
     if flat.size == 0:
         return q.reshape(a.shape)
-    st, pos, msg = _core.quantize(flat, q, h, w, step32, bool(dq), int(scan_order))
-    if st == _OVERFLOW:
-        raise QuantizationOverflowError(msg)
-    if st == _BAD_INPUT:
-        raise InputError(msg)
-    if st != _OK:
-        raise ConfigError(msg)
+    try:
+        _core.quantize(flat, q, h, w, step32, bool(dq), int(scan_order))
+    except _core.CoreError as e:
+        _raise(e)
     return q.reshape(a.shape)

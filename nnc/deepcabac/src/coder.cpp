@@ -867,20 +867,24 @@ Status decode_session(const uint8_t* data, size_t size, const TensorSpec* specs,
     if (signalled && !signalled[i].empty()) td.set_entry_points(signalled[i].data(), signalled[i].size(), threads);
     if (Status st = td.run(info[i], err); st != Status::kOk) {
       err.tensor = int64_t(i);
+      err.bit_position = static_cast<int64_t>(dec.bit_position());
       return st;
     }
   }
   const unsigned term = dec.terminate();
   consumed = dec.bytes_consumed();
+  Status st = Status::kOk;
   if (consumed > size)
-    return fail(err, Status::kTruncated, -1, -1,
-                "CABAC payload too short: the decoder needs " + std::to_string(consumed) + " bytes, " +
-                    std::to_string(size) + " available");
-  if (!term) return fail(err, Status::kCorrupt, -1, -1, "terminating bin is 0 after the last tensor");
-  if (consumed != size)
-    return fail(err, Status::kTrailing, -1, -1,
-                "CABAC payload has " + std::to_string(size - consumed) + " trailing byte(s) after the terminating bin");
-  return Status::kOk;
+    st = fail(err, Status::kTruncated, -1, -1,
+              "CABAC payload too short: the decoder needs " + std::to_string(consumed) + " bytes, " +
+                  std::to_string(size) + " available");
+  else if (!term)
+    st = fail(err, Status::kCorrupt, -1, -1, "terminating bin is 0 after the last tensor");
+  else if (consumed != size)
+    st = fail(err, Status::kTrailing, -1, -1,
+              "CABAC payload has " + std::to_string(size - consumed) + " trailing byte(s) after the terminating bin");
+  if (st != Status::kOk) err.bit_position = static_cast<int64_t>(dec.bit_position());
+  return st;
 }
 
 }  // namespace nncabac

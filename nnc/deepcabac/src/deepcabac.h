@@ -26,6 +26,7 @@ struct ErrorInfo {
   Status status = Status::kOk;
   int64_t tensor = -1;    // index of the tensor in the session, -1 if not applicable
   int64_t position = -1;  // element position (row-major index) or row, -1 if not applicable
+  int64_t bit_position = -1;  // decoder: its read position in the payload (bits) when the error was found, or -1
   std::string message;
 };
 
