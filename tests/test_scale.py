@@ -394,7 +394,7 @@ def test_largest_first_schedule_stays_within_its_memory_cap():
 
 def test_import_nnc_does_not_import_ml_dtypes_until_bfloat16_is_needed():
     """ml_dtypes takes ~1.5 s to import with numpy 2.4 (its ufunc loops): nnc loads it only for bfloat16."""
-    code = ("import sys, numpy as np, nnc\n"
+    code = ("import sys, numpy as np, nnc, nnc.converters, nnc.cli\n"
             "assert 'ml_dtypes' not in sys.modules\n"
             "w = {'a': np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)}\n"
             "out = nnc.decode(nnc.encode(w))\n"

@@ -16,7 +16,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .._atomic import atomic_output
-from ..coding.dtypes import BFLOAT16
+from ..coding.dtypes import bfloat16_dtype, is_bfloat16
 from ..config import default_decoder_config
 from ..errors import LimitExceededError, ModelFormatError, NNCError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
@@ -25,10 +25,10 @@ from ..topology import Topology, TopologyCompressionFormat, TopologyStorageForma
 META_KEY = "nnc_converters"
 META_VERSION = 1
 
-#: dtype names used in the JSON record; bfloat16 is ml_dtypes.bfloat16 (float32 only without ml_dtypes).
+#: dtype names used in the JSON record; bfloat16 is ml_dtypes.bfloat16 (float32 only without ml_dtypes), looked up
+#: when needed (importing ml_dtypes costs ~1 s: see nnc.coding.dtypes).
 NUMPY_DTYPES = {
-    "float16": np.float16, "float32": np.float32, "float64": np.float64,
-    "bfloat16": BFLOAT16 if BFLOAT16 is not None else np.float32,
+    "float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": None,
     "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
     "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
     "bool": np.bool_,
@@ -37,6 +37,8 @@ NUMPY_DTYPES = {
 
 def numpy_dtype(name: str) -> np.dtype:
     try:
+        if name == "bfloat16":
+            return bfloat16_dtype() or np.dtype(np.float32)
         return np.dtype(NUMPY_DTYPES[name])
     except KeyError:
         raise ModelFormatError(f"unknown tensor dtype {name!r} in the topology record") from None
@@ -112,14 +114,15 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
 
 def bf16_from_bits(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) as an ml_dtypes.bfloat16 array (a view; float32 without ml_dtypes)."""
-    if BFLOAT16 is None:  # pragma: no cover - ml_dtypes missing
+    bf16 = bfloat16_dtype()
+    if bf16 is None:  # pragma: no cover - ml_dtypes missing
         return bf16_bits_to_float32(bits)
-    return np.ascontiguousarray(bits).view(np.uint16).view(BFLOAT16)
+    return np.ascontiguousarray(bits).view(np.uint16).view(bf16)
 
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round-to-nearest-even float32 -> bfloat16 bit patterns (NaN stays NaN); bfloat16 input: its bits."""
-    if BFLOAT16 is not None and np.asarray(x).dtype == BFLOAT16:
+    if is_bfloat16(np.asarray(x).dtype):
         return np.ascontiguousarray(x).view(np.uint16)
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from .._atomic import write_bytes_atomic
-from ..coding.dtypes import BFLOAT16
+from ..coding.dtypes import bfloat16_dtype, is_bfloat16
 from ..errors import ModelFormatError
 from ._common import (TensorRecord, atomic_path, bf16_bits_to_float32, float32_to_bf16_bits, plan_restore)
 
@@ -30,8 +30,8 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 def _numpy_storage(dname: str) -> np.dtype:
     """The numpy dtype a tensor is read into: bfloat16 as ml_dtypes.bfloat16 (not widened)."""
-    if dname == "bfloat16" and BFLOAT16 is not None:
-        return BFLOAT16
+    if dname == "bfloat16" and bfloat16_dtype() is not None:
+        return bfloat16_dtype()
     return np.dtype(_STORAGE[dname])
 
 
@@ -97,7 +97,7 @@ class SafetensorsFile:
             raise ModelFormatError(f"{self.path!r}: tensor {name!r} is truncated")
         arr = raw.view(storage).reshape(shape)
         if dname == "bfloat16":
-            return arr.view(_numpy_storage(dname)) if BFLOAT16 is not None else bf16_bits_to_float32(arr)
+            return arr.view(_numpy_storage(dname)) if bfloat16_dtype() is not None else bf16_bits_to_float32(arr)
         if storage.byteorder not in ("=", "|") and not storage.isnative:
             arr = arr.astype(storage.newbyteorder("="))
         return arr
@@ -112,7 +112,7 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str], 
 def _tensor_bytes(arr: np.ndarray, dtype_name: str) -> np.ndarray:
     """The little-endian bytes of ``arr`` stored as ``dtype_name`` (bfloat16 rounded from wider floats)."""
     if dtype_name == "bfloat16":
-        if BFLOAT16 is not None and arr.dtype == BFLOAT16:
+        if is_bfloat16(arr.dtype):
             data = np.ascontiguousarray(arr).view(np.uint16)
         else:
             data = float32_to_bf16_bits(arr)
