@@ -577,10 +577,6 @@ class NduHeader:
         return 9 if v is None else v
 
     @property
-    def effective_scan_order(self) -> int:
-        return self.scan_order or 0
-
-    @property
     def element_names(self) -> list:
         """``[topology_elem_id]`` or ``topology_elem_id_list`` (or the index equivalents)."""
         if self.nnr_multiple_topology_elements_present_flag:

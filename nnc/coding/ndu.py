@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import bitstream as bs
 from .. import deepcabac
+from ..deepcabac import effective_scan
 from ..errors import BitstreamError, LimitExceededError, UnsupportedFeatureError
 from .dtypes import dtype_for_format
 
@@ -38,13 +39,6 @@ _NDU = "NNR_NDU.nnr_compressed_data_unit_header"
 def layer_width(shape: tuple[int, ...]) -> int:
     """W of a tensor: the product of every dimension but the first (1 for rank <= 1)."""
     return math.prod(shape[1:]) if len(shape) > 1 else 1
-
-
-def effective_scan(shape: tuple[int, ...], scan_order: int) -> int:
-    """The scan order the coder uses: 0 when the tensor has one row or one column (or rank < 2)."""
-    if len(shape) < 2 or layer_width(shape) == 1 or shape[0] == 1:
-        return 0
-    return scan_order
 
 
 def signalled_scan(shape: tuple[int, ...], scan_order: int) -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "QuantizationOverflowError",
     "step_size",
     "block_row_count",
+    "effective_scan",
     "effective_scan_order",
     "entry_point_count",
 ]
@@ -111,11 +112,18 @@ class DecodedPayload:
 
 
 # ----------------------------------------------------------------------------------------------------
-def effective_scan_order(coding: TensorCoding) -> int:
-    """Scan order actually used by the coder (0 for W = 1 or H = 1), §3.9."""
-    if coding.width <= 1 or coding.height <= 1:
+def effective_scan(shape: Sequence[int], scan_order: int) -> int:
+    """The scan order the coder uses for header dims ``shape`` (§3.9): 0 when the tensor has one row or one
+    column (rank < 2 included), else ``scan_order``. The one statement of this rule in Python (the core has
+    its own for the coder)."""
+    if len(shape) < 2 or int(shape[0]) <= 1 or math.prod(int(d) for d in shape[1:]) <= 1:
         return 0
-    return int(coding.scan_order)
+    return int(scan_order)
+
+
+def effective_scan_order(coding: TensorCoding) -> int:
+    """Scan order actually used by the coder for ``coding`` (:func:`effective_scan`)."""
+    return effective_scan(coding.shape, coding.scan_order)
 
 
 def block_row_count(coding: TensorCoding) -> int:
