@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nnc.coding.quant import step_size
 from nnc.deepcabac import (
     EncodeOptions,
     QuantizationOverflowError,
@@ -27,7 +28,6 @@ from nnc.deepcabac import (
     decode_payload,
     encode_payload,
     quantize,
-    step_size,
 )
 
 REF_PYTHON = Path(os.environ.get("NNC_REFERENCE_PYTHON", "/tmp/nncref/bin/python"))

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from nnc.deepcabac import EncodeOptions, TensorCoding, decode_payload, encode_payload, quantize, step_size
+from nnc.coding.quant import step_size
+from nnc.deepcabac import EncodeOptions, TensorCoding, decode_payload, encode_payload, quantize
 
 from test_deepcabac_reference import REF_PYTHON
 

@@ -7,15 +7,15 @@ integers with the same settings must reproduce the payload byte for byte.
 import numpy as np
 import pytest
 
+from nnc.coding.quant import step_size
 from nnc.deepcabac import (
     EncodeOptions,
     EntryPoint,
     TensorCoding,
     decode_payload,
     encode_payload,
-    entry_point_count,
+    block_row_count,
     quantize,
-    step_size,
 )
 
 # TV1: profile 0, NNR_PT_INT, parameter optimisation off.
@@ -92,7 +92,7 @@ def test_tv3_decode_and_reencode_with_entry_points():
     np.testing.assert_array_equal(q, quantize(_tv3_levels(), step_size(-36, 2), dq=False, scan_order=1))
     expected_eps = [EntryPoint(0, 0, 690), EntryPoint(17, 0, 798)]
     assert dec.entry_points == [expected_eps]
-    assert entry_point_count((20, 10), 1) == 2
+    assert block_row_count(TensorCoding(shape=(20, 10), scan_order=1)) - 1 == 2   # entry points
     data, eps = encode_payload([(q, coding, -36, EncodeOptions(param_opt=False, row_skipping=True))])
     assert data == TV3_CABAC
     assert eps == [expected_eps]

@@ -1,13 +1,12 @@
 """How numpy dtypes map to NNC coding modes and to ``nnr_decompressed_data_format`` (spec §1.3)."""
 from __future__ import annotations
 
-from enum import IntEnum
-
 import json
 import sys
 
 import numpy as np
 
+from ..bitstream.enums import DecompressedDataFormat
 from ..errors import InputError
 
 # ml_dtypes gives numpy its usual bfloat16 (jax, tensorflow and torch's numpy views use it). It is imported on
@@ -92,37 +91,24 @@ def recorded_dtypes(topology) -> dict[str, str]:
     return {str(k): str(v) for k, v in d.items()} if isinstance(d, dict) else {}
 
 
-class DecompressedDataFormat(IntEnum):
-    INT32 = 0
-    FLOAT32 = 1
-    INT2 = 2
-    INT3 = 3
-    INT4 = 4
-    INT8 = 5
-    INT16 = 6
-    INT64 = 7
-    FLOAT16 = 8
-    FLOAT64 = 9
-
-
 _FORMAT_OF = {
-    np.dtype(np.float16): DecompressedDataFormat.FLOAT16,
-    np.dtype(np.float64): DecompressedDataFormat.FLOAT64,
-    np.dtype(np.int8): DecompressedDataFormat.INT8,
-    np.dtype(np.int16): DecompressedDataFormat.INT16,
-    np.dtype(np.int64): DecompressedDataFormat.INT64,
+    np.dtype(np.float16): DecompressedDataFormat.TENSOR_FLOAT16,
+    np.dtype(np.float64): DecompressedDataFormat.TENSOR_FLOAT64,
+    np.dtype(np.int8): DecompressedDataFormat.TENSOR_INT8,
+    np.dtype(np.int16): DecompressedDataFormat.TENSOR_INT16,
+    np.dtype(np.int64): DecompressedDataFormat.TENSOR_INT64,
 }
 _DTYPE_OF = {
-    DecompressedDataFormat.INT32: np.dtype(np.int32),
-    DecompressedDataFormat.FLOAT32: np.dtype(np.float32),
-    DecompressedDataFormat.INT2: np.dtype(np.int8),
-    DecompressedDataFormat.INT3: np.dtype(np.int8),
-    DecompressedDataFormat.INT4: np.dtype(np.int8),
-    DecompressedDataFormat.INT8: np.dtype(np.int8),
-    DecompressedDataFormat.INT16: np.dtype(np.int16),
-    DecompressedDataFormat.INT64: np.dtype(np.int64),
-    DecompressedDataFormat.FLOAT16: np.dtype(np.float16),
-    DecompressedDataFormat.FLOAT64: np.dtype(np.float64),
+    DecompressedDataFormat.TENSOR_INT32: np.dtype(np.int32),
+    DecompressedDataFormat.TENSOR_FLOAT32: np.dtype(np.float32),
+    DecompressedDataFormat.TENSOR_INT2: np.dtype(np.int8),
+    DecompressedDataFormat.TENSOR_INT3: np.dtype(np.int8),
+    DecompressedDataFormat.TENSOR_INT4: np.dtype(np.int8),
+    DecompressedDataFormat.TENSOR_INT8: np.dtype(np.int8),
+    DecompressedDataFormat.TENSOR_INT16: np.dtype(np.int16),
+    DecompressedDataFormat.TENSOR_INT64: np.dtype(np.int64),
+    DecompressedDataFormat.TENSOR_FLOAT16: np.dtype(np.float16),
+    DecompressedDataFormat.TENSOR_FLOAT64: np.dtype(np.float64),
 }
 
 

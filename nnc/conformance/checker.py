@@ -25,6 +25,7 @@ from .. import bitstream as B
 from .. import deepcabac as dc
 from ..bitstream.source import as_bytes
 from ..coding.ndu import plan_ndu
+from ..coding.quant import step_size
 from ..config import DecoderConfig, active_decoder_limits
 from ..errors import (BitstreamError, ConfigError, ConformanceError, LimitExceededError, TruncatedBitstreamError,
                       UnsupportedFeatureError)
@@ -386,7 +387,7 @@ class _Checker:
         for i, (kind, qoff, q) in enumerate(zip(kinds, res.qp_offsets, res.levels)):
             if qoff is not None:
                 qp = qoff + qp0
-                step = dc.step_size(qp, qd) if -4200 < qp < 4200 else 0.0
+                step = float(step_size(qp, qd)) if -4200 < qp < 4200 else 0.0
                 if not (0.0 < step < float(np.finfo(np.float32).max)):
                     self.add("QP_OUT_OF_RANGE", f"tensor {i}: qp {qp} with qp_density {qd} gives step size {step}",
                              u, pay_off, f"NNR_NDU.payload.tensor[{i}].qp_offset")

@@ -32,11 +32,9 @@ __all__ = [
     "decode_payloads",
     "quantize",
     "QuantizationOverflowError",
-    "step_size",
     "block_row_count",
     "effective_scan",
     "effective_scan_order",
-    "entry_point_count",
 ]
 
 # The core reports a failure as _core.CoreError carrying its status and location; _raise maps it onto nnc.errors.
@@ -133,22 +131,6 @@ def block_row_count(coding: TensorCoding) -> int:
         return 1
     b = 4 << s
     return -(-coding.height // b)
-
-
-def entry_point_count(shape: Sequence[int], scan_order: int) -> int:
-    """Number of entries in cabac_entry_point_list for header dims ``shape`` (§1.11), from d0 only."""
-    if len(shape) <= 1 or scan_order <= 0:
-        return 0
-    b = 4 << scan_order
-    return -(-int(shape[0]) // b) - 1
-
-
-def step_size(qp: int, qp_density: int) -> float:
-    """Quantization step for integer qp and qp_density (§2.1), as a float32-exact Python float."""
-    k = 1 << qp_density
-    mul = k + (qp & (k - 1))
-    shift = qp >> qp_density
-    return float(np.float32(mul * 2.0 ** (shift - qp_density)))
 
 
 # ----------------------------------------------------------------------------------------------------
