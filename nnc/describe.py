@@ -269,7 +269,7 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
         errors.append("payload not decoded: TCA needs the parent tensor")
         return infos, errors
     try:
-        res = dc.decode_payload(u.payload, [m.coding for m in plan.members])
+        res = dc.decode_payload(u.payload, [m.coding for m in plan.members], threads=1)   # no entry points: one thread
     except NNCError as e:
         errors.append(f"payload: {e}")
         return infos, errors
@@ -307,33 +307,34 @@ def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, con
     topo = None
     topology = None
     qd = None
-    for u in B.iter_units(data, strict=False, max_units=max_units if max_units is not None else cfg.max_units,
-                          budget=budget):
-        ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
-                      payload_size=None if u.payload is None else len(u.payload))
-        ui.errors += [str(e) for e in u.errors]
-        limits_hit += [f"unit {u.index}: {e}" for e in u.errors if isinstance(e, LimitExceededError)]
-        ui.fields = _unit_fields(u)
-        t = u.nnr_unit_type
-        if t == B.NNRUnitType.NNR_STR and u.body is not None and profile is None:
-            profile = u.body.general_profile_idc
-        elif t == B.NNRUnitType.NNR_TPL and u.body is not None and topo is None:
-            topo = ui.fields.get("topology_storage_format")
-            with contextlib.suppress(Exception):  # an unreadable topology lists nothing
-                topology = u.body.to_topology()
-        elif t == B.NNRUnitType.NNR_MPS and u.body is not None and qd is None:
-            qd = u.body.mps_qp_density
-        elif t == B.NNRUnitType.NNR_NDU and u.body is not None:
-            mps = u.context.mps if u.context is not None else None
-            d = mps.mps_qp_density if mps is not None and mps.mps_qp_density is not None else 0
-            q0 = mps.mps_quantization_parameter if mps is not None and mps.mps_quantization_parameter is not None \
-                else 0
-            try:
-                ui.tensors, errs = _ndu_tensors(u, d, q0, decode, budget, limits_hit)
-                ui.errors += errs
-            except Exception as e:  # noqa: BLE001 - describe what can be described
-                ui.errors.append(f"cannot describe tensors: {type(e).__name__}: {e}")
-        units.append(ui)
+    with B.paused_gc():     # units and their descriptions are acyclic: no collector passes over them
+        for u in B.iter_units(data, strict=False, max_units=max_units if max_units is not None else cfg.max_units,
+                              budget=budget):
+            ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
+                          payload_size=None if u.payload is None else len(u.payload))
+            ui.errors += [str(e) for e in u.errors]
+            limits_hit += [f"unit {u.index}: {e}" for e in u.errors if isinstance(e, LimitExceededError)]
+            ui.fields = _unit_fields(u)
+            t = u.nnr_unit_type
+            if t == B.NNRUnitType.NNR_STR and u.body is not None and profile is None:
+                profile = u.body.general_profile_idc
+            elif t == B.NNRUnitType.NNR_TPL and u.body is not None and topo is None:
+                topo = ui.fields.get("topology_storage_format")
+                with contextlib.suppress(Exception):  # an unreadable topology lists nothing
+                    topology = u.body.to_topology()
+            elif t == B.NNRUnitType.NNR_MPS and u.body is not None and qd is None:
+                qd = u.body.mps_qp_density
+            elif t == B.NNRUnitType.NNR_NDU and u.body is not None:
+                mps = u.context.mps if u.context is not None else None
+                d = mps.mps_qp_density if mps is not None and mps.mps_qp_density is not None else 0
+                q0 = mps.mps_quantization_parameter if mps is not None and mps.mps_quantization_parameter is not None \
+                    else 0
+                try:
+                    ui.tensors, errs = _ndu_tensors(u, d, q0, decode, budget, limits_hit)
+                    ui.errors += errs
+                except Exception as e:  # noqa: BLE001 - describe what can be described
+                    ui.errors.append(f"cannot describe tensors: {type(e).__name__}: {e}")
+            units.append(ui)
     listed = None
     if topology is not None:
         from .converters.manifest import expected_names, source_dtypes

@@ -363,7 +363,7 @@ class _Checker:
                      "tensor, which a single bitstream does not carry", u, pay_off, "NNR_NDU.payload", WARNING)
             return
         try:
-            res = dc.decode_payload(payload, codings)
+            res = dc.decode_payload(payload, codings, threads=1)   # no entry points: one thread
         except (BitstreamError, ConfigError) as e:
             msg = getattr(e, "reason", str(e))
             off = pay_off + (e.byte_offset if getattr(e, "byte_offset", None) is not None else len(payload))
@@ -453,17 +453,18 @@ class _Checker:
             self.add("EMPTY_BITSTREAM", "the input holds no bytes", None, 0, None)
             return rep
         units = []
-        for u in B.iter_units(self.data, strict=False, max_units=self.max_units, budget=self.budget):
-            units.append(u)
-            rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
-            for e in u.errors:
-                self.parser_error(u, e)
-            if u.header is not None:
-                try:
-                    self.semantics(u)
-                except Exception as e:  # noqa: BLE001 - a checker bug must not hide the other findings
-                    self.add("SYNTAX_ERROR", f"internal checker error on this unit: {type(e).__name__}: {e}", u,
-                             u.offset, u.type_name)
+        with B.paused_gc():     # parsed units are acyclic: no collector passes over them
+            for u in B.iter_units(self.data, strict=False, max_units=self.max_units, budget=self.budget):
+                units.append(u)
+                rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
+                for e in u.errors:
+                    self.parser_error(u, e)
+                if u.header is not None:
+                    try:
+                        self.semantics(u)
+                    except Exception as e:  # noqa: BLE001 - a checker bug must not hide the other findings
+                        self.add("SYNTAX_ERROR", f"internal checker error on this unit: {type(e).__name__}: {e}", u,
+                                 u.offset, u.type_name)
         self.completeness(units)
         first = units[0] if units else None
         if first is None or first.header is None or first.nnr_unit_type is None or \
