@@ -285,6 +285,11 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
             q2 = q.reshape(q.shape[0], -1)
             ti.skipped_rows = int((~q2.any(axis=1)).sum())
         ti.hdsp = hdsp or None
+        if 0 < q.size <= 64:                # a few levels: Python is cheaper than three numpy reductions
+            lv = q.ravel().tolist()
+            ti.nonzero = len(lv) - lv.count(0)
+            ti.min_level, ti.max_level = min(lv), max(lv)
+            continue
         ti.nonzero = int(np.count_nonzero(q))
         if q.size:
             ti.min_level, ti.max_level = int(q.min()), int(q.max())

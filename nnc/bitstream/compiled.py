@@ -176,9 +176,33 @@ class _Gen:
 
         return "(" + ast.unparse(_Rename().visit(tree)) + ")"
 
+    def _safe(self, x) -> bool:
+        """Whether evaluating ``x`` cannot raise: only ==, !=, and, or, not over elements of the enclosing
+        structures (ints, strings, lists, records or None, as read) and constants."""
+        if x.fn is not None:
+            return False
+        tree = ast.parse(x.src, mode="eval")
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Compare):
+                if not all(isinstance(op, (ast.Eq, ast.NotEq)) for op in n.ops):
+                    return False
+            elif isinstance(n, ast.Name):
+                if not any(n.id in f.declared for f in self.frames) and not (
+                        isinstance(S._NAMES.get(n.id), int) and n.id != "__builtins__"):
+                    return False
+            elif not isinstance(n, (ast.Expression, ast.Constant, ast.BoolOp, ast.UnaryOp, ast.Load, ast.boolop,
+                                    ast.Not, ast.Eq, ast.NotEq)):
+                return False
+            if isinstance(n, ast.UnaryOp) and not isinstance(n.op, ast.Not):
+                return False
+        return True
+
     def cond_block(self, ind: int, x, path: str) -> int:
         """Emit ``if <x>:`` with the interpreter's handling of a condition that cannot be evaluated; returns
         the indentation of the guarded block."""
+        if self._safe(x):
+            self.emit(ind, f"if {self.expr(x)}:")
+            return ind + 1
         self.emit(ind, "try:")
         self.emit(ind + 1, f"_c = True if {self.expr(x)} else False")
         self.emit(ind, "except _EXC as _e:")
@@ -407,7 +431,7 @@ class _Gen:
 
 def _mk(cls, values: dict):
     obj = object.__new__(cls)
-    obj.__dict__.update(values)
+    obj.__dict__ = values
     return obj
 
 

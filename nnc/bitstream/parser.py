@@ -148,14 +148,18 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
         unit.errors.append(exc)
 
     # -- nnr_unit_size() --------------------------------------------------------------------------
-    r = BitReader(mv, pos, n)
-    try:
-        flag = r.u(1)
-        size = r.u(31 if flag else 15)
-    except BitstreamError as exc:
-        fail(exc, pos, "nnr_unit_size")
-        return unit, None
+    flag = mv[pos] >> 7
     field_len = 4 if flag else 2
+    if pos + field_len <= n:
+        size = int.from_bytes(mv[pos:pos + field_len], "big") & (0x7FFFFFFF if flag else 0x7FFF)
+    else:                                   # cut short: the bit reader's error
+        r = BitReader(mv, pos, n)
+        try:
+            flag = r.u(1)
+            size = r.u(31 if flag else 15)
+        except BitstreamError as exc:
+            fail(exc, pos, "nnr_unit_size")
+            return unit, None
     unit.size = size
     if size < field_len + 1:
         fail(BitstreamError(f"nnr_unit_size {size} is smaller than its own size field plus the unit type byte",
@@ -271,9 +275,12 @@ def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) ->
                 raise exc
             yield Unit(index=index, offset=pos, size=None, header=None, context=st.ctx, errors=[exc])
             return
-        if st.budget is not None:
+        b = st.budget
+        if b is not None and b.data + max(0, b.header + UNIT_BYTES - HEADER_ALLOWANCE) <= b.limit:
+            b.header += UNIT_BYTES           # MemoryBudget.charge's check, inline
+        elif b is not None:
             try:
-                st.budget.charge(UNIT_BYTES, f"unit {index}", pos)
+                b.charge(UNIT_BYTES, f"unit {index}", pos)
             except LimitExceededError as exc:
                 exc.located(unit_index=index)
                 if strict:
@@ -282,7 +289,7 @@ def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) ->
                 return
         unit, nxt = _parse_unit(mv, pos, index, st, strict)
         yield unit
-        if st.budget is not None and any(isinstance(e, LimitExceededError) for e in unit.errors):
+        if unit.errors and st.budget is not None and any(isinstance(e, LimitExceededError) for e in unit.errors):
             return      # the budget is spent: every later unit would fail the same way
         if nxt is None:
             return

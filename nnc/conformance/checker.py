@@ -387,7 +387,7 @@ class _Checker:
             if qoff is not None:
                 qp = qoff + qp0
                 step = dc.step_size(qp, qd) if -4200 < qp < 4200 else 0.0
-                if not (0.0 < step < float(np.finfo(np.float32).max)):
+                if not (0.0 < step < _F32_MAX):
                     self.add("QP_OUT_OF_RANGE", f"tensor {i}: qp {qp} with qp_density {qd} gives step size {step}",
                              u, pay_off, f"NNR_NDU.payload.tensor[{i}].qp_offset")
             if kind == "codebook" and q.size:
@@ -475,6 +475,9 @@ class _Checker:
         rep.violations.sort(key=lambda v: (v.unit_index if v.unit_index is not None else -1,
                                            v.byte_offset if v.byte_offset is not None else -1))
         return rep
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class _Skip(Exception):
