@@ -133,7 +133,8 @@ class BitstreamInfo:
                 extra = f"  (header {u.header_size} + payload {u.payload_size})"
             lines.append(f"#{u.index:<3} {u.type:<8} offset {u.offset:<8} size {sz}{extra}")
             if u.fields:
-                lines.append("       " + ", ".join(f"{k}={_fmt(v)}" for k, v in u.fields.items()))
+                lines.append("       " + ", ".join([f"{k}={v}" if type(v) is int or type(v) is str else f"{k}={_fmt(v)}"
+                                                       for k, v in u.fields.items()]))
             for t in u.tensors:
                 src = f" (source {t.source_dtype})" if t.source_dtype and t.source_dtype != t.dtype else ""
                 lines.append(f"       tensor {t.name!r}  shape {t.shape}  {t.dtype}{src}  {t.elements:,} elements")
