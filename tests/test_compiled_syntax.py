@@ -89,7 +89,7 @@ def test_every_conformance_vector_parses_the_same(i):
 def test_mutated_vectors_parse_and_fail_the_same():
     blobs = [b for b in _vectors() if len(b) < 20_000]
     rng = np.random.default_rng(2026_12_01)
-    for i in range(1500):
+    for i in range(600):
         _same(mutate(rng, blobs[i % len(blobs)], blobs))
 
 
@@ -104,7 +104,7 @@ def test_truncated_vectors_fail_the_same():
 
 def test_every_header_bit_flipped_fails_the_same():
     """Each bit of the headers of a few small vectors flipped in turn (sizes, flags, counts, codebooks)."""
-    blobs = sorted((b for b in _vectors() if len(b) < 4_000), key=len)[:4]
+    blobs = sorted((b for b in _vectors() if len(b) < 4_000), key=len)[:2]
     for b in blobs:
         p = bs.parse(b)
         for u in p.units:
