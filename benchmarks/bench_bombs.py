@@ -98,7 +98,8 @@ def _fmt(r) -> str:
 
 def table(rows) -> str:
     cmp = any(r.get("ratio") is not None for r in rows)
-    out = ["| attack | entry point | input | peak RSS | CPU | outcome | criteria |" + (" compare CPU | ratio |" if cmp else ""),
+    out = ["| attack | entry point | input | peak RSS | CPU | outcome | criteria |"
+           + (" compare CPU | ratio |" if cmp else ""),
            "|---|---|---:|---:|---:|---|---|" + ("---:|---:|" if cmp else "")]
     for r in rows:
         rss = "-" if r["peak_rss"] is None else f"{r['peak_rss'] / bombs.MB:.0f} MB"

@@ -14,8 +14,10 @@ Each syntax structure of the specification is written down once, as a list of it
 Conditions and counts are Python expressions (strings) over the syntax elements read so far, the
 elements of the enclosing structures, the context handed in by the caller (e.g. ``general_profile_idc``)
 and the names registered with :func:`register_names` (enumeration members, helper functions). They are
-compiled once. Because the declaration is data, the same list drives the reader (:func:`read_struct`),
-the writer (:func:`write_struct`) and the documentation (:func:`struct_markdown`).
+compiled once. Because the declaration is data, the same list drives the reader (:func:`read_struct`, which
+runs the structure's reader generated from it by :mod:`nnc.bitstream.compiled`; :func:`interpret_struct` walks it
+item by item and is the reference), the writer (:func:`write_struct`) and the documentation
+(:func:`struct_markdown`).
 
 A structure becomes a class with :func:`syntax`, which turns the decorated class into a dataclass whose
 fields are exactly the syntax element names (absent elements are ``None``).
@@ -34,7 +36,7 @@ from .bits import BitReader, BitWriter, Float32
 __all__ = [
     "Expr", "U", "I", "UE", "IE", "ST", "FLT", "Descriptor",
     "Field", "Array", "Loop", "If", "Sub", "Align", "Fail",
-    "Struct", "Scope", "syntax", "register_names", "read_struct", "write_struct", "struct_markdown",
+    "Struct", "Scope", "syntax", "register_names", "read_struct", "interpret_struct", "write_struct", "struct_markdown",
     "over_limit", "BUDGET_KEY", "LIMITS_KEY",
 ]
 
