@@ -35,6 +35,10 @@ def main(argv=None) -> int:
     ap.add_argument("--bombs", nargs="*", default=None, help="subset of bomb names")
     ap.add_argument("--entries", nargs="*", default=ENTRIES)
     ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--compare", default=None,
+                    help="another checkout (e.g. the pristine tree) run on the same input right after each row: "
+                         "the row then also reports its CPU and the ratio (contention on a shared machine "
+                         "inflates both runs alike)")
     ap.add_argument("--json", default=str(bombs.ROOT / "benchmarks" / "results" / "bombs.json"))
     a = ap.parse_args(argv)
     names = a.bombs or list(bombs.BITSTREAM_BOMBS)
@@ -58,13 +62,21 @@ def main(argv=None) -> int:
                 cpu_ok = cpu is not None and cpu <= 2.0 * max(mb, 1.0)
                 row = {"bomb": name, "what": desc, "entry": entry, "input_bytes": len(data), "limit": a.limit,
                        "peak_rss": rss, "baseline_rss": r.get("baseline_rss"), "cpu_s": cpu,
+                       "calib_s": r.get("calib_s"),
                        "outcome": r.get("outcome"), "message": r.get("message") or r.get("result"),
                        "rss_ok": rss_ok, "cpu_ok": cpu_ok, "build_s": time.perf_counter() - t0}
+                if a.compare:
+                    c = bombs.run_child(path, entry, a.limit, True, a.timeout, a.compare)
+                    row["compare_cpu_s"] = c.get("cpu_s")
+                    row["compare_calib_s"] = c.get("calib_s")
+                    row["compare_outcome"] = c.get("outcome")
+                    if cpu is not None and c.get("cpu_s"):
+                        row["ratio"] = cpu / c["cpu_s"]
                 rows.append(row)
                 print(_fmt(row), flush=True)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"root": a.root or str(bombs.ROOT), "limit": a.limit, "python": sys.version.split()[0],
-                                        "rows": rows}, indent=1))
+    Path(a.json).write_text(json.dumps({"root": a.root or str(bombs.ROOT), "compare": a.compare, "limit": a.limit,
+                                        "python": sys.version.split()[0], "rows": rows}, indent=1))
     print()
     print(table(rows))
     bad = [r for r in rows if not (r["rss_ok"] and r["cpu_ok"]) or str(r["outcome"]).startswith(("CRASH", "DIED",
@@ -78,16 +90,29 @@ def _fmt(r) -> str:
     cpu = "-" if r["cpu_s"] is None else f"{r['cpu_s']:.2f} s"
     flag = "" if r["rss_ok"] and r["cpu_ok"] else "  <-- " + ", ".join(
         x for x, ok in (("RSS", r["rss_ok"]), ("CPU", r["cpu_ok"])) if not ok)
-    return f"{r['bomb']:<22} {r['entry']:<10} {r['input_bytes']:>9} B  {rss:>8}  {cpu:>8}  {r['outcome']}{flag}"
+    cmp = f"  (compare: {r['compare_cpu_s']:.2f} s, ratio {r['ratio']:.2f})" if r.get("ratio") is not None else ""
+    cal = f"  calib {r['calib_s']:.3f} s" if r.get("calib_s") is not None else ""
+    return (f"{r['bomb']:<22} {r['entry']:<10} {r['input_bytes']:>9} B  {rss:>8}  {cpu:>8}  {r['outcome']}{flag}"
+            f"{cal}{cmp}")
 
 
 def table(rows) -> str:
-    out = ["| attack | entry point | input | peak RSS | CPU | outcome |", "|---|---|---:|---:|---:|---|"]
+    cmp = any(r.get("ratio") is not None for r in rows)
+    out = ["| attack | entry point | input | peak RSS | CPU | outcome | criteria |"
+           + (" compare CPU | ratio |" if cmp else ""),
+           "|---|---|---:|---:|---:|---|---|" + ("---:|---:|" if cmp else "")]
     for r in rows:
         rss = "-" if r["peak_rss"] is None else f"{r['peak_rss'] / bombs.MB:.0f} MB"
         cpu = "-" if r["cpu_s"] is None else f"{r['cpu_s']:.2f} s"
         size = f"{r['input_bytes'] / bombs.MB:.2f} MB" if r["input_bytes"] >= 100_000 else f"{r['input_bytes']} B"
-        out.append(f"| {r['what']} | {r['entry']} | {size} | {rss} | {cpu} | {r['outcome']} |")
+        crit = "ok" if r["rss_ok"] and r["cpu_ok"] else "**" + " and ".join(
+            x for x, ok in (("RSS over", r["rss_ok"]), ("CPU over", r["cpu_ok"])) if not ok) + "**"
+        line = f"| {r['what']} | {r['entry']} | {size} | {rss} | {cpu} | {r['outcome']} | {crit} |"
+        if cmp:
+            c = "-" if r.get("compare_cpu_s") is None else f"{r['compare_cpu_s']:.2f} s"
+            q = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+            line += f" {c} | {q} |"
+        out.append(line)
     return "\n".join(out)
 
 

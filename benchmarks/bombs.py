@@ -265,8 +265,17 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 cfg = nnc.DecoderConfig.strict(max_total_bytes=limit) if strict else nnc.DecoderConfig(max_total_bytes=limit)
+def calibrate():
+    # a fixed pure-Python workload: its CPU time tells how contended this core is while the child runs
+    t = cpu()
+    x = 0
+    for i in range(1_000_000):
+        x += i
+    return cpu() - t
+
+calib = calibrate()
 base_rss, base_cpu = peak(), cpu()
-out = {"baseline_rss": base_rss}
+out = {"baseline_rss": base_rss, "calib_s": calib}
 try:
     if entry == "decode":
         data = open(path, "rb").read()

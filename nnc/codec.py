@@ -7,6 +7,7 @@ integer tensors are sent losslessly as NNR_PT_INT.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -533,9 +534,10 @@ class Decoder:
     def _collect(self, stream: "DecodeStream") -> DecodedModel:
         model = DecodedModel(tensors={}, topology=stream.topology, profile=stream.profile,
                              parent_signalling=stream.parent_signalling)
-        for t in stream:
-            model.tensors[t.name] = t.array
-            model.details[t.name] = t
+        with bs.paused_gc():    # decoded tensors are acyclic: no collector passes over them
+            for t in stream:
+                model.tensors[t.name] = t.array
+                model.details[t.name] = t
         return model
 
     def stream(self, bitstream, *, state=None, levels: bool = True) -> "DecodeStream":
@@ -579,7 +581,8 @@ class DecodeStream:
         self.topology = ctx.topology
         self.parent_signalling = ctx.parent_signalling
         ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
-        self._jobs = [_prepare_ndu(u, ctx, cfg, self.budget, state, hold_outputs) for u in ndus]
+        with bs.paused_gc():     # plans of acyclic parsed units: no collector passes over them
+            self._jobs = [_prepare_ndu(u, ctx, cfg, self.budget, state, hold_outputs) for u in ndus]
         seen: set[str] = set()
         self.entries: list[tuple[str, tuple[int, ...], np.dtype]] = []
         for job in self._jobs:
@@ -598,12 +601,16 @@ class DecodeStream:
         jobs, self._jobs = self._jobs, []
         # Block rows of one tensor (entry points) use the same threads as the NDUs: the core joins its row
         # threads before returning, so at most threads x threads short-lived threads exist.
-        # Largest first, within what the budget counted in flight (the largest transients, one per thread + 1):
-        # decoded tensors that wait for the ones before them stay inside that bound.
-        costs = [(j.run_cost, j.done_cost) for j in jobs]
+        # Small NDUs go to the threads in batches (a thread hand-off costs more than decoding a tiny tensor);
+        # batches run largest first, within what the budget counted in flight (the largest transients, one
+        # per thread + 1): decoded tensors that wait for the ones before them stay inside that bound.
+        def run(batch):
+            return [t for j in batch for t in _run_ndu(j, self._threads, self._release, self._levels)]
+
+        batches = list(_batches(jobs))
+        costs = [(sum(j.run_cost for j in b), sum(j.done_cost for j in b)) for b in batches]
         cap = max([sum(self.budget.transients)] + [c[0] for c in costs])
-        for tensors in _ordered_map(lambda j: _run_ndu(j, self._threads, self._release, self._levels),
-                                    jobs, self._threads, costs=costs, cap=cap):
+        for tensors in _ordered_map(run, batches, self._threads, costs=costs, cap=cap):
             yield from tensors
 
     def _release(self, job: "_NduJob") -> None:
@@ -620,6 +627,25 @@ class DecodeStream:
                 self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
             except (OSError, ValueError):  # pragma: no cover - advisory only
                 pass
+
+
+#: NDUs whose tensors together hold fewer elements than this are decoded together on one thread, up to
+#: this many elements per batch (the extra memory a batch holds is bounded by it: a few MB at most).
+_BATCH_ELEMENTS = 1 << 15
+
+
+def _batches(jobs: list) -> Iterator[list]:
+    batch: list = []
+    size = 0
+    for job in jobs:
+        n = sum(math.prod(m.shape) for m in job.plan.members)
+        if batch and size + n > _BATCH_ELEMENTS:
+            yield batch
+            batch, size = [], 0
+        batch.append(job)
+        size += n
+    if batch:
+        yield batch
 
 
 def _result_dtype(job: "_NduJob", name: str, kind: str) -> np.dtype:
@@ -687,13 +713,20 @@ class _Budget(bs.MemoryBudget):
         super().__init__(cfg)
         self.cfg = cfg
         self.transients: list[int] = []
+        self.threads: int | None = None
 
     def take_tensor(self, elements: int, held: int, transient: int, unit_index: int, name: str) -> None:
         if elements > self.cfg.max_tensor_elements:
             raise LimitExceededError(f"tensor {name!r} claims {elements} elements, more than max_tensor_elements="
                                      f"{self.cfg.max_tensor_elements}", unit_index=unit_index,
                                      syntax_path="NNR_NDU.tensor_dimensions")
-        peak = sorted(self.transients + [transient], reverse=True)[:_in_flight_slots(self.cfg.threads)]
+        if self.threads is None:
+            self.threads = _in_flight_slots(self.cfg.threads)
+        peak = self.transients
+        if len(peak) < self.threads:
+            peak = sorted(peak + [transient], reverse=True)
+        elif transient > peak[-1]:      # the largest ``threads`` (+ 1) transients, kept in decreasing order
+            peak = sorted(peak[:-1] + [transient], reverse=True)
         if not self.check(held, sum(peak)):
             raise LimitExceededError(
                 f"tensor {name!r} ({elements} elements) would bring the memory decoding holds to "
@@ -769,15 +802,20 @@ def _signalled_entry_points(h) -> list | None:
     return [deepcabac.EntryPoint(int(e.value), int(e.dq_state or 0), int(e.bit_offset)) for e in eps]
 
 
-def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
-    """A hostile MPS qp plus qp offset can ask for a step of 2**4000: refuse it instead of raising
-    OverflowError or reconstructing inf (an encoder never writes a qp whose float32 step is not finite)."""
+@functools.lru_cache(maxsize=1024)
+def _step_is_finite(qp: int, qp_density: int) -> bool:
     try:
         with np.errstate(over="ignore"):
             step = step_size(qp, qp_density)
     except OverflowError:
-        step = np.float32(np.inf)
-    if not np.isfinite(step):
+        return False
+    return bool(np.isfinite(step))
+
+
+def _check_step(qp: int, qp_density: int, name: str, unit_index: int) -> None:
+    """A hostile MPS qp plus qp offset can ask for a step of 2**4000: refuse it instead of raising
+    OverflowError or reconstructing inf (an encoder never writes a qp whose float32 step is not finite)."""
+    if not _step_is_finite(qp, qp_density):
         raise BitstreamError(f"tensor {name!r}: qp {qp} (qp_density {qp_density}) gives a step size that "
                              "overflows float32", unit_index=unit_index,
                              syntax_path="NNR_MPS.mps_quantization_parameter")
@@ -861,6 +899,33 @@ def _chunks(n: int, fn: Callable[[int], object], threads: int) -> list:
         return list(pool.map(fn, starts))
 
 
+_SMALL = 64
+_F32 = np.dtype(np.float32)
+_F32_INF = 2.0 ** 128 - 2.0 ** 103     # float32 products of at least this size round to inf
+
+
+@functools.lru_cache(maxsize=1024)
+def _step32(qp: int, qp_density: int) -> np.float32:
+    return step_size(qp, qp_density)
+
+
+def _reconstruct_small(flat: np.ndarray, qp: int, qp_density: int, name: str, unit_index: int) -> np.ndarray:
+    """:func:`_reconstruct` of a few uniform levels into float32, without numpy's per-call error-state and
+    reduction overhead: the float32 products of the extreme levels are exact in float64, so comparing them
+    with the float32 overflow threshold is the same check as :func:`_check_fits`."""
+    step = _step32(qp, qp_density)
+    lv = flat.tolist()
+    qmin, qmax = min(lv), max(lv)
+    s = float(step)
+    lo, hi = float(np.float32(qmin)) * s, float(np.float32(qmax)) * s
+    if not (abs(lo) < _F32_INF and abs(hi) < _F32_INF):
+        with np.errstate(over="ignore", invalid="ignore"):
+            _check_fits(name, np.array([qmin, qmax], np.float32) * step, _F32, unit_index)   # raises
+    out = flat.astype(np.float32)
+    out *= step                       # float32(q) * float32(step), as reconstruct_uniform
+    return out
+
+
 def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, out_dtype: np.dtype, name: str, unit_index: int,
                  threads: int = 1) -> np.ndarray:
     """The decoded array of one tensor in ``out_dtype``, built in place chunk by chunk (no full-size
@@ -870,6 +935,8 @@ def _reconstruct(q: np.ndarray, kind: str, qp, job: _NduJob, out_dtype: np.dtype
     flat = q.reshape(-1)
     if flat.size == 0:
         return q.astype(out_dtype)
+    if flat.size <= _SMALL and kind == "uniform" and out_dtype == _F32:
+        return _reconstruct_small(flat, qp, job.ctx.qp_density, name, unit_index).reshape(shape)
     lims = _chunks(flat.size, lambda i: (int(flat[i:i + _CHUNK].min()), int(flat[i:i + _CHUNK].max())), threads)
     qmin, qmax = min(lo for lo, _ in lims), max(hi for _, hi in lims)
     if kind == "int":

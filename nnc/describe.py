@@ -133,7 +133,8 @@ class BitstreamInfo:
                 extra = f"  (header {u.header_size} + payload {u.payload_size})"
             lines.append(f"#{u.index:<3} {u.type:<8} offset {u.offset:<8} size {sz}{extra}")
             if u.fields:
-                lines.append("       " + ", ".join(f"{k}={_fmt(v)}" for k, v in u.fields.items()))
+                lines.append("       " + ", ".join([f"{k}={v}" if type(v) is int or type(v) is str else f"{k}={_fmt(v)}"
+                                                       for k, v in u.fields.items()]))
             for t in u.tensors:
                 src = f" (source {t.source_dtype})" if t.source_dtype and t.source_dtype != t.dtype else ""
                 lines.append(f"       tensor {t.name!r}  shape {t.shape}  {t.dtype}{src}  {t.elements:,} elements")
@@ -269,7 +270,7 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
         errors.append("payload not decoded: TCA needs the parent tensor")
         return infos, errors
     try:
-        res = dc.decode_payload(u.payload, [m.coding for m in plan.members])
+        res = dc.decode_payload(u.payload, [m.coding for m in plan.members], threads=1)   # no entry points: one thread
     except NNCError as e:
         errors.append(f"payload: {e}")
         return infos, errors
@@ -285,6 +286,11 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
             q2 = q.reshape(q.shape[0], -1)
             ti.skipped_rows = int((~q2.any(axis=1)).sum())
         ti.hdsp = hdsp or None
+        if 0 < q.size <= 64:                # a few levels: Python is cheaper than three numpy reductions
+            lv = q.ravel().tolist()
+            ti.nonzero = len(lv) - lv.count(0)
+            ti.min_level, ti.max_level = min(lv), max(lv)
+            continue
         ti.nonzero = int(np.count_nonzero(q))
         if q.size:
             ti.min_level, ti.max_level = int(q.min()), int(q.max())
@@ -307,33 +313,34 @@ def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, con
     topo = None
     topology = None
     qd = None
-    for u in B.iter_units(data, strict=False, max_units=max_units if max_units is not None else cfg.max_units,
-                          budget=budget):
-        ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
-                      payload_size=None if u.payload is None else len(u.payload))
-        ui.errors += [str(e) for e in u.errors]
-        limits_hit += [f"unit {u.index}: {e}" for e in u.errors if isinstance(e, LimitExceededError)]
-        ui.fields = _unit_fields(u)
-        t = u.nnr_unit_type
-        if t == B.NNRUnitType.NNR_STR and u.body is not None and profile is None:
-            profile = u.body.general_profile_idc
-        elif t == B.NNRUnitType.NNR_TPL and u.body is not None and topo is None:
-            topo = ui.fields.get("topology_storage_format")
-            with contextlib.suppress(Exception):  # an unreadable topology lists nothing
-                topology = u.body.to_topology()
-        elif t == B.NNRUnitType.NNR_MPS and u.body is not None and qd is None:
-            qd = u.body.mps_qp_density
-        elif t == B.NNRUnitType.NNR_NDU and u.body is not None:
-            mps = u.context.mps if u.context is not None else None
-            d = mps.mps_qp_density if mps is not None and mps.mps_qp_density is not None else 0
-            q0 = mps.mps_quantization_parameter if mps is not None and mps.mps_quantization_parameter is not None \
-                else 0
-            try:
-                ui.tensors, errs = _ndu_tensors(u, d, q0, decode, budget, limits_hit)
-                ui.errors += errs
-            except Exception as e:  # noqa: BLE001 - describe what can be described
-                ui.errors.append(f"cannot describe tensors: {type(e).__name__}: {e}")
-        units.append(ui)
+    with B.paused_gc():     # units and their descriptions are acyclic: no collector passes over them
+        for u in B.iter_units(data, strict=False, max_units=max_units if max_units is not None else cfg.max_units,
+                              budget=budget):
+            ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
+                          payload_size=None if u.payload is None else len(u.payload))
+            ui.errors += [str(e) for e in u.errors]
+            limits_hit += [f"unit {u.index}: {e}" for e in u.errors if isinstance(e, LimitExceededError)]
+            ui.fields = _unit_fields(u)
+            t = u.nnr_unit_type
+            if t == B.NNRUnitType.NNR_STR and u.body is not None and profile is None:
+                profile = u.body.general_profile_idc
+            elif t == B.NNRUnitType.NNR_TPL and u.body is not None and topo is None:
+                topo = ui.fields.get("topology_storage_format")
+                with contextlib.suppress(Exception):  # an unreadable topology lists nothing
+                    topology = u.body.to_topology()
+            elif t == B.NNRUnitType.NNR_MPS and u.body is not None and qd is None:
+                qd = u.body.mps_qp_density
+            elif t == B.NNRUnitType.NNR_NDU and u.body is not None:
+                mps = u.context.mps if u.context is not None else None
+                d = mps.mps_qp_density if mps is not None and mps.mps_qp_density is not None else 0
+                q0 = mps.mps_quantization_parameter if mps is not None and mps.mps_quantization_parameter is not None \
+                    else 0
+                try:
+                    ui.tensors, errs = _ndu_tensors(u, d, q0, decode, budget, limits_hit)
+                    ui.errors += errs
+                except Exception as e:  # noqa: BLE001 - describe what can be described
+                    ui.errors.append(f"cannot describe tensors: {type(e).__name__}: {e}")
+            units.append(ui)
     listed = None
     if topology is not None:
         from .converters.manifest import expected_names, source_dtypes

@@ -5,7 +5,9 @@ Only the high-level syntax is bit-parsed. An NDU's payload (CABAC bytes or raw f
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 from typing import Iterator
 
 from ..config import DecoderConfig
@@ -13,11 +15,13 @@ from ..errors import (BitstreamError, LimitExceededError, NNCError, TruncatedBit
                       UnsupportedFeatureError)
 from .bits import BitReader
 from .enums import NNRUnitType, PayloadType
+from . import syntax as _syntax
+from .compiled import compile_items
 from .syntax import BUDGET_KEY, LIMITS_KEY, Scope, _read_items, read_struct
 from .model import Context, ParsedBitstream, Unit
 from .units import BODY_CLASSES, UNIT_HEADER_ITEMS, UnitHeader, _type_name
 
-__all__ = ["parse", "iter_units", "MemoryBudget"]
+__all__ = ["parse", "iter_units", "MemoryBudget", "paused_gc"]
 
 #: Memory a parsed unit holds apart from its arrays (Unit, header and body objects, dicts, memoryviews);
 #: measured with tracemalloc on NDU headers (about 2.5 KB) and rounded up.
@@ -87,10 +91,24 @@ def _locate(exc: NNCError, unit_index: int, byte_offset: int | None, path: str |
     return exc
 
 
+_TYPE_NAMES = {int(t): t.name for t in NNRUnitType}
+_BODY_PATHS = {int(t): f"{t.name}.{cls.SYNTAX.path}" for t, cls in BODY_CLASSES.items()}
+_NDU = int(NNRUnitType.NNR_NDU)
+_HEADER_READER: list = []
+
+
+def _read_unit_header():
+    """The compiled reader of nnr_unit_header() (the size field before it is read by hand)."""
+    if not _HEADER_READER:
+        _HEADER_READER.append(compile_items(UnitHeader, UNIT_HEADER_ITEMS, ("nnr_unit_size_flag", "nnr_unit_size")))
+    return _HEADER_READER[0]
+
+
 class _State:
-    __slots__ = ("ctx", "seen_str", "seen_mps", "others_before_mps", "explicit_ctx", "budget")
+    __slots__ = ("ctx", "seen_str", "seen_mps", "others_before_mps", "explicit_ctx", "budget", "scope", "scope_ctx")
 
     def __init__(self, ctx: Context | None, budget: MemoryBudget | None = None):
+        self.scope = self.scope_ctx = None
         self.budget = budget
         self.explicit_ctx = ctx is not None
         self.ctx = ctx or Context()
@@ -130,14 +148,18 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
         unit.errors.append(exc)
 
     # -- nnr_unit_size() --------------------------------------------------------------------------
-    r = BitReader(mv, pos, n)
-    try:
-        flag = r.u(1)
-        size = r.u(31 if flag else 15)
-    except BitstreamError as exc:
-        fail(exc, pos, "nnr_unit_size")
-        return unit, None
+    flag = mv[pos] >> 7
     field_len = 4 if flag else 2
+    if pos + field_len <= n:
+        size = int.from_bytes(mv[pos:pos + field_len], "big") & (0x7FFFFFFF if flag else 0x7FFF)
+    else:                                   # cut short: the bit reader's error
+        r = BitReader(mv, pos, n)
+        try:
+            flag = r.u(1)
+            size = r.u(31 if flag else 15)
+        except BitstreamError as exc:
+            fail(exc, pos, "nnr_unit_size")
+            return unit, None
     unit.size = size
     if size < field_len + 1:
         fail(BitstreamError(f"nnr_unit_size {size} is smaller than its own size field plus the unit type byte",
@@ -153,18 +175,27 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
 
     # -- nnr_unit_header() ------------------------------------------------------------------------
     r = BitReader(mv, pos + field_len, end)
-    values = {"nnr_unit_size_flag": flag, "nnr_unit_size": size}
-    try:
-        _read_items(UNIT_HEADER_ITEMS, r, Scope(values), "nnr_unit_header")
-    except BitstreamError as exc:
-        unit.header = UnitHeader(**values) if "nnr_unit_type" in values else None
-        fail(exc)
-        return unit, end
-    unit.header = hdr = UnitHeader(**values)
+    hdr = None
+    if _syntax.USE_COMPILED:
+        try:
+            hdr = _read_unit_header()(r, None, "nnr_unit_header", flag, size)
+        except BitstreamError:
+            r = BitReader(mv, pos + field_len, end)    # the interpreter below gives the error and partial header
+    if hdr is None:
+        values = {"nnr_unit_size_flag": flag, "nnr_unit_size": size}
+        try:
+            _read_items(UNIT_HEADER_ITEMS, r, Scope(values), "nnr_unit_header")
+        except BitstreamError as exc:
+            unit.header = UnitHeader(**values) if "nnr_unit_type" in values else None
+            fail(exc)
+            return unit, end
+        hdr = UnitHeader(**values)
+    unit.header = hdr
     t = hdr.nnr_unit_type
-    name = _type_name(t)
-    for code, msg in _order_errors(t, index, st):
-        fail(BitstreamError(msg, code=code), pos, f"{name}.nnr_unit_header.nnr_unit_type")
+    name = _TYPE_NAMES.get(t) or _type_name(t)
+    if not (t == _NDU and st.seen_mps and (index or st.explicit_ctx)):     # an NDU after the MPS is in order
+        for code, msg in _order_errors(t, index, st):
+            fail(BitstreamError(msg, code=code), pos, f"{name}.nnr_unit_header.nnr_unit_type")
     if t > NNRUnitType.NNR_AGG:
         fail(BitstreamError(f"reserved nnr_unit_type {t}", code="RESERVED_UNIT_TYPE"), pos + field_len,
              "nnr_unit_header.nnr_unit_type")
@@ -177,11 +208,14 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
 
     # -- type-specific header (and payload syntax) ------------------------------------------------
     cls = BODY_CLASSES[t]
-    path = f"{name}.{cls.SYNTAX.path}"
-    scope = st.ctx.scope()
-    if st.budget is not None:
-        scope.values[BUDGET_KEY] = st.budget
-        scope.values[LIMITS_KEY] = st.budget.limits
+    path = _BODY_PATHS[t]
+    if st.scope_ctx is not st.ctx:      # the readers never write to their parent scope: one per context
+        st.scope = st.ctx.scope()
+        st.scope_ctx = st.ctx
+        if st.budget is not None:
+            st.scope.values[BUDGET_KEY] = st.budget
+            st.scope.values[LIMITS_KEY] = st.budget.limits
+    scope = st.scope
     try:
         body = read_struct(cls, r, scope, path)
     except (BitstreamError, UnsupportedFeatureError) as exc:
@@ -241,9 +275,12 @@ def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) ->
                 raise exc
             yield Unit(index=index, offset=pos, size=None, header=None, context=st.ctx, errors=[exc])
             return
-        if st.budget is not None:
+        b = st.budget
+        if b is not None and b.data + max(0, b.header + UNIT_BYTES - HEADER_ALLOWANCE) <= b.limit:
+            b.header += UNIT_BYTES           # MemoryBudget.charge's check, inline
+        elif b is not None:
             try:
-                st.budget.charge(UNIT_BYTES, f"unit {index}", pos)
+                b.charge(UNIT_BYTES, f"unit {index}", pos)
             except LimitExceededError as exc:
                 exc.located(unit_index=index)
                 if strict:
@@ -252,7 +289,7 @@ def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) ->
                 return
         unit, nxt = _parse_unit(mv, pos, index, st, strict)
         yield unit
-        if st.budget is not None and any(isinstance(e, LimitExceededError) for e in unit.errors):
+        if unit.errors and st.budget is not None and any(isinstance(e, LimitExceededError) for e in unit.errors):
             return      # the budget is spent: every later unit would fail the same way
         if nxt is None:
             return
@@ -288,6 +325,20 @@ def _budget(limits, budget):
     return None
 
 
+@contextlib.contextmanager
+def paused_gc():
+    """Pause the cyclic garbage collector while a bitstream's units are parsed (and re-enable it after, if it
+    was enabled). Parsing makes only acyclic objects, several per unit; with the collector running, its
+    repeated passes over them cost a quarter of the parse time on a flood of small units."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def parse(data, *, max_units: int | None = None, strict: bool = True,
           context: Context | None = None, limits=None, budget: MemoryBudget | None = None) -> ParsedBitstream:
     """Parse a whole bitstream into a :class:`ParsedBitstream` (see :func:`iter_units` for ``strict``,
@@ -301,7 +352,8 @@ def parse(data, *, max_units: int | None = None, strict: bool = True,
     st = _State(context, budget)
     units: list[Unit] = []
     errors: list = []
-    for u in _iterate(mv, st, strict, max_units):
-        units.append(u)
-        errors.extend(u.errors)
+    with paused_gc():
+        for u in _iterate(mv, st, strict, max_units):
+            units.append(u)
+            errors.extend(u.errors)
     return ParsedBitstream(mv, units, errors, st.ctx)

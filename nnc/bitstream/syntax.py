@@ -14,8 +14,10 @@ Each syntax structure of the specification is written down once, as a list of it
 Conditions and counts are Python expressions (strings) over the syntax elements read so far, the
 elements of the enclosing structures, the context handed in by the caller (e.g. ``general_profile_idc``)
 and the names registered with :func:`register_names` (enumeration members, helper functions). They are
-compiled once. Because the declaration is data, the same list drives the reader (:func:`read_struct`),
-the writer (:func:`write_struct`) and the documentation (:func:`struct_markdown`).
+compiled once. Because the declaration is data, the same list drives the reader (:func:`read_struct`, which
+runs the structure's reader generated from it by :mod:`nnc.bitstream.compiled`; :func:`interpret_struct` walks it
+item by item and is the reference), the writer (:func:`write_struct`) and the documentation
+(:func:`struct_markdown`).
 
 A structure becomes a class with :func:`syntax`, which turns the decorated class into a dataclass whose
 fields are exactly the syntax element names (absent elements are ``None``).
@@ -34,7 +36,7 @@ from .bits import BitReader, BitWriter, Float32
 __all__ = [
     "Expr", "U", "I", "UE", "IE", "ST", "FLT", "Descriptor",
     "Field", "Array", "Loop", "If", "Sub", "Align", "Fail",
-    "Struct", "Scope", "syntax", "register_names", "read_struct", "write_struct", "struct_markdown",
+    "Struct", "Scope", "syntax", "register_names", "read_struct", "interpret_struct", "write_struct", "struct_markdown",
     "over_limit", "BUDGET_KEY", "LIMITS_KEY",
 ]
 
@@ -49,11 +51,14 @@ def register_names(**names: Any) -> None:
 class Expr:
     """A condition or count: a Python expression string, or a callable ``f(scope)`` plus a ``doc`` text."""
 
-    __slots__ = ("src", "code", "fn")
+    __slots__ = ("src", "code", "fn", "limit")
 
     def __init__(self, src: "str | Callable[[Scope], Any] | Expr", doc: str | None = None):
+        #: for :func:`over_limit` conditions: (DecoderConfig attribute, element name, offset), which the compiled
+        #: readers evaluate inline
+        self.limit = None
         if isinstance(src, Expr):
-            self.src, self.code, self.fn = src.src, src.code, src.fn
+            self.src, self.code, self.fn, self.limit = src.src, src.code, src.fn, src.limit
             return
         if callable(src):
             self.fn = src
@@ -435,16 +440,25 @@ def _count(expr: Expr, scope: Scope, path: str, r: BitReader | None, min_bits: i
     try:
         n = expr(scope)
     except (NameError, TypeError, ValueError, ArithmeticError) as exc:
-        raise BitstreamError(f"cannot evaluate count '{expr}': {exc}", syntax_path=path) from None
+        raise _count_error(expr, exc, path) from None
+    return _checked_count(n, expr, path, r, min_bits, element_bytes,
+                          scope.get(BUDGET_KEY) if r is not None and element_bytes else None)
+
+
+def _count_error(expr, exc, path: str) -> BitstreamError:
+    return BitstreamError(f"cannot evaluate count '{expr}': {exc}", syntax_path=path)
+
+
+def _checked_count(n, expr, path: str, r: BitReader | None, min_bits: int, element_bytes: int, budget) -> int:
+    """A count read from the data, checked against the bits left and charged to ``budget`` (if any) before a
+    single element is read."""
     n = max(0, int(n))
     if r is not None and n * min_bits > r.bits_left():
         raise TruncatedBitstreamError(
             f"count {n} from '{expr}' needs at least {n * min_bits} bits but only {r.bits_left()} remain",
             byte_offset=r.pos >> 3, syntax_path=path)
-    if r is not None and n and element_bytes:
-        budget = scope.get(BUDGET_KEY)
-        if budget is not None:       # checked before a single element is read
-            budget.charge(n * element_bytes, f"{n} elements of {path.rsplit('.', 1)[-1]}", r.pos >> 3, path)
+    if r is not None and n and element_bytes and budget is not None:
+        budget.charge(n * element_bytes, f"{n} elements of {path.rsplit('.', 1)[-1]}", r.pos >> 3, path)
     return n
 
 
@@ -466,7 +480,9 @@ def over_limit(limit: str, value_name: str, offset: int = 0) -> Expr:
         v = scope.get(value_name)
         return v is not None and v + offset > getattr(lim, limit)
 
-    return Expr(cond, f"{value_name}{f' + {offset}' if offset else ''} > {limit}")
+    e = Expr(cond, f"{value_name}{f' + {offset}' if offset else ''} > {limit}")
+    e.limit = (limit, value_name, offset)
+    return e
 
 
 _BULK_MIN = 64   # arrays of exp-Golomb codes at least this long are read with BitReader.ue_array
@@ -476,11 +492,33 @@ def _cond(expr: Expr, scope: Scope, path: str) -> bool:
     try:
         return bool(expr(scope))
     except (NameError, TypeError, ValueError, ArithmeticError) as exc:
-        raise BitstreamError(f"cannot evaluate condition '{expr}': {exc}", syntax_path=path) from None
+        raise _cond_error(expr, exc, path) from None
+
+
+def _cond_error(expr, exc, path: str) -> BitstreamError:
+    return BitstreamError(f"cannot evaluate condition '{expr}': {exc}", syntax_path=path)
+
+
+#: Whether :func:`read_struct` uses the structure's compiled reader (:mod:`nnc.bitstream.compiled`) or walks
+#: the declaration item by item. Both give the same records and the same errors; the interpreter is kept as the
+#: reference the compiled readers are tested against (and for declarations the compiler does not handle).
+USE_COMPILED = True
+_READERS: dict = {}
+_COMPILER = None        # nnc.bitstream.compiled.compile_struct, installed when that module is imported
 
 
 def read_struct(cls, r: BitReader, parent: Scope | None, path: str):
     """Read one instance of the structure ``cls`` (decorated with :func:`syntax`)."""
+    if USE_COMPILED and _COMPILER is not None:
+        fn = _READERS.get(cls)
+        if fn is None:
+            fn = _READERS[cls] = _COMPILER(cls)
+        return fn(r, parent, path)
+    return interpret_struct(cls, r, parent, path)
+
+
+def interpret_struct(cls, r: BitReader, parent: Scope | None, path: str):
+    """:func:`read_struct` by walking the declaration item by item (the reference for the compiled readers)."""
     st: Struct = cls.SYNTAX
     values: dict = {}
     scope = Scope(values, parent, st.declared)
@@ -505,41 +543,10 @@ def _read_items(items, r: BitReader, scope: Scope, path: str) -> None:
         elif t is Array:
             p = f"{path}.{it.name}"
             n = _count(it.count, scope, p, r, it.desc.min_bits, it.desc.element_bytes)
-            if n >= _BULK_MIN and isinstance(it.desc, UE):
-                try:
-                    vals = r.ue_array(n, it.desc._k(scope))
-                except BitstreamError as exc:
-                    raise exc.located(syntax_path=p) from None
-                if isinstance(it.desc, IE):
-                    vals = np.where(vals & 1, (vals + 1) >> 1, -(vals >> 1))
-                values[it.name] = vals.tolist()
-                continue
-            if n >= _BULK_MIN and isinstance(it.desc, ST):
-                try:
-                    values[it.name] = r.st_array(n, it.desc.raw)
-                except BitstreamError as exc:
-                    raise exc.located(syntax_path=p) from None
-                continue
-            out = []
-            values[it.name] = out
-            for j in range(n):
-                start = r.pos
-                try:
-                    out.append(it.desc.read(r, scope))
-                except BitstreamError as exc:
-                    raise exc.located(byte_offset=start >> 3, syntax_path=f"{p}[{j}]") from None
+            values[it.name] = _read_array(it, r, n, p, scope)
         elif t is Loop:
             p = f"{path}.{it.name}"
-            n = _count(it.count, scope, p, r, it.min_bits, it.record_bytes)
-            if it.fast is not None and n >= _BULK_MIN:
-                values[it.name] = it.fast(r, scope, n, p)
-                continue
-            out = []
-            values[it.name] = out
-            for j in range(n):
-                sv: dict = {}
-                _read_items(it.items, r, Scope(sv, scope, it.declared, j, out), f"{p}[{j}]")
-                out.append(it.cls(**sv))
+            values[it.name] = _read_loop(it, r, scope, p)
         elif t is Sub:
             values[it.name] = read_struct(it.cls, r, scope, f"{path}.{it.name}")
         elif t is Align:
@@ -550,13 +557,57 @@ def _read_items(items, r: BitReader, scope: Scope, path: str) -> None:
                 raise exc.located(byte_offset=start >> 3, syntax_path=f"{path}.byte_alignment()") from None
         elif t is Fail:
             if _cond(it.when, scope, path):
-                msg = it.message.format_map(_FmtScope(scope))
-                where = f"{path}.{it.at}" if it.at else path
-                if issubclass(it.exc, BitstreamError):
-                    raise it.exc(msg, byte_offset=r.pos >> 3, syntax_path=where, code=it.code)
-                raise _located(it.exc(msg), r.pos >> 3, where)
+                raise _fail(it, r, scope, path)
         else:  # pragma: no cover - declaration error
             raise TypeError(f"unknown syntax item {it!r}")
+
+
+def _read_array(it: Array, r: BitReader, n: int, p: str, scope: Scope | None) -> list:
+    """The ``n`` elements of the array ``it`` (``scope`` is only used by descriptors that evaluate expressions)."""
+    if n >= _BULK_MIN and isinstance(it.desc, UE):
+        try:
+            vals = r.ue_array(n, it.desc._k(scope))
+        except BitstreamError as exc:
+            raise exc.located(syntax_path=p) from None
+        if isinstance(it.desc, IE):
+            vals = np.where(vals & 1, (vals + 1) >> 1, -(vals >> 1))
+        return vals.tolist()
+    if n >= _BULK_MIN and isinstance(it.desc, ST):
+        try:
+            return r.st_array(n, it.desc.raw)
+        except BitstreamError as exc:
+            raise exc.located(syntax_path=p) from None
+    out = []
+    read = it.desc.read
+    for j in range(n):
+        start = r.pos
+        try:
+            out.append(read(r, scope))
+        except BitstreamError as exc:
+            raise exc.located(byte_offset=start >> 3, syntax_path=f"{p}[{j}]") from None
+    return out
+
+
+def _read_loop(it: Loop, r: BitReader, scope: Scope, p: str) -> list:
+    """The records of the loop ``it`` (its ``when`` already holds)."""
+    n = _count(it.count, scope, p, r, it.min_bits, it.record_bytes)
+    if it.fast is not None and n >= _BULK_MIN:
+        return it.fast(r, scope, n, p)
+    out: list = []
+    for j in range(n):
+        sv: dict = {}
+        _read_items(it.items, r, Scope(sv, scope, it.declared, j, out), f"{p}[{j}]")
+        out.append(it.cls(**sv))
+    return out
+
+
+def _fail(it: Fail, r: BitReader, scope: Scope, path: str) -> NNCError:
+    """The error a :class:`Fail` whose condition holds raises (at the reader's position)."""
+    msg = it.message.format_map(_FmtScope(scope))
+    where = f"{path}.{it.at}" if it.at else path
+    if issubclass(it.exc, BitstreamError):
+        return it.exc(msg, byte_offset=r.pos >> 3, syntax_path=where, code=it.code)
+    return _located(it.exc(msg), r.pos >> 3, where)
 
 
 class _FmtScope:

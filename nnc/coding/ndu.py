@@ -129,11 +129,11 @@ def _dims(h, unit_index, max_rank: int | None) -> tuple[int, ...]:
     if h.tensor_dimensions is None:
         raise UnsupportedFeatureError(f"unit {unit_index}: tensor dimensions are not in the bitstream "
                                       "(out-of-band signalling is not supported)")
-    dims = tuple(int(d) for d in h.tensor_dimensions)
+    dims = tuple(map(int, h.tensor_dimensions))
     if max_rank is not None and len(dims) > max_rank:
         raise LimitExceededError(f"rank {len(dims)} exceeds max_rank={max_rank}", unit_index=unit_index,
                                  syntax_path="NNR_NDU.count_tensor_dimensions")
-    if not dims or any(d <= 0 for d in dims):
+    if not dims or min(dims) <= 0:
         raise BitstreamError(f"tensor dimensions {list(dims)} are impossible (rank >= 1, no zero dimension)",
                              unit_index=unit_index, syntax_path=f"{_NDU}.tensor_dimensions",
                              code="DIMENSIONS_INVALID")

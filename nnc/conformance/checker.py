@@ -364,7 +364,7 @@ class _Checker:
                      "tensor, which a single bitstream does not carry", u, pay_off, "NNR_NDU.payload", WARNING)
             return
         try:
-            res = dc.decode_payload(payload, codings)
+            res = dc.decode_payload(payload, codings, threads=1)   # no entry points: one thread
         except (BitstreamError, ConfigError) as e:
             msg = getattr(e, "reason", str(e))
             off = pay_off + (e.byte_offset if getattr(e, "byte_offset", None) is not None else len(payload))
@@ -388,7 +388,7 @@ class _Checker:
             if qoff is not None:
                 qp = qoff + qp0
                 step = float(step_size(qp, qd)) if -4200 < qp < 4200 else 0.0
-                if not (0.0 < step < float(np.finfo(np.float32).max)):
+                if not (0.0 < step < _F32_MAX):
                     self.add("QP_OUT_OF_RANGE", f"tensor {i}: qp {qp} with qp_density {qd} gives step size {step}",
                              u, pay_off, f"NNR_NDU.payload.tensor[{i}].qp_offset")
             if kind == "codebook" and q.size:
@@ -454,17 +454,18 @@ class _Checker:
             self.add("EMPTY_BITSTREAM", "the input holds no bytes", None, 0, None)
             return rep
         units = []
-        for u in B.iter_units(self.data, strict=False, max_units=self.max_units, budget=self.budget):
-            units.append(u)
-            rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
-            for e in u.errors:
-                self.parser_error(u, e)
-            if u.header is not None:
-                try:
-                    self.semantics(u)
-                except Exception as e:  # noqa: BLE001 - a checker bug must not hide the other findings
-                    self.add("SYNTAX_ERROR", f"internal checker error on this unit: {type(e).__name__}: {e}", u,
-                             u.offset, u.type_name)
+        with B.paused_gc():     # parsed units are acyclic: no collector passes over them
+            for u in B.iter_units(self.data, strict=False, max_units=self.max_units, budget=self.budget):
+                units.append(u)
+                rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
+                for e in u.errors:
+                    self.parser_error(u, e)
+                if u.header is not None:
+                    try:
+                        self.semantics(u)
+                    except Exception as e:  # noqa: BLE001 - a checker bug must not hide the other findings
+                        self.add("SYNTAX_ERROR", f"internal checker error on this unit: {type(e).__name__}: {e}", u,
+                                 u.offset, u.type_name)
         self.completeness(units)
         first = units[0] if units else None
         if first is None or first.header is None or first.nnr_unit_type is None or \
@@ -475,6 +476,9 @@ class _Checker:
         rep.violations.sort(key=lambda v: (v.unit_index if v.unit_index is not None else -1,
                                            v.byte_offset if v.byte_offset is not None else -1))
         return rep
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class _Skip(Exception):

@@ -18,11 +18,13 @@ from .codecs import MessageCodec, MessageDecoder, MessageEncoder, UpdateCodec
 from .rounds import RoundPolicy
 from .selection import select_clients
 from .transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
-                        RoundRecord, ServerCodec, UplinkConfig, UplinkMessage, validate_tensors)
+                        RoundRecord, ServerCodec, UplinkConfig, UplinkMessage, UploadBinding, bind_upload,
+                        validate_tensors)
 
 __all__ = ["ClientCodec", "ServerCodec", "UplinkConfig", "DownlinkConfig", "UplinkMessage", "DownlinkMessage",
            "RoundRecord", "RejectedUpdateError", "validate_tensors", "sparsify", "presets", "MessageEncoder",
-           "MessageDecoder", "MessageCodec", "UpdateCodec", "select_clients", "RoundPolicy", "DuplicateUploadError"]
+           "MessageDecoder", "MessageCodec", "UpdateCodec", "select_clients", "RoundPolicy", "DuplicateUploadError",
+           "UploadBinding", "bind_upload"]
 
 
 def presets(qp: int = -36, sparsity: float = 0.01, down_qp: int = -40, down_sparsity: float | None = 0.05

@@ -41,7 +41,7 @@ from .rounds import RoundPolicy, bound_updates, combine_updates, update_norm
 
 __all__ = ["UplinkConfig", "DownlinkConfig", "DownlinkMessage", "UplinkMessage", "ClientCodec", "ServerCodec",
            "RejectedUpdateError", "DuplicateUploadError", "RoundRecord", "validate_tensors", "RUNNING_STATISTICS",
-           "RoundPolicy", "upload_tag"]
+           "RoundPolicy", "upload_tag", "bind_upload", "UploadBinding"]
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -67,6 +67,70 @@ class RejectedUpdateError(NNCError, ValueError):
 def upload_tag(key: bytes, client, round_: int | None, digest: bytes) -> bytes:
     """HMAC-SHA256 binding an upload to its client, round and payload (see ``ServerCodec(keys=...)``)."""
     return hmac.new(bytes(key), f"nnc-fl-upload|{client}|{round_}|".encode() + digest, hashlib.sha256).digest()
+
+
+def bind_upload(msg: "UplinkMessage", client, round_: int, key: bytes | None = None) -> "UplinkMessage":
+    """Write the binding into ``msg``: the sender's identity, the round it answers and, with a ``key`` shared
+    with the server, the HMAC tag over both and the payload (:func:`upload_tag`). Checked by
+    :class:`UploadBinding` on the server."""
+    msg.client = client
+    msg.round = int(round_)
+    if key is not None:
+        msg.tag = upload_tag(key, client, msg.round, msg.digest())
+    return msg
+
+
+class UploadBinding:
+    """The server's checks of an upload's binding (identity, round, replay, duplicate delivery, HMAC tag) and
+    the state they need: the last accepted upload (round, digest) per client. :class:`ServerCodec` and the
+    Flower strategies (:class:`nnc.fl.flower.NNCFedAvg`, ``CFDFedAvg``, ``ClusteredFedAvg``) all use it.
+
+    ``keys``: client -> shared secret; a client with a key must tag its uploads (:func:`bind_upload`)."""
+
+    def __init__(self, keys: Mapping | None = None):
+        self.keys = dict(keys) if keys else {}
+        self.accepted: dict = {}        # client -> (round, digest) of its last accepted upload
+
+    def check(self, client, msg: "UplinkMessage", round_: int, *, require_binding: bool, refuse,
+              duplicate=None) -> bytes:
+        """Check ``msg`` as ``client``'s upload for round ``round_`` before anything is decoded (nothing about
+        ``client`` changes when a check fails, so a forged upload cannot reset an honest client). Returns the
+        payload digest (hand it to :meth:`accept` once the upload is taken).
+
+        ``refuse(category, reason, reset)`` is called on a refusal and must raise (categories: unbound,
+        identity, invalid, replay, future-round); ``duplicate()`` is called before :class:`DuplicateUploadError`
+        is raised for a second delivery of the upload already accepted in this round."""
+        t = round_
+        if msg.client is None or msg.round is None:
+            if require_binding:
+                refuse("unbound", "upload carries no client identity and round", False)
+        elif str(msg.client) != str(client):
+            refuse("identity", f"upload names client {msg.client!r}", False)
+        try:
+            digest = msg.digest()
+        except Exception as e:  # noqa: BLE001 - an unreadable payload object
+            refuse("invalid", f"{type(e).__name__}: {e}", True)
+        last = self.accepted.get(client)
+        if last is not None and last[1] == digest:
+            if last[0] == t:           # delivered again while its round is open: it already counts, once
+                if duplicate is not None:
+                    duplicate()
+                raise DuplicateUploadError(client, f"duplicate delivery of its round-{t} upload")
+            if msg.round is None:      # unbound: the same bytes again are a replay; a bound upload is judged by
+                #                        its round below (an honest client can send the same update twice, e.g.
+                #                        an all-zero one; keys= authenticate the binding against rewriting)
+                refuse("replay", f"replay of its round-{last[0]} upload", False)
+        key = self.keys.get(client, self.keys.get(str(client))) if self.keys else None
+        if key is not None and not hmac.compare_digest(msg.tag or b"", upload_tag(key, client, msg.round, digest)):
+            refuse("identity", "upload tag does not match the client's key, round and payload", False)
+        if msg.round is not None and int(msg.round) != t:
+            kind = "replay" if int(msg.round) < t else "future-round"
+            refuse(kind, f"upload answers round {msg.round}, the server runs round {t}", False)
+        return digest
+
+    def accept(self, client, round_: int, digest: bytes) -> None:
+        """Record ``client``'s upload for round ``round_`` as taken."""
+        self.accepted[client] = (round_, digest)
 
 
 class DuplicateUploadError(RejectedUpdateError):
@@ -426,11 +490,7 @@ class ClientCodec:
         return self._bind(msg)
 
     def _bind(self, msg: UplinkMessage) -> UplinkMessage:
-        msg.client = self.client
-        msg.round = int(self.synced_round) + 1     # the round this upload answers
-        if self.key is not None:
-            msg.tag = upload_tag(self.key, self.client, msg.round, msg.digest())
-        return msg
+        return bind_upload(msg, self.client, int(self.synced_round) + 1, self.key)   # the round it answers
 
     def _config_for(self, x: Tensors, stats: set = frozenset()) -> EncoderConfig:
         u = self.uplink
@@ -634,7 +694,8 @@ class ServerCodec:
         self.uplink = uplink or UplinkConfig()
         self.downlink = downlink or DownlinkConfig()
         self.policy = policy or RoundPolicy()
-        self.keys = dict(keys) if keys else {}     # client -> shared secret: uploads must carry its HMAC tag
+        self.binding = UploadBinding(keys)          # client -> shared secret: uploads must carry its HMAC tag
+        self.keys = self.binding.keys
         self.base = _f32(base)
         self.model = {k: v.copy() for k, v in self.base.items()}
         self.round = 0
@@ -648,7 +709,7 @@ class ServerCodec:
         self._snapshots: dict[int, dict[str, np.ndarray]] = {0: {k: v.copy() for k, v in self.levels.items()}}
         self._broadcasts: dict[int, bytes] = {}
         self._catchups: dict[tuple[int, int], bytes] = {}
-        self._accepted: dict = {}          # client -> (round, digest) of its last accepted upload
+        self._accepted = self.binding.accepted     # client -> (round, digest) of its last accepted upload
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def _record(self) -> RoundRecord:
@@ -738,36 +799,16 @@ class ServerCodec:
         raise RejectedUpdateError(client, reason)
 
     def _check_binding(self, rec: RoundRecord, client, msg: UplinkMessage) -> bytes:
-        """Identity, round, replay and duplicate checks, before any decoding (no state of ``client`` changes
-        when they fail, so a forged upload cannot reset an honest client). Returns the payload digest."""
-        t = self.round + 1
-        if msg.client is None or msg.round is None:
-            if self.policy.require_binding:
-                self._refuse(rec, client, "unbound", "upload carries no client identity and round", reset=False)
-        elif str(msg.client) != str(client):
-            self._refuse(rec, client, "identity", f"upload names client {msg.client!r}", reset=False)
-        try:
-            digest = msg.digest()
-        except Exception as e:  # noqa: BLE001 - an unreadable payload object
-            self._refuse(rec, client, "invalid", f"{type(e).__name__}: {e}", reset=True)
-        last = self._accepted.get(client)
-        if last is not None and last[1] == digest:
-            if last[0] == t:           # delivered again while its round is open: it already counts, once
-                rec.duplicates[client] = rec.duplicates.get(client, 0) + 1
-                raise DuplicateUploadError(client, f"duplicate delivery of its round-{t} upload")
-            if msg.round is None:      # unbound: the same bytes again are a replay; a bound upload is judged by
-                #                        its round below (an honest client can send the same update twice, e.g.
-                #                        an all-zero one; keys= authenticate the binding against rewriting)
-                self._refuse(rec, client, "replay", f"replay of its round-{last[0]} upload", reset=False)
-        key = self.keys.get(client, self.keys.get(str(client))) if self.keys else None
-        if key is not None and not hmac.compare_digest(msg.tag or b"", upload_tag(key, client, msg.round, digest)):
-            self._refuse(rec, client, "identity", "upload tag does not match the client's key, round and payload",
-                         reset=False)
-        if msg.round is not None and int(msg.round) != t:
-            kind = "replay" if int(msg.round) < t else "future-round"
-            self._refuse(rec, client, kind, f"upload answers round {msg.round}, the server runs round {t}",
-                         reset=False)
-        return digest
+        """Identity, round, replay and duplicate checks (:class:`UploadBinding`), before any decoding; a refusal
+        is recorded in the ledger. Returns the payload digest."""
+        def refuse(category, reason, reset):
+            self._refuse(rec, client, category, reason, reset=reset)
+
+        def duplicate():
+            rec.duplicates[client] = rec.duplicates.get(client, 0) + 1
+
+        return self.binding.check(client, msg, self.round + 1, require_binding=self.policy.require_binding,
+                                  refuse=refuse, duplicate=duplicate)
 
     def receive(self, client, msg: UplinkMessage | bytes) -> dict[str, np.ndarray]:
         """Check, decode and validate one upload; returns the dense float32 delta.

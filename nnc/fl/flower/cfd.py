@@ -37,7 +37,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..distill import STYPE_SOFT_LABELS, FDResult, LabelCodecConfig, SoftLabelDecoder, SoftLabelEncoder
 from ..selection import Selection, everyone
-from .fedavg import query_partitions, wait_for_nodes
+from ..transport import DuplicateUploadError, RejectedUpdateError, UplinkMessage, UploadBinding, bind_upload
+from .fedavg import UPLINK_KEY, apply_binding, binding_record, query_partitions, reply_binding, wait_for_nodes
 from .records import bytes_array, from_arrayrecord, to_arrayrecord
 
 __all__ = ["CFDFedAvg", "cfd_mod", "LABELS_KEY", "TARGET_KEY"]
@@ -71,12 +72,18 @@ def _codec_tag(cfg: LabelCodecConfig) -> str:
 # client side
 # --------------------------------------------------------------------------------------------------------
 def cfd_mod(shape: tuple[int, int], *, up: LabelCodecConfig, down: LabelCodecConfig | None = None,
-            arrays_key: str = "arrays", config_key: str = "config"):
+            arrays_key: str = "arrays", config_key: str = "config",
+            key_fn: Callable[[Context], bytes] | None = None):
     """A client Mod that puts the CFD soft-label links around a ClientApp's train function.
 
     Args:
         shape: ``(public rows, classes)`` of the soft labels.
         up, down: the codecs of client -> server / server -> client soft labels (must equal the strategy's).
+        key_fn: ``context -> secret`` shared with the server (``CFDFedAvg(keys=...)``): each upload then carries
+            an HMAC over its client key, round and payload.
+
+    Every upload is bound to this client (the key the server sent as ``nnc.client``) and to the round it
+    answers (``server-round``), as :func:`nnc.fl.flower.nnc_mod` binds its uploads (:data:`UPLINK_KEY`).
 
     The train function receives ``msg.content[arrays_key][TARGET_KEY]`` (float32 aggregated soft labels to
     distil towards; absent in the first round) and replies with its own soft labels on the public set under
@@ -111,6 +118,10 @@ def cfd_mod(shape: tuple[int, int], *, up: LabelCodecConfig, down: LabelCodecCon
         out = up_enc.encode(probs)
         changed = 1.0 if before is None else float((before != up_enc.reference).any(1).mean())
         reply.content[arrays_key] = _labels_record(out)
+        if cfg.get("server-round") is not None:
+            bound = bind_upload(UplinkMessage(out), str(cfg.get("nnc.client", ctx.node_id)), int(cfg["server-round"]),
+                                None if key_fn is None else key_fn(ctx))
+            reply.content[UPLINK_KEY] = binding_record(bound)
         names = list(reply.content.metric_records.keys())
         if names:
             reply.content[names[0]]["cfd.changed-rows"] = changed
@@ -144,20 +155,34 @@ class CFDFedAvg(FedAvg):
         evaluate: ``model -> accuracy`` (then ``result.accuracy`` holds it per round).
         select: ``(server_round, sorted partition ids) -> chosen ids`` (default: every client; see
             :mod:`nnc.fl.selection`).
+        keys: partition id -> secret shared with that client (its :func:`cfd_mod` ``key_fn``): its uploads must
+            then carry the matching HMAC tag.
+        require_binding: refuse uploads that carry no client identity and round (default: :func:`cfd_mod`
+            always binds its uploads).
         other keyword arguments go to :class:`flwr.serverapp.strategy.FedAvg` (set ``min_available_nodes``
         to the number of clients so that all are discovered).
 
     ``self.result`` is an :class:`FDResult` (``client_accuracy`` is the mean of every client's last reported
     ``cfd.accuracy`` metric, if the clients report one). ``self.dropped`` maps round ->
     ``{partition: reason}``.
+
+    Uploads are bound to their client and round with the transport's :class:`~nnc.fl.transport.UploadBinding`
+    (as :class:`~nnc.fl.flower.NNCFedAvg`): a replayed upload, one from another round or one naming another
+    client (or, with ``keys``, without that client's tag) is refused before it is decoded, counted in
+    ``self.rejected`` (round -> ``{partition: category}``) and ``dropped``, and resets nothing (the honest
+    client's link stays as it was); a second delivery of an accepted upload is applied once.
     """
 
     def __init__(self, shape: tuple[int, int], *, up: LabelCodecConfig, down: LabelCodecConfig | None = None,
                  model: Mapping[str, np.ndarray] | None = None,
                  distill: Callable[[dict, np.ndarray, int], dict] | None = None,
-                 evaluate: Callable[[dict], float] | None = None, select: Selection | None = None, **kw):
+                 evaluate: Callable[[dict], float] | None = None, select: Selection | None = None,
+                 keys: Mapping | None = None, require_binding: bool = True, **kw):
         kw.setdefault("fraction_evaluate", 0.0)
         super().__init__(**kw)
+        self.binding = UploadBinding(keys)
+        self.require_binding = require_binding
+        self.rejected: dict[int, dict] = {}
         self.up, self.down = up, down or up
         self.shape = (int(shape[0]), int(shape[1]))
         self.model = None if model is None else {k: np.asarray(v) for k, v in model.items()}
@@ -209,7 +234,8 @@ class CFDFedAvg(FedAvg):
                 down += len(data)
             self._sent[p] = 0 if data is None else len(data)
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "cfd.up": _codec_tag(self.up),
-                                "cfd.down": _codec_tag(self.down), "cfd.reset-up": p in self._reset_up})
+                                "cfd.down": _codec_tag(self.down), "cfd.reset-up": p in self._reset_up,
+                                "nnc.client": str(p)})
             self._reset_up.discard(p)
             msgs.append(Message(RecordDict({self.arrayrecord_key: _labels_record(data),
                                             self.configrecord_key: cfg}),
@@ -217,8 +243,18 @@ class CFDFedAvg(FedAvg):
         self.result.down_bytes.append(down)
         return msgs
 
+    def _check_binding(self, p: int, payload: bytes, content, server_round: int, rejected: dict) -> bytes:
+        """The transport's binding checks of one upload; a refusal raises RejectedUpdateError (category in
+        ``rejected``)."""
+        def refuse(category, reason, reset):
+            rejected[p] = category
+            raise RejectedUpdateError(p, reason)
+
+        msg = apply_binding(UplinkMessage(payload), reply_binding(content))
+        return self.binding.check(p, msg, server_round, require_binding=self.require_binding, refuse=refuse)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        got, dropped, up, changed = {}, {}, 0, {}
+        got, dropped, up, changed, rejected = {}, {}, 0, {}, {}
         for msg in replies:
             p = self._key_of_node.get(msg.metadata.src_node_id)
             if p is None or p not in self._sent:
@@ -231,6 +267,13 @@ class CFDFedAvg(FedAvg):
                 if payload is None:
                     raise ValueError("reply without soft labels")
                 up += len(payload)
+                try:        # before decoding: a refused upload changes nothing of the client's link
+                    digest = self._check_binding(p, payload, msg.content, server_round, rejected)
+                except DuplicateUploadError:        # a second delivery of the accepted upload: counts once
+                    continue
+                except RejectedUpdateError as e:
+                    dropped[p] = e.reason
+                    continue
                 labels = self._up_dec[p].decode(payload)
                 if labels.shape != self.shape or not np.isfinite(labels).all():
                     raise ValueError("soft labels do not fit the public set")
@@ -240,6 +283,7 @@ class CFDFedAvg(FedAvg):
                 if "cfd.changed-rows" in m:
                     changed[p] = float(m["cfd.changed-rows"])
                 got[p] = labels
+                self.binding.accept(p, server_round, digest)
             except Exception as e:  # noqa: BLE001 - a malformed upload is dropped; the link restarts
                 dropped[p] = f"{type(e).__name__}: {e}"
                 self._up_dec[p] = SoftLabelDecoder(self.up, self.shape)
@@ -247,9 +291,10 @@ class CFDFedAvg(FedAvg):
         for p in self._sent:
             if p not in got and p not in dropped:
                 dropped[p] = "no reply"
-            if p in dropped:      # its decoder may have missed the last delta: send the next one in full
-                self._down_enc[p].reference = None
+            if p in dropped and p not in rejected:     # its decoder may have missed the last delta: send the
+                self._down_enc[p].reference = None        # next one in full (a refused binding: it answered)
         self.dropped[server_round] = dropped
+        self.rejected[server_round] = rejected
         if got:
             self.global_labels = np.mean([got[p] for p in sorted(got)], axis=0).astype(np.float32)
             if self.distill is not None and self.model is not None:
@@ -261,6 +306,7 @@ class CFDFedAvg(FedAvg):
         res.client_accuracy.append(float(np.mean([self._client_acc[p] for p in sorted(self._client_acc)])))
         res.seconds = time.perf_counter() - self._t0
         metrics = MetricRecord({"nnc.up-bytes": up, "nnc.down-bytes": res.down_bytes[-1],
-                                "nnc.dropped": len(dropped), "cfd.accuracy": res.accuracy[-1],
+                                "nnc.dropped": len(dropped), "nnc.rejected": len(rejected),
+                                "cfd.accuracy": res.accuracy[-1],
                                 "cfd.client-accuracy": res.client_accuracy[-1]})
         return (ArrayRecord() if self.model is None else to_arrayrecord(self.model)), metrics

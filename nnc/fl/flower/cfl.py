@@ -7,16 +7,17 @@ the client selection as arguments; the clustering logic and the update codec are
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from ..clustered import CFLConfig, ClusterServer
 from ..codecs import UpdateCodec
 from ..selection import Selection, everyone
-from .fedavg import query_partitions, wait_for_nodes
+from ..transport import DuplicateUploadError, RejectedUpdateError, UplinkMessage, UploadBinding, bind_upload
+from .fedavg import UPLINK_KEY, apply_binding, binding_record, query_partitions, reply_binding, wait_for_nodes
 from .records import bytes_array, from_arrayrecord, to_arrayrecord
 
 __all__ = ["ClusteredFedAvg", "cfl_mod", "STYPE_UPDATE"]
@@ -25,16 +26,22 @@ Tensors = Mapping[str, np.ndarray]
 STYPE_UPDATE = "nnc/cfl-update"
 
 
-def cfl_mod(qp: int | None = -40, arrays_key: str = "arrays"):
+def cfl_mod(qp: int | None = -40, arrays_key: str = "arrays", config_key: str = "config",
+            key_fn: Callable[[Context], bytes] | None = None):
     """Client Mod: remembers the model it received and replaces the trained model in the reply by the
     nnc-coded update ``trained - received`` (one ``uint8`` Array, ``stype="nnc/cfl-update"``). A train
-    function may instead put its own update in the reply under ``"update"`` (e.g. a Byzantine client)."""
+    function may instead put its own update in the reply under ``"update"`` (e.g. a Byzantine client).
+
+    The upload is bound to this client (the key the server sent as ``nnc.client``) and to the round it
+    answers (``server-round``), with an HMAC tag when ``key_fn`` (``context -> secret`` shared with the
+    server, ``ClusteredFedAvg(keys=...)``) is given, as :func:`nnc.fl.flower.nnc_mod` binds its uploads."""
     codec = UpdateCodec(qp)
 
     def mod(msg, ctx, call_next):
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctx)
         received = from_arrayrecord(msg.content[arrays_key])
+        cfg = dict(msg.content[config_key]) if config_key in msg.content.config_records else {}
         reply = call_next(msg, ctx)
         if reply.has_error():
             return reply
@@ -44,7 +51,12 @@ def cfl_mod(qp: int | None = -40, arrays_key: str = "arrays"):
         else:
             trained = from_arrayrecord(reply.content[arrays_key])
             delta = {k: trained[k].astype(np.float32) - received[k].astype(np.float32) for k in received}
-        reply.content[arrays_key] = ArrayRecord({"nnc.update": bytes_array(codec.encode(delta), STYPE_UPDATE)})
+        payload = codec.encode(delta)
+        reply.content[arrays_key] = ArrayRecord({"nnc.update": bytes_array(payload, STYPE_UPDATE)})
+        if cfg.get("server-round") is not None:
+            bound = bind_upload(UplinkMessage(payload), str(cfg.get("nnc.client", ctx.node_id)),
+                                int(cfg["server-round"]), None if key_fn is None else key_fn(ctx))
+            reply.content[UPLINK_KEY] = binding_record(bound)
         return reply
 
     return mod
@@ -60,12 +72,23 @@ class ClusteredFedAvg(FedAvg):
     ``base`` is any ``{name: array}`` model (e.g. a PyTorch ``state_dict`` as numpy); ``select``:
     ``(server_round, sorted client keys) -> keys trained this round`` (default: every client; a cluster only
     splits in a round all its members took part in).
+
+    Uploads are bound to their client and round with the transport's :class:`~nnc.fl.transport.UploadBinding`
+    (as :class:`~nnc.fl.flower.NNCFedAvg`): a replayed upload, one from another round or one naming another
+    client (or, with ``keys`` = client key -> secret, without that client's HMAC tag) is refused before it is
+    decoded and counted in ``self.rejected`` (round -> ``{client: category}``), ``dropped`` and the ledger; a
+    second delivery of an accepted upload is applied once. ``require_binding=False`` also takes unbound
+    uploads (clients older than the binding; :func:`cfl_mod` always binds).
     """
 
     def __init__(self, base: Tensors, config: CFLConfig | None = None, *, by_partition: bool = False,
-                 select: Selection | None = None, **kw):
+                 select: Selection | None = None, keys: Mapping | None = None, require_binding: bool = True,
+                 **kw):
         kw.setdefault("fraction_evaluate", 0.0)
         super().__init__(**kw)
+        self.binding = UploadBinding(keys)
+        self.require_binding = require_binding
+        self.rejected: dict[int, dict] = {}
         self.cfl_config = config or CFLConfig()
         self.codec = UpdateCodec(self.cfl_config.qp)
         self.base = {k: np.asarray(v, np.float32) for k, v in base.items()}
@@ -94,7 +117,7 @@ class ClusteredFedAvg(FedAvg):
             model = self.server.model_for(key)
             down += sum(int(v.nbytes) for v in model.values())
             cfg = ConfigRecord({**dict(config), "server-round": server_round,
-                                "cfl.cluster": self.server.cluster_of(key)})
+                                "cfl.cluster": self.server.cluster_of(key), "nnc.client": str(key)})
             msgs.append(Message(RecordDict({self.arrayrecord_key: to_arrayrecord(model),
                                             self.configrecord_key: cfg}),
                                 message_type=MessageType.TRAIN, dst_node_id=node))
@@ -102,7 +125,12 @@ class ClusteredFedAvg(FedAvg):
         return msgs
 
     def aggregate_train(self, server_round, replies):
-        ups, dropped, up = {}, {}, 0
+        ups, dropped, up, rejected = {}, {}, 0, {}
+
+        def refuse(category, reason, reset):
+            rejected[key] = category
+            raise RejectedUpdateError(key, reason)
+
         for msg in replies:
             key = self._key.get(msg.metadata.src_node_id, msg.metadata.src_node_id)
             if msg.has_error():
@@ -114,6 +142,14 @@ class ClusteredFedAvg(FedAvg):
                 if len(ks) != 1 or rec[ks[0]].stype != STYPE_UPDATE:
                     raise ValueError(f"expected one {STYPE_UPDATE!r} array, got {ks[:5]}")
                 payload = bytes(rec[ks[0]].data)
+                try:        # before decoding (the transport's checks): identity, round, replay, tag
+                    digest = self.binding.check(key, apply_binding(UplinkMessage(payload), reply_binding(msg.content)),
+                                                server_round, require_binding=self.require_binding, refuse=refuse)
+                except DuplicateUploadError:        # a second delivery of the accepted upload: counts once
+                    continue
+                except RejectedUpdateError as e:
+                    dropped[key] = e.reason
+                    continue
                 model = self.server.model_for(key)
                 delta = self.codec.decode(payload, model)
                 if set(delta) != set(model) or any(delta[k].shape != model[k].shape for k in model) or \
@@ -125,11 +161,15 @@ class ClusteredFedAvg(FedAvg):
                         n = int(msg.content[rk][self.weighted_by_key])
                 up += UpdateCodec.nbytes(payload)
                 ups[key] = (delta, n)
+                self.binding.accept(key, server_round, digest)
             except Exception as e:  # noqa: BLE001 - a malformed upload is dropped
                 dropped[key] = f"{type(e).__name__}: {e}"
         self.dropped[server_round] = dropped
+        self.rejected[server_round] = rejected
         info = self.server.step(server_round, ups)
         self.ledger[-1]["up"] = up
+        self.ledger[-1]["rejected"] = dict(rejected)
         metrics = MetricRecord({"cfl.clusters": len(self.server.clusters), "cfl.splits": len(info["splits"]),
-                                "nnc.up-bytes": up, "nnc.down-bytes": self.ledger[-1]["down"]})
+                                "nnc.up-bytes": up, "nnc.down-bytes": self.ledger[-1]["down"],
+                                "nnc.rejected": len(rejected)})
         return to_arrayrecord(self.server.models[0]), metrics

@@ -139,11 +139,26 @@ def _uplink_from_record(rec: ArrayRecord, num_examples, model: Mapping[str, np.n
         msg = UplinkMessage(_unpack_tensors(bytes(rec[keys[0]].data), model), num_examples)
     else:
         msg = UplinkMessage(from_arrayrecord(rec), num_examples)
+    return apply_binding(msg, binding)
+
+
+def apply_binding(msg: UplinkMessage, binding: ConfigRecord | None) -> UplinkMessage:
+    """Copy the binding a reply carries (:data:`UPLINK_KEY`: client, round, HMAC tag) into the upload ``msg``."""
     if binding is not None:
         msg.client = str(binding["nnc.client"]) if "nnc.client" in binding else None
         msg.round = int(binding["nnc.round"]) if "nnc.round" in binding else None
         msg.tag = bytes(binding["nnc.tag"]) if "nnc.tag" in binding else None
     return msg
+
+
+def reply_binding(content: RecordDict) -> ConfigRecord | None:
+    """The binding record of a reply (``None`` when it carries none)."""
+    return content[UPLINK_KEY] if UPLINK_KEY in content.config_records else None
+
+
+def binding_record(up: UplinkMessage) -> ConfigRecord:
+    """The binding of ``up`` as the ConfigRecord a reply carries under :data:`UPLINK_KEY`."""
+    return _binding_record(up)
 
 
 def _binding_record(up: UplinkMessage) -> ConfigRecord:
@@ -474,8 +489,7 @@ class NNCFedAvg(FedAvg):
                         n = int(msg.content[rk][self.weighted_by_key])
                 rec = msg.content[self.arrayrecord_key]
                 self.server.ledger[-1].up_wire[key] = record_wire_bytes(rec)
-                binding = msg.content[UPLINK_KEY] if UPLINK_KEY in msg.content.config_records else None
-                up = _uplink_from_record(rec, n, self.server.base, binding)
+                up = _uplink_from_record(rec, n, self.server.base, reply_binding(msg.content))
             except Exception as e:  # noqa: BLE001 - a malformed reply is dropped like a corrupt stream
                 dropped[key] = f"{type(e).__name__}: {e}"
                 self.server.pending_reset.add(key)
