@@ -175,6 +175,17 @@ def inflate(data: bytes, max_bytes: int | None = None) -> bytes:
     raise ModelFormatError(f"topology data is not a valid deflate stream: {last}")
 
 
+def _inflate_head(data: bytes, n: int) -> bytes | None:
+    """The first ``n`` bytes (at most) that ``data`` inflates to, without expanding the rest; None when it is
+    not a deflate stream (the full :func:`inflate` then reports it)."""
+    for wbits in (15, -15):
+        try:
+            return zlib.decompressobj(wbits).decompress(data, n)
+        except zlib.error:
+            continue
+    return None
+
+
 def topology_payload(topology: Topology) -> bytes:
     data = bytes(topology.data)
     if topology.compression_format == TopologyCompressionFormat.NNR_DFL:
@@ -237,8 +248,14 @@ class TensorRecord:
         if topology is None or topology.storage_format not in (TopologyStorageFormat.NNR_TPL_UNREC,
                                                                 TopologyStorageFormat.NNR_TPL_PYT):
             return None
-        data = topology_payload(topology)
         source = "pytorch" if topology.storage_format == TopologyStorageFormat.NNR_TPL_PYT else "numpy"
+        if topology.compression_format == TopologyCompressionFormat.NNR_DFL:
+            # look at the start first: a deflated payload that is not a record (a deflate bomb among them) is
+            # not expanded in full just to find that out
+            head = _inflate_head(bytes(topology.data), 4096)
+            if head is not None and not head.lstrip().startswith(b'{"' + META_KEY.encode()):
+                return cls(source_format=source)
+        data = topology_payload(topology)
         start = re.match(rb"\s*", data).end()            # no copy of a large payload
         if not data.startswith(b'{"' + META_KEY.encode(), start):
             return cls(source_format=source)

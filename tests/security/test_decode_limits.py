@@ -3,6 +3,7 @@
 Each bomb runs in a fresh interpreter (benchmarks/bombs.py run_child) so that peak RSS is the child's own
 ru_maxrss. Limits are small (64-256 MiB) to keep the suite light; benchmarks/bench_bombs.py runs the same
 classes at 1 GiB."""
+import numpy as np
 import pytest
 
 from _bombs_path import MB, rss_bound
@@ -72,10 +73,46 @@ def test_inspect_reports_the_limit():
 
 
 # -- topology inflation -------------------------------------------------------------------------------------
+def _record_bomb(expanded: int) -> bytes:
+    """A deflated NNR_TPL that starts like an nnc.converters record and then inflates to ``expanded`` spaces."""
+    import zlib
+
+    from nnc import bitstream as bs
+    co = zlib.compressobj(9)
+    parts = [co.compress(b'{"nnc_converters":1,"pad":"')] + [co.compress(b" " * MB) for _ in range(expanded // MB)]
+    parts.append(co.flush())
+    topo = nnc.Topology(int(bs.TopologyStorageFormat.NNR_TPL_PYT), int(bs.TopologyCompressionFormat.NNR_DFL),
+                        b"".join(parts))
+    w = nnc.encode({"w": np.ones(4, np.float32)})
+    head = bs.start_unit(1) + bs.mps_unit(profile=1, qp_density=2, parent_signalling=False)
+    return head + bs.tpl_unit(topo) + w[len(head) + len(bs.tpl_unit(nnc.Topology(3, 0, b""))):]
+
+
+def test_a_deflated_topology_that_is_not_a_record_is_not_inflated(monkeypatch):
+    """inspect/check/decode_model look at the first 4 KB of a deflated NNR_TPL before expanding it: a deflate
+    bomb (or any payload) that does not start like nnc's record is never inflated in full."""
+    from nnc.converters import _common
+    data = bombs.deflate_topology(64 * MB)
+
+    calls = []
+    real = _common.inflate
+
+    def counted(*a, **k):      # recorded, not raised: the describer and checker catch what the manifest raises
+        calls.append(len(a[0]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(_common, "inflate", counted)
+    cfg = nnc.DecoderConfig.strict(max_total_bytes=1 << 30)
+    nnc.inspect(data, config=cfg)
+    assert "LIMIT_EXCEEDED" not in nnc.check(data, config=cfg).codes()
+    assert list(nnc.decode(data, cfg)) == ["w"]
+    assert calls == [], f"the whole topology was inflated {len(calls)} time(s)"
+
+
 def test_deflate_bomb_in_the_topology_is_bounded():
     from nnc import converters
     from nnc.config import decoder_limits
-    data = bombs.deflate_topology(256 * MB)
+    data = _record_bomb(256 * MB)
     m = nnc.decode_model(data)
     with decoder_limits(nnc.DecoderConfig(max_total_bytes=16 * MB)):
         with pytest.raises(nnc.LimitExceededError, match="max_total_bytes"):
