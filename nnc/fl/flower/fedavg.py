@@ -33,7 +33,7 @@ from ..rounds import RoundPolicy
 from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
                          ServerCodec, UplinkConfig, UplinkMessage)
 from .records import bytes_array as _bytes_array
-from .records import from_arrayrecord, to_arrayrecord
+from .records import from_arrayrecord, to_arrayrecord, view_arrayrecord
 from .state_store import read_state, state_dir_for, state_path, write_state
 from .robust import flower_combine
 
@@ -253,26 +253,37 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             # missing, stale or unreadable state: nothing was trained or sent; ask the server to start over
             return Message(RecordDict({config_key: ConfigRecord({META_RESYNC: f"{type(e).__name__}: {e}"[:500]})}),
                            reply_to=msg)
+        downlink_rec = msg.content[arrays_key]
         msg.content[arrays_key] = to_arrayrecord(model)
+        del model                            # the record holds the model now: one copy, not two
         if kind == MessageType.EVALUATE:     # the global model reached the client through the codec
             _save_codec(ctx, codec, state_dir)
-            return call_next(msg, ctx)
+            try:
+                return call_next(msg, ctx)
+            finally:
+                msg.content[arrays_key] = downlink_rec
         try:
-            reply = call_next(msg, ctx)
+            try:
+                reply = call_next(msg, ctx)
+            finally:                         # the float model record is the user's business no more
+                msg.content[arrays_key] = downlink_rec
             if reply.has_error():
                 _save_codec(ctx, codec, state_dir)
                 return reply
-            trained = from_arrayrecord(reply.content[arrays_key])
+            trained = view_arrayrecord(reply.content[arrays_key])    # read-only views, no copy
             n = 1
             for rk in reply.content.metric_records.keys():
                 if weighted_by_key in reply.content[rk]:
                     n = int(reply.content[rk][weighted_by_key])
-            up = codec.encode(trained, num_examples=n)
+            reply.content[arrays_key] = ArrayRecord()     # the views keep the bytes until each is used
+            up = codec.encode(trained, num_examples=n, release=True)
         except BaseException:
             # the user's train (or encode, refusing e.g. a NaN model) failed after the downlink was applied:
-            # keep that, so the client stays in step with the server, and nothing is re-sent
+            # keep that, so the client stays in step with the server, and nothing is re-sent (an encode that
+            # fails past its input checks leaves the update in the residual, as if nothing of it was sent)
             _save_codec(ctx, codec, state_dir)
             raise
+        del trained
         reply.content[arrays_key] = _uplink_to_record(up, list(codec.base))
         reply.content[UPLINK_KEY] = _binding_record(up)
         _save_codec(ctx, codec, state_dir)
