@@ -117,7 +117,7 @@ time.sleep(0.02)
 stop.append(1); th.join()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 codec = fedavg._load_codec(ctx, base_fn, up, down)
-state_file = max(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[4]) for f in fs)
+state_file = max([os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[4]) for f in fs] or [0])
 print(json.dumps({"params": n, "state_bytes": codec.state_nbytes(), "state_b_per_param": codec.state_nbytes() / n,
                   "state_file_bytes": state_file, "context_proto_bytes": out,
                   "upload_bytes": len(bytes(reply.content["arrays"]["nnc"].data)), "downlink_bytes": len(dl),

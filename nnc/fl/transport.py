@@ -790,8 +790,10 @@ class ServerCodec:
         self.synced: dict = {}                       # client -> round of the model it holds
         self.ledger: list[RoundRecord] = []
         self.residual = _zeros_like(self.base)
-        self.levels = _zeros_like(self.base, np.int64)
-        self._snapshots: dict[int, dict[str, np.ndarray]] = {0: {k: v.copy() for k, v in self.levels.items()}}
+        # lattice levels per tensor in the smallest integer dtype that holds them; arrays are replaced, never
+        # changed in place, so snapshots share them
+        self.levels = _zeros_like(self.base, np.int8)
+        self._snapshots: dict[int, dict[str, np.ndarray]] = {0: dict(self.levels)}
         self._broadcasts: dict[int, bytes] = {}
         self._catchups: dict[tuple[int, int], bytes] = {}
         self._accepted: dict = {}          # client -> (round, digest) of its last accepted upload
@@ -851,7 +853,8 @@ class ServerCodec:
             return best
         key = (s, t)
         if key not in self._catchups:
-            diff = {k: self.levels[k] - self._snapshots[s][k] for k in self.levels}
+            diff = {k: _smallest_int(np.subtract(self.levels[k], self._snapshots[s][k], dtype=np.int64))
+                    for k in self.levels}
             self._catchups[key] = _encode_levels(diff, self.downlink, dq=False)
         cand = [DownlinkMessage("catchup", s, t, [self._catchups[key]], reset_uplink=reset)]
         if s > 0:
@@ -974,9 +977,10 @@ class ServerCodec:
         return delta
 
     # --- the round as a transaction ---------------------------------------------------------------------
-    def _stage(self, mean: Tensors) -> dict:
+    def _stage(self, mean: Tensors, own: bool = False) -> dict:
         """Everything the round would commit, computed without changing the server; raises if the aggregate
-        is not finite or the broadcast cannot be coded and decoded."""
+        is not finite or the broadcast cannot be coded and decoded. ``own``: ``mean``'s arrays are this
+        call's to reuse (the built-in rule made them)."""
         for k, v in mean.items():
             if not np.isfinite(v).all():
                 raise UpdateStateError(f"aggregate of tensor {k!r} is not finite")
@@ -989,18 +993,34 @@ class ServerCodec:
             return {"model": model}
         dl = self.downlink
         stats = _statistics(mean, dl.statistics)
-        acc = {k: mean[k] + (self.residual[k] if dl.error_feedback and k not in stats else 0) for k in mean}
+        acc = {}
+        for k in mean:                    # mean + residual, in the aggregate's buffer where it is ours
+            m = mean[k]
+            if dl.error_feedback and k not in stats:
+                if own and isinstance(m, np.ndarray) and m.flags.writeable and m.dtype == np.float32 \
+                        and m.shape == self.residual[k].shape and m is not self.residual[k]:
+                    m += self.residual[k]
+                else:
+                    m = m + self.residual[k]
+            acc[k] = m
         x = {k: v for k, v in acc.items() if k not in stats}
         if dl.sparsity is not None and x:
             x = sp.top_k(x, dl.sparsity)
         x = {k: x[k] if k in x else acc[k] for k in mean}  # statistics dense, in the model's order
         stream = _encode_values(x, dl, dq=dl.dq)
-        got = decode_levels(stream, self.base, dl, self.limits)   # exactly what clients will decode
-        levels = {k: self.levels[k] + got[k] if k in got else self.levels[k].copy() for k in self.levels}
-        sent = {k: reconstruct_uniform(got[k], dl.qp_for(k), dl.qp_density) if k in got
-                else np.zeros_like(self.base[k]) for k in self.base}
-        residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in acc}
-                    if dl.error_feedback else _zeros_like(self.base))
+        del x
+        levels, residual = dict(self.levels), {}
+        for k, got in iter_levels(stream, self.base, dl, self.limits):   # exactly what clients will decode
+            levels[k] = _add_levels(self.levels[k], got)
+            if dl.error_feedback and k not in stats:
+                r = acc[k]
+                r -= reconstruct_uniform(got, dl.qp_for(k), dl.qp_density)
+                residual[k] = r
+        for k in self.base:
+            if not dl.error_feedback or k in stats:
+                residual[k] = np.zeros_like(self.base[k])
+            elif k not in residual:
+                residual[k] = acc[k]          # nothing of it was sent
         with np.errstate(over="ignore", invalid="ignore"):
             model = lattice_model(self.base, levels, dl)
         for k in model:
@@ -1014,10 +1034,10 @@ class ServerCodec:
         if self.downlink.mode != "float32":
             self.levels, self.residual = staged["levels"], staged["residual"]
             self._broadcasts[self.round] = staged["stream"]
-            self._snapshots[self.round] = {k: v.copy() for k, v in self.levels.items()}
+            self._snapshots[self.round] = dict(self.levels)
         self._prune()
 
-    def aggregate(self, deltas: Mapping | Iterable, combine=None) -> dict[str, np.ndarray]:
+    def aggregate(self, deltas: Mapping | Iterable, combine=None, *, copy: bool = True) -> dict[str, np.ndarray]:
         """Close the round as a transaction.
 
         Bounds each update (:attr:`policy`), aggregates ``{client: (delta, num_examples)}`` (sorted by
@@ -1025,7 +1045,7 @@ class ServerCodec:
         that the aggregate is finite and, in nnc downlink mode, that the broadcast codes and decodes, and
         only then commits (round counter, model, residual, caches). If that fails, the clients that make it
         fail are found and dropped (``ledger[-1].rejected[c] == "aggregate"``) and the round completes with
-        the others. Returns the new global model."""
+        the others. Returns the new global model (``copy=False``: :attr:`model` itself, not to be changed)."""
         rec = self._record()
         items = dict(sorted(dict(deltas).items(), key=lambda kv: str(kv[0])))
         admitted, clipped = bound_updates(items, self.model, self.policy)
@@ -1035,11 +1055,12 @@ class ServerCodec:
                 rec.rejected[c] = "norm-bound"
                 rec.dropped[c] = f"update norm {clipped[c]:.4g} is over the round's bound"
         items = admitted
+        own = combine is None          # the built-in rule returns new arrays: _stage may reuse them
         combine = combine or (lambda it: combine_updates(it, self.base, self.policy))
 
         def attempt(it):
             try:
-                return self._stage(combine(it) if it else _zeros_like(self.base)), None
+                return self._stage(combine(it) if it else _zeros_like(self.base), own or not it), None
             except (NNCError, ArithmeticError, ValueError, MemoryError) as e:
                 return None, f"{type(e).__name__}: {e}"
 
@@ -1063,7 +1084,7 @@ class ServerCodec:
             if staged is None:
                 raise UpdateStateError(f"round {self.round + 1} cannot be committed: {err}")
         self._commit(staged)
-        return {k: v.copy() for k, v in self.model.items()}
+        return {k: v.copy() for k, v in self.model.items()} if copy else self.model
 
     def step(self, uploads: Mapping) -> tuple[dict[str, np.ndarray], dict]:
         """Receive ``{client: UplinkMessage}``, drop the rejected ones, aggregate. Returns (model, dropped);

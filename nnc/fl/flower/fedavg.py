@@ -546,10 +546,11 @@ class NNCFedAvg(FedAvg):
         self.dropped[server_round] = dropped
         self.duplicates[server_round] = dup
         combine = None if self.aggregator is None else flower_combine(self.aggregator, server_round)
-        model = self.server.aggregate(deltas, combine)
+        model = self.server.aggregate(deltas, combine, copy=False)    # to_arrayrecord copies it once
         for key in deltas:
             if self.server.ledger[-1].rejected.get(key) in ("aggregate", "norm-bound"):
                 dropped[key] = self.server.ledger[-1].dropped[key]
+        deltas.clear()                               # the updates are aggregated: free them now
         rec = self.server.ledger[-1]
         metrics = MetricRecord({"nnc.up-bytes": rec.up_bytes, "nnc.down-bytes": rec.down_bytes,
                                 "nnc.dropped": len(dropped)})
