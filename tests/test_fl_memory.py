@@ -49,7 +49,8 @@ def test_encode_can_release_the_trained_model_tensor_by_tensor_with_the_same_upl
     a, b = ClientCodec(base, up, down), ClientCodec(base, up, down)
     for _ in range(3):
         msg = server.downlink_for(0)
-        ma, mb = a.receive(msg), b.receive(msg)
+        ma = a.receive(msg)
+        assert all(np.array_equal(ma[k], v) for k, v in b.receive(msg).items())
         trained = {k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.1 for k, v in ma.items()}
         handed = dict(trained)
         ua, ub = a.encode(trained, 2), b.encode(handed, 2, release=True)
