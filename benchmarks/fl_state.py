@@ -1,11 +1,16 @@
-"""Client state size and peak memory per client, as a SuperNode's ClientApp process lives it.
+"""Client state size and working memory of one client round, as a SuperNode's ClientApp process lives it.
 
-For each model size, one subprocess builds a server and a client and runs two warm-up rounds; a fresh subprocess
-then runs what ``nnc_mod`` does in a round (measured): load the
-client state from ``context.state`` (through Flower's protobuf, as the SuperNode hands the Context over),
-apply a coded downlink, encode a top-1 % ternary upload with error feedback, save the state, serialise the
-Context to protobuf again. Reported: state bytes per parameter (``ClientCodec.state_nbytes``), the Context
-protobuf size, seconds, and the subprocess's peak RSS (``ru_maxrss``), next to the float32 model size.
+For each model size, one subprocess builds a server and a client and runs two warm-up rounds, leaving the client
+state where ``nnc_mod`` keeps it (the node's state file, its handle in the Context); a fresh subprocess then runs
+one train message through ``nnc_mod`` (measured): parse the Context protobuf the SuperNode hands over, load the
+state, apply a coded downlink, the user's ``train`` (here: the model plus small noise, as a new array per tensor,
+like any training function returns), encode a top-1 % ternary upload with error feedback, save the state,
+serialise the Context again. A thread samples the process's RSS every 2 ms and charges it to the step running
+(load / receive / train / encode / save); ``ru_maxrss`` gives the peak.
+
+Reported per size: state B/param (``ClientCodec.state_nbytes``), the Context protobuf, seconds, peak RSS, and
+``B/param`` = (peak RSS - RSS before the round, after imports and the train message arrived) / params: the
+working memory of a round, the model the user's train returns included.
 
     OMP_NUM_THREADS=1 nice python benchmarks/fl_state.py --sizes 1e6 4e6 16e6 --json benchmarks/results/fl_state.json
 """
@@ -31,7 +36,7 @@ for r in range(2):                               # two rounds so that residual, 
     m = client.receive(server.downlink_for(0))
     server.step({0: client.encode({k: v + rng.standard_normal(v.shape).astype(np.float32) * 1e-3
                                    for k, v in m.items()}, 10)})
-ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+ctx = Context(run_id=1, node_id=1, node_config={"nnc-state-dir": sys.argv[4]}, state=RecordDict(), run_config={})
 _save_codec(ctx, client)
 open(sys.argv[2], "wb").write(context_to_proto(ctx).SerializeToString())
 rec, _ = _downlink_to_records(server.downlink_for(0), list(server.base))
@@ -39,28 +44,87 @@ open(sys.argv[3], "wb").write(bytes(rec["nnc"].data))
 '''
 
 CLIENT = r'''
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.proto.message_pb2 import Context as ProtoContext
-from nnc.fl.flower.fedavg import STYPE_DOWNLINK, _downlink_from_records, _load_codec, _save_codec
-from nnc.fl.flower.records import bytes_array
+from nnc.fl.flower import fedavg
+from nnc.fl.flower.fedavg import STYPE_DOWNLINK, nnc_mod
+from nnc.fl.flower.records import bytes_array, from_arrayrecord, to_arrayrecord
+from nnc.fl.transport import ClientCodec
+from flwr.supercore.task_identity import TaskIdentity
 exec(COMMON)
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+step, peaks, stop = ["idle"], {}, []
+def sampler():
+    while not stop:
+        r = rss()
+        peaks[step[0]] = max(peaks.get(step[0], 0), r)
+        time.sleep(0.002)
+
+def labelled(name, fn):
+    def wrapped(*a, **k):
+        prev, step[0] = step[0], name
+        try:
+            return fn(*a, **k)
+        finally:
+            step[0] = prev
+    return wrapped
+fedavg._load_codec = labelled("load", fedavg._load_codec)
+fedavg._save_codec = labelled("save", fedavg._save_codec)
+ClientCodec.receive = labelled("receive", ClientCodec.receive)
+ClientCodec.encode = labelled("encode", ClientCodec.encode)
+
+def train(msg, ctx):
+    step[0] = "train"
+    arrays = from_arrayrecord(msg.content["arrays"])
+    new = {k: v + noise[k] for k, v in arrays.items()}
+    del arrays
+    out = Message(RecordDict({"arrays": to_arrayrecord(new), "metrics": MetricRecord({"num-examples": 10})}),
+                  reply_to=msg)
+    step[0] = "mod"
+    return out
+
 proto, dl = open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
-t0 = time.perf_counter()
+noise = {k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in base_fn().items()}
+noise_bytes = sum(v.nbytes for v in noise.values())
+msg = Message(RecordDict({"arrays": ArrayRecord({"nnc": bytes_array(dl, STYPE_DOWNLINK)}),
+                          "config": ConfigRecord({"nnc.client": "0"})}), message_type=MessageType.TRAIN,
+              dst_node_id=1)
+mod = nnc_mod(base_fn, up, down)
+th = threading.Thread(target=sampler, daemon=True)
+before = rss()
+th.start()
+t0, c0 = time.perf_counter(), time.process_time()
+step[0] = "context"
 pc = ProtoContext(); pc.ParseFromString(proto); del proto
 ctx = context_from_proto(pc); del pc
-codec = _load_codec(ctx, base_fn, up, down)
-m = codec.receive(_downlink_from_records(ArrayRecord({"nnc": bytes_array(dl, STYPE_DOWNLINK)}), codec.base))
-upm = codec.encode({k: v + rng.standard_normal(v.shape).astype(np.float32) * 1e-3 for k, v in m.items()}, 10)
-del m
-_save_codec(ctx, codec)
+step[0] = "mod"
+reply = mod(msg, ctx, train)
+assert not reply.has_error() and "nnc" in reply.content["arrays"], reply.content
+step[0] = "context"
 out = len(context_to_proto(ctx).SerializeToString())
-dt = time.perf_counter() - t0
+dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+step[0] = "done"
+time.sleep(0.02)
+stop.append(1); th.join()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+codec = fedavg._load_codec(ctx, base_fn, up, down)
+state_file = max([os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[4]) for f in fs] or [0])
 print(json.dumps({"params": n, "state_bytes": codec.state_nbytes(), "state_b_per_param": codec.state_nbytes() / n,
-                  "context_proto_bytes": out, "upload_bytes": len(upm.payload), "downlink_bytes": len(dl),
-                  "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "state_file_bytes": state_file, "context_proto_bytes": out,
+                  "upload_bytes": len(bytes(reply.content["arrays"]["nnc"].data)), "downlink_bytes": len(dl),
+                  "seconds": dt, "cpu_seconds": cpu, "peak_rss_mb": peak / 2 ** 20,
+                  "rss_before_mb": (before - noise_bytes) / 2 ** 20,
+                  "b_per_param": (peak - before) / n,
+                  "step_b_per_param": {k: (v - before) / n for k, v in peaks.items()},
                   "float32_model_mb": 4 * n / 2 ** 20}))
 '''
 
@@ -90,24 +154,33 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[1e6, 4e6, 16e6])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--label", default="after", help="key of this run in the JSON (before / after a change)")
     a = ap.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in a.sizes:
-            ctx, dl = Path(tmp) / "context.pb", Path(tmp) / "downlink.bin"
-            _child(SETUP, int(n), ctx, dl)                  # server + warm-up rounds: not measured
-            rows.append(json.loads(_child(CLIENT, int(n), ctx, dl).strip().splitlines()[-1]))
-    print("| params | float32 model MB | state B/param | Context protobuf MB | upload B | s per round | "
-          "peak RSS MB |\n|---|---|---|---|---|---|---|")
+    for n in a.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx, dl, sdir = Path(tmp) / "context.pb", Path(tmp) / "downlink.bin", Path(tmp) / "state"
+            _child(SETUP, int(n), ctx, dl, sdir)                  # server + warm-up rounds: not measured
+            rows.append(json.loads(_child(CLIENT, int(n), ctx, dl, sdir).strip().splitlines()[-1]))
+    steps = ["load", "receive", "train", "encode", "save"]
+    print("| params | float32 model MB | state B/param | Context protobuf B | upload B | s per round | CPU s | "
+          "peak RSS MB | round B/param | " + " | ".join(steps) + " |\n|" + "---|" * (9 + len(steps)))
     for r in rows:
+        sb = r["step_b_per_param"]
         print(f"| {r['params']:,} | {r['float32_model_mb']:.0f} | {r['state_b_per_param']:.2f} | "
-              f"{r['context_proto_bytes'] / 2 ** 20:.1f} | {r['upload_bytes']:,} | {r['seconds']:.1f} | "
-              f"{r['peak_rss_mb']:.0f} |")
+              f"{r['context_proto_bytes']:,} | {r['upload_bytes']:,} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['b_per_param']:.1f} | "
+              + " | ".join(f"{sb.get(s, 0):.1f}" for s in steps) + " |")
     if a.json:
-        a.json.write_text(json.dumps({"conditions": "8 equal tensors, global top-1 % ternary uplink + EF, coded "
-                                      "top-1 % downlink (QP -44), one round after two warm-up rounds; peak RSS of "
-                                      "the client subprocess (the server and the warm-up rounds ran in another)",
-                                      "rows": rows}, indent=1))
+        old = json.loads(a.json.read_text()) if a.json.exists() else {}
+        runs = old.get("runs", {})
+        runs[a.label] = rows
+        a.json.write_text(json.dumps({
+            "conditions": "8 equal tensors, global top-1 % ternary uplink + EF, coded top-1 % downlink (QP -44), one "
+                          "train message through nnc_mod after two warm-up rounds; the user's train returns model + "
+                          "noise; B/param = (peak RSS - RSS before the round) / params; per step: peak RSS while "
+                          "that step ran, minus RSS before the round, / params",
+            "runs": runs}, indent=1))
     return 0
 
 

@@ -15,6 +15,11 @@ from nnc.fl import DownlinkConfig, UplinkConfig  # noqa: E402
 from nnc.fl.flower import NNCFedAvg, from_arrayrecord, nnc_mod, partition_query, to_arrayrecord  # noqa: E402
 
 SUPERLINK = 1
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path, monkeypatch):     # each test's node state files in its own directory
+    monkeypatch.setenv("NNC_FL_STATE_DIR", str(tmp_path / "state"))
 UP = UplinkConfig(qp_mode="ternary", sparsity=0.1)
 DOWN = DownlinkConfig(mode="nnc", qp=-40, sparsity=0.2)
 PARTS = 3

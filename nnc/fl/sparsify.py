@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["top_k", "threshold", "ternarize", "density"]
+__all__ = ["top_k", "global_threshold", "threshold", "ternarize", "density"]
 
 
 def _kept_count(n: int, fraction: float) -> int:
@@ -42,11 +42,25 @@ def top_k(x: Mapping[str, np.ndarray], fraction: float, *, scope: str = "tensor"
             out[k] = res.reshape(v.shape)
         return out
     if scope == "global":
-        mags = np.concatenate([np.abs(np.asarray(v, dtype=np.float32)).reshape(-1) for v in x.values()])
-        keep = _kept_count(mags.size, fraction)
-        tau = np.partition(mags, mags.size - keep)[mags.size - keep]
-        return threshold(x, float(tau), inclusive=True)
+        return threshold(x, global_threshold(x, fraction), inclusive=True)
     raise ValueError(f"scope must be 'tensor' or 'global', got {scope!r}")
+
+
+def global_threshold(x: Mapping[str, np.ndarray], fraction: float) -> float:
+    """The magnitude of the ``k``-th largest value over all tensors (``k = ceil(fraction * total)``): global top-k
+    keeps ``|v| >= tau``. Works tensor by tensor: the k-th largest of all is among the union of every tensor's k
+    largest, so only that union (at most ``k`` values per tensor) is ever held, not a copy of the model."""
+    total = sum(int(np.size(v)) for v in x.values())
+    keep = _kept_count(total, fraction)
+    cand = []
+    for v in x.values():
+        mags = np.abs(np.asarray(v, dtype=np.float32)).reshape(-1)
+        if mags.size > keep:
+            mags.partition(mags.size - keep)
+            mags = mags[mags.size - keep:].copy()
+        cand.append(mags)
+    cand = np.concatenate(cand)
+    return float(np.partition(cand, cand.size - keep)[cand.size - keep])
 
 
 def threshold(x: Mapping[str, np.ndarray], tau: float, *, inclusive: bool = False) -> dict[str, np.ndarray]:

@@ -32,6 +32,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from ..codec import Decoder
 from ..config import DecoderConfig, EncoderConfig
 from ..errors import NNCError, UpdateStateError
 from ..incremental import UpdateDecoder, UpdateEncoder, in_model_shape, in_model_shapes
@@ -406,15 +407,45 @@ class ClientCodec:
         self.uplink = uplink or UplinkConfig()
         self.downlink = downlink or DownlinkConfig()
         self.base = _f32(base)
-        self.model = {k: v.copy() for k, v in self.base.items()}     # the global model as last received
-        self.levels = _zeros_like(self.base, np.int64)                 # downlink lattice levels (nnc mode)
+        # float32 downlink: the model as last received; coded downlink: None, the model is base + step * levels
+        self._model = {k: v.copy() for k, v in self.base.items()} if self.downlink.mode == "float32" else None
+        # downlink lattice levels (coded downlink), per tensor in the smallest signed integer dtype that holds them
+        self.levels = _zeros_like(self.base, np.int8)
         self.synced_round = 0
         self.residual = _zeros_like(self.base)
-        self.last_sent: dict[str, np.ndarray] | None = None
+        self._last_sent: dict | None = None     # name -> dense float32, or (int32 positions, float32 values)
         self.encoder = self._new_encoder()
         self._limits = _strict_limits(self.base)
         comp = self.uplink.compressor
         self.comp_state: dict[str, np.ndarray] = comp.init_state(self.base) if comp is not None else {}
+
+    @property
+    def model(self) -> dict[str, np.ndarray]:
+        """The global model as last received (with the coded downlink computed from ``base`` and ``levels``,
+        which is what the client holds: a fresh dict on every access)."""
+        if self._model is not None:
+            return self._model
+        return lattice_model(self.base, self.levels, self.downlink)
+
+    @model.setter
+    def model(self, value: Tensors) -> None:
+        self._model = _f32(value)
+
+    def _model_tensor(self, k: str) -> np.ndarray:
+        if self._model is not None:
+            return self._model[k]
+        return _lattice_tensor(self.base[k], self.levels[k], self.downlink.qp_for(k), self.downlink.qp_density)
+
+    @property
+    def last_sent(self) -> dict[str, np.ndarray] | None:
+        """What the last upload reconstructs to at the server (dense float32 per tensor), or None."""
+        if self._last_sent is None:
+            return None
+        return {k: _dense(v, self.base[k]) for k, v in self._last_sent.items()}
+
+    @last_sent.setter
+    def last_sent(self, value: Tensors | None) -> None:
+        self._last_sent = None if value is None else {k: _sparse(v) for k, v in value.items()}
 
     def _new_encoder(self) -> UpdateEncoder:
         u = self.uplink
@@ -423,70 +454,119 @@ class ClientCodec:
 
     # --- downlink ---------------------------------------------------------------------------------------
     def receive(self, msg: DownlinkMessage) -> dict[str, np.ndarray]:
-        """Apply a downlink message; returns the current global model (a copy)."""
+        """Apply a downlink message; returns the current global model (the caller's to keep or change).
+
+        All streams are decoded (tensor by tensor) before anything changes: a message that fails leaves the
+        client as it was."""
         if msg.reset_uplink:
             self.reset_uplink()
         if msg.kind == "float32":
             validate_tensors(msg.arrays or {}, self.base, require_all=True)
-            self.model = _f32(msg.arrays)
+            self._model = _f32(msg.arrays)
             self.synced_round = msg.round
-            return {k: v.copy() for k, v in self.model.items()}
+            return {k: v.copy() for k, v in self._model.items()}
+        base = self.base
         if msg.arrays is not None:                    # initial model on first contact
             validate_tensors(msg.arrays, self.base, require_all=True)
-            self.base = _f32(msg.arrays)
+            base = _f32(msg.arrays)
         if msg.kind == "full" or msg.base_round == 0:
-            levels = _zeros_like(self.base, np.int64)
+            levels = _zeros_like(base, np.int8)
         elif msg.base_round != self.synced_round:
             raise UpdateStateError(f"downlink goes from round {msg.base_round}, this client holds round "
                                    f"{self.synced_round}")
         else:
-            levels = {k: v.copy() for k, v in self.levels.items()}
+            levels = dict(self.levels)               # tensors are replaced, never changed in place
         for s in msg.streams:
-            for name, d in decode_levels(s, self.base, self.downlink, self._limits).items():
-                levels[name] += d
-        self.levels = levels
-        self.model = lattice_model(self.base, levels, self.downlink)
+            for name, d in iter_levels(s, base, self.downlink, self._limits):
+                levels[name] = _add_levels(levels[name], d)
+        self.base, self.levels = base, levels
         self.synced_round = msg.round
-        return {k: v.copy() for k, v in self.model.items()}
+        return self.model
 
     # --- uplink -----------------------------------------------------------------------------------------
-    def encode(self, trained: Tensors, num_examples: int = 1) -> UplinkMessage:
-        """Code ``trained - model`` (plus the residual) as this round's upload."""
+    def encode(self, trained: Tensors, num_examples: int = 1, *, release: bool = False) -> UplinkMessage:
+        """Code ``trained - model`` (plus the residual) as this round's upload.
+
+        ``release=True``: ``trained`` is a dict the caller hands over; each tensor is removed from it once its
+        difference is formed, so the trained model is freed tensor by tensor before the coding starts."""
         validate_tensors(trained, self.base, require_all=True)
-        delta = {k: np.asarray(trained[k], np.float32) - self.model[k] for k in self.base}
-        return self.encode_update(delta, num_examples)
+
+        def delta(k: str) -> np.ndarray:
+            t = trained.pop(k) if release else trained[k]
+            return np.asarray(t, np.float32) - self._model_tensor(k)
+
+        return self._encode({k: (lambda k=k: delta(k)) for k in self.base}, num_examples)
 
     def encode_update(self, delta: Tensors, num_examples: int = 1) -> UplinkMessage:
+        return self._encode({k: (lambda k=k: np.asarray(delta[k], np.float32)) for k in self.base}, num_examples)
+
+    def _encode(self, delta_of, num_examples: int) -> UplinkMessage:
+        """``delta_of[name]()`` makes one tensor's update: the model-sized work is done tensor by tensor, the
+        error-feedback sum is formed in the residual's own buffers (what was not sent stays there)."""
         u = self.uplink
         if u.compressor is not None:
             data, self.last_sent, self.comp_state = u.compressor.encode(
-                {k: np.asarray(delta[k], np.float32) for k in self.base}, self.comp_state,
-                _statistics(self.base, u.statistics))
+                {k: delta_of[k]() for k in self.base}, self.comp_state, _statistics(self.base, u.statistics))
             return self._bind(UplinkMessage(data, num_examples))
         stats = _statistics(self.base, u.statistics)
         feedback = u.error_feedback
-        acc = {k: np.asarray(delta[k], np.float32) + (self.residual[k] if feedback and k not in stats else 0)
-               for k in self.base}
-        x = {k: v for k, v in acc.items() if k not in stats}
-        if u.sparsity is not None and x:
-            x = sp.top_k(x, u.sparsity, scope=u.sparsity_scope)
-        if u.threshold is not None and x:
-            x = sp.threshold(x, u.threshold)
-        if u.mode == "nnc" and u.qp_mode == "ternary" and x:
-            x = sp.ternarize(x)
-        x = {k: x[k] if k in x else acc[k] for k in self.base}  # statistics dense, in the model's order
+        acc = {}
+        for k in self.base:
+            d = delta_of[k]()
+            if feedback and k not in stats:
+                r = self.residual[k]
+                if r.flags.writeable and r.dtype == np.float32 and r.shape == d.shape:
+                    r += d                 # delta + residual, in the residual's buffer
+                else:
+                    r = d + r
+                acc[k] = r
+            else:
+                acc[k] = d
+            del d
+        self.residual = acc                # until `sent` is taken off below, it holds delta + residual
+        learn = [k for k in self.base if k not in stats]
+        tau = None
+        if u.sparsity is not None and learn and u.sparsity_scope == "global":
+            tau = sp.global_threshold({k: acc[k] for k in learn}, u.sparsity)
+        def sparse_of(k: str) -> np.ndarray:
+            """What is sent of tensor ``k`` (before quantisation): statistics dense, the rest sparsified."""
+            if k in stats:
+                return acc[k]
+            v = {k: acc[k]}
+            if u.sparsity is not None:
+                v = sp.threshold(v, tau, inclusive=True) if tau is not None else \
+                    sp.top_k(v, u.sparsity, scope=u.sparsity_scope)
+            if u.threshold is not None:
+                v = sp.threshold(v, u.threshold)
+            if u.mode == "nnc" and u.qp_mode == "ternary":
+                v = sp.ternarize(v)
+            return v[k]
+
         if u.mode == "float32":
+            x = {k: sparse_of(k) for k in self.base}
             sent = {k: v.copy() for k, v in x.items()}
             msg = UplinkMessage({k: v.copy() for k, v in sent.items()}, num_examples)
         else:
+            # the encoder reads each tensor once while quantising: made on demand, the sparsified model is
+            # never whole in memory next to the levels and reconstructions the encoder builds
+            x = _Lazy(list(self.base), sparse_of)
             self.encoder.set_config(self._config_for(x, stats))
             data = self.encoder.encode_update(x)
-            rec = self.encoder.last_reconstruction
-            sent = {k: rec.get(k, np.zeros_like(self.base[k])) for k in self.base}
+            sent = self.encoder.last_reconstruction
+            self.encoder.last_reconstruction = {}
             msg = UplinkMessage(data, num_examples)
-        self.residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in self.base}
-                         if feedback else _zeros_like(self.base))
-        self.last_sent = sent
+        del x
+        for k in self.base:
+            if not feedback or k in stats:
+                self.residual[k] = np.zeros_like(self.base[k])
+            elif k in sent:
+                r = self.residual[k]
+                if r is acc[k] and r.flags.writeable and r.dtype == np.float32:
+                    r -= sent[k]
+                else:
+                    self.residual[k] = r - sent[k]
+        self._last_sent = {k: _sparse(sent[k]) if k in sent else _sparse(np.zeros_like(self.base[k]))
+                           for k in self.base}
         return self._bind(msg)
 
     def _bind(self, msg: UplinkMessage) -> UplinkMessage:
@@ -509,11 +589,11 @@ class ClientCodec:
 
     def reset_uplink(self) -> None:
         """The server lost this client's last upload: restart the pair's state and re-send it via the residual."""
-        if self.uplink.compressor is not None and self.last_sent is not None:
+        if self.uplink.compressor is not None and self._last_sent is not None:
             self.comp_state = self.uplink.compressor.restore(self.comp_state, self.last_sent)
-        elif self.uplink.error_feedback and self.last_sent is not None:
-            self.residual = {k: self.residual[k] + self.last_sent[k] for k in self.base}
-        self.last_sent = None
+        elif self.uplink.error_feedback and self._last_sent is not None:
+            self.residual = {k: self.residual[k] + _dense(self._last_sent[k], self.base[k]) for k in self.base}
+        self._last_sent = None
         self.encoder = self._new_encoder()
 
     # --- state as flat arrays and scalars (for Flower's Context.state; no pickle) -----------------------
@@ -527,12 +607,13 @@ class ClientCodec:
         held: the initial model (rebuilt by ``base_fn``; kept only when the server sent it) and the current
         model (``base + step * levels`` with the coded downlink; a float32 downlink sends it whole every round).
         For a top-k ternary uplink with error feedback and the coded downlink this is about 6-8 B/param.
+        The arrays may share memory with the live state (no copies): store them before the next ``encode``.
         """
         arrays: dict[str, np.ndarray] = {}
         nnc_down = self.downlink.mode == "nnc"
         keep_base = nnc_down and not self.downlink.initial_model_known
         # the last upload is only needed to put it back into the residual (reset_uplink) or the compressor state
-        need_sent = self.last_sent is not None and (self.uplink.error_feedback or self.uplink.compressor is not None)
+        need_sent = self._last_sent is not None and (self.uplink.error_feedback or self.uplink.compressor is not None)
         scalars: dict[str, int] = {"state_version": 2, "synced_round": int(self.synced_round),
                                    "has_last_sent": int(need_sent), "has_base": int(keep_base)}
         for k in self.base:
@@ -543,11 +624,9 @@ class ClientCodec:
             if self.uplink.error_feedback and np.any(self.residual[k]):
                 arrays[f"residual/{k}"] = self.residual[k]
             if need_sent:
-                v = np.asarray(self.last_sent[k], np.float32)
-                nz = np.flatnonzero(v)
-                if nz.size * 3 < v.size:
-                    arrays[f"last_sent.idx/{k}"] = nz.astype(np.int32)
-                    arrays[f"last_sent.val/{k}"] = v.reshape(-1)[nz]
+                v = self._last_sent[k]
+                if isinstance(v, tuple):
+                    arrays[f"last_sent.idx/{k}"], arrays[f"last_sent.val/{k}"] = v
                 else:
                     arrays[f"last_sent/{k}"] = v
         for k, v in self.comp_state.items():
@@ -565,34 +644,41 @@ class ClientCodec:
                 arrays[f"enc.seen/{k}"] = np.packbits(seen.reshape(-1) != 0)
         return arrays, scalars
 
-    def load_state_dict(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, int]) -> None:
-        """Restore :meth:`state_dict`'s output (``base`` must be the initial model this codec was built with)."""
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, int], *,
+                        copy: bool = True) -> None:
+        """Restore :meth:`state_dict`'s output (``base`` must be the initial model this codec was built with).
+        ``copy=False`` adopts the arrays as they are (the caller hands them over, e.g. fresh from a file)."""
+        own = (lambda a, dt: np.array(a, dt)) if copy else (lambda a, dt: np.asarray(a, dt))
         self.synced_round = int(scalars["synced_round"])
         old = int(scalars.get("state_version", 1)) < 2
         for k in list(self.base):
             shape = np.shape(self.base[k])
             if f"base/{k}" in arrays:
                 self.base[k] = np.array(arrays[f"base/{k}"], np.float32)
-            self.levels[k] = (np.array(arrays[f"levels/{k}"], np.int64).reshape(shape) if f"levels/{k}" in arrays
-                              else np.zeros(shape, np.int64))
-            self.residual[k] = (np.array(arrays[f"residual/{k}"], np.float32) if f"residual/{k}" in arrays
-                                else np.zeros(shape, np.float32))
-            if old:
+            if f"levels/{k}" in arrays:
+                lv = np.asarray(arrays[f"levels/{k}"])
+                self.levels[k] = own(lv, lv.dtype if lv.dtype.kind == "i" else np.int64).reshape(shape)
+            else:
+                self.levels[k] = np.zeros(shape, np.int8)
+            if f"residual/{k}" in arrays:
+                r = own(arrays[f"residual/{k}"], np.float32)
+                self.residual[k] = r if r.flags.writeable else np.array(r)
+            else:
+                self.residual[k] = np.zeros(shape, np.float32)
+            if old and self.downlink.mode == "float32":
                 self.model[k] = np.array(arrays[f"model/{k}"], np.float32)
-        if not old:
-            self.model = (lattice_model(self.base, self.levels, self.downlink) if self.downlink.mode == "nnc"
-                          else {k: v.copy() for k, v in self.base.items()})
+        if not old and self.downlink.mode == "float32":
+            self._model = {k: v.copy() for k, v in self.base.items()}
         if scalars.get("has_last_sent"):
-            self.last_sent = {}
+            self._last_sent = {}
             for k, b in self.base.items():
                 if f"last_sent.idx/{k}" in arrays:
-                    v = np.zeros(np.size(b), np.float32)
-                    v[np.asarray(arrays[f"last_sent.idx/{k}"], np.int64)] = arrays[f"last_sent.val/{k}"]
-                    self.last_sent[k] = v.reshape(np.shape(b))
+                    self._last_sent[k] = (own(arrays[f"last_sent.idx/{k}"], np.int32),
+                                          own(arrays[f"last_sent.val/{k}"], np.float32))
                 else:
-                    self.last_sent[k] = np.array(arrays[f"last_sent/{k}"], np.float32)
+                    self._last_sent[k] = own(arrays[f"last_sent/{k}"], np.float32).reshape(np.shape(b))
         else:
-            self.last_sent = None
+            self._last_sent = None
         if self.uplink.compressor is not None:
             loaded = {k[len("comp/"):]: np.array(v) for k, v in arrays.items() if k.startswith("comp/")}
             self.comp_state = loaded or self.uplink.compressor.init_state(self.base)
@@ -627,22 +713,82 @@ def _smallest_int(a: np.ndarray) -> np.ndarray:
     """``a`` in the smallest signed integer dtype that holds its values exactly."""
     a = np.asarray(a)
     if a.size == 0:
-        return a.astype(np.int8)
+        return a.astype(np.int8, copy=False)
     lo, hi = int(a.min()), int(a.max())
     for dt in (np.int8, np.int16, np.int32):
         if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
-            return a.astype(dt)
-    return a.astype(np.int64)
+            return a.astype(dt, copy=False)
+    return a.astype(np.int64, copy=False)
+
+
+class _Lazy(Mapping):
+    """A read-only mapping whose values are made on every access by ``make(name)`` (never cached)."""
+
+    def __init__(self, names: list, make):
+        self._names, self._make = names, make
+
+    def __getitem__(self, k):
+        if k not in self._names:
+            raise KeyError(k)
+        return self._make(k)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _sparse(v) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """A tensor of the last upload as held between rounds: (int32 positions, float32 values) when under a third
+    of it is non-zero, else dense float32."""
+    v = np.asarray(v, np.float32)
+    nz = np.flatnonzero(v)
+    if nz.size * 3 < v.size and v.size < 2 ** 31:
+        return nz.astype(np.int32), v.reshape(-1)[nz]
+    return v
+
+
+def _dense(v, like: np.ndarray) -> np.ndarray:
+    if isinstance(v, tuple):
+        out = np.zeros(np.size(like), np.float32)
+        out[np.asarray(v[0], np.int64)] = v[1]
+        return out.reshape(np.shape(like))
+    return np.array(v, np.float32).reshape(np.shape(like))
+
+
+def _add_levels(held: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``held + d`` exactly, in the smallest signed integer dtype that holds the result (a new array)."""
+    out = np.add(held, d, dtype=np.int64)
+    return _smallest_int(out)
 
 
 # --------------------------------------------------------------------------------------------------------
 # downlink lattice
 # --------------------------------------------------------------------------------------------------------
+def _lattice_tensor(base: np.ndarray, levels: np.ndarray, qp: int, qp_density: int) -> np.ndarray:
+    # np.asarray: for 0-d tensors the sum is a numpy scalar, and the model's entries are arrays
+    return np.asarray(base + reconstruct_uniform(levels, qp, qp_density), np.float32)
+
+
 def lattice_model(base: Tensors, levels: Tensors, cfg: DownlinkConfig) -> dict[str, np.ndarray]:
     """``base + step * levels`` in float32, the same on server and clients."""
-    # np.asarray: for 0-d tensors the sum is a numpy scalar, and the model's entries are arrays
-    return {k: np.asarray(base[k] + reconstruct_uniform(levels[k], cfg.qp_for(k), cfg.qp_density), np.float32)
-            for k in base}
+    return {k: _lattice_tensor(base[k], levels[k], cfg.qp_for(k), cfg.qp_density) for k in base}
+
+
+def iter_levels(stream, base: Tensors, cfg: DownlinkConfig, limits: DecoderConfig | None = None):
+    """Decode one downlink stream tensor by tensor: yields ``(name, integer lattice levels)``, checking names,
+    shapes and QPs (all unit headers are checked against ``limits`` before anything is decoded)."""
+    for t in Decoder(limits if limits is not None else DecoderConfig()).stream(stream):
+        name = t.name
+        if name not in base:
+            raise UpdateStateError(f"downlink names unknown tensor {name!r}")
+        levels = in_model_shape(t.levels, np.shape(base[name]))
+        if levels.shape != np.shape(base[name]):
+            raise UpdateStateError(f"downlink tensor {name!r} has shape {levels.shape}")
+        if t.qp != cfg.qp_for(name):
+            raise UpdateStateError(f"downlink tensor {name!r} has QP {t.qp}, the lattice uses {cfg.qp_for(name)}")
+        yield name, levels
 
 
 def decode_levels(stream, base: Tensors, cfg: DownlinkConfig, limits: DecoderConfig | None = None
@@ -705,8 +851,10 @@ class ServerCodec:
         self.synced: dict = {}                       # client -> round of the model it holds
         self.ledger: list[RoundRecord] = []
         self.residual = _zeros_like(self.base)
-        self.levels = _zeros_like(self.base, np.int64)
-        self._snapshots: dict[int, dict[str, np.ndarray]] = {0: {k: v.copy() for k, v in self.levels.items()}}
+        # lattice levels per tensor in the smallest integer dtype that holds them; arrays are replaced, never
+        # changed in place, so snapshots share them
+        self.levels = _zeros_like(self.base, np.int8)
+        self._snapshots: dict[int, dict[str, np.ndarray]] = {0: dict(self.levels)}
         self._broadcasts: dict[int, bytes] = {}
         self._catchups: dict[tuple[int, int], bytes] = {}
         self._accepted = self.binding.accepted     # client -> (round, digest) of its last accepted upload
@@ -766,7 +914,8 @@ class ServerCodec:
             return best
         key = (s, t)
         if key not in self._catchups:
-            diff = {k: self.levels[k] - self._snapshots[s][k] for k in self.levels}
+            diff = {k: _smallest_int(np.subtract(self.levels[k], self._snapshots[s][k], dtype=np.int64))
+                    for k in self.levels}
             self._catchups[key] = _encode_levels(diff, self.downlink, dq=False)
         cand = [DownlinkMessage("catchup", s, t, [self._catchups[key]], reset_uplink=reset)]
         if s > 0:
@@ -869,9 +1018,10 @@ class ServerCodec:
         return delta
 
     # --- the round as a transaction ---------------------------------------------------------------------
-    def _stage(self, mean: Tensors) -> dict:
+    def _stage(self, mean: Tensors, own: bool = False) -> dict:
         """Everything the round would commit, computed without changing the server; raises if the aggregate
-        is not finite or the broadcast cannot be coded and decoded."""
+        is not finite or the broadcast cannot be coded and decoded. ``own``: ``mean``'s arrays are this
+        call's to reuse (the built-in rule made them)."""
         for k, v in mean.items():
             if not np.isfinite(v).all():
                 raise UpdateStateError(f"aggregate of tensor {k!r} is not finite")
@@ -884,18 +1034,34 @@ class ServerCodec:
             return {"model": model}
         dl = self.downlink
         stats = _statistics(mean, dl.statistics)
-        acc = {k: mean[k] + (self.residual[k] if dl.error_feedback and k not in stats else 0) for k in mean}
+        acc = {}
+        for k in mean:                    # mean + residual, in the aggregate's buffer where it is ours
+            m = mean[k]
+            if dl.error_feedback and k not in stats:
+                if own and isinstance(m, np.ndarray) and m.flags.writeable and m.dtype == np.float32 \
+                        and m.shape == self.residual[k].shape and m is not self.residual[k]:
+                    m += self.residual[k]
+                else:
+                    m = m + self.residual[k]
+            acc[k] = m
         x = {k: v for k, v in acc.items() if k not in stats}
         if dl.sparsity is not None and x:
             x = sp.top_k(x, dl.sparsity)
         x = {k: x[k] if k in x else acc[k] for k in mean}  # statistics dense, in the model's order
         stream = _encode_values(x, dl, dq=dl.dq)
-        got = decode_levels(stream, self.base, dl, self.limits)   # exactly what clients will decode
-        levels = {k: self.levels[k] + got[k] if k in got else self.levels[k].copy() for k in self.levels}
-        sent = {k: reconstruct_uniform(got[k], dl.qp_for(k), dl.qp_density) if k in got
-                else np.zeros_like(self.base[k]) for k in self.base}
-        residual = ({k: (acc[k] - sent[k]) if k not in stats else np.zeros_like(acc[k]) for k in acc}
-                    if dl.error_feedback else _zeros_like(self.base))
+        del x
+        levels, residual = dict(self.levels), {}
+        for k, got in iter_levels(stream, self.base, dl, self.limits):   # exactly what clients will decode
+            levels[k] = _add_levels(self.levels[k], got)
+            if dl.error_feedback and k not in stats:
+                r = acc[k]
+                r -= reconstruct_uniform(got, dl.qp_for(k), dl.qp_density)
+                residual[k] = r
+        for k in self.base:
+            if not dl.error_feedback or k in stats:
+                residual[k] = np.zeros_like(self.base[k])
+            elif k not in residual:
+                residual[k] = acc[k]          # nothing of it was sent
         with np.errstate(over="ignore", invalid="ignore"):
             model = lattice_model(self.base, levels, dl)
         for k in model:
@@ -909,10 +1075,10 @@ class ServerCodec:
         if self.downlink.mode != "float32":
             self.levels, self.residual = staged["levels"], staged["residual"]
             self._broadcasts[self.round] = staged["stream"]
-            self._snapshots[self.round] = {k: v.copy() for k, v in self.levels.items()}
+            self._snapshots[self.round] = dict(self.levels)
         self._prune()
 
-    def aggregate(self, deltas: Mapping | Iterable, combine=None) -> dict[str, np.ndarray]:
+    def aggregate(self, deltas: Mapping | Iterable, combine=None, *, copy: bool = True) -> dict[str, np.ndarray]:
         """Close the round as a transaction.
 
         Bounds each update (:attr:`policy`), aggregates ``{client: (delta, num_examples)}`` (sorted by
@@ -920,7 +1086,7 @@ class ServerCodec:
         that the aggregate is finite and, in nnc downlink mode, that the broadcast codes and decodes, and
         only then commits (round counter, model, residual, caches). If that fails, the clients that make it
         fail are found and dropped (``ledger[-1].rejected[c] == "aggregate"``) and the round completes with
-        the others. Returns the new global model."""
+        the others. Returns the new global model (``copy=False``: :attr:`model` itself, not to be changed)."""
         rec = self._record()
         items = dict(sorted(dict(deltas).items(), key=lambda kv: str(kv[0])))
         admitted, clipped = bound_updates(items, self.model, self.policy)
@@ -930,11 +1096,12 @@ class ServerCodec:
                 rec.rejected[c] = "norm-bound"
                 rec.dropped[c] = f"update norm {clipped[c]:.4g} is over the round's bound"
         items = admitted
+        own = combine is None          # the built-in rule returns new arrays: _stage may reuse them
         combine = combine or (lambda it: combine_updates(it, self.base, self.policy))
 
         def attempt(it):
             try:
-                return self._stage(combine(it) if it else _zeros_like(self.base)), None
+                return self._stage(combine(it) if it else _zeros_like(self.base), own or not it), None
             except (NNCError, ArithmeticError, ValueError, MemoryError) as e:
                 return None, f"{type(e).__name__}: {e}"
 
@@ -958,7 +1125,7 @@ class ServerCodec:
             if staged is None:
                 raise UpdateStateError(f"round {self.round + 1} cannot be committed: {err}")
         self._commit(staged)
-        return {k: v.copy() for k, v in self.model.items()}
+        return {k: v.copy() for k, v in self.model.items()} if copy else self.model
 
     def step(self, uploads: Mapping) -> tuple[dict[str, np.ndarray], dict]:
         """Receive ``{client: UplinkMessage}``, drop the rejected ones, aggregate. Returns (model, dropped);

@@ -4,7 +4,8 @@
   (NNC streams as ``uint8`` :class:`flwr.app.Array` with ``stype="nnc/bitstream"``, or plain float32 arrays)
   into an ordinary ArrayRecord of the global model; on the way out it turns the trained model into an upload
   (one ``uint8`` Array with ``stype="nnc/update"``). The client's codec state (residual, model, TCA history)
-  lives in ``context.state`` as an ArrayRecord plus a ConfigRecord: no files, no pickle.
+  lives in a file per (run, node) on the SuperNode's disk, with its handle and SHA-256 in ``context.state``
+  (:mod:`nnc.fl.flower.state_store`; ``state_dir="context"``: an ArrayRecord in ``context.state``). No pickle.
 * :class:`NNCFedAvg` builds one message per selected node in ``configure_train`` (each node may need a
   different catch-up) and decodes uploads in ``aggregate_train`` with strict limits, dropping rejected ones.
   Bytes on the wire are in ``strategy.server.ledger``.
@@ -15,8 +16,10 @@ are touched; query messages pass through. A deployment (SuperLink, SuperNodes, r
 """
 from __future__ import annotations
 
+import os
 import struct
 import time
+from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -30,7 +33,8 @@ from ..rounds import RoundPolicy
 from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
                          ServerCodec, UplinkConfig, UplinkMessage)
 from .records import bytes_array as _bytes_array
-from .records import from_arrayrecord, to_arrayrecord
+from .records import from_arrayrecord, to_arrayrecord, view_arrayrecord
+from .state_store import read_state, state_dir_for, state_path, write_state
 from .robust import flower_combine
 
 __all__ = ["nnc_mod", "NNCFedAvg", "STYPE_STREAM", "STYPE_UPDATE", "partition_query", "query_partitions",
@@ -43,6 +47,7 @@ STYPE_UPDATE_F32 = "nnc/update-f32"     # float32 upload: tensors concatenated i
 STYPE_DOWNLINK = "nnc/downlink"         # header + streams (+ float32 tensors), one Array per message
 _STATE_ARRAYS = "nnc.codec.arrays"
 _STATE_CONFIG = "nnc.codec.config"
+_STATE_HANDLE = "nnc.codec.state"      # ConfigRecord: the node's state file (name, size, SHA-256, nonce)
 #: reply key: the client could not apply the downlink (state missing / stale / corrupt); value = reason
 META_RESYNC = "nnc.resync"
 
@@ -180,24 +185,51 @@ def record_wire_bytes(obj) -> int:
 # --------------------------------------------------------------------------------------------------------
 # client side
 # --------------------------------------------------------------------------------------------------------
-def _load_codec(ctx: Context, base_fn, uplink, downlink) -> ClientCodec:
+def _has_state(ctx: Context) -> bool:
+    return _STATE_HANDLE in ctx.state or (_STATE_ARRAYS in ctx.state and _STATE_CONFIG in ctx.state)
+
+
+def _state_file(ctx: Context, state_dir) -> Path:
+    return state_path(state_dir_for(ctx.node_config, state_dir), ctx.run_id, ctx.node_id)
+
+
+def _load_codec(ctx: Context, base_fn, uplink, downlink, state_dir=None) -> ClientCodec:
+    """The client codec as the last round left it: from the node's state file (its handle and checksum in
+    ``context.state``) or, as ``state_dir="context"`` keeps it, from ``context.state`` itself."""
     codec = ClientCodec(base_fn(), uplink, downlink)
-    if _STATE_ARRAYS in ctx.state and _STATE_CONFIG in ctx.state:
+    if _STATE_HANDLE in ctx.state:
+        handle = dict(ctx.state[_STATE_HANDLE])
+        arrays, scalars = read_state(_state_file(ctx, None if state_dir == "context" else state_dir), handle)
+        codec.load_state_dict(arrays, scalars)
+    elif _STATE_ARRAYS in ctx.state and _STATE_CONFIG in ctx.state:
         arrays = from_arrayrecord(ctx.state[_STATE_ARRAYS])
         scalars = dict(ctx.state[_STATE_CONFIG])
         codec.load_state_dict(arrays, scalars)
     return codec
 
 
-def _save_codec(ctx: Context, codec: ClientCodec) -> None:
+def _save_codec(ctx: Context, codec: ClientCodec, state_dir=None) -> None:
+    """Keep the codec state for the next round: in the node's state file (default; ``context.state`` gets
+    only the handle), or with ``state_dir="context"`` in ``context.state`` (small models, simulations)."""
     arrays, scalars = codec.state_dict()
-    ctx.state[_STATE_ARRAYS] = to_arrayrecord(arrays)
-    ctx.state[_STATE_CONFIG] = ConfigRecord(scalars)
+    if state_dir == "context":
+        ctx.state[_STATE_ARRAYS] = to_arrayrecord(arrays)
+        ctx.state[_STATE_CONFIG] = ConfigRecord(scalars)
+        if _STATE_HANDLE in ctx.state:
+            del ctx.state[_STATE_HANDLE]
+        return
+    handle = write_state(_state_file(ctx, state_dir), arrays, scalars)
+    del arrays
+    ctx.state[_STATE_HANDLE] = ConfigRecord(handle)
+    for k in (_STATE_ARRAYS, _STATE_CONFIG):
+        if k in ctx.state:
+            del ctx.state[k]
 
 
 def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfig | None = None,
             downlink: DownlinkConfig | None = None, arrays_key: str = "arrays", config_key: str = "config",
-            weighted_by_key: str = "num-examples", key_fn: Callable[[Context], bytes] | None = None):
+            weighted_by_key: str = "num-examples", key_fn: Callable[[Context], bytes] | None = None,
+            state_dir: str | os.PathLike | None = None):
     """A client Mod that puts the nnc transport codec around a ClientApp's train function.
 
     Args:
@@ -205,6 +237,12 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
         uplink, downlink: transport settings; must equal the strategy's.
         key_fn: ``context -> secret`` shared with the server (``NNCFedAvg(keys=...)``): each upload then
             carries an HMAC over its client key, round and payload.
+        state_dir: where the node keeps its codec state between rounds: ``None`` (default) a file per
+            (run, node) in ``node_config["nnc-state-dir"]``, ``$NNC_FL_STATE_DIR``, ``$FLWR_HOME/nnc-state`` or
+            the temp dir, with only its handle and SHA-256 in ``context.state``
+            (:mod:`nnc.fl.flower.state_store`); a path: that directory; ``"context"``: all of it in
+            ``context.state`` (one protobuf; fine for small models and simulations). A missing or corrupt
+            state file makes the client ask for a resync (catch-up), it never trains on a wrong state.
     """
     uplink = uplink or UplinkConfig()
     downlink = downlink or DownlinkConfig()
@@ -218,10 +256,10 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             new_pair = _new_pair(msg.content[arrays_key])
             if new_pair:    # the server starts this pair afresh: so does the client, whatever it held
                 codec = ClientCodec(base_fn(), uplink, downlink)
-            elif _STATE_CONFIG not in ctx.state:
+            elif not _has_state(ctx):
                 raise UpdateStateError("this client holds no codec state (restarted, or state lost)")
             else:
-                codec = _load_codec(ctx, base_fn, uplink, downlink)
+                codec = _load_codec(ctx, base_fn, uplink, downlink, state_dir)
             cfg = msg.content[config_key]
             codec.client = str(cfg.get("nnc.client", ctx.node_id))   # the key the server knows this node by
             codec.key = None if key_fn is None else key_fn(ctx)
@@ -230,29 +268,40 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             # missing, stale or unreadable state: nothing was trained or sent; ask the server to start over
             return Message(RecordDict({config_key: ConfigRecord({META_RESYNC: f"{type(e).__name__}: {e}"[:500]})}),
                            reply_to=msg)
+        downlink_rec = msg.content[arrays_key]
         msg.content[arrays_key] = to_arrayrecord(model)
+        del model                            # the record holds the model now: one copy, not two
         if kind == MessageType.EVALUATE:     # the global model reached the client through the codec
-            _save_codec(ctx, codec)
-            return call_next(msg, ctx)
+            _save_codec(ctx, codec, state_dir)
+            try:
+                return call_next(msg, ctx)
+            finally:
+                msg.content[arrays_key] = downlink_rec
         try:
-            reply = call_next(msg, ctx)
+            try:
+                reply = call_next(msg, ctx)
+            finally:                         # the float model record is the user's business no more
+                msg.content[arrays_key] = downlink_rec
             if reply.has_error():
-                _save_codec(ctx, codec)
+                _save_codec(ctx, codec, state_dir)
                 return reply
-            trained = from_arrayrecord(reply.content[arrays_key])
+            trained = view_arrayrecord(reply.content[arrays_key])    # read-only views, no copy
             n = 1
             for rk in reply.content.metric_records.keys():
                 if weighted_by_key in reply.content[rk]:
                     n = int(reply.content[rk][weighted_by_key])
-            up = codec.encode(trained, num_examples=n)
+            reply.content[arrays_key] = ArrayRecord()     # the views keep the bytes until each is used
+            up = codec.encode(trained, num_examples=n, release=True)
         except BaseException:
             # the user's train (or encode, refusing e.g. a NaN model) failed after the downlink was applied:
-            # keep that, so the client stays in step with the server, and nothing is re-sent
-            _save_codec(ctx, codec)
+            # keep that, so the client stays in step with the server, and nothing is re-sent (an encode that
+            # fails past its input checks leaves the update in the residual, as if nothing of it was sent)
+            _save_codec(ctx, codec, state_dir)
             raise
+        del trained
         reply.content[arrays_key] = _uplink_to_record(up, list(codec.base))
         reply.content[UPLINK_KEY] = _binding_record(up)
-        _save_codec(ctx, codec)
+        _save_codec(ctx, codec, state_dir)
         return reply
 
     return mod
@@ -511,10 +560,11 @@ class NNCFedAvg(FedAvg):
         self.dropped[server_round] = dropped
         self.duplicates[server_round] = dup
         combine = None if self.aggregator is None else flower_combine(self.aggregator, server_round)
-        model = self.server.aggregate(deltas, combine)
+        model = self.server.aggregate(deltas, combine, copy=False)    # to_arrayrecord copies it once
         for key in deltas:
             if self.server.ledger[-1].rejected.get(key) in ("aggregate", "norm-bound"):
                 dropped[key] = self.server.ledger[-1].dropped[key]
+        deltas.clear()                               # the updates are aggregated: free them now
         rec = self.server.ledger[-1]
         metrics = MetricRecord({"nnc.up-bytes": rec.up_bytes, "nnc.down-bytes": rec.down_bytes,
                                 "nnc.dropped": len(dropped)})

@@ -1,0 +1,72 @@
+"""What keeps an FL round's working memory near the state's size (benchmarks/fl_state.py measures it): levels
+in the smallest integer dtype on both ends, a global top-k threshold without a concatenated copy, the trained
+model released tensor by tensor, the reply read without a copy; and none of it changes a result."""
+import numpy as np
+import pytest
+
+from nnc.fl import ClientCodec, DownlinkConfig, ServerCodec, UplinkConfig
+from nnc.fl import sparsify as sp
+
+
+def test_global_threshold_equals_the_threshold_of_all_values_sorted():
+    rng = np.random.default_rng(3)
+    x = {"a": rng.standard_normal((40, 30)).astype(np.float32), "b": np.float32(rng.standard_normal(5)),
+         "c": np.round(rng.standard_normal(2000), 1).astype(np.float32),       # many ties
+         "d": np.zeros(7, np.float32), "e": np.array(0.5, np.float32)}
+    mags = np.concatenate([np.abs(np.asarray(v, np.float32)).reshape(-1) for v in x.values()])
+    for frac in (1e-4, 0.003, 0.01, 0.2, 0.5, 0.999, 1.0):
+        keep = max(1, min(mags.size, int(np.ceil(frac * mags.size))))
+        want = float(np.sort(mags)[mags.size - keep])
+        assert sp.global_threshold(x, frac) == want, frac
+
+
+def test_levels_are_held_in_the_smallest_integer_dtype_and_match_the_server():
+    rng = np.random.default_rng(0)
+    base = {"w": rng.standard_normal((64, 32)).astype(np.float32), "b": np.zeros(64, np.float32)}
+    up = UplinkConfig(qp_mode="ternary", sparsity=0.05, sparsity_scope="global")
+    down = DownlinkConfig(mode="nnc", qp=-40, sparsity=0.1)
+    server, client = ServerCodec(base, up, down), ClientCodec(base, up, down)
+    for _ in range(4):
+        m = client.receive(server.downlink_for(0))
+        server.step({0: client.encode({k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.05
+                                       for k, v in m.items()}, 3)})
+    m = client.receive(server.downlink_for(0))
+    for k in base:
+        assert np.array_equal(client.levels[k], server.levels[k])
+        assert client.levels[k].dtype.itemsize <= 2 and server.levels[k].dtype.itemsize <= 2
+        assert np.array_equal(m[k], server.model[k])
+    from nnc.fl.transport import _add_levels                 # past int16: the dtype grows, values stay exact
+    got = _add_levels(np.full(4, 30000, np.int16), np.full(4, 40000, np.int32))
+    assert got.dtype == np.int32 and (got == 70000).all()
+
+
+def test_encode_can_release_the_trained_model_tensor_by_tensor_with_the_same_upload():
+    rng = np.random.default_rng(1)
+    base = {f"l{i}": rng.standard_normal((50, 20)).astype(np.float32) for i in range(3)}
+    up = UplinkConfig(qp_mode="ternary", sparsity=0.02, sparsity_scope="global")
+    down = DownlinkConfig(mode="nnc", qp=-40, sparsity=0.1)
+    server = ServerCodec(base, up, down)
+    a, b = ClientCodec(base, up, down), ClientCodec(base, up, down)
+    for _ in range(3):
+        msg = server.downlink_for(0)
+        ma = a.receive(msg)
+        assert all(np.array_equal(ma[k], v) for k, v in b.receive(msg).items())
+        trained = {k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.1 for k, v in ma.items()}
+        handed = dict(trained)
+        ua, ub = a.encode(trained, 2), b.encode(handed, 2, release=True)
+        assert handed == {} and len(trained) == 3
+        assert ua.payload == ub.payload
+        assert all(np.array_equal(a.residual[k], b.residual[k]) for k in base)
+        server.step({0: ua})
+
+
+def test_view_arrayrecord_reads_the_reply_without_a_copy():
+    pytest.importorskip("flwr")
+    from nnc.fl.flower.records import to_arrayrecord, view_arrayrecord
+    x = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+         "s": np.array(3, np.int64), "e": np.zeros((0, 2), np.float16)}
+    rec = to_arrayrecord(x)
+    v = view_arrayrecord(rec)
+    for k in x:
+        assert v[k].dtype == x[k].dtype and v[k].shape == x[k].shape and np.array_equal(v[k], x[k])
+    assert not v["a"].flags.writeable and v["a"].base is not None         # a view of the record's bytes
