@@ -27,7 +27,8 @@ import dataclasses
 from ..errors import BitstreamError
 from . import syntax as S
 from .bits import MAX_UE_PREFIX_BITS
-from .syntax import (FLT, IE, ST, UE, Align, Array, Fail, Field, I, If, Loop, RestBytes, Scope, Sub, U)
+from .syntax import (FLT, IE, ST, UE, Align, Array, Fail, Field, I, If, Loop, RestBytes, Scope, Sub, U,
+                     scope_value)
 
 __all__ = ["compile_struct", "compile_items", "source_of"]
 
@@ -44,14 +45,9 @@ def _lookup(scope, name: str):
     """``eval``'s lookup of a name no enclosing declaration provides: the parent scopes, then the registered
     names, then the builtins the expressions may use."""
     if type(scope) is Scope:      # Scope.__getitem__ without its KeyError
-        s = scope
-        while s is not None:
-            v = s.values.get(name, _MISSING)
-            if v is not _MISSING:
-                return v
-            if name in s.declared:
-                return None
-            s = s.parent
+        v = scope_value(scope, name, _MISSING)
+        if v is not _MISSING:
+            return v
     elif scope is not None:
         try:
             return scope[name]
@@ -68,15 +64,8 @@ def _lookup(scope, name: str):
 def _sget(scope, name: str):
     """``Scope.get`` on a parent scope that may be ``None``."""
     if type(scope) is Scope:      # Scope.get without its KeyError
-        s = scope
-        while s is not None:
-            v = s.values.get(name, _MISSING)
-            if v is not _MISSING:
-                return v
-            if name in s.declared:
-                return None
-            s = s.parent
-        return None
+        v = scope_value(scope, name, _MISSING)
+        return None if v is _MISSING else v
     return None if scope is None else scope.get(name)
 
 

@@ -37,7 +37,7 @@ __all__ = [
     "Expr", "U", "I", "UE", "IE", "ST", "FLT", "Descriptor",
     "Field", "Array", "Loop", "If", "Sub", "Align", "Fail",
     "Struct", "Scope", "syntax", "register_names", "read_struct", "interpret_struct", "write_struct", "struct_markdown",
-    "over_limit", "BUDGET_KEY", "LIMITS_KEY",
+    "over_limit", "BUDGET_KEY", "LIMITS_KEY", "scope_value",
 ]
 
 _NAMES: dict[str, Any] = {"__builtins__": {"len": len, "min": min, "max": max, "int": int}}
@@ -100,15 +100,10 @@ class Scope:
         self.done = done
 
     def __getitem__(self, key: str):
-        s = self
-        while s is not None:
-            v = s.values.get(key, _MISSING)
-            if v is not _MISSING:
-                return v
-            if key in s.declared:
-                return None
-            s = s.parent
-        raise KeyError(key)
+        v = scope_value(self, key, _MISSING)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
 
     def get(self, key: str, default=None):
         try:
@@ -127,6 +122,21 @@ class Scope:
 # ---------------------------------------------------------------------------------------------------
 # Descriptors
 # ---------------------------------------------------------------------------------------------------
+
+def scope_value(scope: "Scope | None", name: str, missing):
+    """The value of ``name`` in ``scope`` or the scopes enclosing it (None when declared there but absent);
+    ``missing`` when no scope of the chain declares it. Shared with the compiled readers."""
+    s = scope
+    while s is not None:
+        v = s.values.get(name, _MISSING)
+        if v is not _MISSING:
+            return v
+        if name in s.declared:
+            return None
+        s = s.parent
+    return _MISSING
+
+
 class Descriptor:
     """How one syntax element is coded. ``min_bits`` bounds loop counts read from hostile data;
     ``element_bytes`` is the memory one parsed element holds (charged to the parse budget before an array of

@@ -791,23 +791,6 @@ def iter_levels(stream, base: Tensors, cfg: DownlinkConfig, limits: DecoderConfi
         yield name, levels
 
 
-def decode_levels(stream, base: Tensors, cfg: DownlinkConfig, limits: DecoderConfig | None = None
-                  ) -> dict[str, np.ndarray]:
-    """Decode one downlink stream to integer lattice levels, checking names, shapes and QPs."""
-    model = UpdateDecoder(config=limits).decode_model(stream)
-    out = {}
-    for name, t in model.details.items():
-        if name not in base:
-            raise UpdateStateError(f"downlink names unknown tensor {name!r}")
-        levels = in_model_shape(t.levels, np.shape(base[name]))
-        if levels.shape != np.shape(base[name]):
-            raise UpdateStateError(f"downlink tensor {name!r} has shape {levels.shape}")
-        if t.qp != cfg.qp_for(name):
-            raise UpdateStateError(f"downlink tensor {name!r} has QP {t.qp}, the lattice uses {cfg.qp_for(name)}")
-        out[name] = levels.astype(np.int64)
-    return out
-
-
 def _encode_levels(levels: Tensors, cfg: DownlinkConfig, *, dq: bool) -> bytes:
     """A standalone incremental stream whose decoded levels are exactly ``levels`` (uniform quantiser)."""
     x = {k: reconstruct_uniform(np.asarray(v), cfg.qp_for(k), cfg.qp_density) for k, v in levels.items()}
