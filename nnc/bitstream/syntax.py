@@ -134,7 +134,7 @@ def scope_value(scope: "Scope | None", name: str, missing):
         if name in s.declared:
             return None
         s = s.parent
-    return _MISSING
+    return missing
 
 
 class Descriptor:

@@ -136,7 +136,8 @@ def block_row_count(coding: TensorCoding) -> int:
 # ----------------------------------------------------------------------------------------------------
 def _spec(i: int, c: TensorCoding) -> _core.TensorSpec:
     """The core's typed spec for ``c`` (tensor ``i`` of the session). The core checks the ranges again
-    (``check_spec``); these checks give the Python-side messages before any array is allocated."""
+    (``check_spec``); these checks give the Python-side messages before any array is allocated. The scan order's
+    range is the core's alone (its message is the same)."""
     if not isinstance(c, TensorCoding):
         raise ConfigError(f"tensor {i}: expected TensorCoding, got {type(c).__name__}")
     try:
@@ -152,8 +153,6 @@ def _spec(i: int, c: TensorCoding) -> _core.TensorSpec:
             raise ConfigError(f"tensor {i}: unary_length must be in 1..256")
         if qp_bits is not None and not 1 <= qp_bits <= 32:
             raise ConfigError(f"tensor {i}: qp_bits must be None or 1..32")
-        if not 0 <= c.scan_order <= 4:
-            raise ConfigError(f"tensor {i}: scan_order must be in 0..4")
         if c.codebook_size < 0 or (c.codebook_size > 0 and not 0 <= c.codebook_zero < c.codebook_size):
             raise ConfigError(f"tensor {i}: codebook_zero must be in 0..codebook_size-1")
         tca = hist = None
@@ -385,8 +384,6 @@ def quantize(x: np.ndarray, step: float, *, dq: bool, scan_order: int = 0) -> np
         a = a.reshape(1)
     h = int(a.shape[0])
     w = int(math.prod(a.shape[1:])) if a.ndim > 1 else 1
-    if not 0 <= scan_order <= 4:
-        raise ConfigError("scan_order must be in 0..4")
     step32 = float(np.float32(step))
     if step > 0 and step32 == 0.0:
         raise QuantizationOverflowError(f"step size {step!r} underflows float32")
