@@ -46,8 +46,9 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc to time the interrupt")
 def test_ctrl_c_mid_encode_stops_at_once(tmp_path):
-    # one 16M-parameter tensor: its DQ encode is one call into the C++ core lasting seconds
-    np.savez(tmp_path / "big.npz", w=np.random.default_rng(0).standard_normal((4000, 4000)).astype(np.float32))
+    # one 36M-parameter tensor: its DQ encode is one call into the C++ core lasting seconds (signalled after
+    # 2 CPU seconds, well before the end: 16M parameters left too little margin once start-up got faster)
+    np.savez(tmp_path / "big.npz", w=np.random.default_rng(0).standard_normal((6000, 6000)).astype(np.float32))
     out = tmp_path / "big.nnc"
     p = subprocess.Popen([sys.executable, "-m", "nnc.cli", "encode", str(tmp_path / "big.npz"), "-o", str(out),
                           "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
