@@ -255,12 +255,13 @@ def _peak_mb(args) -> float:
 
 
 def test_peak_memory_does_not_grow_with_the_model(tmp_path):
-    """Encode and decode of a 16-tensor bfloat16 file (64 MB as float32) in subprocesses: the peak RSS above
-    an idle interpreter with nnc imported stays below 3x the largest tensor's float32 size + 24 MB, well under
-    the model's float32 size (the whole-model path held every input, plan and output)."""
+    """Encode and decode of a 32-tensor bfloat16 file (128 MB as float32, 64 MB as stored) in subprocesses: the
+    peak RSS above an idle interpreter with nnc imported stays below 3x the largest tensor's float32 size + 40 MB
+    (2 threads: up to 3 tensors' levels and outputs in flight), well under the model's size (the whole-model
+    path held every input, plan and output)."""
     rng = np.random.default_rng(0)
     tensors = {f"layer{i}.w": (rng.standard_normal((1024, 1024), dtype=np.float32) * 0.02).astype(BF16)
-               for i in range(16)}
+               for i in range(32)}
     _write_bf16_safetensors(tmp_path / "m.safetensors", tensors)
     del tensors
     peak = _peak_mb
@@ -269,7 +270,7 @@ def test_peak_memory_does_not_grow_with_the_model(tmp_path):
     enc = peak(["encode", str(tmp_path / "m.safetensors"), "-o", str(tmp_path / "m.nnc"), *fast])
     dec = peak(["decode", str(tmp_path / "m.nnc"), "-o", str(tmp_path / "d.safetensors"), "--threads", "2"])
     largest_f32 = 4 * 1024 * 1024 / 2**20
-    bound = 3 * largest_f32 + 24
+    bound = 3 * largest_f32 + 40
     print(f"idle {idle:.0f} MB, encode {enc:.0f} MB, decode {dec:.0f} MB, bound +{bound:.0f} MB")
     assert enc - idle < bound, (idle, enc)
     assert dec - idle < bound, (idle, dec)

@@ -50,8 +50,10 @@ def test_ctrl_c_mid_encode_stops_at_once(tmp_path):
     # 2 CPU seconds, well before the end: 16M parameters left too little margin once start-up got faster)
     np.savez(tmp_path / "big.npz", w=np.random.default_rng(0).standard_normal((6000, 6000)).astype(np.float32))
     out = tmp_path / "big.nnc"
+    # SIGINT as a terminal delivers it, whatever this process inherited (a shell's background job ignores it)
     p = subprocess.Popen([sys.executable, "-m", "nnc.cli", "encode", str(tmp_path / "big.npz"), "-o", str(out),
-                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while p.poll() is None and _cpu_seconds(p.pid) < 2.0 and time.monotonic() < deadline:
         time.sleep(0.02)
