@@ -217,15 +217,11 @@ def _float32_input(name: str, arr: np.ndarray, threads: int) -> np.ndarray:
     checked finite: in slices, on ``threads`` threads for a large tensor (numpy releases the GIL)."""
     src = np.ascontiguousarray(arr).reshape(-1)
     x = src if src.dtype == np.float32 else np.empty(src.size, np.float32)
-    bf16 = is_bfloat16(src.dtype)
 
     def one(i: int) -> int:
         part = x[i:i + _CHUNK]
         if x is not src:
-            if bf16:
-                np.left_shift(src[i:i + _CHUNK].view(np.uint16), 16, out=part.view(np.uint32), dtype=np.uint32)
-            else:
-                part[...] = float32_view(src[i:i + _CHUNK])
+            float32_view(src[i:i + _CHUNK], out=part)
         ok = np.isfinite(part)
         return -1 if ok.all() else i + int(np.flatnonzero(~ok)[0])
 

@@ -57,16 +57,21 @@ def is_float(dtype) -> bool:
     return (dt.kind == "f" and dt.itemsize in (2, 4, 8)) or is_bfloat16(dt)
 
 
-def float32_view(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 (a new array unless it already is float32); bfloat16 is widened exactly."""
-    if x.dtype == np.float32:
+def float32_view(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` as float32 (a new array unless it already is float32, or written into ``out``, a float32 array of
+    x's size); bfloat16 is widened exactly."""
+    if x.dtype == np.float32 and out is None:
         return x
     if is_bfloat16(x.dtype):
         bits = np.ascontiguousarray(x).view(np.uint16)
-        out = np.empty(bits.shape, np.uint32)
-        np.left_shift(bits, 16, out=out, dtype=np.uint32)
-        return out.view(np.float32)
-    return x.astype(np.float32)
+        if out is None:
+            out = np.empty(bits.shape, np.float32)
+        np.left_shift(bits, 16, out=out.view(np.uint32).reshape(bits.shape), dtype=np.uint32)
+        return out
+    if out is None:
+        return x.astype(np.float32)
+    out.reshape(x.shape)[...] = x
+    return out
 
 
 def dtype_record(dtypes: dict[str, str]) -> bytes:
