@@ -332,9 +332,8 @@ class TensorEncoder {
     g_parallel_passes.fetch_add(1, std::memory_order_relaxed);
     const size_t T = chunks_.size();
     struct Run {
-      std::vector<uint8_t> buf;
+      std::vector<uint8_t> buf;  // the run's code; after exact_value(), the bytes of its value X
       std::vector<RowMark> marks;
-      std::vector<uint8_t> bytes;
       int tail_bits = 0;
       uint32_t tail = 0;
       uint32_t range = 256;
@@ -354,9 +353,8 @@ class TensorEncoder {
                                                                                      k.br1, k.state, &r.marks);
           },
           t_.dq, tca_active(), hd_active());
-      e.exact_value(r.buf, r.tail_bits, r.tail);   // in place: the run's own bytes become X's
+      e.exact_value(r.tail_bits, r.tail);   // in place: the run's own bytes become X's
       r.range = e.range();
-      r.bytes.swap(r.buf);
     };
     std::vector<std::thread> pool;
     for (size_t c = 1; c < T; ++c) {
@@ -382,9 +380,9 @@ class TensorEncoder {
         const uint32_t shifted = n >= 16 ? 0u : ((a16 << n) & 0xFFFFu);
         marks.push_back(RowMark{ls + n, (shifted + m.a16) & 0xFFFFu, m.state});
       }
-      join(r.bytes, r.tail_bits, r.tail);
+      join(r.buf, r.tail_bits, r.tail);
       enc_.set_range(r.range);
-      std::vector<uint8_t>().swap(r.bytes);
+      std::vector<uint8_t>().swap(r.buf);
     }
   }
 
@@ -396,14 +394,7 @@ class TensorEncoder {
       const uint64_t j = i - 8 * bytes.size();
       return (tail >> (tail_bits - 1 - static_cast<int>(j))) & 1u;
     };
-    auto bits = [&](uint64_t i, int n) -> uint32_t {  // n <= 9 bits from bit i
-      const uint64_t byte_end = 8 * static_cast<uint64_t>(bytes.size());
-      if (i + static_cast<uint64_t>(n) <= byte_end && (i >> 3) + 1 < bytes.size()) {
-        const size_t b = static_cast<size_t>(i >> 3);
-        const uint32_t w = (static_cast<uint32_t>(bytes[b]) << 16) | (static_cast<uint32_t>(bytes[b + 1]) << 8) |
-                           (b + 2 < bytes.size() ? bytes[b + 2] : 0u);
-        return (w >> (24 - static_cast<int>(i & 7) - n)) & ((1u << n) - 1u);
-      }
+    auto bits = [&](uint64_t i, int n) -> uint32_t {  // n <= 9 bits from bit i (the few outside the byte loop)
       uint32_t v = 0;
       for (int k = 0; k < n; ++k) v = (v << 1) | bit(i + static_cast<uint64_t>(k));
       return v;

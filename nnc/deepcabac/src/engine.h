@@ -369,11 +369,12 @@ class ArithEncoder {
     bytes = (static_cast<uint64_t>(b[1]) << 8) | b[0];
     return static_cast<uint32_t>(((bytes << k) + low_) & 0xFFFFu);
   }
-  // The whole of A as a byte string plus `tail_bits` (< 32) bits in `tail`: A = bytes * 2^tail_bits + tail.
-  // The encoder is left as it was unless `bytes` is its own buffer (then it is done with). Only for an
-  // encoder started at A = 0 (no carry can leave the top).
-  void exact_value(std::vector<uint8_t>& bytes, int& tail_bits, uint32_t& tail) const {
-    if (&bytes != out_) bytes = *out_;
+  // Finish the encoder as the exact value of A: its own buffer becomes A's bytes (the outstanding ones
+  // appended, a carry out of the window added in) and `tail` the `tail_bits` (< 32) bits below them, so that
+  // A = bytes * 2^tail_bits + tail. The encoder is done with afterwards. Only for an encoder started at A = 0
+  // (no carry can leave the top).
+  void exact_value(int& tail_bits, uint32_t& tail) {
+    std::vector<uint8_t>& bytes = *out_;
     if (pending_ > 0) {
       bytes.push_back(carry_byte_);
       bytes.insert(bytes.end(), pending_ - 1, 0xFF);
