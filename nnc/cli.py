@@ -764,19 +764,28 @@ def _mapped(path: str):
                 mm.close()
 
 
-def _problem(path: str, data) -> BitstreamError | None:
+def _problem(path: str, data, *, first_unit_only: bool = False) -> BitstreamError | None:
     """One classification of a bad bitstream for decode, info and check (same message, same exit code): not an
     NNC bitstream at all (exit 2), damaged (a unit that does not parse, e.g. a file cut mid-unit; exit 1) or
-    incomplete (its topology lists tensors that no unit holds, e.g. a file cut at a unit boundary; exit 1)."""
+    incomplete (its topology lists tensors that no unit holds, e.g. a file cut at a unit boundary; exit 1).
+
+    ``first_unit_only``: only whether it is an NNC bitstream at all (its first unit). The commands ask that
+    first and the whole question only when their own pass over the stream found something wrong, so that a
+    sound stream is parsed once (a flood of tiny units costs its parse time again with each pass)."""
     from . import bitstream as B
     from .converters.manifest import expected_names
 
     if len(data) == 0:
         return _bad(f"{path} is empty, not an NNC bitstream", _NOT_NNC, 2)
-    parsed = B.parse(data, strict=False)
-    first = parsed.units[0] if parsed.units else None
+    if first_unit_only:
+        first = next(iter(B.iter_units(data, strict=False, max_units=1)), None)
+    else:
+        parsed = B.parse(data, strict=False)
+        first = parsed.units[0] if parsed.units else None
     if first is None or first.nnr_unit_type != B.NNRUnitType.NNR_STR or first.errors:
         return _bad(f"{path} is not an NNC bitstream (it does not start with an NNR_STR unit)", _NOT_NNC, 2)
+    if first_unit_only:
+        return None
     for u in parsed.units:
         for e in u.errors:
             if isinstance(e, UnsupportedFeatureError):
@@ -798,6 +807,17 @@ def _problem(path: str, data) -> BitstreamError | None:
                         "the file was probably cut short at a unit boundary; get an intact copy", 1,
                         unit_index=len(parsed.units), byte_offset=len(data))
     return None
+
+
+def _lists_missing(topology, names) -> bool:
+    """Whether the topology lists tensors that are not among ``names`` (a file cut at a unit boundary)."""
+    from .converters.manifest import expected_names
+
+    try:
+        expected = expected_names(topology)
+    except NNCError:
+        return False
+    return bool(expected) and any(n not in names for n in expected)
 
 
 def _from_report(path: str, report) -> BitstreamError | None:
@@ -859,7 +879,7 @@ def _cmd_decode(a) -> int:
         print(f"{a.input} -> {out}: {len(stream)} tensors in {len(paths)} file(s)")
         return 0
     data = _read_input(a.input)
-    bad = _problem(a.input, data)
+    bad = _problem(a.input, data, first_unit_only=True)
     if bad is not None:
         raise bad
     if fmt == "onnx":
@@ -877,7 +897,11 @@ def _cmd_decode(a) -> int:
             if isinstance(e, LimitExceededError):
                 raise
             from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
-            raise (_from_report(a.input, check(data)) or e) from None
+            raise (_problem(a.input, data) or _from_report(a.input, check(data)) or e) from None
+    if _lists_missing(model.topology, model.tensors):
+        bad = _problem(a.input, data)       # incomplete: refused before anything is written
+        if bad is not None:
+            raise bad
     left = max(1, cfg.max_total_bytes - dec.last_budget.used)
     with ui.phase(f"writing {a.output}"), _writing(a.output), decoder_limits(cfg.replace(max_total_bytes=left)):
         # topology inflation gets what the decoding budget has left
@@ -892,11 +916,14 @@ def _cmd_info(a) -> int:
 
     data = _read_input(a.input)
     with _Progress(not (a.quiet or a.json)).phase(f"reading {a.input}"):
-        bad = _problem(a.input, data)
-        if bad is not None and bad.exit_code == 2:
+        bad = _problem(a.input, data, first_unit_only=True)
+        if bad is not None:
             raise bad  # not NNC at all: a unit list of it would mean nothing
         info = inspect_bitstream(data, config=_limits(a))
-        if bad is None and any(u.errors for u in info.units) and not info.limits_hit:
+        damaged = any(u.errors for u in info.units)
+        if damaged or info.missing:
+            bad = _problem(a.input, data)
+        if bad is None and damaged and not info.limits_hit:
             from .conformance.checker import check  # say it as `nnc check` and `nnc decode` do
             bad = _from_report(a.input, check(data, config=_limits(a)))
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
@@ -914,12 +941,14 @@ def _cmd_check(a) -> int:
 
     data = _read_input(a.input)
     with _Progress(not (a.quiet or a.json)).phase(f"checking {a.input}"):
-        bad = _problem(a.input, data)
-        if bad is not None and bad.exit_code == 2:
+        bad = _problem(a.input, data, first_unit_only=True)
+        if bad is not None:
             if a.json:  # scripts still get a report ("readable": false) on stdout
                 print(json.dumps(check(data, config=_limits(a)).to_dict(), indent=1))
             raise bad  # not NNC at all: the same line as decode and info
         report = check(data, config=_limits(a))
+        if report.errors:       # damaged or incomplete: the classification decode and info give
+            bad = _problem(a.input, data)
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
     hit = report.find("LIMIT_EXCEEDED")
     if hit and report.ok:

@@ -520,7 +520,8 @@ class Decoder:
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name;
         ``levels=False`` drops each tensor's decoded integers (``details[name].levels`` is then None).
         """
-        return self._collect(self._open(bitstream, state, levels=levels, hold_outputs=True))
+        with bs.paused_gc():    # parsed units, plans and decoded tensors are acyclic
+            return self._collect(self._open(bitstream, state, levels=levels, hold_outputs=True))
 
     def _open(self, bitstream, state, *, levels: bool, hold_outputs: bool) -> "DecodeStream":
         stream = DecodeStream(self.config, bitstream, state, levels, hold_outputs)
@@ -571,14 +572,18 @@ class DecodeStream:
         else:
             data = as_bytes(bitstream)
         self.budget = _Budget(cfg)
+        with bs.paused_gc():     # parsed units, their plans and entries are acyclic: no collector passes
+            self._plan(cfg, data, state, hold_outputs)
+        self._threads = resolve_threads(cfg.threads)
+
+    def _plan(self, cfg: DecoderConfig, data, state, hold_outputs: bool) -> None:
         parsed = bs.parse(data, limits=cfg, budget=self.budget)
         ctx = _StreamContext.from_parsed(parsed)
         self.profile = ctx.profile
         self.topology = ctx.topology
         self.parent_signalling = ctx.parent_signalling
         ndus = [u for u in parsed if u.nnr_unit_type == bs.UnitType.NNR_NDU]
-        with bs.paused_gc():     # plans of acyclic parsed units: no collector passes over them
-            self._jobs = [_prepare_ndu(u, ctx, cfg, self.budget, state, hold_outputs) for u in ndus]
+        self._jobs = [_prepare_ndu(u, ctx, cfg, self.budget, state, hold_outputs) for u in ndus]
         seen: set[str] = set()
         self.entries: list[tuple[str, tuple[int, ...], np.dtype]] = []
         for job in self._jobs:
@@ -587,8 +592,9 @@ class DecodeStream:
                     raise BitstreamError(f"tensor {m.name!r} is coded twice", unit_index=job.unit.index,
                                          syntax_path="NNR_NDU.topology_elem_id")
                 seen.add(m.name)
-                self.entries.append((m.name, tuple(m.shape), _result_dtype(job, m.name, m.kind)))
-        self._threads = resolve_threads(cfg.threads)
+                dt = _result_dtype(job, m.name, m.kind)
+                job.dtypes.append(dt)
+                self.entries.append((m.name, tuple(m.shape), dt))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -753,6 +759,7 @@ class _NduJob:
     entry_points: list | None = None     # per coded tensor: the signalled entry points (or None)
     run_cost: int = 0                    # bytes in use while it decodes (what the budget counts in flight)
     done_cost: int = 0                   # bytes its decoded tensors hold until they are taken
+    dtypes: list = field(default_factory=list)   # per member: the dtype it decodes to (_result_dtype)
 
 
 def _prepare_ndu(unit, ctx: _StreamContext, cfg: DecoderConfig, budget: _Budget, state,
@@ -821,8 +828,8 @@ def _run_ndu(job: _NduJob, threads: int = 1, release=None, keep_levels: bool = T
     unit, plan = job.unit, job.plan
     try:
         try:
-            res = deepcabac.decode_payload(unit.payload, [m.coding for m in plan.members],
-                                           entry_points=job.entry_points, threads=threads)
+            levels, qp_offsets, consumed = deepcabac.decode_levels(
+                unit.payload, [m.coding for m in plan.members], entry_points=job.entry_points, threads=threads)
         except BitstreamError as e:
             # the core's location (tensor, element, bit in the payload) stays on e; add the unit and the byte
             at = 0 if e.payload_bit_offset is None else min(e.payload_bit_offset // 8, len(unit.payload))
@@ -831,16 +838,13 @@ def _run_ndu(job: _NduJob, threads: int = 1, release=None, keep_levels: bool = T
     finally:
         if release is not None:
             release(job)
-    if res.consumed != len(unit.payload):
-        raise BitstreamError(f"the CABAC data ends after {res.consumed} of {len(unit.payload)} payload bytes "
+    if consumed != len(unit.payload):
+        raise BitstreamError(f"the CABAC data ends after {consumed} of {len(unit.payload)} payload bytes "
                              "(nnr_unit_size does not match the coded data)", unit_index=unit.index,
-                             byte_offset=unit.offset + unit.header_size + res.consumed,
+                             byte_offset=unit.offset + unit.header_size + consumed,
                              syntax_path="NNR_NDU.payload")
     h = unit.body
     out = []
-    levels = list(res.levels)
-    qp_offsets = list(res.qp_offsets)
-    del res
     for i, member in enumerate(plan.members):
         name, kind = member.name, member.kind
         q = levels[i]
@@ -849,7 +853,7 @@ def _run_ndu(job: _NduJob, threads: int = 1, release=None, keep_levels: bool = T
         qp = None if qoff is None else qoff + job.ctx.base_qp
         if kind != "int":
             _check_step(qp, job.ctx.qp_density, name, unit.index)
-        arr = _reconstruct(q, kind, qp, job, _result_dtype(job, name, kind), name, unit.index, threads)
+        arr = _reconstruct(q, kind, qp, job, job.dtypes[i], name, unit.index, threads)
         out.append(DecodedTensor(name=name, array=arr, levels=q if keep_levels else None, qp=qp,
                                  unit_index=unit.index, parameter_id=getattr(h, "parameter_id", None),
                                  put_node_depth=getattr(h, "put_node_depth", None),

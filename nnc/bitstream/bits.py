@@ -59,7 +59,7 @@ class BitReader:
     __slots__ = ("buf", "pos", "end")
 
     def __init__(self, buf, start: int = 0, end: int | None = None):
-        self.buf = buf if isinstance(buf, memoryview) else memoryview(buf)
+        self.buf = buf if type(buf) is bytes or isinstance(buf, memoryview) else memoryview(buf)
         self.pos = start * 8
         self.end = (len(self.buf) if end is None else end) * 8
 

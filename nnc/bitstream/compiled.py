@@ -102,7 +102,7 @@ class _Gen:
             "_sget": _sget, "_over": _over, "_cond_error": S._cond_error, "_count_error": S._count_error,
             "_checked_count": S._checked_count, "_read_array": S._read_array, "_read_loop": S._read_loop,
             "_fail": S._fail, "_read_struct": S.read_struct, "_new": object.__new__,
-            "BUDGET_KEY": S.BUDGET_KEY, "LIMITS_KEY": S.LIMITS_KEY,
+            "BUDGET_KEY": S.BUDGET_KEY, "LIMITS_KEY": S.LIMITS_KEY, "_M": _MISSING, "_NOVALS": {},
         }
         self.frames: list[_Frame] = []
         self.nconst = 0
@@ -129,14 +129,20 @@ class _Gen:
                 # enum machinery (an int & IntFlag is built as a new IntFlag)
                 return repr(int(v))
             return self.const(v, "n")
-        return f"_lookup(parent, {name!r})"
+        return f"(_pv if (_pv := pvals.get({name!r}, _M)) is not _M else _lookup(parent, {name!r}))"
 
     def resolve_get(self, name: str) -> str:
         """Python code for ``scope.get(name)``."""
         for f in reversed(self.frames):
             if name in f.declared:
                 return f.vars[name]
-        return f"_sget(parent, {name!r})"
+        return self.parent_get(repr(name))
+
+    @staticmethod
+    def parent_get(key: str) -> str:
+        """Python code for ``parent.get(key)``: the parent's own values first (where the scope chain looks
+        first), the chain only for a name they lack."""
+        return f"(_pv if (_pv := pvals.get({key}, _M)) is not _M else _sget(parent, {key}))"
 
     def chain(self) -> str:
         """Python code building the interpreter's scope chain from the local variables."""
@@ -151,7 +157,7 @@ class _Gen:
         if x.fn is not None:
             if x.limit is not None:
                 attr, value_name, offset = x.limit
-                return (f"_over(_sget(parent, LIMITS_KEY), {self.resolve_get(value_name)}, {int(offset)}, "
+                return (f"_over({self.parent_get('LIMITS_KEY')}, {self.resolve_get(value_name)}, {int(offset)}, "
                         f"{attr!r})")
             return f"{self.const(x)}({self.chain()})"
         tree = ast.parse(x.src, mode="eval")
@@ -351,7 +357,7 @@ class _Gen:
         self.emit(ind + 1, "r.pos = pos")
         self.emit(ind + 1, f"raise _count_error({self.const(it.count)}, _e, _p) from None")
         self.emit(ind, "r.pos = pos")
-        budget = "_sget(parent, BUDGET_KEY)" if d.element_bytes else "None"
+        budget = self.parent_get("BUDGET_KEY") if d.element_bytes else "None"
         self.emit(ind, f"_n = _checked_count(_n, {self.const(it.count)}, _p, r, {d.min_bits}, {d.element_bytes}, "
                        f"{budget})")
         plain = type(d) in (U, I, ST, FLT, RestBytes) or (type(d) in (UE, IE) and isinstance(d.k, int))
@@ -413,7 +419,8 @@ class _Gen:
         fr = self.frames[0]
         args = "".join(f", {fr.vars[n]}" for n in preset)
         head = [f"def {self.name}(r, parent, path{args}):",
-                "    buf = r.buf", "    end = r.end", "    pos = r.pos"]
+                "    buf = r.buf", "    end = r.end", "    pos = r.pos",
+                "    pvals = parent.values if type(parent) is _Scope else _NOVALS"]
         tail = ["    r.pos = pos", f"    return {self.record(fr.cls)}"]
         return "\n".join(head + self.lines + tail) + "\n"
 

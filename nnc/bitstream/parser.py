@@ -105,7 +105,8 @@ def _read_unit_header():
 
 
 class _State:
-    __slots__ = ("ctx", "seen_str", "seen_mps", "others_before_mps", "explicit_ctx", "budget", "scope", "scope_ctx")
+    __slots__ = ("ctx", "seen_str", "seen_mps", "others_before_mps", "explicit_ctx", "budget", "scope", "scope_ctx",
+                 "raw")
 
     def __init__(self, ctx: Context | None, budget: MemoryBudget | None = None):
         self.scope = self.scope_ctx = None
@@ -115,6 +116,9 @@ class _State:
         self.seen_str = False
         self.seen_mps = ctx is not None
         self.others_before_mps = False
+        #: what the headers are read from: the caller's ``bytes`` when it passed bytes (a slice of bytes reads
+        #: faster than a slice of a memoryview, and headers are read in slices of a few bytes), else the view
+        self.raw = None
 
 
 def _order_errors(t: int, index: int, st: _State) -> list[tuple[str, str]]:
@@ -174,13 +178,13 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
     unit.data = mv[pos:end]
 
     # -- nnr_unit_header() ------------------------------------------------------------------------
-    r = BitReader(mv, pos + field_len, end)
+    r = BitReader(st.raw, pos + field_len, end)
     hdr = None
     if _syntax.USE_COMPILED:
         try:
             hdr = _read_unit_header()(r, None, "nnr_unit_header", flag, size)
         except BitstreamError:
-            r = BitReader(mv, pos + field_len, end)    # the interpreter below gives the error and partial header
+            r = BitReader(st.raw, pos + field_len, end)    # the interpreter below gives the error and partial header
     if hdr is None:
         values = {"nnr_unit_size_flag": flag, "nnr_unit_size": size}
         try:
@@ -263,7 +267,8 @@ def _as_bytes_view(data) -> memoryview:
     return mv
 
 
-def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None) -> Iterator[Unit]:
+def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None, data=None) -> Iterator[Unit]:
+    st.raw = data if type(data) is bytes else mv
     pos = 0
     index = 0
     n = len(mv)
@@ -314,7 +319,7 @@ def iter_units(data, *, strict: bool = True, max_units: int | None = None,
     budget = _budget(limits, budget)
     if max_units is None and budget is not None:
         max_units = budget.limits.max_units
-    return _iterate(_as_bytes_view(data), _State(context, budget), strict, max_units)
+    return _iterate(_as_bytes_view(data), _State(context, budget), strict, max_units, data)
 
 
 def _budget(limits, budget):
@@ -353,7 +358,7 @@ def parse(data, *, max_units: int | None = None, strict: bool = True,
     units: list[Unit] = []
     errors: list = []
     with paused_gc():
-        for u in _iterate(mv, st, strict, max_units):
+        for u in _iterate(mv, st, strict, max_units, data):
             units.append(u)
             errors.extend(u.errors)
     return ParsedBitstream(mv, units, errors, st.ctx)

@@ -188,6 +188,46 @@ def plan_ndu(h, *, profile: int, qp_density: int, unit_index: int | None = None,
     """
     PT = bs.PayloadType
     ptype = h.nnr_compressed_data_unit_payload_type
+    key = None
+    if ptype != PT.NNR_PT_BLOCK and ptype != PT.NNR_PT_RAW_FLOAT and not getattr(h, "codebook_present_flag", 0):
+        dims = h.tensor_dimensions
+        key = (ptype, None if dims is None else tuple(dims), getattr(h, "nnr_decompressed_data_format_present_flag", 0),
+               getattr(h, "nnr_decompressed_data_format", None), h.scan_order, h.dq_flag, h.unary_length_minus1,
+               getattr(h, "parent_node_id_present_flag", 0), getattr(h, "temporal_context_modeling_flag", 0),
+               profile, qp_density, max_rank)
+        template = _PLANS.get(key)
+        if template is not None:
+            return _renamed(template, h.element_names[0])
+    plan = _plan_ndu(h, ptype, profile, qp_density, unit_index, max_rank, max_codebook_size)
+    if key is not None:
+        if len(_PLANS) >= _PLAN_CACHE_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+#: Plans of single-tensor NDUs without a codebook by everything in the header but the tensor's name: the
+#: headers of a model's small tensors repeat (biases, norms of one width), and a plan is built per NDU.
+#: Bounded: cleared when full (a stream of all-different headers only rebuilds each plan, as without it).
+_PLANS: dict = {}
+_PLAN_CACHE_SIZE = 4096
+
+
+def _renamed(plan: NduPlan, name) -> NduPlan:
+    """``plan`` (one member) for the tensor ``name``: a copy of the frozen records with the name replaced,
+    built without the dataclass constructors (a third of the cost of planning a tiny NDU)."""
+    m = plan.members[0]
+    member = object.__new__(NduMember)
+    member.__dict__.update(m.__dict__)
+    member.__dict__["name"] = name
+    out = object.__new__(NduPlan)
+    out.__dict__.update(plan.__dict__)
+    out.__dict__["members"] = (member,)
+    return out
+
+
+def _plan_ndu(h, ptype, profile, qp_density, unit_index, max_rank, max_codebook_size) -> NduPlan:
+    PT = bs.PayloadType
     dims = _dims(h, unit_index, max_rank)
     out_dtype, itemsize = _out_dtype(h)
     scan = _scan_order(h, unit_index)

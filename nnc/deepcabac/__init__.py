@@ -30,6 +30,7 @@ __all__ = [
     "encode_payloads",
     "decode_payload",
     "decode_payloads",
+    "decode_levels",
     "quantize",
     "QuantizationOverflowError",
     "block_row_count",
@@ -294,6 +295,29 @@ def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
     ``threads`` threads (default: all CPUs). Entry points that do not join up exactly with the payload are
     ignored (the tensor is decoded sequentially, which is what a sequential decoder would produce).
     """
+    outs, info, consumed = _decode(data, tensors, entry_points, threads)
+    res = DecodedPayload([], [], [], [], [], consumed, [])
+    for o, c, t in zip(outs, tensors, info):
+        res.levels.append(o.reshape(c.shape))
+        res.qp_offsets.append(t.qp_offset)
+        res.hdsp_flags.append(t.hdsp_flag)
+        res.row_skip_flags.append(t.row_skip_flag)
+        eps = t.entry_points
+        res.entry_points.append([EntryPoint(e.value, e.dq_state, e.bit_offset) for e in eps] if eps else [])
+        res.parallel.append(t.parallel)
+    return res
+
+
+def decode_levels(data, tensors: Sequence[TensorCoding], *, entry_points=None,
+                  threads: int | None = None) -> tuple[list[np.ndarray], list[int | None], int]:
+    """:func:`decode_payload` reduced to what a decoder of NDUs uses: the levels of each tensor (in its shape),
+    each tensor's qp offset, and the bytes consumed (the same checks and errors, without the per-tensor
+    records that cost more than decoding a tiny tensor)."""
+    outs, info, consumed = _decode(data, tensors, entry_points, threads)
+    return [o.reshape(c.shape) for o, c in zip(outs, tensors)], [t.qp_offset for t in info], consumed
+
+
+def _decode(data, tensors, entry_points, threads):
     t = type(data)
     if t is bytes or t is bytearray or (t is memoryview and data.format == "B" and data.c_contiguous):
         buf = data  # to the core as it is (buffer protocol: no copy, and cheaper than a numpy view)
@@ -301,7 +325,7 @@ def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
         buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     else:
         buf = np.frombuffer(data, dtype=np.uint8)
-    specs = [_spec(i, c) for i, c in enumerate(tensors)]
+    specs = [_spec_of(i, c) for i, c in enumerate(tensors)]
     outs = [np.empty(s.height * s.width, dtype=np.int32) for s in specs]
     if entry_points is not None:
         if len(entry_points) != len(tensors):
@@ -315,16 +339,25 @@ def decode_payload(data, tensors: Sequence[TensorCoding], *, entry_points=None,
         info, consumed = _core.decode(buf, specs, outs, entry_points, max(1, int(threads)))
     except _core.CoreError as e:
         _raise(e)
-    res = DecodedPayload([], [], [], [], [], consumed, [])
-    for o, c, t in zip(outs, tensors, info):
-        res.levels.append(o.reshape(c.shape))
-        res.qp_offsets.append(t.qp_offset)
-        res.hdsp_flags.append(t.hdsp_flag)
-        res.row_skip_flags.append(t.row_skip_flag)
-        eps = t.entry_points
-        res.entry_points.append([EntryPoint(e.value, e.dq_state, e.bit_offset) for e in eps] if eps else [])
-        res.parallel.append(t.parallel)
-    return res
+    return outs, info, consumed
+
+
+def _spec_of(i: int, c: TensorCoding) -> _core.TensorSpec:
+    """:func:`_spec`, kept per ``TensorCoding`` object without arrays (the core's spec is read-only): a decoder's
+    plans share one coding among the NDUs whose headers differ only in the tensor's name. Bounded; a spec
+    names no tensor index (``i`` only words the error of a coding that is refused, and that is never kept)."""
+    hit = _SPECS.get(id(c))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    spec = _spec(i, c)
+    if type(c) is TensorCoding and c.tca_base is None and c.hdsp_history is None:
+        if len(_SPECS) >= 4096:
+            _SPECS.clear()
+        _SPECS[id(c)] = (c, spec)     # the coding is kept alive with its entry: its id stays its own
+    return spec
+
+
+_SPECS: dict = {}
 
 
 _CPUS = os.cpu_count() or 1

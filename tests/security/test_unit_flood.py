@@ -1,0 +1,86 @@
+"""Issue 15 item 4 (work per input byte): a flood of minimal NDUs costs what its units cost, once.
+
+The CPU figure itself is measured by benchmarks/bench_bombs.py (``--bombs many_units``); these tests pin the
+two costs that made the flood dearer than its units: the cyclic collector walking every parsed header over and
+over while a stream is planned, and the CLI parsing a sound stream a second time to classify it."""
+import gc
+import io
+import contextlib
+
+import numpy as np
+import pytest
+
+from _bombs_path import MB  # noqa: F401 - puts benchmarks/ on sys.path
+import bombs
+import nnc
+import nnc.bitstream.parser as parser
+from nnc.cli import main as cli
+
+
+@pytest.fixture(scope="module")
+def flood():
+    return bombs.many_units(20_000 * 19)      # ~20,000 one-element NDUs
+
+
+def test_decoding_a_unit_flood_runs_the_collector_at_most_once(flood):
+    runs = []
+
+    def watch(phase, info):
+        if phase == "start":
+            runs.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(watch)
+    try:
+        out = nnc.decode(flood, nnc.DecoderConfig.strict(threads=1))
+    finally:
+        gc.callbacks.remove(watch)
+    assert len(out) > 19_000
+    # every parsed header, plan and entry is acyclic: nothing for the collector to find while they are built
+    # (it ran dozens of times over them, a quarter of the decode's CPU); one pass when it is enabled again
+    assert len(runs) <= 1, runs
+
+
+def test_a_stream_of_tensors_with_one_header_shape_shares_one_plan():
+    from nnc.coding.ndu import plan_ndu
+    import nnc.bitstream as bs
+
+    data = nnc.encode({"a": np.ones(3, np.float32), "b": np.full(3, 2, np.float32), "c": np.zeros(4, np.float32)})
+    heads = [u.body for u in bs.parse(data).ndus()]
+    plans = [plan_ndu(h, profile=1, qp_density=2) for h in heads]
+    assert [p.names for p in plans] == [["a"], ["b"], ["c"]]
+    assert plans[0].members[0].coding is plans[1].members[0].coding         # same header but the name
+    assert plans[2].members[0].shape == (4,) and plans[2].members[0].coding.shape == (4,)
+    assert np.allclose(nnc.decode(data)["b"], 2, atol=1e-4)
+
+
+@pytest.mark.parametrize("command", ["check", "info", "decode"])
+def test_the_cli_parses_a_sound_stream_once(flood, tmp_path, command, monkeypatch):
+    path = tmp_path / "flood.nnc"
+    path.write_bytes(flood)
+    units = len(nnc.bitstream.parse(flood).units)
+    calls = []
+    real = parser._parse_unit
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(parser, "_parse_unit", counting)
+    argv = [command, str(path), "--strict", "--quiet"] + (["-o", str(tmp_path / "out.npz")] if command == "decode"
+                                                          else [])
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli(argv) == 0
+    assert len(calls) <= units + 1      # the whole stream once, and its first unit to see that it is NNC at all
+
+
+def test_a_damaged_flood_still_gets_the_one_classification(flood, tmp_path):
+    path = tmp_path / "cut.nnc"
+    path.write_bytes(flood[:-7])        # cut inside the last unit
+    for command in ("check", "info", "decode"):
+        argv = [command, str(path), "--quiet"] + (["-o", str(tmp_path / "o.npz")] if command == "decode" else [])
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            assert cli(argv) == 1, command
+        assert "is damaged" in err.getvalue(), (command, err.getvalue())
+    assert not (tmp_path / "o.npz").exists()
