@@ -1,6 +1,7 @@
 """numpy .npz reading (never unpickling) and streaming writing."""
 from __future__ import annotations
 
+import io
 import zipfile
 from typing import Mapping
 
@@ -50,11 +51,54 @@ def write_npz(dest: str, tensors: Mapping[str, np.ndarray], record: TensorRecord
     bfloat16 tensors are stored as float32 (numpy has no bfloat16); tied tensors are stored under each name.
     """
     planned = plan_restore(tensors, record)
-    with atomic_path(dest) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    headers: dict = {}
+    with atomic_path(dest) as tmp, open(tmp, "wb", buffering=1 << 20) as raw:
+        # written front to back: each entry's sizes follow its data (a data descriptor) instead of zipfile
+        # seeking back to patch the entry's header, which flushes the file buffer once per tensor
+        with zipfile.ZipFile(_FrontToBack(raw), "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for p in planned:
+                arr = np.asanyarray(p.array)
+                if is_bfloat16(arr.dtype):     # numpy files cannot name bfloat16
+                    arr = arr.astype(np.float32)
+                if arr.nbytes <= _SMALL_MEMBER and arr.dtype.kind in "biuf":
+                    # one write per member: the .npy header of this dtype and shape is the same for every tensor
+                    # that has them (write_array formats it again per call; the zip stream per member costs more
+                    # than a small tensor's data)
+                    if not arr.flags.c_contiguous:
+                        arr = arr.copy(order="C")      # (np.ascontiguousarray would make a scalar 1-d)
+                    key = (arr.dtype.str, arr.shape)
+                    head = headers.get(key)
+                    if head is None:
+                        head = headers[key] = _npy_header(arr)
+                    info = zipfile.ZipInfo(p.name + ".npy")      # the entry zf.open(name, "w") makes
+                    info.compress_type = zipfile.ZIP_STORED
+                    zf.writestr(info, head + arr.tobytes())
+                    continue
                 with zf.open(p.name + ".npy", "w", force_zip64=True) as fh:
-                    arr = np.asanyarray(p.array)
-                    if is_bfloat16(arr.dtype):     # numpy files cannot name bfloat16
-                        arr = arr.astype(np.float32)
                     np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+
+class _FrontToBack:
+    """A file seen by zipfile as a stream it cannot seek in."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, b):
+        return self._f.write(b)
+
+    def flush(self):
+        self._f.flush()
+
+
+#: Tensors up to this size go into the archive as one write (their .npy bytes are built in memory).
+_SMALL_MEMBER = 1 << 16
+
+
+def _npy_header(arr: np.ndarray) -> bytes:
+    """The .npy header ``np.lib.format.write_array`` writes for the C-contiguous ``arr`` (its bytes up to the
+    data)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    data = buf.getvalue()
+    return data[:len(data) - arr.nbytes]
