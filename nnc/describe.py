@@ -12,6 +12,7 @@ for a conformance verdict.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,11 +168,23 @@ def _fmt(v) -> str:
     return str(v)
 
 
+@functools.lru_cache(maxsize=256)
 def _enum_name(enum, v) -> str:
     try:
         return enum(v).name
     except ValueError:
         return f"reserved({v})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _step(qp: int, qd: int) -> float:
+    try:
+        return float(step_size(qp, qd))
+    except (OverflowError, ValueError):
+        return float("nan")
+
+
+_DEFAULT_DTYPES = {"int": "int32", "codebook": "float64"}
 
 
 def _unit_fields(u) -> dict:
@@ -237,7 +250,7 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
     infos = []
     for m in plan.members:                  # coding order: a block's LS/bias/BN vectors, then its weight
         kind = "dq" if m.kind == "uniform" and plan.dq else m.kind
-        default = {"int": "int32", "codebook": "float64"}.get(kind, "float32")
+        default = _DEFAULT_DTYPES.get(kind, "float32")
         dtype = _DTYPE_NAMES.get(fmt, f"reserved({fmt})") if fmt is not None else default
         ti = TensorInfo(name=m.name, shape=list(m.shape), dtype=dtype, elements=math.prod(m.shape), coding=kind)
         if kind == "codebook" and cb is not None:
@@ -277,10 +290,7 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
     for ti, q, qoff, row_skip, hdsp in zip(infos, res.levels, res.qp_offsets, res.row_skip_flags, res.hdsp_flags):
         if qoff is not None:
             ti.qp = qoff + qp0
-            try:
-                ti.step_size = float(step_size(ti.qp, qd))
-            except (OverflowError, ValueError):
-                ti.step_size = float("nan")
+            ti.step_size = _step(ti.qp, qd)
         ti.row_skipping = row_skip
         if ti.row_skipping:
             q2 = q.reshape(q.shape[0], -1)
