@@ -209,14 +209,14 @@ def test_entry_points_are_written_and_decoded_in_parallel(cfg, monkeypatch):
     b = 4 << cfg["scan_order"]
     assert len(heads["big"].cabac_entry_point_list) == math.ceil(200 / b) - 1
     seen = []
-    real = deepcabac.decode_payload
+    real = deepcabac._decode      # under decode_payload and decode_levels (what nnc.decode calls)
 
     def spy(*a, **k):
-        res = real(*a, **k)
-        seen.append(res.parallel)
-        return res
+        outs, info, consumed = real(*a, **k)
+        seen.append([t.parallel for t in info])
+        return outs, info, consumed
 
-    monkeypatch.setattr(deepcabac, "decode_payload", spy)
+    monkeypatch.setattr(deepcabac, "_decode", spy)
     par = nnc.decode(data, nnc.DecoderConfig(threads=4))
     assert [True] in seen                                # "big" decoded block row by block row in parallel
     seq = nnc.decode(data, nnc.DecoderConfig(threads=1))
@@ -344,13 +344,13 @@ def test_a_large_tensor_late_in_the_bitstream_is_decoded_first_and_yielded_in_or
     data = nnc.encode(w, nnc.EncoderConfig(threads=1))
     ref = nnc.decode(data, nnc.DecoderConfig(threads=1))
     sizes = []
-    real = deepcabac.decode_payload
+    real = deepcabac.decode_levels
 
     def spy(payload, tensors, **kw):
         sizes.append(tensors[0].size)
         return real(payload, tensors, **kw)
 
-    monkeypatch.setattr(deepcabac, "decode_payload", spy)
+    monkeypatch.setattr(deepcabac, "decode_levels", spy)
     got = [(t.name, t.array) for t in nnc.Decoder(nnc.DecoderConfig(threads=2)).stream(data, levels=False)]
     assert w["giant"].size in sizes[:2], sizes
     assert [k for k, _ in got] == list(w)
