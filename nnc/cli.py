@@ -780,7 +780,8 @@ def _problem(path: str, data, *, first_unit_only: bool = False) -> BitstreamErro
     if first_unit_only:
         first = next(iter(B.iter_units(data, strict=False, max_units=1)), None)
     else:
-        parsed = B.parse(data, strict=False)
+        from .config import active_decoder_limits
+        parsed = B.parse(data, strict=False, limits=active_decoder_limits())    # the command's --max-memory
         first = parsed.units[0] if parsed.units else None
     if first is None or first.nnr_unit_type != B.NNRUnitType.NNR_STR or first.errors:
         return _bad(f"{path} is not an NNC bitstream (it does not start with an NNR_STR unit)", _NOT_NNC, 2)
@@ -788,7 +789,7 @@ def _problem(path: str, data, *, first_unit_only: bool = False) -> BitstreamErro
         return None
     for u in parsed.units:
         for e in u.errors:
-            if isinstance(e, UnsupportedFeatureError):
+            if isinstance(e, (UnsupportedFeatureError, LimitExceededError)):    # not damage (the command says it)
                 continue
             reason = getattr(e, "reason", None) or _one_line(e)
             return _bad(f"{path} is damaged: {reason}", _DAMAGED, 1,
