@@ -160,6 +160,21 @@ def many_units(size_bytes=MB):
     return one[:len(_head())] + b"".join(units)
 
 
+def damaged_units(size_bytes=MB // 4):
+    """Many short NDUs whose headers fail to parse (each a located error in inspect/check, which go on)."""
+    one = nnc.encode({"a": np.zeros(1, np.float32)})
+    ndu = one[len(_head()):]
+    bad = bytes([0, 6]) + ndu[2:3] + b"\xff\xff\xff"
+    return _head() + bad * min(size_bytes // len(bad), 1 << 16)
+
+
+def duplicate_mps(size_bytes=MB // 4):
+    """The stream's NNR_MPS repeated: each copy an ordering violation."""
+    head = _head()
+    mps = head[len(bs.start_unit(1)):len(head) - len(bs.tpl_unit(nnc.Topology()))]
+    return head + mps * min(size_bytes // len(mps), 1 << 16)
+
+
 def performance_maps(size_bytes=MB):
     """An MPS whose decomposition performance map holds ~1 MB of float32 class accuracies."""
     per = 65535
@@ -229,6 +244,8 @@ BITSTREAM_BOMBS = {
     "codebook_overflow": (codebook_overflow, "330 KB codebook with values beyond 2^63"),
     "entry_points": (entry_points, "1 MB cabac_entry_point_list"),
     "many_units": (many_units, "1 MB of one-element NDUs"),
+    "damaged_units": (damaged_units, "256 KB of NDUs whose headers do not parse (43K units)"),
+    "duplicate_mps": (duplicate_mps, "256 KB of repeated NNR_MPS units (33K)"),
     "performance_maps": (performance_maps, "1 MB MPS decomposition performance map"),
     "element_names": (element_names, "1 MB REFLIST of 500K names"),
     "deflate_topology": (deflate_topology, "1 MB NNR_TPL deflating to 1 GiB"),

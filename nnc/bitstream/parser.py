@@ -149,7 +149,9 @@ def _parse_unit(mv: memoryview, pos: int, index: int, st: _State, strict: bool) 
         exc = _locate(exc, index, byte_offset, path)
         if strict:
             raise exc
-        unit.errors.append(exc)
+        # kept without its traceback: the frames it holds (a reader's locals) would stay alive with the error
+        # and give the collector cycles to walk, one per damaged unit of a hostile stream
+        unit.errors.append(exc.with_traceback(None))
 
     # -- nnr_unit_size() --------------------------------------------------------------------------
     flag = mv[pos] >> 7
