@@ -254,11 +254,13 @@ before = rss()
 th.start()
 t0, c0 = time.perf_counter(), time.process_time()
 step[0] = "base"
-base = base_fn()                         # as the ServerApp's main holds it
+base = base_fn()                         # as examples/fl_deploy/scale's ServerApp does
 step[0] = "init"
 st = NNCFedAvg(base, up, down, by_partition=True, fraction_train=1.0, min_available_nodes=CLIENTS)
+initial = to_arrayrecord(base)
+del base
 step[0] = "start"
-res = st.start(grid=Grid(), initial_arrays=to_arrayrecord(base), num_rounds=ROUNDS)
+res = st.start(grid=Grid(), initial_arrays=initial, num_rounds=ROUNDS)
 dt, cpu = time.perf_counter() - t0, time.process_time() - c0
 step[0] = "done"
 time.sleep(0.02)
