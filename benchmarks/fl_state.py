@@ -13,6 +13,17 @@ Reported per size: state B/param (``ClientCodec.state_nbytes``), the Context pro
 working memory of a round, the model the user's train returns included.
 
     OMP_NUM_THREADS=1 nice python benchmarks/fl_state.py --sizes 1e6 4e6 16e6 --json benchmarks/results/fl_state.json
+
+``--server``: the ServerApp's side instead. A setup subprocess runs ``NNCFedAvg.start`` with ``--clients`` in-process
+nodes (``nnc_mod``) for ``--rounds`` rounds and records every upload; a fresh subprocess then runs
+``NNCFedAvg.start`` as examples/fl_deploy/scale's ServerApp does, over a grid that replays those uploads (so only the
+server's work is in the process), and checks that its final model equals the setup run's. Reported: peak RSS and
+``B/param`` = (peak RSS - RSS after imports) / params, and per step (base model, strategy, configure_train, the
+grid, ``ServerCodec.receive``, ``ServerCodec._stage``, ``to_arrayrecord``, the rest of ``aggregate_train``) the
+peak RSS while it ran, same baseline.
+
+    OMP_NUM_THREADS=1 nice python benchmarks/fl_state.py --server --sizes 4e6 16e6 32e6 \
+        --json benchmarks/results/fl_server_state.json
 """
 from __future__ import annotations
 
@@ -148,8 +159,8 @@ class Node:
         r = int(msg.content["config"]["server-round"])
         g = np.random.default_rng([self.p, r])
         new = {k: v + (g.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in arrays.items()}
-        return Message(RecordDict({"arrays": to_arrayrecord(new), "metrics": MetricRecord({"num-examples": 10 + self.p})}),
-                       reply_to=msg)
+        return Message(RecordDict({"arrays": to_arrayrecord(new),
+                                   "metrics": MetricRecord({"num-examples": 10 + self.p})}), reply_to=msg)
     def handle(self, msg):
         TaskIdentity.node_id = self.id
         if msg.metadata.message_type == MessageType.QUERY:
@@ -179,7 +190,7 @@ class Grid:
 st = NNCFedAvg(base_fn(), up, down, by_partition=True, fraction_train=1.0, min_available_nodes=CLIENTS)
 st.start(grid=Grid([Node(100 + p, p) for p in range(CLIENTS)]), initial_arrays=to_arrayrecord(base_fn()),
          num_rounds=ROUNDS)
-m = from_arrayrecord(st.server and to_arrayrecord(st.server.model))
+m = st.server.model
 np.save(f"{out}/model.npy", np.concatenate([v.ravel() for v in m.values()]))
 '''
 
@@ -345,7 +356,7 @@ def _server(a) -> int:
             rows.append(json.loads(_child(SERVER, int(n), tmp, clients=a.clients,
                                           rounds=a.rounds).strip().splitlines()[-1]))
     steps = ["base", "init", "configure", "grid", "receive", "stage", "to_arrayrecord", "aggregate_train"]
-    print(f"| params | clients | rounds | s | CPU s | peak RSS MB | B/param | " + " | ".join(steps) + " |\n|"
+    print("| params | clients | rounds | s | CPU s | peak RSS MB | B/param | " + " | ".join(steps) + " |\n|"
           + "---|" * (7 + len(steps)))
     for r in rows:
         sb = r["step_b_per_param"]
