@@ -131,8 +131,9 @@ def test_server_with_the_coded_downlink_holds_no_float32_model():
 def test_server_round_memory_per_parameter_is_bounded():
     """Peak RSS of a subprocess running the ServerApp's path (NNCFedAvg.start, 2 clients, 2 rounds, 4 M
     parameters; benchmarks/fl_state.py --server): the decoded uploads and the decoder histories are held
-    compactly and the server keeps no float32 model of its own. It was 64.6 B/param (the dense update and a
-    5 B/param decoder history per client, a float32 model besides Flower's); now ~37, 30 at 200 M."""
+    compactly and the server keeps no float32 model of its own. It was 60-65 B/param (the dense update and a
+    5 B/param decoder history per client, a float32 model besides Flower's); now 37-40 (glibc keeps part of the
+    freed heap at this size), 31.5 in a 200 M-parameter deployment."""
     pytest.importorskip("flwr")
     import importlib.util
     import json
@@ -146,4 +147,4 @@ def test_server_round_memory_per_parameter_is_bounded():
         bench._child(bench.SERVER_SETUP, 4_000_000, tmp)
         row = json.loads(bench._child(bench.SERVER, 4_000_000, tmp).strip().splitlines()[-1])
     assert row["same_model_as_setup"] and row["dropped"] == {"1": {}, "2": {}}
-    assert row["b_per_param"] < 46, row
+    assert row["b_per_param"] < 50, row
