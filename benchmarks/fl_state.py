@@ -6,7 +6,8 @@ one train message through ``nnc_mod`` (measured): parse the Context protobuf the
 state, apply a coded downlink, the user's ``train`` (here: the model plus small noise, as a new array per tensor,
 like any training function returns), encode a top-1 % ternary upload with error feedback, save the state,
 serialise the Context again. A thread samples the process's RSS every 2 ms and charges it to the step running
-(load / receive / train / encode / save); ``ru_maxrss`` gives the peak.
+(load / receive / train / encode / save); ``VmHWM`` gives the peak (not ``ru_maxrss``, which Linux carries
+over ``exec`` from the parent: a child of a large process would report the parent's size).
 
 Reported per size: state B/param (``ClientCodec.state_nbytes``), the Context protobuf, seconds, peak RSS, and
 ``B/param`` = (peak RSS - RSS before the round, after imports and the train message arrived) / params: the
@@ -55,7 +56,7 @@ open(sys.argv[3], "wb").write(bytes(rec["nnc"].data))
 '''
 
 CLIENT = r'''
-import json, os, resource, sys, threading, time
+import json, os, sys, threading, time
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
@@ -68,11 +69,13 @@ from flwr.supercore.task_identity import TaskIdentity
 exec(COMMON)
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
 
-def rss():
+def rss(key="VmRSS:"):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
+def hwm():
+    return rss("VmHWM:")
 step, peaks, stop = ["idle"], {}, []
 def sampler():
     while not stop:
@@ -126,7 +129,7 @@ dt, cpu = time.perf_counter() - t0, time.process_time() - c0
 step[0] = "done"
 time.sleep(0.02)
 stop.append(1); th.join()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()      # this process's own peak (ru_maxrss would carry the parent's over exec)
 codec = fedavg._load_codec(ctx, base_fn, up, down)
 state_file = max([os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[4]) for f in fs] or [0])
 print(json.dumps({"params": n, "state_bytes": codec.state_nbytes(), "state_b_per_param": codec.state_nbytes() / n,
@@ -195,7 +198,7 @@ np.save(f"{out}/model.npy", np.concatenate([v.ravel() for v in m.values()]))
 '''
 
 SERVER = r'''
-import json, os, resource, sys, threading, time
+import json, os, sys, threading, time
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -206,11 +209,13 @@ exec(COMMON)
 out = sys.argv[2]
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
 
-def rss():
+def rss(key="VmRSS:"):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
+def hwm():
+    return rss("VmHWM:")
 step, peaks, stop = ["idle"], {}, []
 def sampler():
     while not stop:
@@ -276,7 +281,7 @@ dt, cpu = time.perf_counter() - t0, time.process_time() - c0
 step[0] = "done"
 time.sleep(0.02)
 stop.append(1); th.join()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()      # this process's own peak (ru_maxrss would carry the parent's over exec)
 m = from_arrayrecord(res.arrays)
 want = np.load(f"{out}/model.npy")
 same = bool(np.array_equal(np.concatenate([v.ravel() for v in m.values()]), want))
