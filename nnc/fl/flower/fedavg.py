@@ -33,7 +33,7 @@ from ..rounds import RoundPolicy
 from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
                          ServerCodec, UplinkConfig, UplinkMessage)
 from .records import bytes_array as _bytes_array
-from .records import from_arrayrecord, to_arrayrecord, view_arrayrecord
+from .records import _npy_view, from_arrayrecord, to_arrayrecord, view_arrayrecord
 from .state_store import read_state, state_dir_for, state_path, write_state
 from .robust import flower_combine
 
@@ -388,6 +388,29 @@ class NNCFedAvg(FedAvg):
         self.dropped: dict[int, dict] = {}
         self.duplicates: dict[int, int] = {}               # round -> replies delivered more than once
 
+    def start(self, grid, initial_arrays: ArrayRecord, *args, **kw):
+        """Flower's ``start``; the codec's initial model becomes read-only views of ``initial_arrays`` where
+        they hold the same values (Flower keeps that record for the whole run: one float32 copy of the
+        initial model, not two, once the caller drops its own)."""
+        self.adopt_initial(initial_arrays)
+        return super().start(grid, initial_arrays, *args, **kw)
+
+    def adopt_initial(self, rec: ArrayRecord) -> int:
+        """Replace each tensor of the codec's initial model by a view of ``rec``'s bytes when they are equal
+        bit for bit (same shape, float32); returns how many were adopted."""
+        base, n = self.server.base, 0
+        for k in list(base):
+            if k not in rec or rec[k].stype != "numpy.ndarray":
+                continue
+            v = _npy_view(rec[k])
+            b = base[k]
+            if v is b or v.dtype != np.float32 or v.shape != b.shape or v.base is None:
+                continue
+            if np.array_equal(v.reshape(-1).view(np.uint32), np.ascontiguousarray(b).reshape(-1).view(np.uint32)):
+                base[k] = v
+                n += 1
+        return n
+
     def _release(self, key) -> None:
         """Forget the server's side of one client pair (its next message starts a new pair)."""
         self.server.release(key)
@@ -560,7 +583,7 @@ class NNCFedAvg(FedAvg):
         self.dropped[server_round] = dropped
         self.duplicates[server_round] = dup
         combine = None if self.aggregator is None else flower_combine(self.aggregator, server_round)
-        model = self.server.aggregate(deltas, combine, copy=False)    # to_arrayrecord copies it once
+        model = self.server.aggregate(deltas, combine, copy=False)    # made tensor by tensor into the record
         for key in deltas:
             if self.server.ledger[-1].rejected.get(key) in ("aggregate", "norm-bound"):
                 dropped[key] = self.server.ledger[-1].dropped[key]

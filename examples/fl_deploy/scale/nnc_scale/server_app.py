@@ -32,6 +32,8 @@ def main(grid: Grid, ctx: Context) -> None:
                 f.write(json.dumps(line) + "\n")
         return MetricRecord({"round": server_round})
 
-    # the codec holds the model: Flower's own copy of the initial model is the float32 ArrayRecord
-    st.start(grid=grid, initial_arrays=to_arrayrecord(base), num_rounds=int(rc["num-server-rounds"]),
-             evaluate_fn=evaluate)
+    # Flower keeps the initial model as a float32 ArrayRecord for the whole run; NNCFedAvg.start makes the
+    # codec's initial model views of it, so the app drops its own copy
+    initial = to_arrayrecord(base)
+    del base
+    st.start(grid=grid, initial_arrays=initial, num_rounds=int(rc["num-server-rounds"]), evaluate_fn=evaluate)
