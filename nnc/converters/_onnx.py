@@ -30,6 +30,13 @@ from ._common import (atomic_path, bf16_from_bits, deflate, float32_to_bf16_bits
 PLACEHOLDER_LOCATION = "nnc:bitstream"
 PLACEHOLDER_KEY = "nnc_tensor"
 PLACEHOLDER_ZERO_POINT = "nnc_zero_point"
+PLACEHOLDER_GROUP = "nnc_group"
+#: integer weights with fewer elements are coded together, concatenated into group tensors (one NDU per group):
+#: a tensor of a few thousand 8-bit levels otherwise pays its own NDU header, context-parameter signalling and
+#: context warm-up, which together cost more than deflate's overhead on the same bytes (docs/converters.md)
+INTEGER_GROUP_BELOW = 1 << 16
+#: most elements of one group tensor (groups are coded in parallel with the other tensors)
+INTEGER_GROUP_MAX = 1 << 20
 DEFAULT_CONSTANT_MIN_ELEMENTS = 16
 #: float tensors with fewer elements (epsilons, clip bounds, tiny biases) stay in the graph, exact
 DEFAULT_SMALL_TENSOR_ELEMENTS = 16
@@ -96,10 +103,48 @@ def _is_placeholder(t) -> bool:
 
 
 def _placeholder_name(t) -> str:
+    """The tensor's own name: the bitstream tensor, or its name inside a group tensor (:func:`_group_of`)."""
     for e in t.external_data:
         if e.key == PLACEHOLDER_KEY:
             return e.value
     raise ModelFormatError(f"ONNX topology placeholder {t.name!r} names no bitstream tensor")
+
+
+def _group_of(t) -> tuple[str, int] | None:
+    """(group tensor name, element offset) of a placeholder coded inside a group tensor, or None."""
+    for e in t.external_data:
+        if e.key == PLACEHOLDER_GROUP:
+            try:
+                obj = json.loads(e.value)
+                name, offset = obj["tensor"], obj["offset"]
+                if not isinstance(name, str) or isinstance(offset, bool) or not isinstance(offset, int) \
+                        or offset < 0:
+                    raise ValueError("tensor must be a string and offset an int >= 0")
+            except (ValueError, KeyError, TypeError) as err:
+                raise ModelFormatError(f"ONNX topology placeholder {t.name!r}: bad group record: {err}") from None
+            return name, offset
+    return None
+
+
+def _bitstream_name(t) -> str:
+    """The bitstream tensor that holds placeholder ``t``'s data (its group tensor when it is grouped)."""
+    g = _group_of(t)
+    return _placeholder_name(t) if g is None else g[0]
+
+
+def _slot_value(tensors: Mapping[str, np.ndarray], t) -> np.ndarray:
+    """The decoded array of placeholder ``t``: its own bitstream tensor, or its slice of a group tensor."""
+    g = _group_of(t)
+    if g is None:
+        return _lookup(tensors, _placeholder_name(t))
+    name, offset = g
+    whole = np.asarray(_lookup(tensors, name)).reshape(-1)
+    dims = [int(d) for d in t.dims]
+    count = int(np.prod(dims, dtype=np.int64))
+    if offset + count > whole.size:
+        raise ModelFormatError(f"tensor {_placeholder_name(t)!r}: elements {offset}..{offset + count - 1} of group "
+                               f"tensor {name!r} are needed, it has {whole.size}")
+    return whole[offset:offset + count].reshape(dims)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,7 +289,8 @@ def _fill_tensor(t, arr: np.ndarray, name: str) -> None:
     t.raw_data = data.tobytes()
 
 
-def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray] | None = None) -> None:
+def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray] | None = None,
+                      group: tuple[str, int] | None = None) -> None:
     onnx = _onnx()
     for f in ("raw_data", "float_data", "int32_data", "double_data", "int64_data", "uint64_data", "string_data"):
         t.ClearField(f)
@@ -259,6 +305,10 @@ def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray]
         e.key = PLACEHOLDER_ZERO_POINT
         e.value = json.dumps({"axis": int(zero_point[0]), "values": [int(v) for v in zero_point[1].reshape(-1)]},
                              separators=(",", ":"))
+    if group is not None:
+        e = t.external_data.add()
+        e.key = PLACEHOLDER_GROUP
+        e.value = json.dumps({"tensor": group[0], "offset": int(group[1])}, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,6 +560,7 @@ def _split_integer_weights(model, tensors: dict, used: set, exact: set[str], sma
     values = {}
     for t, vname, _ in _tensor_slots(model):
         values.setdefault(vname, t)
+    pending: list = []
     for t, vname, _ in _tensor_slots(model):
         if (vname not in uses or vname in exact or t.data_type not in ints or len(t.dims) == 0
                 or _is_placeholder(t)):
@@ -536,8 +587,45 @@ def _split_integer_weights(model, tensors: dict, used: set, exact: set[str], sma
         if coded.dtype.itemsize >= 4 and coded.size and int(coded.min()) <= -(1 << 31):
             continue            # NNR_PT_INT cannot carry -2**31: the tensor stays in the graph
         name = _unique(vname or "tensor", used)
-        tensors[name] = np.ascontiguousarray(coded)
-        _make_placeholder(t, name, zp)
+        if coded.size < INTEGER_GROUP_BELOW:
+            pending.append((len(pending), t, name, zp, coded))
+        else:
+            tensors[name] = np.ascontiguousarray(coded)
+            _make_placeholder(t, name, zp)
+    _group_integer_weights(pending, tensors, used)
+
+
+def _group_integer_weights(small: list, tensors: dict, used: set) -> None:
+    """Code small integer weights together: in graph order, 8/16-bit levels and 32-bit ones (quantised biases)
+    apart, concatenated (flattened) into group tensors of at most INTEGER_GROUP_MAX elements. A group of one
+    stays a tensor of its own."""
+    groups: dict[bool, list] = {}
+    sizes: dict[bool, int] = {}
+    done: list[list] = []
+    for item in small:
+        wide = item[4].dtype.itemsize >= 4
+        g = groups.setdefault(wide, [])
+        if g and sizes[wide] + item[4].size > INTEGER_GROUP_MAX:
+            done.append(g)
+            g = groups[wide] = []
+        sizes[wide] = (sizes[wide] if g else 0) + item[4].size
+        g.append(item)
+    done.extend(groups.values())
+    for g in sorted((g for g in done if g), key=lambda g: g[0][0]):
+        if len(g) == 1:
+            _, t, name, zp, coded = g[0]
+            tensors[name] = np.ascontiguousarray(coded)
+            _make_placeholder(t, name, zp)
+            continue
+        gname = _unique("nnc_int_group", used)
+        flat = np.concatenate([x[4].reshape(-1).astype(np.int64) for x in g])
+        lo, hi = int(flat.min()), int(flat.max())
+        dtype = next(d for d in (np.int8, np.int16, np.int32) if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max)
+        tensors[gname] = flat.astype(dtype)
+        offset = 0
+        for _, t, name, zp, coded in g:
+            _make_placeholder(t, name, zp, group=(gname, offset))
+            offset += coded.size
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -745,8 +833,10 @@ def parse_topology(topology: Topology):
     return model
 
 
-def tensor_dtypes(topology: Topology) -> dict[str, str]:
-    """Bitstream tensor name -> original dtype name, from the placeholders of an ONNX topology."""
+def tensor_dtypes(topology: Topology, *, restored: bool = False) -> dict[str, str]:
+    """Bitstream tensor name -> original dtype name, from the placeholders of an ONNX topology. A group tensor
+    is listed with the widest dtype of its members. ``restored=True``: the names :func:`with_zero_points`
+    gives instead (every placeholder by its own name, no group tensors)."""
     model = parse_topology(topology)
     types = _coded_types()
     out = {}
@@ -755,8 +845,16 @@ def tensor_dtypes(topology: Topology) -> dict[str, str]:
             if t.data_type not in types:
                 raise ModelFormatError(f"ONNX topology placeholder {t.name!r} has data_type {t.data_type}, which "
                                        "nnc does not code")
-            out[_placeholder_name(t)] = types[t.data_type][0]
+            dname = types[t.data_type][0]
+            name = _placeholder_name(t) if restored else _bitstream_name(t)
+            prev = out.get(name)
+            if prev is None or np.dtype(types[t.data_type][1]).itemsize > np.dtype(_storage_of(prev)).itemsize:
+                out[name] = dname
     return out
+
+
+def _storage_of(dname: str) -> str:
+    return next(storage for name, storage in _coded_types().values() if name == dname)
 
 
 def with_zero_points(tensors: Mapping[str, np.ndarray], topology: Topology) -> dict[str, np.ndarray]:
@@ -764,14 +862,29 @@ def with_zero_points(tensors: Mapping[str, np.ndarray], topology: Topology) -> d
     model = parse_topology(topology)
     out = dict(tensors)
     ints = _int_types()
+    groups = set()
     for t, _, _ in _tensor_slots(model):
         if _is_placeholder(t) and t.data_type in ints:
             name = _placeholder_name(t)
-            out[name] = _with_zero_point(t, _lookup(tensors, name), name)
+            g = _group_of(t)
+            if g is not None:
+                groups.add(g[0])
+            out[name] = _with_zero_point(t, _slot_value(tensors, t), name)
+    for g in groups:
+        out.pop(g, None)
     return out
 
 
+def coded_levels(tensors: Mapping[str, np.ndarray], topology: Topology) -> dict[str, np.ndarray]:
+    """Every integer placeholder's coded levels (zero point removed) by its own name, cut out of group tensors."""
+    model = parse_topology(topology)
+    ints = _int_types()
+    return {_placeholder_name(t): _slot_value(tensors, t) for t, _, _ in _tensor_slots(model)
+            if _is_placeholder(t) and t.data_type in ints}
+
+
 def tensor_shapes(topology: Topology) -> dict[str, list[int]]:
+    """Each placeholder's own name -> its ONNX dims (the names :func:`with_zero_points` gives)."""
     model = parse_topology(topology)
     return {_placeholder_name(t): [int(d) for d in t.dims] for t, _, _ in _tensor_slots(model) if _is_placeholder(t)}
 
@@ -790,7 +903,7 @@ def to_onnx(tensors: Mapping[str, np.ndarray], topology: Topology):
     for t, _, _ in _tensor_slots(model):
         if _is_placeholder(t):
             name = _placeholder_name(t)
-            _fill_tensor(t, _lookup(tensors, name), name)
+            _fill_tensor(t, _slot_value(tensors, t), name)
     return model
 
 
@@ -824,7 +937,7 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
     for t, _, _ in _tensor_slots(model, skip_top_initializers=True):
         if _is_placeholder(t):
             name = _placeholder_name(t)
-            _fill_tensor(t, _lookup(tensors, name), name)
+            _fill_tensor(t, _slot_value(tensors, t), name)
     inits = onnx.GraphProto()
     inits.initializer.extend(model.graph.initializer)  # copies the (small, data-less) placeholders
     del model.graph.initializer[:]
@@ -841,7 +954,7 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
             meta.CopyFrom(t)
             del meta.external_data[:]
             meta.ClearField("data_location")
-            items.append((meta.SerializeToString(), _raw_array(t, _lookup(tensors, name), name)))
+            items.append((meta.SerializeToString(), _raw_array(t, _slot_value(tensors, t), name)))
         else:
             items.append((t.SerializeToString(), None))
 
