@@ -110,6 +110,40 @@ def test_bad_zero_point_record_is_a_model_format_error():
         C.to_onnx(dm.tensors, dm.topology)
 
 
+def test_group_tensors_listed_by_the_manifest_and_cut_out_on_restore():
+    from nnc.converters import manifest
+    model, inits = _qdq_graph()
+    lm = C.from_onnx(model)
+    dm = nnc.decode_model(nnc.encode(lm.tensors, topology=lm.topology))
+    # the bitstream carries the group tensor (what `nnc check` verifies), the model its members
+    assert manifest.expected_names(dm.topology) == ["nnc_int_group"]
+    restored = C.restore_tensors(dm.tensors, dm.topology)
+    assert "nnc_int_group" not in restored
+    for k in ("w1", "w2", "wc"):
+        assert restored[k].dtype == inits[k].dtype and np.array_equal(restored[k], inits[k]), k
+
+
+@pytest.mark.parametrize("record, match", [({"tensor": "nnc_int_group", "offset": 10 ** 6}, "elements 1000000"),
+                                           ({"tensor": "nnc_int_group", "offset": -1}, "bad group record"),
+                                           ({"tensor": "missing", "offset": 0}, "'missing'"),
+                                           ({"offset": 0}, "bad group record")])
+def test_bad_group_record_is_a_model_format_error(record, match):
+    model, _ = _qdq_graph()
+    lm = C.from_onnx(model)
+    topo_model = C._onnx.parse_topology(lm.topology)
+    for t in topo_model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "nnc_group" and t.name == "w2":
+                e.value = json.dumps(record)
+    from nnc.topology import Topology
+    bad = Topology(2, 1, zlib.compress(topo_model.SerializeToString()))
+    dm = nnc.decode_model(nnc.encode(lm.tensors, topology=bad))
+    with pytest.raises(ModelFormatError, match=match):
+        C.to_onnx(dm.tensors, dm.topology)
+    with pytest.raises(ModelFormatError, match=match):
+        C.restore_tensors(dm.tensors, dm.topology)
+
+
 @pytest.fixture(scope="module")
 def int8_models(tmp_path_factory):
     pytest.importorskip("onnxruntime.quantization")

@@ -13,7 +13,9 @@ subtracted (per tensor or per channel; recorded in the placeholder and added bac
 
 Each coded tensor is left in the graph as a placeholder TensorProto: name, dims and data_type are kept, the data
 is removed, ``data_location`` is EXTERNAL and ``external_data`` holds ``location = "nnc:bitstream"`` and
-``nnc_tensor = <name of the tensor in the bitstream>``.
+``nnc_tensor = <name of the tensor in the bitstream>``. Integer weights with fewer than
+:data:`INTEGER_GROUP_BELOW` elements are coded together: concatenated into group tensors, each member's
+placeholder recording ``nnc_group = {"tensor": <group tensor>, "offset": <first element>}``.
 """
 from __future__ import annotations
 
