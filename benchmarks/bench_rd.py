@@ -506,6 +506,45 @@ def reference_bytes_at(env, q):
     return None
 
 
+def loglog_fit(points):
+    """Least-squares line log q = a + b log bytes through ``points``: (a, b, residual std of log q)."""
+    lb = np.log([p["bytes"] for p in points])
+    lq = np.log([max(p["q"], 1e-300) for p in points])
+    b, a = np.polyfit(lb, lq, 1)
+    return float(a), float(b), float(np.std(lq - (a + b * lb)))
+
+
+def fitted_comparison(rows, method):
+    """Saving of ``method`` against the reference with both curves smoothed: a log-log line through each
+    reference DQ mode's points (the cheaper mode at each distortion) and one through the method's points,
+    compared at the ends and the geometric middle of the distortion range both cover. With a jumpy measure
+    the envelope of 20+ reference settings is the best of many draws while each nnc point is one draw; the
+    fitted curves compare expected behaviour instead."""
+    modes = {}
+    for r in rows:
+        if r["method"].startswith("reference"):
+            modes.setdefault("dq=1" in r["setting"], []).append(r)
+    nnc_pts = [r for r in rows if r["method"] == method]
+    ref_pts = [r for pts in modes.values() for r in pts]
+    if len(nnc_pts) < 3 or not ref_pts:
+        return None
+    fits = {m: loglog_fit(pts) for m, pts in modes.items() if len(pts) >= 3}
+    a, b, res = loglog_fit(nnc_pts)
+    if b >= 0 or not fits or any(fb >= 0 for _, fb, _ in fits.values()):
+        return {"note": "no falling trend in one of the curves", "nnc_fit": [a, b, res]}
+    lo = max(min(r["q"] for r in ref_pts), min(r["q"] for r in nnc_pts))
+    hi = min(max(r["q"] for r in ref_pts), max(r["q"] for r in nnc_pts))
+    if not lo < hi:
+        return {"note": "the two curves cover no common distortion range", "nnc_fit": [a, b, res]}
+    out = {"q_range": [lo, hi], "nnc_fit": [a, b, res],
+           "reference_fits": {("dq=1" if m else "dq=0"): list(f) for m, f in fits.items()}, "savings": {}}
+    for q in (hi, math.sqrt(lo * hi), lo):
+        ref_bytes = min(math.exp((math.log(q) - fa) / fb) for fa, fb, _ in fits.values())
+        nnc_bytes = math.exp((math.log(q) - a) / b)
+        out["savings"][f"{q:.4g}"] = 100 * (1 - nnc_bytes / ref_bytes)
+    return out
+
+
 def summarise_smooth(key, rows):
     """Each nnc point against the reference at equal smooth distortion (interpolated on the reference's curve)."""
     env = reference_envelope(rows)
@@ -529,7 +568,8 @@ def summarise_smooth(key, rows):
                          "saving_median": float(np.median(inside)) if inside else None,
                          "points_better_than_every_reference_point": sum(
                              p["method"] == m and p["where"].startswith("better") for p in points),
-                         "mean_log_calib_distortion": float(np.mean(np.log(cal))) if cal and min(cal) > 0 else None}
+                         "mean_log_calib_distortion": float(np.mean(np.log(cal))) if cal and min(cal) > 0 else None,
+                         "fitted": fitted_comparison(rows, m)}
     return {"metric": SMOOTH[key][0], "task_metric": SMOOTH[key][1],
             "reference_envelope": [{"setting": r["setting"], "bytes": r["bytes"], "q": r["q"], "task": r.get("task")}
                                    for r in env],
@@ -560,6 +600,25 @@ def plot(key, rows, path, smooth=False):
     plt.close(fig)
 
 
+def _print_smooth(report):
+    print()
+    for key, s in report["models"].items():
+        print(f"{key}: {s['metric']}; reference envelope: " +
+              ", ".join(f"{r['setting']} {r['bytes']} B {r['q']:.4g}" for r in s["reference_envelope"]))
+        for p in s["points"]:
+            sav = "-" if p["saving_percent"] is None else f"{p['saving_percent']:.1f}%"
+            print(f"  {p['method']:18s} {p['setting']:9s} {p['bytes']:10d} B  q={p['q']:.4g}  task={p['task']}"
+                  f"  reference at equal q: {p['reference_bytes'] or 0:.0f} B  saving {sav}  ({p['where']})")
+        for m, v in s["methods"].items():
+            print(f"  {m}: savings inside the reference's range {[round(x, 1) for x in v['savings_inside']]}, "
+                  f"median {v['saving_median']}, {v['points_better_than_every_reference_point']} points better "
+                  f"than every reference point; calibration log-distortion {v['mean_log_calib_distortion']}")
+            f = v["fitted"] or {}
+            print(f"    fitted log-log curves: savings {f.get('savings', f.get('note'))}; residual std of log q: "
+                  f"nnc {f.get('nnc_fit', [0, 0, float('nan')])[2]:.2f}, reference "
+                  f"{ {k: round(x[2], 2) for k, x in f.get('reference_fits', {}).items()} }")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,ocr_rec,ocr_det,silero_vad,silero_int8")
@@ -567,9 +626,22 @@ def main(argv=None) -> int:
     ap.add_argument("--smooth", action="store_true",
                     help="smooth task measures on more inputs (OCR rec/det, Silero float); each nnc point is "
                          "compared with the reference's curve at equal distortion; writes rd_smooth.json")
+    ap.add_argument("--resummarise", metavar="JSON",
+                    help="recompute the --smooth summaries from the rows of a saved rd_smooth.json (no runs)")
     ap.add_argument("--no-reference", action="store_true",
                     help="reference points from nnc's byte-identical reproduction instead of running NNCodec")
     a = ap.parse_args(argv)
+    if a.resummarise:
+        with open(a.resummarise) as f:
+            report = json.load(f)
+        for key in report["models"]:
+            rows = [r for r in report["rows"] if r["model"] == key]
+            keep = {k: report["models"][key][k] for k in ("params", "seconds") if k in report["models"][key]}
+            report["models"][key] = {**summarise_smooth(key, rows), **keep}
+        _print_smooth(report)
+        with open(a.resummarise, "w") as f:
+            json.dump(report, f, indent=1)
+        return 0
     if a.smooth and a.models == ap.get_default("models"):
         a.models = "ocr_rec,ocr_det,silero_vad"
     _fast_gelu()
@@ -601,18 +673,7 @@ def main(argv=None) -> int:
         plot(key, rows, os.path.join(a.out, f"rd_{'smooth_' if a.smooth else ''}{key}.png"), smooth=a.smooth)
     report["seconds"] = time.perf_counter() - t_start
     if a.smooth:
-        print()
-        for key, s in report["models"].items():
-            print(f"{key}: {s['metric']}; reference envelope: " +
-                  ", ".join(f"{r['setting']} {r['bytes']} B {r['q']:.4g}" for r in s["reference_envelope"]))
-            for p in s["points"]:
-                sav = "-" if p["saving_percent"] is None else f"{p['saving_percent']:.1f}%"
-                print(f"  {p['method']:18s} {p['setting']:9s} {p['bytes']:10d} B  q={p['q']:.4g}  task={p['task']}"
-                      f"  reference at equal q: {p['reference_bytes'] or 0:.0f} B  saving {sav}  ({p['where']})")
-            for m, v in s["methods"].items():
-                print(f"  {m}: savings inside the reference's range {[round(x, 1) for x in v['savings_inside']]}, "
-                      f"median {v['saving_median']}, {v['points_better_than_every_reference_point']} points better "
-                      f"than every reference point; calibration log-distortion {v['mean_log_calib_distortion']}")
+        _print_smooth(report)
         with open(os.path.join(a.out, "rd_smooth.json"), "w") as f:
             json.dump(report, f, indent=1)
         print(f"total {report['seconds']:.0f} s; JSON and PNGs in {a.out}")

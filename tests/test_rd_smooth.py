@@ -49,3 +49,14 @@ def test_summary_reports_every_nnc_point_and_where_it_lies(bench):
     assert by["bpp=2"]["where"] == "better than every reference point" and by["bpp=2"]["saving_percent"] is None
     assert by["bpp=0.5"]["where"] == "worse than every reference point"
     assert s["methods"]["nnc t"]["savings_inside"] == [pytest.approx(25.0)]
+
+
+def test_fitted_comparison_of_two_power_laws(bench):
+    # reference: q = (bytes / 1000) ** -2 for both DQ modes; nnc needs 20 % fewer bytes for any q
+    rows = [{"method": "reference*", "setting": f"qp={-i} dq={m}", "bytes": b, "q": (b / 1000) ** -2}
+            for m in (0, 1) for i, b in enumerate((1000, 2000, 4000, 8000))]
+    rows += [{"method": "nnc t", "setting": f"bpp={b}", "bytes": 0.8 * b, "q": (b / 1000) ** -2}
+             for b in (1500, 3000, 6000)]
+    f = bench.fitted_comparison(rows, "nnc t")
+    assert f["q_range"] == [pytest.approx((6000 / 1000) ** -2), pytest.approx((1500 / 1000) ** -2)]
+    assert all(v == pytest.approx(20.0) for v in f["savings"].values()) and len(f["savings"]) == 3
