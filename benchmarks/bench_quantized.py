@@ -49,7 +49,7 @@ def measure(path: str) -> dict:
     lm = C.load_model(path)
     topo = _onnx.parse_topology(lm.topology)
     slots = [t for t, _, _ in _onnx._tensor_slots(topo) if _onnx._is_placeholder(t) and t.data_type in _onnx._int_types()]
-    holders = {_onnx._bitstream_name(t) for t in slots}
+    holders = {n for t in slots for n in _onnx._bitstream_names(t)}
     levels = _onnx.coded_levels(lm.tensors, lm.topology)          # per ONNX tensor, zero point removed
     orig = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     raw = b"".join(np.ascontiguousarray(orig[t.name]).tobytes() for t in slots)
