@@ -324,13 +324,14 @@ class Task:
         return float(np.sum((out - self.cal_out) ** 2) / np.sum(self.cal_out ** 2))
 
     def quality(self, decoded) -> dict:
-        tensors = {}
+        # integer weights are lossless in both codecs; the reference codes the original values (by their ONNX
+        # names), nnc its levels (zero point removed, small ones in group tensors): check the decoded integers
+        # are either, then run nnc's representation
+        tensors = {k: v for k, v in self.tensors.items() if np.asarray(v).dtype.kind in "iub"}
         for k, v in decoded.items():
             if np.asarray(v).dtype.kind in "iub":
-                # integer weights are lossless in both codecs; the reference codes them with their zero point
-                # (the original values), nnc without: take nnc's representation after checking it is either
-                assert np.array_equal(v, self.tensors[k]) or np.array_equal(v, self.ints_with_zero_point[k]), k
-                tensors[k] = self.tensors[k]
+                assert (k in self.tensors and np.array_equal(v, self.tensors[k])) or (
+                    k in self.ints_with_zero_point and np.array_equal(v, self.ints_with_zero_point[k])), k
             else:
                 tensors[k] = np.asarray(v).astype(np.asarray(self.tensors[k]).dtype)
         if getattr(self, "smooth", False):
@@ -403,7 +404,8 @@ def run_model(key, path, use_reference, log, smooth=False):
     tiny = {k: -128 for k, v in tensors.items() if v.dtype.kind == "f" and v.size <= 16}
     grid = [(qp, dq) for qp in (SMOOTH_QP_GRID if smooth else QP_GRID)[key] for dq in (True, False)]
     settings = [{"qp": qp, "dq": dq, "qp_per_tensor": tiny} for qp, dq in grid]
-    ref_tensors = {k: task.ints_with_zero_point.get(k, v) for k, v in tensors.items()}
+    ref_tensors = {k: v for k, v in tensors.items() if v.dtype.kind not in "iub"}
+    ref_tensors.update(task.ints_with_zero_point)       # the original integers, by their ONNX names
     if use_reference:
         from tests.support import reference
         timings: list = []
