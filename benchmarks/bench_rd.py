@@ -109,6 +109,31 @@ CALIB_SENTENCES = [
 CALIB_TEXT = "Calibrate 2048 kHz"
 CALIB_LINES = ["Entropy coding", "arithmetic coder", "ISO 9001:2015", "quantised layers"]
 
+# --smooth: more inputs, smooth measures (evaluation and calibration disjoint; nothing here was tuned on them)
+EVAL_LINES = ["NNC 15938-17", "Neural networks", "entropy coding", "Quantisation 2026", "DeepCABAC context",
+              "bitstream units", "parameter sets", "rate distortion", "Hello World 42", "ONNX Runtime 1.17",
+              "Berlin, Germany", "(555) 123-4567", "invoice #20931", "Total: $1,299.00", "www.example.org",
+              "The END"]
+CALIB_REC_LINES = ["Calibrate 2048 kHz", "weather report", "Tensor Decoder", "lossless 99.5%", "Paris 75001",
+                   "ref. no. 8812-QX"]
+EVAL_PAGES = [["Neural network", "coding NNC", "ISO/IEC 15938", "bitstream 2.1.3"],
+              ["Rate control", "per tensor QP", "Silero 16 kHz", "0123456789"],
+              ["The quick brown", "fox jumps over", "the lazy dog", "PP-OCRv4 det"]]
+CALIB_PAGES = [CALIB_LINES, ["Calibration page", "other words", "weights 8 bit", "A-Z a-z"]]
+SMOOTH = {  # metric (lower is better), the task metric reported beside it
+    "ocr_rec": ("mean KL(original || decoded) of the per-step softmax, nats", "lines read identically"),
+    "ocr_det": ("mean relative squared error of the probability map", "pixels on the same side of 0.3"),
+    "silero_vad": ("mean squared error of the speech logit (48 chunks streamed with state)",
+                   "speech decisions (p > 0.5) unchanged"),
+}
+SMOOTH_QP_GRID = {"ocr_rec": list(range(-24, -46, -2)), "ocr_det": list(range(-20, -46, -2)),
+                  "silero_vad": list(range(-20, -48, -2))}
+SMOOTH_BPP_GRID = {"ocr_rec": [4.5, 5.0, 5.5, 6.0, 6.5, 7.0], "ocr_det": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0],
+                   "silero_vad": [3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0]}
+#: the sensitivities' noise, relative to each tensor's RMS: about a uniform quantiser's error at 5-7 bits per
+#: parameter, the operating range (the plain runs use 0.003, which the float noise of the task measure swamps)
+SMOOTH_REL_NOISE = 0.015
+
 QUALITY = {  # metric, direction (+1: higher is better), threshold for the size comparison
     "minilm": ("mean embedding cosine", +1, 0.999),
     "ocr_rec": ("relative output error", -1, 0.1),
@@ -168,6 +193,15 @@ def _det_page(lines) -> np.ndarray:
     return x.transpose(2, 0, 1)[None].astype(np.float32)
 
 
+def _rec_batch(lines) -> np.ndarray:
+    xs = [R.rec_input(R.text_image(t)) for t in lines]
+    w = max(x.shape[-1] for x in xs)
+    out = np.zeros((len(xs), 3, 48, w), np.float32)
+    for i, x in enumerate(xs):
+        out[i, :, :, :x.shape[-1]] = x[0]
+    return out
+
+
 class Task:
     """A model with its evaluation (``quality``) and a calibration distortion on separate data."""
 
@@ -204,6 +238,56 @@ class Task:
                 top2 = np.sort(self.ref_out, axis=-1)[..., -2:]
                 self.keep = (top2[..., 1] - top2[..., 0]) >= 0.2
 
+    # ---- --smooth: a smooth task measure on more inputs (lower is better), calibration data disjoint
+    def make_smooth(self):
+        self.smooth = True
+        if self.key == "ocr_rec":
+            self.inp, self.cal_inp = _rec_batch(EVAL_LINES), _rec_batch(CALIB_REC_LINES)
+            self.chars = R.rec_characters(self.path)
+        elif self.key == "ocr_det":
+            self.inp = np.concatenate([_det_page(p) for p in EVAL_PAGES])
+            self.cal_inp = np.concatenate([_det_page(p) for p in CALIB_PAGES])
+        elif self.key == "silero_vad":
+            self.inp, self.cal_inp = R.vad_chunks(48), _vad_calib_chunks(48)
+        else:
+            raise SystemExit(f"--smooth has no measure for {self.key}")
+        self.ref_out = self._run_smooth(self.tensors, self.inp)
+        self.cal_out = self._run_smooth(self.tensors, self.cal_inp)
+
+    def _run_smooth(self, tensors, x) -> np.ndarray:
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "m.onnx")
+            C.save_model(p, tensors, self.topology)
+            sess = R._session(p)
+            if self.key == "silero_vad":      # streamed: the state carries from chunk to chunk, as in use
+                state = np.zeros((2, 1, 128), np.float32)
+                probs = []
+                for chunk in x:
+                    o, state = sess.run(None, {"input": chunk[None], "state": state, "sr": np.array(16000, np.int64)})
+                    probs.append(float(np.asarray(o).reshape(-1)[0]))
+                return np.asarray(probs, np.float64)
+            return sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.float64)
+
+    def smooth_distortion(self, out, ref) -> float:
+        if self.key == "ocr_rec":
+            p = np.clip(ref, 1e-12, 1.0)
+            q = np.clip(out, 1e-12, 1.0)
+            return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=-1)))
+        if self.key == "ocr_det":
+            err = ((out - ref) ** 2).reshape(len(ref), -1).sum(1) / (ref ** 2).reshape(len(ref), -1).sum(1)
+            return float(np.mean(err))
+        lg = lambda v: np.log(np.clip(v, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(v, 1e-7, 1 - 1e-7))  # noqa: E731
+        return float(np.mean((lg(out) - lg(ref)) ** 2))
+
+    def smooth_task(self, out) -> float:
+        if self.key == "ocr_rec":
+            return float(np.mean([R.ctc_decode(out[i:i + 1], self.chars) == R.ctc_decode(self.ref_out[i:i + 1],
+                                                                                          self.chars)
+                                  for i in range(len(out))]))
+        if self.key == "ocr_det":
+            return float(np.mean((out > 0.3) == (self.ref_out > 0.3)))
+        return float(np.mean((out > 0.5) == (self.ref_out > 0.5)))
+
     def _run(self, tensors, x) -> np.ndarray:
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "m.onnx")
@@ -229,6 +313,8 @@ class Task:
 
     def calib_distortion(self, tensors) -> float:
         """Task distortion on the calibration data (0 for the original model)."""
+        if getattr(self, "smooth", False):
+            return self.smooth_distortion(self._run_smooth(tensors, self.cal_inp), self.cal_out)
         if self.key == "minilm":
             t = dict(self.f64)
             t.update({k: v for k, v in tensors.items() if v is not self.tensors.get(k)})
@@ -238,15 +324,19 @@ class Task:
         return float(np.sum((out - self.cal_out) ** 2) / np.sum(self.cal_out ** 2))
 
     def quality(self, decoded) -> dict:
-        tensors = {}
+        # integer weights are lossless in both codecs; the reference codes the original values (by their ONNX
+        # names), nnc its levels (zero point removed, small ones in group tensors): check the decoded integers
+        # are either, then run nnc's representation
+        tensors = {k: v for k, v in self.tensors.items() if np.asarray(v).dtype.kind in "iub"}
         for k, v in decoded.items():
             if np.asarray(v).dtype.kind in "iub":
-                # integer weights are lossless in both codecs; the reference codes them with their zero point
-                # (the original values), nnc without: take nnc's representation after checking it is either
-                assert np.array_equal(v, self.tensors[k]) or np.array_equal(v, self.ints_with_zero_point[k]), k
-                tensors[k] = self.tensors[k]
+                assert (k in self.tensors and np.array_equal(v, self.tensors[k])) or (
+                    k in self.ints_with_zero_point and np.array_equal(v, self.ints_with_zero_point[k])), k
             else:
                 tensors[k] = np.asarray(v).astype(np.asarray(self.tensors[k]).dtype)
+        if getattr(self, "smooth", False):
+            out = self._run_smooth(tensors, self.inp)
+            return {"q": self.smooth_distortion(out, self.ref_out), "task": self.smooth_task(out)}
         if self.key == "minilm":
             e = R.minilm_embed(tensors, self.ids, self.mask)
             cos = (e * self.ref_out).sum(1)
@@ -292,9 +382,11 @@ def _at_threshold(key, points):
     return best["bytes"], float(math.exp(math.log(lo["bytes"]) + t * (math.log(best["bytes"]) - math.log(lo["bytes"]))))
 
 
-def run_model(key, path, use_reference, log):
+def run_model(key, path, use_reference, log, smooth=False):
     from nnc.coding.tools import ratecontrol as rc
     task = Task(key, path)
+    if smooth:
+        task.make_smooth()
     tensors = {k: np.asarray(v) for k, v in task.tensors.items()}
     rows = []
 
@@ -304,14 +396,16 @@ def run_model(key, path, use_reference, log):
         rows.append({"model": key, "method": method, "setting": setting, "bytes": len(bs),
                      "bits_per_param": 8 * len(bs) / task.params, "encode_s": seconds,
                      "eval_s": time.perf_counter() - t0, **q})
-        log(f"{key:8s} {method:18s} {setting:16s} {len(bs):10d} B  q={q['q']:.6f}  enc {seconds:.1f}s")
+        log(f"{key:8s} {method:18s} {setting:16s} {len(bs):10d} B  q={q['q']:.6g}  task={q.get('task', '-')}  "
+            f"enc {seconds:.1f}s")
 
     # scalars and other tiny float tensors (epsilons, clip bounds) at the finest qp, for both codecs: at the
     # default non-weight qp an epsilon of 1e-6 quantises to 0 and breaks the OCR models whatever the weights' qp
     tiny = {k: -128 for k, v in tensors.items() if v.dtype.kind == "f" and v.size <= 16}
-    grid = [(qp, dq) for qp in QP_GRID[key] for dq in (True, False)]
+    grid = [(qp, dq) for qp in (SMOOTH_QP_GRID if smooth else QP_GRID)[key] for dq in (True, False)]
     settings = [{"qp": qp, "dq": dq, "qp_per_tensor": tiny} for qp, dq in grid]
-    ref_tensors = {k: task.ints_with_zero_point.get(k, v) for k, v in tensors.items()}
+    ref_tensors = {k: v for k, v in tensors.items() if v.dtype.kind not in "iub"}
+    ref_tensors.update(task.ints_with_zero_point)       # the original integers, by their ONNX names
     if use_reference:
         from tests.support import reference
         timings: list = []
@@ -340,22 +434,36 @@ def run_model(key, path, use_reference, log):
     table = rc.RateTable.measure(floats, cfg, center_bits=float(np.median(BPP_GRID[key])))
     t_table = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sens = rc.sensitivities(tensors, task.calib_distortion, names=list(weights), rel_noise=0.003) if weights else {}
+    sens = rc.sensitivities(tensors, task.calib_distortion, names=list(weights),
+                            rel_noise=SMOOTH_REL_NOISE if smooth else 0.003) if weights else {}
     positive = [v for v in sens.values() if v > 0]
     floor = 0.01 * float(np.median(positive)) if positive else 0.0
     sens = {k: max(v, floor) for k, v in sens.items()}          # never give a tensor up entirely
     t_sens = time.perf_counter() - t0
     log(f"{key}: rate table {t_table:.0f}s, sensitivities {t_sens:.0f}s")
     int_bits = sum(rc.payload_bits(v, None, cfg) for v in tensors.values() if v.dtype.kind in "iu")
-    for method, bpps, w in (("nnc for_size+task", BPP_GRID[key], sens), ("nnc for_size mse", MSE_BPP[key], {})):
+    methods = [("nnc for_size+task", BPP_GRID[key], sens, table, True), ("nnc for_size mse", MSE_BPP[key], {}, table,
+                                                                           True)]
+    if smooth:
+        # the same allocation with uniform reconstruction (no DQ): a second table, measured without DQ
+        t0 = time.perf_counter()
+        urq = rc.RateTable.measure(floats, nnc.EncoderConfig(qp_per_tensor=tiny, dq=False),
+                                   center_bits=float(np.median(SMOOTH_BPP_GRID[key])))
+        log(f"{key}: rate table without DQ {time.perf_counter() - t0:.0f}s")
+        methods = [("nnc for_size+task", SMOOTH_BPP_GRID[key], sens, table, True),
+                   ("nnc for_size+task URQ", SMOOTH_BPP_GRID[key], sens, urq, False)]
+    for method, bpps, w, tab, dq in methods:
         for bpp in bpps:
             t0 = time.perf_counter()
-            table.weights = w
-            qps = table.allocate(bpp) if weights else {}
-            bs = nnc.encode(tensors, nnc.EncoderConfig(qp_per_tensor={**qps, **tiny}))
+            tab.weights = w
+            qps = tab.allocate(bpp) if weights else {}
+            bs = nnc.encode(tensors, nnc.EncoderConfig(qp_per_tensor={**qps, **tiny}, dq=dq))
             add(method, f"bpp={bpp}", bs, time.perf_counter() - t0 + (t_table + (t_sens if w else 0)) / len(bpps))
-            rows[-1]["edges"] = list(table.last_edges)
+            rows[-1]["edges"] = list(tab.last_edges)
             rows[-1]["int_payload_bytes"] = int_bits // 8
+            if smooth:   # what the calibration data says of this point (to choose DQ or not without evaluation data)
+                rows[-1]["calib_distortion"] = task.calib_distortion(nnc.decode(bs)) if not any(
+                    np.asarray(v).dtype.kind in "iub" for v in tensors.values()) else None
     return task, rows
 
 
@@ -379,7 +487,98 @@ def summarise(key, rows):
     return res
 
 
-def plot(key, rows, path):
+def reference_envelope(rows):
+    """The reference's best uniform settings: its points (over qp and DQ) that no cheaper point beats, by bytes."""
+    env = []
+    for r in sorted((r for r in rows if r["method"].startswith("reference")), key=lambda r: r["bytes"]):
+        if not env or r["q"] < env[-1]["q"]:
+            env.append(r)
+    return env
+
+
+def reference_bytes_at(env, q):
+    """Bytes the reference needs for distortion ``q``: log bytes interpolated linearly in log q between the two
+    envelope points around it; None outside the envelope (the reference grid does not reach it)."""
+    for a, b in zip(env, env[1:]):
+        if a["q"] >= q >= b["q"]:
+            if a["q"] == b["q"] or q <= 0:
+                return float(b["bytes"])
+            t = (math.log(a["q"]) - math.log(q)) / (math.log(a["q"]) - math.log(b["q"]))
+            return float(math.exp(math.log(a["bytes"]) + t * (math.log(b["bytes"]) - math.log(a["bytes"]))))
+    return None
+
+
+def loglog_fit(points):
+    """Least-squares line log q = a + b log bytes through ``points``: (a, b, residual std of log q)."""
+    lb = np.log([p["bytes"] for p in points])
+    lq = np.log([max(p["q"], 1e-300) for p in points])
+    b, a = np.polyfit(lb, lq, 1)
+    return float(a), float(b), float(np.std(lq - (a + b * lb)))
+
+
+def fitted_comparison(rows, method):
+    """Saving of ``method`` against the reference with both curves smoothed: a log-log line through each
+    reference DQ mode's points (the cheaper mode at each distortion) and one through the method's points,
+    compared at the ends and the geometric middle of the distortion range both cover. With a jumpy measure
+    the envelope of 20+ reference settings is the best of many draws while each nnc point is one draw; the
+    fitted curves compare expected behaviour instead."""
+    modes = {}
+    for r in rows:
+        if r["method"].startswith("reference"):
+            modes.setdefault("dq=1" in r["setting"], []).append(r)
+    nnc_pts = [r for r in rows if r["method"] == method]
+    ref_pts = [r for pts in modes.values() for r in pts]
+    if len(nnc_pts) < 3 or not ref_pts:
+        return None
+    fits = {m: loglog_fit(pts) for m, pts in modes.items() if len(pts) >= 3}
+    a, b, res = loglog_fit(nnc_pts)
+    if b >= 0 or not fits or any(fb >= 0 for _, fb, _ in fits.values()):
+        return {"note": "no falling trend in one of the curves", "nnc_fit": [a, b, res]}
+    lo = max(min(r["q"] for r in ref_pts), min(r["q"] for r in nnc_pts))
+    hi = min(max(r["q"] for r in ref_pts), max(r["q"] for r in nnc_pts))
+    if not lo < hi:
+        return {"note": "the two curves cover no common distortion range", "nnc_fit": [a, b, res]}
+    out = {"q_range": [lo, hi], "nnc_fit": [a, b, res],
+           "reference_fits": {("dq=1" if m else "dq=0"): list(f) for m, f in fits.items()}, "savings": {}}
+    for q in (hi, math.sqrt(lo * hi), lo):
+        ref_bytes = min(math.exp((math.log(q) - fa) / fb) for fa, fb, _ in fits.values())
+        nnc_bytes = math.exp((math.log(q) - a) / b)
+        out["savings"][f"{q:.4g}"] = 100 * (1 - nnc_bytes / ref_bytes)
+    return out
+
+
+def summarise_smooth(key, rows):
+    """Each nnc point against the reference at equal smooth distortion (interpolated on the reference's curve)."""
+    env = reference_envelope(rows)
+    points = []
+    for r in rows:
+        if not r["method"].startswith("nnc"):
+            continue
+        ref = reference_bytes_at(env, r["q"])
+        r["reference_bytes_equal_quality"] = ref
+        r["saving_percent"] = None if ref is None else 100 * (1 - r["bytes"] / ref)
+        where = "inside" if ref is not None else ("better than every reference point" if r["q"] < env[-1]["q"]
+                                                  else "worse than every reference point")
+        points.append({"method": r["method"], "setting": r["setting"], "bytes": r["bytes"], "q": r["q"],
+                       "task": r.get("task"), "reference_bytes": ref, "saving_percent": r["saving_percent"],
+                       "where": where})
+    per_method = {}
+    for m in sorted({p["method"] for p in points}):
+        inside = [p["saving_percent"] for p in points if p["method"] == m and p["saving_percent"] is not None]
+        cal = [r["calib_distortion"] for r in rows if r["method"] == m and r.get("calib_distortion") is not None]
+        per_method[m] = {"savings_inside": inside, "saving_min": min(inside) if inside else None,
+                         "saving_median": float(np.median(inside)) if inside else None,
+                         "points_better_than_every_reference_point": sum(
+                             p["method"] == m and p["where"].startswith("better") for p in points),
+                         "mean_log_calib_distortion": float(np.mean(np.log(cal))) if cal and min(cal) > 0 else None,
+                         "fitted": fitted_comparison(rows, m)}
+    return {"metric": SMOOTH[key][0], "task_metric": SMOOTH[key][1],
+            "reference_envelope": [{"setting": r["setting"], "bytes": r["bytes"], "q": r["q"], "task": r.get("task")}
+                                   for r in env],
+            "points": points, "methods": per_method}
+
+
+def plot(key, rows, path, smooth=False):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -388,8 +587,9 @@ def plot(key, rows, path):
         pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["bytes"])
         ax.plot([p["bytes"] / 1e3 for p in pts], [p["q"] for p in pts], "o-" if "nnc" in m else "s--", label=m,
                 ms=4)
-    name, sign, thr = QUALITY[key]
-    ax.axhline(thr, color="gray", lw=0.8, ls=":")
+    name, sign, thr = (SMOOTH[key][0], -1, None) if smooth else QUALITY[key]
+    if thr is not None:
+        ax.axhline(thr, color="gray", lw=0.8, ls=":")
     ax.set_xlabel("bitstream kB")
     ax.set_ylabel(name)
     if sign < 0:
@@ -402,13 +602,50 @@ def plot(key, rows, path):
     plt.close(fig)
 
 
+def _print_smooth(report):
+    print()
+    for key, s in report["models"].items():
+        print(f"{key}: {s['metric']}; reference envelope: " +
+              ", ".join(f"{r['setting']} {r['bytes']} B {r['q']:.4g}" for r in s["reference_envelope"]))
+        for p in s["points"]:
+            sav = "-" if p["saving_percent"] is None else f"{p['saving_percent']:.1f}%"
+            print(f"  {p['method']:18s} {p['setting']:9s} {p['bytes']:10d} B  q={p['q']:.4g}  task={p['task']}"
+                  f"  reference at equal q: {p['reference_bytes'] or 0:.0f} B  saving {sav}  ({p['where']})")
+        for m, v in s["methods"].items():
+            print(f"  {m}: savings inside the reference's range {[round(x, 1) for x in v['savings_inside']]}, "
+                  f"median {v['saving_median']}, {v['points_better_than_every_reference_point']} points better "
+                  f"than every reference point; calibration log-distortion {v['mean_log_calib_distortion']}")
+            f = v["fitted"] or {}
+            print(f"    fitted log-log curves: savings {f.get('savings', f.get('note'))}; residual std of log q: "
+                  f"nnc {f.get('nnc_fit', [0, 0, float('nan')])[2]:.2f}, reference "
+                  f"{ {k: round(x[2], 2) for k, x in f.get('reference_fits', {}).items()} }")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,ocr_rec,ocr_det,silero_vad,silero_int8")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--smooth", action="store_true",
+                    help="smooth task measures on more inputs (OCR rec/det, Silero float); each nnc point is "
+                         "compared with the reference's curve at equal distortion; writes rd_smooth.json")
+    ap.add_argument("--resummarise", metavar="JSON",
+                    help="recompute the --smooth summaries from the rows of a saved rd_smooth.json (no runs)")
     ap.add_argument("--no-reference", action="store_true",
                     help="reference points from nnc's byte-identical reproduction instead of running NNCodec")
     a = ap.parse_args(argv)
+    if a.resummarise:
+        with open(a.resummarise) as f:
+            report = json.load(f)
+        for key in report["models"]:
+            rows = [r for r in report["rows"] if r["model"] == key]
+            keep = {k: report["models"][key][k] for k in ("params", "seconds") if k in report["models"][key]}
+            report["models"][key] = {**summarise_smooth(key, rows), **keep}
+        _print_smooth(report)
+        with open(a.resummarise, "w") as f:
+            json.dump(report, f, indent=1)
+        return 0
+    if a.smooth and a.models == ap.get_default("models"):
+        a.models = "ocr_rec,ocr_det,silero_vad"
     _fast_gelu()
     os.makedirs(a.out, exist_ok=True)
     paths = R.model_paths()
@@ -428,13 +665,21 @@ def main(argv=None) -> int:
         if key not in paths:
             print(f"{key}: model package not installed, skipped", file=sys.stderr)
             continue
-        task, rows = run_model(key, paths[key], use_ref, lambda s: print(s, flush=True))
+        t_model = time.perf_counter()
+        task, rows = run_model(key, paths[key], use_ref, lambda s: print(s, flush=True), smooth=a.smooth)
         report["rows"] += rows
-        summary = summarise(key, rows)
+        summary = summarise_smooth(key, rows) if a.smooth else summarise(key, rows)
         summary["params"] = task.params
+        summary["seconds"] = time.perf_counter() - t_model
         report["models"][key] = summary
-        plot(key, rows, os.path.join(a.out, f"rd_{key}.png"))
+        plot(key, rows, os.path.join(a.out, f"rd_{'smooth_' if a.smooth else ''}{key}.png"), smooth=a.smooth)
     report["seconds"] = time.perf_counter() - t_start
+    if a.smooth:
+        _print_smooth(report)
+        with open(os.path.join(a.out, "rd_smooth.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"total {report['seconds']:.0f} s; JSON and PNGs in {a.out}")
+        return 0
     print()
     print(f"{'model':8s} {'method':18s} {'bytes@thr':>10s} {'interp':>10s}")
     for key, s in report["models"].items():

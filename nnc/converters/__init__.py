@@ -432,7 +432,7 @@ def restore_tensors(tensors: Mapping[str, np.ndarray], topology: Topology | None
 
 def _record_for(topology: Topology | None) -> TensorRecord | None:
     if _onnx.is_onnx_topology(topology):
-        return TensorRecord(source_format="onnx", dtypes=_onnx.tensor_dtypes(topology),
+        return TensorRecord(source_format="onnx", dtypes=_onnx.tensor_dtypes(topology, restored=True),
                             shapes=_onnx.tensor_shapes(topology))
     return TensorRecord.from_topology(topology)
 

@@ -13,7 +13,10 @@ subtracted (per tensor or per channel; recorded in the placeholder and added bac
 
 Each coded tensor is left in the graph as a placeholder TensorProto: name, dims and data_type are kept, the data
 is removed, ``data_location`` is EXTERNAL and ``external_data`` holds ``location = "nnc:bitstream"`` and
-``nnc_tensor = <name of the tensor in the bitstream>``.
+``nnc_tensor = <name of the tensor in the bitstream>``. Integer weights with fewer than
+:data:`INTEGER_GROUP_BELOW` elements are coded together: concatenated into group tensors, each member's
+placeholder recording ``nnc_group = {"tensor": <group tensor>, "offset": <first element>}`` (plus
+``"low": <tensor>, "bits": k`` when the group's ``k`` low bits are coded as a tensor of their own).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ..coding.tools.ratecontrol import payload_bits
+from ..config import EncoderConfig
 from ..errors import ModelFormatError
 from ..topology import Topology, TopologyCompressionFormat, TopologyStorageFormat
 from ._common import (atomic_path, bf16_from_bits, deflate, float32_to_bf16_bits, topology_payload)
@@ -30,6 +35,13 @@ from ._common import (atomic_path, bf16_from_bits, deflate, float32_to_bf16_bits
 PLACEHOLDER_LOCATION = "nnc:bitstream"
 PLACEHOLDER_KEY = "nnc_tensor"
 PLACEHOLDER_ZERO_POINT = "nnc_zero_point"
+PLACEHOLDER_GROUP = "nnc_group"
+#: integer weights with fewer elements are coded together, concatenated into group tensors (one NDU per group):
+#: a tensor of a few thousand 8-bit levels otherwise pays its own NDU header, context-parameter signalling and
+#: context warm-up, which together cost more than deflate's overhead on the same bytes (docs/converters.md)
+INTEGER_GROUP_BELOW = 1 << 16
+#: most elements of one group tensor (groups are coded in parallel with the other tensors)
+INTEGER_GROUP_MAX = 1 << 20
 DEFAULT_CONSTANT_MIN_ELEMENTS = 16
 #: float tensors with fewer elements (epsilons, clip bounds, tiny biases) stay in the graph, exact
 DEFAULT_SMALL_TENSOR_ELEMENTS = 16
@@ -96,10 +108,74 @@ def _is_placeholder(t) -> bool:
 
 
 def _placeholder_name(t) -> str:
+    """The tensor's own name: the bitstream tensor, or its name inside a group tensor (:func:`_group_of`)."""
     for e in t.external_data:
         if e.key == PLACEHOLDER_KEY:
             return e.value
     raise ModelFormatError(f"ONNX topology placeholder {t.name!r} names no bitstream tensor")
+
+
+def _group_of(t) -> tuple[str, int, str | None, int] | None:
+    """(group tensor, element offset, low-bits tensor or None, low bits) of a placeholder coded inside a group
+    tensor, or None. With low bits ``k``, the levels are ``group << k | low`` (:func:`_group_integer_weights`)."""
+    for e in t.external_data:
+        if e.key == PLACEHOLDER_GROUP:
+            try:
+                obj = json.loads(e.value)
+                name, offset = obj["tensor"], obj["offset"]
+                low, bits = obj.get("low"), obj.get("bits", 0)
+                if not isinstance(name, str) or isinstance(offset, bool) or not isinstance(offset, int) \
+                        or offset < 0:
+                    raise ValueError("tensor must be a string and offset an int >= 0")
+                if (low is None) != (bits == 0) or low is not None and (
+                        not isinstance(low, str) or isinstance(bits, bool) or not isinstance(bits, int)
+                        or not 1 <= bits <= 7):
+                    raise ValueError("low must be a tensor name with bits 1..7, or absent")
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ModelFormatError(f"ONNX topology placeholder {t.name!r}: bad group record: {err}") from None
+            return name, offset, low, bits
+    return None
+
+
+def _bitstream_names(t) -> list[str]:
+    """The bitstream tensors that hold placeholder ``t``'s data (its group tensors when it is grouped)."""
+    g = _group_of(t)
+    if g is None:
+        return [_placeholder_name(t)]
+    return [g[0]] if g[2] is None else [g[0], g[2]]
+
+
+def _bitstream_name(t) -> str:
+    """The bitstream tensor that holds placeholder ``t``'s data (its group tensor when it is grouped)."""
+    return _bitstream_names(t)[0]
+
+
+def _group_part(tensors: Mapping[str, np.ndarray], t, name: str, offset: int, count: int) -> np.ndarray:
+    whole = np.asarray(_lookup(tensors, name)).reshape(-1)
+    if offset + count > whole.size:
+        raise ModelFormatError(f"tensor {_placeholder_name(t)!r}: elements {offset}..{offset + count - 1} of group "
+                               f"tensor {name!r} are needed, it has {whole.size}")
+    if whole.dtype.kind not in "iu":
+        raise ModelFormatError(f"group tensor {name!r}: the ONNX graph expects integers, decoded {whole.dtype}")
+    return whole[offset:offset + count]
+
+
+def _slot_value(tensors: Mapping[str, np.ndarray], t) -> np.ndarray:
+    """The decoded array of placeholder ``t``: its own bitstream tensor, or its slice of a group tensor."""
+    g = _group_of(t)
+    if g is None:
+        return _lookup(tensors, _placeholder_name(t))
+    name, offset, low, bits = g
+    dims = [int(d) for d in t.dims]
+    count = int(np.prod(dims, dtype=np.int64))
+    part = _group_part(tensors, t, name, offset, count)
+    if low is not None:
+        lo = _group_part(tensors, t, low, offset, count).astype(np.int64)
+        if lo.size and (lo.min() < 0 or lo.max() >= 1 << bits):
+            raise ModelFormatError(f"tensor {_placeholder_name(t)!r}: low-bits tensor {low!r} holds values outside "
+                                   f"0..{(1 << bits) - 1}")
+        part = (part.astype(np.int64) << bits) | lo
+    return part.reshape(dims)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,7 +320,8 @@ def _fill_tensor(t, arr: np.ndarray, name: str) -> None:
     t.raw_data = data.tobytes()
 
 
-def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray] | None = None) -> None:
+def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray] | None = None,
+                      group: tuple | None = None) -> None:
     onnx = _onnx()
     for f in ("raw_data", "float_data", "int32_data", "double_data", "int64_data", "uint64_data", "string_data"):
         t.ClearField(f)
@@ -259,6 +336,13 @@ def _make_placeholder(t, bitstream_name: str, zero_point: tuple[int, np.ndarray]
         e.key = PLACEHOLDER_ZERO_POINT
         e.value = json.dumps({"axis": int(zero_point[0]), "values": [int(v) for v in zero_point[1].reshape(-1)]},
                              separators=(",", ":"))
+    if group is not None:
+        e = t.external_data.add()
+        e.key = PLACEHOLDER_GROUP
+        rec = {"tensor": group[0], "offset": int(group[1])}
+        if len(group) > 2 and group[2] is not None:
+            rec.update(low=group[2], bits=int(group[3]))
+        e.value = json.dumps(rec, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,6 +594,7 @@ def _split_integer_weights(model, tensors: dict, used: set, exact: set[str], sma
     values = {}
     for t, vname, _ in _tensor_slots(model):
         values.setdefault(vname, t)
+    pending: list = []
     for t, vname, _ in _tensor_slots(model):
         if (vname not in uses or vname in exact or t.data_type not in ints or len(t.dims) == 0
                 or _is_placeholder(t)):
@@ -536,8 +621,105 @@ def _split_integer_weights(model, tensors: dict, used: set, exact: set[str], sma
         if coded.dtype.itemsize >= 4 and coded.size and int(coded.min()) <= -(1 << 31):
             continue            # NNR_PT_INT cannot carry -2**31: the tensor stays in the graph
         name = _unique(vname or "tensor", used)
+        if coded.size < INTEGER_GROUP_BELOW:
+            pending.append((len(pending), t, name, zp, coded))
+            continue
+        _place_alone(t, name, zp, coded, tensors, used)
+    _group_integer_weights(pending, tensors, used)
+
+
+def _place_alone(t, name: str, zp, coded: np.ndarray, tensors: dict, used: set) -> None:
+    """An integer weight coded as a tensor of its own; its low bits apart (a group of one) when a trial on its
+    first elements says that codes smaller."""
+    bits = _choose_low_bits(_trial_sample(coded.reshape(-1)))
+    if not bits:
         tensors[name] = np.ascontiguousarray(coded)
         _make_placeholder(t, name, zp)
+        return
+    lname = _unique(name + "_low", used)
+    wide = coded.astype(np.int64)
+    tensors[name] = _smallest_int(wide >> bits)
+    tensors[lname] = (wide & ((1 << bits) - 1)).astype(np.int8)
+    _make_placeholder(t, name, zp, group=(name, 0, lname, bits))
+
+
+def _group_integer_weights(small: list, tensors: dict, used: set) -> None:
+    """Code small integer weights together: in graph order, 8/16-bit levels and 32-bit ones (quantised biases)
+    apart, concatenated (flattened) into group tensors of at most INTEGER_GROUP_MAX elements. A group of one
+    stays a tensor of its own."""
+    groups: dict[bool, list] = {}
+    sizes: dict[bool, int] = {}
+    done: list[list] = []
+    for item in small:
+        wide = item[4].dtype.itemsize >= 4
+        g = groups.setdefault(wide, [])
+        if g and sizes[wide] + item[4].size > INTEGER_GROUP_MAX:
+            done.append(g)
+            g = groups[wide] = []
+        sizes[wide] = (sizes[wide] if g else 0) + item[4].size
+        g.append(item)
+    done.extend(groups.values())
+    for g in sorted((g for g in done if g), key=lambda g: g[0][0]):
+        if len(g) == 1:
+            _place_alone(*g[0][1:], tensors, used)
+            continue
+        gname = _unique("nnc_int_group", used)
+        flat = np.concatenate([x[4].reshape(-1).astype(np.int64) for x in g])
+        bits = _choose_low_bits(_trial_sample(flat))
+        lname = None
+        if bits:
+            lname = _unique(gname + "_low", used)
+            tensors[gname] = _smallest_int(flat >> bits)
+            tensors[lname] = (flat & ((1 << bits) - 1)).astype(np.int8)
+        else:
+            tensors[gname] = _smallest_int(flat)
+        offset = 0
+        for _, t, name, zp, coded in g:
+            _make_placeholder(t, name, zp, group=(gname, offset, lname, bits))
+            offset += coded.size
+
+
+def _smallest_int(a: np.ndarray) -> np.ndarray:
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    return a.astype(next(d for d in (np.int8, np.int16, np.int32) if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max))
+
+
+#: low-bit splits tried for a group tensor (0 = none); the smallest coding wins
+LOW_BITS_CANDIDATES = (0, 2, 3)
+#: groups with fewer elements are not split (the trial encodes would cost more than they can save)
+LOW_BITS_MIN_ELEMENTS = 1 << 14
+#: elements the trial codes: 8 runs of consecutive elements spread over the tensor
+LOW_BITS_SAMPLE = 1 << 15
+
+
+def _trial_sample(flat: np.ndarray) -> np.ndarray:
+    if flat.size <= LOW_BITS_SAMPLE:
+        return flat.astype(np.int64)
+    run = LOW_BITS_SAMPLE // 8
+    starts = np.linspace(0, flat.size - run, 8).astype(np.int64)
+    return np.concatenate([flat[i:i + run] for i in starts]).astype(np.int64)
+
+
+def _choose_low_bits(flat: np.ndarray) -> int:
+    """How many low bits to code apart from the rest, by trial: ``flat >> k`` and ``flat & (2**k - 1)`` as two
+    NNC integer tensors, with nnc's default coding settings. Wide 8-bit levels (dynamically quantised weights
+    span all 256 values) put most of their information into DeepCABAC's Exp-Golomb remainder, whose suffix bits
+    are bypass-coded as if uniform; with the low bits apart, the high part stays within the context-coded
+    greater-than flags and the low bits are close to uniform, which CABAC codes at about their entropy."""
+    if flat.size < LOW_BITS_MIN_ELEMENTS or len(LOW_BITS_CANDIDATES) < 2:
+        return 0
+    cfg = EncoderConfig()
+    best = None
+    for k in LOW_BITS_CANDIDATES:
+        bits = payload_bits(flat >> k, None, cfg)
+        if k:   # the low bits' own NDU: its payload and a header's worth of bytes
+            bits += payload_bits(flat & ((1 << k) - 1), None, cfg) + 8 * _NDU_HEADER_BYTES
+        if best is None or bits < best[0]:
+            best = (bits, k)
+    return best[1]
+
+
+_NDU_HEADER_BYTES = 32   # about what an NDU header of a group tensor costs (unit header, name, shape, flags)
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -745,8 +927,10 @@ def parse_topology(topology: Topology):
     return model
 
 
-def tensor_dtypes(topology: Topology) -> dict[str, str]:
-    """Bitstream tensor name -> original dtype name, from the placeholders of an ONNX topology."""
+def tensor_dtypes(topology: Topology, *, restored: bool = False) -> dict[str, str]:
+    """Bitstream tensor name -> original dtype name, from the placeholders of an ONNX topology. A group tensor
+    is listed with the widest dtype of its members. ``restored=True``: the names :func:`with_zero_points`
+    gives instead (every placeholder by its own name, no group tensors)."""
     model = parse_topology(topology)
     types = _coded_types()
     out = {}
@@ -755,8 +939,16 @@ def tensor_dtypes(topology: Topology) -> dict[str, str]:
             if t.data_type not in types:
                 raise ModelFormatError(f"ONNX topology placeholder {t.name!r} has data_type {t.data_type}, which "
                                        "nnc does not code")
-            out[_placeholder_name(t)] = types[t.data_type][0]
+            dname = types[t.data_type][0]
+            for name in [_placeholder_name(t)] if restored else _bitstream_names(t):
+                prev = out.get(name)
+                if prev is None or np.dtype(types[t.data_type][1]).itemsize > np.dtype(_storage_of(prev)).itemsize:
+                    out[name] = dname
     return out
+
+
+def _storage_of(dname: str) -> str:
+    return next(storage for name, storage in _coded_types().values() if name == dname)
 
 
 def with_zero_points(tensors: Mapping[str, np.ndarray], topology: Topology) -> dict[str, np.ndarray]:
@@ -764,14 +956,29 @@ def with_zero_points(tensors: Mapping[str, np.ndarray], topology: Topology) -> d
     model = parse_topology(topology)
     out = dict(tensors)
     ints = _int_types()
+    groups, restored = set(), {}
     for t, _, _ in _tensor_slots(model):
         if _is_placeholder(t) and t.data_type in ints:
             name = _placeholder_name(t)
-            out[name] = _with_zero_point(t, _lookup(tensors, name), name)
+            if _group_of(t) is not None:
+                groups.update(_bitstream_names(t))
+            restored[name] = _with_zero_point(t, _slot_value(tensors, t), name)
+    for g in groups:            # a split large tensor's high part may carry the tensor's own name
+        out.pop(g, None)
+    out.update(restored)
     return out
 
 
+def coded_levels(tensors: Mapping[str, np.ndarray], topology: Topology) -> dict[str, np.ndarray]:
+    """Every integer placeholder's coded levels (zero point removed) by its own name, cut out of group tensors."""
+    model = parse_topology(topology)
+    ints = _int_types()
+    return {_placeholder_name(t): _slot_value(tensors, t) for t, _, _ in _tensor_slots(model)
+            if _is_placeholder(t) and t.data_type in ints}
+
+
 def tensor_shapes(topology: Topology) -> dict[str, list[int]]:
+    """Each placeholder's own name -> its ONNX dims (the names :func:`with_zero_points` gives)."""
     model = parse_topology(topology)
     return {_placeholder_name(t): [int(d) for d in t.dims] for t, _, _ in _tensor_slots(model) if _is_placeholder(t)}
 
@@ -790,7 +997,7 @@ def to_onnx(tensors: Mapping[str, np.ndarray], topology: Topology):
     for t, _, _ in _tensor_slots(model):
         if _is_placeholder(t):
             name = _placeholder_name(t)
-            _fill_tensor(t, _lookup(tensors, name), name)
+            _fill_tensor(t, _slot_value(tensors, t), name)
     return model
 
 
@@ -824,7 +1031,7 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
     for t, _, _ in _tensor_slots(model, skip_top_initializers=True):
         if _is_placeholder(t):
             name = _placeholder_name(t)
-            _fill_tensor(t, _lookup(tensors, name), name)
+            _fill_tensor(t, _slot_value(tensors, t), name)
     inits = onnx.GraphProto()
     inits.initializer.extend(model.graph.initializer)  # copies the (small, data-less) placeholders
     del model.graph.initializer[:]
@@ -841,7 +1048,7 @@ def write_onnx_file(dest: str, tensors: Mapping[str, np.ndarray], topology: Topo
             meta.CopyFrom(t)
             del meta.external_data[:]
             meta.ClearField("data_location")
-            items.append((meta.SerializeToString(), _raw_array(t, _lookup(tensors, name), name)))
+            items.append((meta.SerializeToString(), _raw_array(t, _slot_value(tensors, t), name)))
         else:
             items.append((t.SerializeToString(), None))
 
