@@ -69,28 +69,6 @@ from flwr.supercore.task_identity import TaskIdentity
 exec(COMMON)
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
 
-def rss(key="VmRSS:"):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-def hwm():
-    return rss("VmHWM:")
-step, peaks, stop = ["idle"], {}, []
-def sampler():
-    while not stop:
-        r = rss()
-        peaks[step[0]] = max(peaks.get(step[0], 0), r)
-        time.sleep(0.002)
-
-def labelled(name, fn):
-    def wrapped(*a, **k):
-        prev, step[0] = step[0], name
-        try:
-            return fn(*a, **k)
-        finally:
-            step[0] = prev
-    return wrapped
 fedavg._load_codec = labelled("load", fedavg._load_codec)
 fedavg._save_codec = labelled("save", fedavg._save_codec)
 ClientCodec.receive = labelled("receive", ClientCodec.receive)
@@ -209,28 +187,6 @@ exec(COMMON)
 out = sys.argv[2]
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
 
-def rss(key="VmRSS:"):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-def hwm():
-    return rss("VmHWM:")
-step, peaks, stop = ["idle"], {}, []
-def sampler():
-    while not stop:
-        r = rss()
-        peaks[step[0]] = max(peaks.get(step[0], 0), r)
-        time.sleep(0.002)
-
-def labelled(name, fn):
-    def wrapped(*a, **k):
-        prev, step[0] = step[0], name
-        try:
-            return fn(*a, **k)
-        finally:
-            step[0] = prev
-    return wrapped
 NNCFedAvg.configure_train = labelled("configure", NNCFedAvg.configure_train)
 NNCFedAvg.aggregate_train = labelled("aggregate_train", NNCFedAvg.aggregate_train)
 transport.ServerCodec.receive = labelled("receive", transport.ServerCodec.receive)
@@ -293,7 +249,31 @@ print(json.dumps({"params": n, "clients": CLIENTS, "rounds": ROUNDS, "seconds": 
 '''
 
 COMMON = r'''
+import time
 import numpy as np
+def rss(key="VmRSS:"):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+def hwm():
+    return rss("VmHWM:")
+step, peaks, stop = ["idle"], {}, []
+def sampler():
+    while not stop:
+        r = rss()
+        peaks[step[0]] = max(peaks.get(step[0], 0), r)
+        time.sleep(0.002)
+
+
+def labelled(name, fn):
+    def wrapped(*a, **k):
+        prev, step[0] = step[0], name
+        try:
+            return fn(*a, **k)
+        finally:
+            step[0] = prev
+    return wrapped
 from nnc.fl import DownlinkConfig, UplinkConfig
 n = int(float(sys.argv[1]))
 layers = 8
