@@ -787,14 +787,9 @@ def _problem(path: str, data, *, first_unit_only: bool = False) -> BitstreamErro
         return _bad(f"{path} is not an NNC bitstream (it does not start with an NNR_STR unit)", _NOT_NNC, 2)
     if first_unit_only:
         return None
-    for u in parsed.units:
-        for e in u.errors:
-            if isinstance(e, (UnsupportedFeatureError, LimitExceededError)):    # not damage (the command says it)
-                continue
-            reason = getattr(e, "reason", None) or _one_line(e)
-            return _bad(f"{path} is damaged: {reason}", _DAMAGED, 1,
-                        unit_index=getattr(e, "unit_index", None), byte_offset=getattr(e, "byte_offset", None),
-                        syntax_path=getattr(e, "syntax_path", None))
+    damage = next((e for u in parsed.units for e in u.errors if _is_damage(e)), None)
+    if damage is not None:
+        return _damaged(path, damage)
     try:
         expected = expected_names(parsed.topology)
     except NNCError:
@@ -803,10 +798,35 @@ def _problem(path: str, data, *, first_unit_only: bool = False) -> BitstreamErro
         present = {str(n) for u in parsed.ndus() if u.body is not None for n in u.body.element_names}
         missing = [n for n in expected if n not in present]
         if missing:
-            return _bad(f"{path} is incomplete: its topology lists {len(expected)} tensors, {len(missing)} of them "
-                        f"are missing (first {missing[0]!r})",
-                        "the file was probably cut short at a unit boundary; get an intact copy", 1,
-                        unit_index=len(parsed.units), byte_offset=len(data))
+            return _incomplete(path, len(expected), missing, len(parsed.units), len(data))
+    return None
+
+
+def _is_damage(e) -> bool:
+    """A parser finding that makes the file damaged (an unsupported feature or a limit is said otherwise)."""
+    return not isinstance(e, (UnsupportedFeatureError, LimitExceededError))
+
+
+def _damaged(path: str, e) -> BitstreamError:
+    reason = getattr(e, "reason", None) or _one_line(e)
+    return _bad(f"{path} is damaged: {reason}", _DAMAGED, 1, unit_index=getattr(e, "unit_index", None),
+                byte_offset=getattr(e, "byte_offset", None), syntax_path=getattr(e, "syntax_path", None))
+
+
+def _incomplete(path: str, listed: int, missing: list, units: int, nbytes: int) -> BitstreamError:
+    return _bad(f"{path} is incomplete: its topology lists {listed} tensors, {len(missing)} of them are missing "
+                f"(first {missing[0]!r})", "the file was probably cut short at a unit boundary; get an intact copy",
+                1, unit_index=units, byte_offset=nbytes)
+
+
+def _problem_in(path: str, report) -> BitstreamError | None:
+    """:func:`_problem` (after its first-unit question) from what a conformance check saw on its own lenient
+    parse of the stream: the same classification without parsing the stream again."""
+    damage = next((e for e in report.parse_errors if _is_damage(e)), None)
+    if damage is not None:
+        return _damaged(path, damage)
+    if report.missing:
+        return _incomplete(path, report.listed, report.missing, len(report.units), report.size)
     return None
 
 
@@ -898,7 +918,8 @@ def _cmd_decode(a) -> int:
             if isinstance(e, LimitExceededError):
                 raise
             from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
-            raise (_problem(a.input, data) or _from_report(a.input, check(data)) or e) from None
+            report = check(data)
+            raise (_problem_in(a.input, report) or _from_report(a.input, report) or e) from None
     if _lists_missing(model.topology, model.tensors):
         bad = _problem(a.input, data)       # incomplete: refused before anything is written
         if bad is not None:
@@ -923,10 +944,11 @@ def _cmd_info(a) -> int:
         info = inspect_bitstream(data, config=_limits(a))
         damaged = any(u.errors for u in info.units)
         if damaged or info.missing:
-            bad = _problem(a.input, data)
-        if bad is None and damaged and not info.limits_hit:
             from .conformance.checker import check  # say it as `nnc check` and `nnc decode` do
-            bad = _from_report(a.input, check(data, config=_limits(a)))
+            report = check(data, config=_limits(a))
+            bad = _problem_in(a.input, report)
+            if bad is None and damaged and not info.limits_hit:
+                bad = _from_report(a.input, report)
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
     if info.limits_hit:
         print(f"nnc: error: {_limit_hint(a)}; {len(info.limits_hit)} part(s) not decoded, first: "
@@ -949,7 +971,7 @@ def _cmd_check(a) -> int:
             raise bad  # not NNC at all: the same line as decode and info
         report = check(data, config=_limits(a))
         if report.errors:       # damaged or incomplete: the classification decode and info give
-            bad = _problem(a.input, data)
+            bad = _problem_in(a.input, report)
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.to_text())
     hit = report.find("LIMIT_EXCEEDED")
     if hit and report.ok:

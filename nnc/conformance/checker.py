@@ -121,6 +121,11 @@ class Report:
     #: "not verifiable" (the topology lists no tensors: a file cut at a unit boundary cannot be told from a
     #: whole one) or None (no units to judge)
     completeness: str | None = None
+    #: the parser's findings (exceptions, in stream order) as the lenient parse of the check raised them
+    parse_errors: list = field(default_factory=list, repr=False, compare=False)
+    #: how many tensors the topology lists, and which of them no NDU holds (None: it lists none)
+    listed: int | None = None
+    missing: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -441,6 +446,7 @@ class _Checker:
             self.report.completeness = "not verifiable"
             return
         missing = [n for n in expected if n not in self.names]
+        self.report.listed, self.report.missing = len(expected), missing
         self.report.completeness = "incomplete" if missing else "verified"
         if missing:
             self.add("TENSOR_MISSING", f"the topology lists {len(expected)} tensors, {len(missing)} are missing "
@@ -459,6 +465,7 @@ class _Checker:
                 units.append(u)
                 rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
                 for e in u.errors:
+                    rep.parse_errors.append(e)
                     self.parser_error(u, e)
                 if u.header is not None:
                     try:

@@ -113,3 +113,30 @@ def test_errors_kept_by_a_lenient_parse_hold_no_frames():
     assert len(errors) >= 4_000
     assert all(e.__traceback__ is None for e in errors)
     assert all(e.unit_index is not None and e.byte_offset is not None for e in errors)   # still located
+
+
+@pytest.mark.parametrize("damage", ["cut", "payload"])
+@pytest.mark.parametrize("command,passes", [("check", 1), ("info", 2), ("decode", 2)])
+def test_the_cli_reads_a_damaged_stream_once_more_at_most(flood, tmp_path, command, passes, damage, monkeypatch):
+    # the command's own pass, then (info, decode) one conformance check whose lenient parse also gives the
+    # classification decode, info and check share; it used to be one more full parse on top
+    data = bytearray(flood[:-7] if damage == "cut" else flood)
+    if damage == "payload":
+        data[-1] ^= 0x40          # the last NDU's terminating bin: its header parses, its payload does not
+    path = tmp_path / "bad.nnc"
+    path.write_bytes(bytes(data))
+    units = len(nnc.bitstream.parse(bytes(data), strict=False).units)
+    calls = []
+    real = parser._parse_unit
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(parser, "_parse_unit", counting)
+    argv = [command, str(path), "--quiet"] + (["-o", str(tmp_path / "o.npz")] if command == "decode" else [])
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli(argv) == 1
+    assert "is damaged" in err.getvalue()
+    assert len(calls) <= passes * units + 1, (len(calls), units)
