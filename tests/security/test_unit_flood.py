@@ -17,6 +17,19 @@ import nnc.bitstream.parser as parser
 from nnc.cli import main as cli
 
 
+def _count_unit_parses(monkeypatch) -> list:
+    """A list that gets one entry per unit the parser reads from now on (in this test)."""
+    calls = []
+    real = parser._parse_unit
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(parser, "_parse_unit", counting)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def flood():
     return bombs.many_units(20_000 * 19)      # ~20,000 one-element NDUs
@@ -59,14 +72,7 @@ def test_the_cli_parses_a_sound_stream_once(flood, tmp_path, command, monkeypatc
     path = tmp_path / "flood.nnc"
     path.write_bytes(flood)
     units = len(nnc.bitstream.parse(flood).units)
-    calls = []
-    real = parser._parse_unit
-
-    def counting(*a, **kw):
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(parser, "_parse_unit", counting)
+    calls = _count_unit_parses(monkeypatch)
     argv = [command, str(path), "--strict", "--quiet"] + (["-o", str(tmp_path / "out.npz")] if command == "decode"
                                                           else [])
     with contextlib.redirect_stdout(io.StringIO()):
@@ -126,14 +132,7 @@ def test_the_cli_reads_a_damaged_stream_once_more_at_most(flood, tmp_path, comma
     path = tmp_path / "bad.nnc"
     path.write_bytes(bytes(data))
     units = len(nnc.bitstream.parse(bytes(data), strict=False).units)
-    calls = []
-    real = parser._parse_unit
-
-    def counting(*a, **kw):
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(parser, "_parse_unit", counting)
+    calls = _count_unit_parses(monkeypatch)
     argv = [command, str(path), "--quiet"] + (["-o", str(tmp_path / "o.npz")] if command == "decode" else [])
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
