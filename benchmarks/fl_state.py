@@ -321,16 +321,19 @@ def main(argv=None) -> int:
               f"{r['peak_rss_mb']:.0f} | {r['b_per_param']:.1f} | "
               + " | ".join(f"{sb.get(s, 0):.1f}" for s in steps) + " |")
     if a.json:
-        old = json.loads(a.json.read_text()) if a.json.exists() else {}
-        runs = old.get("runs", {})
-        runs[a.label] = rows
-        a.json.write_text(json.dumps({
-            "conditions": "8 equal tensors, global top-1 % ternary uplink + EF, coded top-1 % downlink (QP -44), one "
-                          "train message through nnc_mod after two warm-up rounds; the user's train returns model + "
-                          "noise; B/param = (peak RSS - RSS before the round) / params; per step: peak RSS while "
-                          "that step ran, minus RSS before the round, / params",
-            "runs": runs}, indent=1))
+        _save_runs(a.json, a.label, rows,
+                   "8 equal tensors, global top-1 % ternary uplink + EF, coded top-1 % downlink (QP -44), one train "
+                   "message through nnc_mod after two warm-up rounds; the user's train returns model + noise; "
+                   "B/param = (peak RSS - RSS before the round) / params; per step: peak RSS while that step ran, "
+                   "minus RSS before the round, / params")
     return 0
+
+
+def _save_runs(path: Path, label: str, rows: list, conditions: str) -> None:
+    """Write ``rows`` under ``label`` into the JSON at ``path``, keeping the runs of other labels."""
+    runs = json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+    runs[label] = rows
+    path.write_text(json.dumps({"conditions": conditions, "runs": runs}, indent=1))
 
 
 def _server(a) -> int:
@@ -349,15 +352,11 @@ def _server(a) -> int:
               f"{r['peak_rss_mb']:.0f} | {r['b_per_param']:.1f} | " + " | ".join(f"{sb.get(s, 0):.1f}" for s in steps)
               + f" |{'' if r['same_model_as_setup'] else ' MODEL DIFFERS'}")
     if a.json:
-        old = json.loads(a.json.read_text()) if a.json.exists() else {}
-        runs = old.get("runs", {})
-        runs[a.label] = rows
-        a.json.write_text(json.dumps({
-            "conditions": "ServerApp side: NNCFedAvg.start over a grid that replays the uploads a setup run "
-                          "recorded (8 equal tensors, global top-1 % ternary uplink + EF, coded top-1 % downlink, QP "
-                          "-44); the base model held by the caller as the ServerApp's main does; B/param = (peak RSS "
-                          "- RSS after imports) / params; per step: peak RSS while it ran, same baseline",
-            "runs": runs}, indent=1))
+        _save_runs(a.json, a.label, rows,
+                   "ServerApp side: NNCFedAvg.start over a grid that replays the uploads a setup run recorded (8 "
+                   "equal tensors, global top-1 % ternary uplink + EF, coded top-1 % downlink, QP -44); the base "
+                   "model held by the caller as the ServerApp's main does; B/param = (peak RSS - RSS after imports) "
+                   "/ params; per step: peak RSS while it ran, same baseline")
     return 0
 
 

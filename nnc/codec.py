@@ -520,8 +520,7 @@ class Decoder:
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name;
         ``levels=False`` drops each tensor's decoded integers (``details[name].levels`` is then None).
         """
-        with bs.paused_gc():    # parsed units, plans and decoded tensors are acyclic
-            return self._collect(self._open(bitstream, state, levels=levels, hold_outputs=True))
+        return self._collect(self._open(bitstream, state, levels=levels, hold_outputs=True))
 
     def _open(self, bitstream, state, *, levels: bool, hold_outputs: bool) -> "DecodeStream":
         stream = DecodeStream(self.config, bitstream, state, levels, hold_outputs)

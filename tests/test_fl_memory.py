@@ -20,16 +20,23 @@ def test_global_threshold_equals_the_threshold_of_all_values_sorted():
         assert sp.global_threshold(x, frac) == want, frac
 
 
-def test_levels_are_held_in_the_smallest_integer_dtype_and_match_the_server():
-    rng = np.random.default_rng(0)
+def _codecs_after_rounds(seed: int, rounds: int):
+    """A server and one client (id 0, 3 samples) of a small model with the coded downlink, after ``rounds``
+    rounds of noisy training; returns them with the model."""
+    rng = np.random.default_rng(seed)
     base = {"w": rng.standard_normal((64, 32)).astype(np.float32), "b": np.zeros(64, np.float32)}
     up = UplinkConfig(qp_mode="ternary", sparsity=0.05, sparsity_scope="global")
     down = DownlinkConfig(mode="nnc", qp=-40, sparsity=0.1)
     server, client = ServerCodec(base, up, down), ClientCodec(base, up, down)
-    for _ in range(4):
+    for _ in range(rounds):
         m = client.receive(server.downlink_for(0))
         server.step({0: client.encode({k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.05
                                        for k, v in m.items()}, 3)})
+    return server, client, base
+
+
+def test_levels_are_held_in_the_smallest_integer_dtype_and_match_the_server():
+    server, client, base = _codecs_after_rounds(0, 4)
     m = client.receive(server.downlink_for(0))
     for k in base:
         assert np.array_equal(client.levels[k], server.levels[k])
@@ -113,15 +120,7 @@ def test_compact_decoder_history_decodes_exactly_like_the_plain_one():
 
 
 def test_server_with_the_coded_downlink_holds_no_float32_model():
-    rng = np.random.default_rng(4)
-    base = {"w": rng.standard_normal((64, 32)).astype(np.float32), "b": np.zeros(64, np.float32)}
-    up = UplinkConfig(qp_mode="ternary", sparsity=0.05, sparsity_scope="global")
-    down = DownlinkConfig(mode="nnc", qp=-40, sparsity=0.1)
-    server, client = ServerCodec(base, up, down), ClientCodec(base, up, down)
-    for _ in range(3):
-        m = client.receive(server.downlink_for(0))
-        server.step({0: client.encode({k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.05
-                                       for k, v in m.items()}, 3)})
+    server, client, base = _codecs_after_rounds(4, 3)
     assert server._model is None
     view, m = server.model_view(), client.receive(server.downlink_for(0))
     for k in base:
