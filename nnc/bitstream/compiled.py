@@ -198,13 +198,18 @@ class _Gen:
         if self._safe(x):
             self.emit(ind, f"if {self.expr(x)}:")
             return ind + 1
-        self.emit(ind, "try:")
-        self.emit(ind + 1, f"_c = True if {self.expr(x)} else False")
-        self.emit(ind, "except _EXC as _e:")
-        self.emit(ind + 1, "r.pos = pos")
-        self.emit(ind + 1, f"raise _cond_error({self.const(x)}, _e, {path}) from None")
+        self.guarded(ind, "_c = True if {} else False", x, "_cond_error", path)
         self.emit(ind, "if _c:")
         return ind + 1
+
+    def guarded(self, ind: int, assign: str, x, error: str, path: str) -> None:
+        """Emit ``assign`` (a template for the code of the Expr ``x``) inside a try whose failure raises what
+        ``error`` (``_cond_error`` or ``_count_error``) builds, located at the read position and ``path``."""
+        self.emit(ind, "try:")
+        self.emit(ind + 1, assign.format(self.expr(x)))
+        self.emit(ind, "except _EXC as _e:")
+        self.emit(ind + 1, "r.pos = pos")
+        self.emit(ind + 1, f"raise {error}({self.const(x)}, _e, {path}) from None")
 
     # -- items --------------------------------------------------------------------------------------
     def items(self, ind: int, items: list) -> None:
@@ -317,6 +322,10 @@ class _Gen:
             call = "r.rest_bytes()"
         else:
             call = f"{self.const(d, 'desc')}.read(r, {self.chain()})"
+        self.read_located(ind, v, call, where)
+
+    def read_located(self, ind: int, v: str, call: str, where: str) -> None:
+        """Emit ``v = call`` by the BitReader at the read position, its error located there and at ``where``."""
         self.emit(ind, "r.pos = pos")
         self.emit(ind, "try:")
         self.emit(ind + 1, f"{v} = {call}")
@@ -340,22 +349,13 @@ class _Gen:
         if signed:
             self.emit(ind + 1, f"{v} = ({v} + 1) >> 1 if {v} & 1 else -({v} >> 1)")
         self.emit(ind, "else:")
-        self.emit(ind + 1, "r.pos = pos")
-        self.emit(ind + 1, "try:")
-        self.emit(ind + 2, f"{v} = r.{'ie' if signed else 'ue'}({k})")
-        self.emit(ind + 1, "except _BE as _e:")
-        self.emit(ind + 2, f"raise _e.located(byte_offset=pos >> 3, syntax_path={where}) from None")
-        self.emit(ind + 1, "pos = r.pos")
+        self.read_located(ind + 1, v, f"r.{'ie' if signed else 'ue'}({k})", where)
 
     def array(self, ind: int, it: Array) -> None:
         f = self.frames[-1]
         d = it.desc
         self.emit(ind, f"_p = {f.path} + {'.' + it.name!r}")
-        self.emit(ind, "try:")
-        self.emit(ind + 1, f"_n = {self.expr(it.count)}")
-        self.emit(ind, "except _EXC as _e:")
-        self.emit(ind + 1, "r.pos = pos")
-        self.emit(ind + 1, f"raise _count_error({self.const(it.count)}, _e, _p) from None")
+        self.guarded(ind, "_n = {}", it.count, "_count_error", "_p")
         self.emit(ind, "r.pos = pos")
         budget = self.parent_get("BUDGET_KEY") if d.element_bytes else "None"
         self.emit(ind, f"_n = _checked_count(_n, {self.const(it.count)}, _p, r, {d.min_bits}, {d.element_bytes}, "
