@@ -16,6 +16,7 @@ from flwr.app import MetricRecord, RecordDict  # noqa: E402
 from nnc.fl.distill import LabelCodecConfig  # noqa: E402
 from nnc.fl.flower import CFDFedAvg, ClusteredFedAvg, cfd_mod, cfl_mod  # noqa: E402
 from nnc.fl.flower.fedavg import UPLINK_KEY  # noqa: E402
+from support.flower_grid import PartitionGrid  # noqa: E402
 
 NODES = {7: 0, 8: 1, 9: 2}          # node id -> partition id
 SHAPE = (6, 3)
@@ -26,21 +27,6 @@ def _task_identity(monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity   # messages are built outside a ServerApp
     for attr in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
-
-
-class Grid:
-    def get_node_ids(self):  # noqa: D102
-        return sorted(NODES)
-
-    def send_and_receive(self, msgs):  # noqa: D102 - the partition query
-        out = []
-        for m in msgs:
-            n = m.metadata.dst_node_id
-            md = Metadata(run_id=0, message_id="", src_node_id=n, dst_node_id=0, reply_to_message_id="",
-                          group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.QUERY)
-            out.append(Message(content=RecordDict({"config": ConfigRecord({"partition-id": NODES[n]})}),
-                               metadata=md))
-        return out
 
 
 def _contexts():
@@ -84,16 +70,21 @@ def _cfd_train(rnd):
 def _cfd(keys=None, key_fn=None):
     st = CFDFedAvg(SHAPE, up=CODEC, min_available_nodes=3, **({"keys": keys} if keys else {}))
     mod = cfd_mod(SHAPE, up=CODEC, **({"key_fn": key_fn} if key_fn else {}))
-    return st, mod, _contexts(), Grid()
+    return st, mod, _contexts(), PartitionGrid(NODES)
 
 
-def _cfd_round(st, mod, ctxs, grid, rnd, tamper=None):
+def _round(st, mod, ctxs, grid, rnd, train, tamper=None):
+    """One round: configure, the clients' replies (``tamper`` may change them), aggregate; returns the replies."""
     msgs = list(st.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
-    replies = _run_clients(msgs, mod, _cfd_train([rnd]), ctxs)
+    replies = _run_clients(msgs, mod, train, ctxs)
     if tamper is not None:
         replies = tamper(replies)
     st.aggregate_train(rnd, list(replies.values()))
     return replies
+
+
+def _cfd_round(st, mod, ctxs, grid, rnd, tamper=None):
+    return _round(st, mod, ctxs, grid, rnd, _cfd_train([rnd]), tamper)
 
 
 def test_cfd_honest_rounds_are_accepted_and_bound():
@@ -179,16 +170,11 @@ def _cfl_train(rnd):
 
 def _cfl(keys=None, key_fn=None):
     st = ClusteredFedAvg(BASE, by_partition=True, min_available_nodes=3, **({"keys": keys} if keys else {}))
-    return st, cfl_mod(qp=-40, **({"key_fn": key_fn} if key_fn else {})), _contexts(), Grid()
+    return st, cfl_mod(qp=-40, **({"key_fn": key_fn} if key_fn else {})), _contexts(), PartitionGrid(NODES)
 
 
 def _cfl_round(st, mod, ctxs, grid, rnd, tamper=None):
-    msgs = list(st.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
-    replies = _run_clients(msgs, mod, _cfl_train([rnd]), ctxs)
-    if tamper is not None:
-        replies = tamper(replies)
-    st.aggregate_train(rnd, list(replies.values()))
-    return replies
+    return _round(st, mod, ctxs, grid, rnd, _cfl_train([rnd]), tamper)
 
 
 def test_cfl_honest_rounds_are_accepted_and_bound():

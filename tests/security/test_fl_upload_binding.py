@@ -104,24 +104,9 @@ def test_forged_round_is_refused_with_keys():
 
 def test_claimed_partition_id_cannot_displace_another_node(monkeypatch):
     pytest.importorskip("flwr")
-    from flwr.app import ConfigRecord, Message, MessageType, Metadata, RecordDict
+    from support.flower_grid import PartitionGrid
 
     from nnc.fl.flower import NNCFedAvg
-
-    class Grid:   # node 7 holds partition 0; node 9 claims partition 0 as well
-        def get_node_ids(self):  # noqa: D102
-            return [7, 8, 9]
-
-        def send_and_receive(self, msgs):
-            claims = {7: 0, 8: 1, 9: 0}
-            out = []
-            for m in msgs:
-                n = m.metadata.dst_node_id
-                md = Metadata(run_id=0, message_id="", src_node_id=n, dst_node_id=0, reply_to_message_id="",
-                              group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.QUERY)
-                out.append(Message(content=RecordDict({"config": ConfigRecord({"partition-id": claims[n]})}),
-                                   metadata=md))
-            return out
 
     from flwr.supercore.task_identity import (
         TaskIdentity,  # query messages are built outside a ServerApp
@@ -129,7 +114,7 @@ def test_claimed_partition_id_cannot_displace_another_node(monkeypatch):
     for attr in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
     st = NNCFedAvg(_model(), UP, DOWN, by_partition=True)
-    st._discover(Grid())
+    st._discover(PartitionGrid({7: 0, 8: 1, 9: 0}))   # node 7 holds partition 0; node 9 claims it as well
     assert st._node_of[0] == 7                             # 0b8f26e: node 9 took partition 0 over
     assert st._node_of[1] == 8
 
