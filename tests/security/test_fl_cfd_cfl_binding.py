@@ -83,6 +83,15 @@ def _round(st, mod, ctxs, grid, rnd, train, tamper=None):
     return replies
 
 
+def _claiming_round(claimed: int):
+    """A tamper for :func:`_round`: node 8's upload binding claims round ``claimed``."""
+    def tamper(replies):
+        rec = replies[8].content[UPLINK_KEY]
+        replies[8].content[UPLINK_KEY] = ConfigRecord({"nnc.client": rec["nnc.client"], "nnc.round": claimed})
+        return replies
+    return tamper
+
+
 def _cfd_round(st, mod, ctxs, grid, rnd, tamper=None):
     return _round(st, mod, ctxs, grid, rnd, _cfd_train([rnd]), tamper)
 
@@ -142,12 +151,7 @@ def test_cfd_upload_for_another_round_is_refused_and_keys_authenticate():
 
     st2, mod2, ctxs2, grid2 = _cfd()
 
-    def future(replies):
-        rec = replies[8].content[UPLINK_KEY]
-        replies[8].content[UPLINK_KEY] = ConfigRecord({"nnc.client": rec["nnc.client"], "nnc.round": 5})
-        return replies
-
-    _cfd_round(st2, mod2, ctxs2, grid2, 1, future)
+    _cfd_round(st2, mod2, ctxs2, grid2, 1, _claiming_round(5))
     assert _rej(st2, 1) == {1: "future-round"}
 
 
@@ -212,12 +216,7 @@ def test_cfl_duplicate_delivery_is_applied_once_and_wrong_round_refused():
     st.aggregate_train(1, list(replies.values()) + [replies[8]])    # node 8's reply delivered twice
     assert st.dropped[1] == {} and _rej(st, 1) == {}
 
-    def future(replies):
-        rec = replies[8].content[UPLINK_KEY]
-        replies[8].content[UPLINK_KEY] = ConfigRecord({"nnc.client": rec["nnc.client"], "nnc.round": 9})
-        return replies
-
-    _cfl_round(st, mod, ctxs, grid, 2, future)
+    _cfl_round(st, mod, ctxs, grid, 2, _claiming_round(9))
     assert _rej(st, 2) == {1: "future-round"}
 
 
