@@ -37,8 +37,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..distill import STYPE_SOFT_LABELS, FDResult, LabelCodecConfig, SoftLabelDecoder, SoftLabelEncoder
 from ..selection import Selection, everyone
-from ..transport import DuplicateUploadError, RejectedUpdateError, UplinkMessage, UploadBinding, bind_upload
-from .fedavg import UPLINK_KEY, apply_binding, binding_record, query_partitions, reply_binding, wait_for_nodes
+from ..transport import UploadBinding
+from .fedavg import bind_reply, check_binding, query_partitions, wait_for_nodes
 from .records import bytes_array, from_arrayrecord, to_arrayrecord
 
 __all__ = ["CFDFedAvg", "cfd_mod", "LABELS_KEY", "TARGET_KEY"]
@@ -118,10 +118,7 @@ def cfd_mod(shape: tuple[int, int], *, up: LabelCodecConfig, down: LabelCodecCon
         out = up_enc.encode(probs)
         changed = 1.0 if before is None else float((before != up_enc.reference).any(1).mean())
         reply.content[arrays_key] = _labels_record(out)
-        if cfg.get("server-round") is not None:
-            bound = bind_upload(UplinkMessage(out), str(cfg.get("nnc.client", ctx.node_id)), int(cfg["server-round"]),
-                                None if key_fn is None else key_fn(ctx))
-            reply.content[UPLINK_KEY] = binding_record(bound)
+        bind_reply(reply, out, cfg, ctx, key_fn)
         names = list(reply.content.metric_records.keys())
         if names:
             reply.content[names[0]]["cfd.changed-rows"] = changed
@@ -243,16 +240,6 @@ class CFDFedAvg(FedAvg):
         self.result.down_bytes.append(down)
         return msgs
 
-    def _check_binding(self, p: int, payload: bytes, content, server_round: int, rejected: dict) -> bytes:
-        """The transport's binding checks of one upload; a refusal raises RejectedUpdateError (category in
-        ``rejected``)."""
-        def refuse(category, reason, reset):
-            rejected[p] = category
-            raise RejectedUpdateError(p, reason)
-
-        msg = apply_binding(UplinkMessage(payload), reply_binding(content))
-        return self.binding.check(p, msg, server_round, require_binding=self.require_binding, refuse=refuse)
-
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         got, dropped, up, changed, rejected = {}, {}, 0, {}, {}
         for msg in replies:
@@ -267,12 +254,10 @@ class CFDFedAvg(FedAvg):
                 if payload is None:
                     raise ValueError("reply without soft labels")
                 up += len(payload)
-                try:        # before decoding: a refused upload changes nothing of the client's link
-                    digest = self._check_binding(p, payload, msg.content, server_round, rejected)
-                except DuplicateUploadError:        # a second delivery of the accepted upload: counts once
-                    continue
-                except RejectedUpdateError as e:
-                    dropped[p] = e.reason
+                # before decoding: a refused upload changes nothing of the client's link
+                digest = check_binding(self.binding, p, payload, msg.content, server_round, self.require_binding,
+                                       rejected, dropped)
+                if digest is None:
                     continue
                 labels = self._up_dec[p].decode(payload)
                 if labels.shape != self.shape or not np.isfinite(labels).all():

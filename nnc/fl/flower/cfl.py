@@ -16,8 +16,8 @@ from flwr.serverapp.strategy import FedAvg
 from ..clustered import CFLConfig, ClusterServer
 from ..codecs import UpdateCodec
 from ..selection import Selection, everyone
-from ..transport import DuplicateUploadError, RejectedUpdateError, UplinkMessage, UploadBinding, bind_upload
-from .fedavg import UPLINK_KEY, apply_binding, binding_record, query_partitions, reply_binding, wait_for_nodes
+from ..transport import UploadBinding
+from .fedavg import bind_reply, check_binding, query_partitions, wait_for_nodes
 from .records import bytes_array, from_arrayrecord, to_arrayrecord
 
 __all__ = ["ClusteredFedAvg", "cfl_mod", "STYPE_UPDATE"]
@@ -53,10 +53,7 @@ def cfl_mod(qp: int | None = -40, arrays_key: str = "arrays", config_key: str = 
             delta = {k: trained[k].astype(np.float32) - received[k].astype(np.float32) for k in received}
         payload = codec.encode(delta)
         reply.content[arrays_key] = ArrayRecord({"nnc.update": bytes_array(payload, STYPE_UPDATE)})
-        if cfg.get("server-round") is not None:
-            bound = bind_upload(UplinkMessage(payload), str(cfg.get("nnc.client", ctx.node_id)),
-                                int(cfg["server-round"]), None if key_fn is None else key_fn(ctx))
-            reply.content[UPLINK_KEY] = binding_record(bound)
+        bind_reply(reply, payload, cfg, ctx, key_fn)
         return reply
 
     return mod
@@ -126,11 +123,6 @@ class ClusteredFedAvg(FedAvg):
 
     def aggregate_train(self, server_round, replies):
         ups, dropped, up, rejected = {}, {}, 0, {}
-
-        def refuse(category, reason, reset):
-            rejected[key] = category
-            raise RejectedUpdateError(key, reason)
-
         for msg in replies:
             key = self._key.get(msg.metadata.src_node_id, msg.metadata.src_node_id)
             if msg.has_error():
@@ -142,13 +134,10 @@ class ClusteredFedAvg(FedAvg):
                 if len(ks) != 1 or rec[ks[0]].stype != STYPE_UPDATE:
                     raise ValueError(f"expected one {STYPE_UPDATE!r} array, got {ks[:5]}")
                 payload = bytes(rec[ks[0]].data)
-                try:        # before decoding (the transport's checks): identity, round, replay, tag
-                    digest = self.binding.check(key, apply_binding(UplinkMessage(payload), reply_binding(msg.content)),
-                                                server_round, require_binding=self.require_binding, refuse=refuse)
-                except DuplicateUploadError:        # a second delivery of the accepted upload: counts once
-                    continue
-                except RejectedUpdateError as e:
-                    dropped[key] = e.reason
+                # before decoding (the transport's checks): identity, round, replay, tag
+                digest = check_binding(self.binding, key, payload, msg.content, server_round, self.require_binding,
+                                       rejected, dropped)
+                if digest is None:
                     continue
                 model = self.server.model_for(key)
                 delta = self.codec.decode(payload, model)

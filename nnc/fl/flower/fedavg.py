@@ -31,7 +31,7 @@ from ...errors import NNCError, UpdateStateError
 from ..selection import Selection, seeded_fraction
 from ..rounds import RoundPolicy
 from ..transport import (ClientCodec, DownlinkConfig, DownlinkMessage, DuplicateUploadError, RejectedUpdateError,
-                         ServerCodec, UplinkConfig, UplinkMessage)
+                         ServerCodec, UplinkConfig, UplinkMessage, UploadBinding, bind_upload)
 from .records import bytes_array as _bytes_array
 from .records import _npy_view, from_arrayrecord, to_arrayrecord, view_arrayrecord
 from .state_store import read_state, state_dir_for, state_path, write_state
@@ -163,14 +163,42 @@ def reply_binding(content: RecordDict) -> ConfigRecord | None:
 
 def binding_record(up: UplinkMessage) -> ConfigRecord:
     """The binding of ``up`` as the ConfigRecord a reply carries under :data:`UPLINK_KEY`."""
-    return _binding_record(up)
-
-
-def _binding_record(up: UplinkMessage) -> ConfigRecord:
     rec = {"nnc.client": str(up.client), "nnc.round": int(up.round)}
     if up.tag is not None:
         rec["nnc.tag"] = bytes(up.tag)
     return ConfigRecord(rec)
+
+
+def bind_reply(reply: Message, payload: bytes, cfg: dict, ctx: Context,
+               key_fn: Callable[[Context], bytes] | None) -> None:
+    """Bind the upload ``payload`` of ``reply`` to this client (the key the server sent as ``nnc.client``, else
+    the node id) and to the round it answers (``server-round`` of the instruction ``cfg``; nothing without it),
+    with an HMAC tag when ``key_fn`` gives this client's secret: the record goes under :data:`UPLINK_KEY`."""
+    if cfg.get("server-round") is not None:
+        bound = bind_upload(UplinkMessage(payload), str(cfg.get("nnc.client", ctx.node_id)), int(cfg["server-round"]),
+                            None if key_fn is None else key_fn(ctx))
+        reply.content[UPLINK_KEY] = binding_record(bound)
+
+
+def check_binding(binding: UploadBinding, key, payload: bytes, content: RecordDict, server_round: int,
+                  require: bool, rejected: dict, dropped: dict) -> bytes | None:
+    """The transport's checks (identity, round, replay, tag) of the upload ``payload`` that a reply with
+    ``content`` carries from client ``key``, before it is decoded. Returns the digest to
+    :meth:`UploadBinding.accept` once the upload is used, or None when it is not to be used: refused (its
+    category in ``rejected[key]``, the reason in ``dropped[key]``) or a second delivery of the accepted upload
+    (counted once: nothing recorded)."""
+    def refuse(category, reason, reset):
+        rejected[key] = category
+        raise RejectedUpdateError(key, reason)
+
+    try:
+        return binding.check(key, apply_binding(UplinkMessage(payload), reply_binding(content)), server_round,
+                             require_binding=require, refuse=refuse)
+    except DuplicateUploadError:
+        return None
+    except RejectedUpdateError as e:
+        dropped[key] = e.reason
+        return None
 
 
 def record_wire_bytes(obj) -> int:
@@ -300,7 +328,7 @@ def nnc_mod(base_fn: Callable[[], Mapping[str, np.ndarray]], uplink: UplinkConfi
             raise
         del trained
         reply.content[arrays_key] = _uplink_to_record(up, list(codec.base))
-        reply.content[UPLINK_KEY] = _binding_record(up)
+        reply.content[UPLINK_KEY] = binding_record(up)
         _save_codec(ctx, codec, state_dir)
         return reply
 
