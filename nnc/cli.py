@@ -409,7 +409,7 @@ def _add_limit_flags(sp) -> None:
                     help="most memory decoding may hold (outputs, levels, temporaries, headers), e.g. 512M, 4G; "
                          "default: half the physical memory, 1..16 GiB (1 GiB with --strict)")
     sp.add_argument("--strict", action="store_true",
-                    help="limits for files from strangers: DecoderConfig.strict() (65536 units, tensors of at most "
+                    help="limits for files from strangers: DecoderConfig.strict() (65536 units, and 2048 + one per 256 bytes of input; tensors of at most "
                          "max-memory/4 elements, 1 GiB unless --max-memory)")
 
 

@@ -220,6 +220,12 @@ class DecoderConfig:
             inflation charge the same budget. Peak RSS stays within 1.25x this plus the interpreter
             (benchmarks/bench_bombs.py).
         max_units: largest number of NNR units in one bitstream.
+        min_unit_bytes: units beyond the first 2048 (:data:`nnc.bitstream.UNIT_ALLOWANCE`) must bring this many
+            bytes of input each: a bitstream of ``B`` bytes may hold at most ``2048 + B // min_unit_bytes``
+            units. Parsing, planning and describing cost tens of microseconds per unit whatever its size, so a
+            flood of minimal units (20 bytes each) is what costs the most CPU per input byte; this bounds that
+            work per byte. 0 (the default): no such bound; :meth:`strict` uses 256 (real models average
+            kilobytes per unit).
         max_rank: largest ``count_tensor_dimensions``.
         max_codebook_size: largest ``codebook_size``.
         threads: worker threads decoding NDUs in parallel, and the block rows of a tensor whose NDU signals
@@ -230,6 +236,7 @@ class DecoderConfig:
     max_tensor_elements: int = (1 << 31) - 1
     max_total_bytes: int = 16 << 30
     max_units: int = 1 << 20
+    min_unit_bytes: int = 0
     max_rank: int = 16
     max_codebook_size: int = 1 << 16
     threads: int | None = None
@@ -242,10 +249,15 @@ class DecoderConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive int, got {v!r}")
+        v = self.min_unit_bytes
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"min_unit_bytes must be an int >= 0, got {v!r}")
 
     @classmethod
     def strict(cls, max_total_bytes: int = 1 << 30, **kw) -> "DecoderConfig":
-        """Tighter limits for bitstreams from untrusted peers (e.g. FL clients)."""
+        """Tighter limits for bitstreams from untrusted peers (e.g. FL clients): 65536 units at most, and no
+        more than 2048 + one per 256 bytes of input (``min_unit_bytes``)."""
+        kw.setdefault("min_unit_bytes", 256)
         return cls(max_total_bytes=max_total_bytes, max_tensor_elements=min(max_total_bytes // 4, (1 << 31) - 1),
                    max_units=1 << 16, **kw)
 

@@ -15,7 +15,7 @@ from .enums import (CompressedParameterTypes, DecompressedDataFormat, NNRUnitTyp
                     PruningInformationRepresentation, QuantizationMethodFlags, TopologyCompressionFormat,
                     TopologyStorageFormat)
 from .model import Context, ParsedBitstream, Unit
-from .parser import MemoryBudget, iter_units, parse, paused_gc
+from .parser import UNIT_ALLOWANCE, MemoryBudget, iter_units, parse, paused_gc
 from .syntax import struct_markdown
 from .units import (ALL_STRUCTURES, Codebook, DecompositionPerformanceMap, EntryPoint, LayerParameterSet,
                     ModelParameterSet, NduHeader, PruningPerformanceMap, QuantizationUnit,
@@ -26,7 +26,7 @@ from .writer import (SHORT_SIZE_MAX, NduHeaderSpec, canonical, lps_unit, model_p
 
 __all__ = [
     # parsing
-    "parse", "iter_units", "ParsedBitstream", "Unit", "Context", "MemoryBudget", "paused_gc",
+    "parse", "iter_units", "ParsedBitstream", "Unit", "Context", "MemoryBudget", "paused_gc", "UNIT_ALLOWANCE",
     # writing
     "write_unit", "write_bitstream", "start_unit", "model_parameter_set", "mps_unit", "lps_unit", "tpl_unit",
     "qnt_unit",

@@ -29,6 +29,8 @@ UNIT_BYTES = 4096
 #: Parsed-syntax memory that is not charged against ``max_total_bytes``: a few thousand units of ordinary
 #: header objects fit in it, so limits derived from a tiny model still leave room for its headers.
 HEADER_ALLOWANCE = 16 << 20
+#: Units every bitstream may hold whatever its size (``DecoderConfig.min_unit_bytes`` bounds the ones beyond).
+UNIT_ALLOWANCE = 2048
 
 
 class MemoryBudget:
@@ -269,15 +271,29 @@ def _as_bytes_view(data) -> memoryview:
     return mv
 
 
+def _unit_cap(n: int, max_units: int | None, budget) -> tuple[int | None, str, str]:
+    """The most units a stream of ``n`` bytes may hold, and the error's message and code: ``max_units``, or the
+    limits' ``min_unit_bytes`` density bound (:data:`UNIT_ALLOWANCE` + one unit per that many bytes) when lower
+    (code UNIT_DENSITY: a limit of the reader's, not a property of the stream, so check reports it as
+    LIMIT_EXCEEDED)."""
+    per = getattr(budget.limits, "min_unit_bytes", 0) if budget is not None else 0
+    if per:
+        dense = UNIT_ALLOWANCE + n // per
+        if max_units is None or dense < max_units:
+            return dense, (f"more than {dense} NNR units in {n} bytes: at most {UNIT_ALLOWANCE} + one per {per} "
+                           f"bytes of input (min_unit_bytes={per}, a flood of tiny units)"), "UNIT_DENSITY"
+    return max_units, f"more than {max_units} NNR units", "TOO_MANY_UNITS"
+
+
 def _iterate(mv: memoryview, st: _State, strict: bool, max_units: int | None, data=None) -> Iterator[Unit]:
     st.raw = data if type(data) is bytes else mv
     pos = 0
     index = 0
     n = len(mv)
+    max_units, too_many, code = _unit_cap(n, max_units, st.budget)
     while pos < n:
         if max_units is not None and index >= max_units:
-            exc = LimitExceededError(f"more than {max_units} NNR units", unit_index=index, byte_offset=pos,
-                                     code="TOO_MANY_UNITS")
+            exc = LimitExceededError(too_many, unit_index=index, byte_offset=pos, code=code)
             if strict:
                 raise exc
             yield Unit(index=index, offset=pos, size=None, header=None, context=st.ctx, errors=[exc])

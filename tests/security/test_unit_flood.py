@@ -1,8 +1,10 @@
-"""Issue 15 item 4 (work per input byte): a flood of minimal NDUs costs what its units cost, once.
+"""Issue 15 item 4 (work per input byte): a flood of minimal NDUs costs what its units cost, once, and under
+``DecoderConfig.strict()`` no more units than the input's size allows.
 
 The CPU figure itself is measured by benchmarks/bench_bombs.py (``--bombs many_units``); these tests pin the
-two costs that made the flood dearer than its units: the cyclic collector walking every parsed header over and
-over while a stream is planned, and the CLI parsing a sound stream a second time to classify it."""
+costs that made the flood dearer than its units (the cyclic collector walking every parsed header over and over
+while a stream is planned, the CLI parsing a sound stream a second time to classify it) and the density bound
+of strict() (``min_unit_bytes``)."""
 import gc
 import io
 import contextlib
@@ -45,7 +47,8 @@ def test_decoding_a_unit_flood_runs_the_collector_at_most_once(flood):
     gc.collect()
     gc.callbacks.append(watch)
     try:
-        out = nnc.decode(flood, nnc.DecoderConfig.strict(threads=1))
+        # strict() refuses a flood this dense (test_strict_limits_bound_the_units_per_input_byte): not here
+        out = nnc.decode(flood, nnc.DecoderConfig.strict(threads=1, min_unit_bytes=0))
     finally:
         gc.callbacks.remove(watch)
     assert len(out) > 19_000
@@ -73,8 +76,7 @@ def test_the_cli_parses_a_sound_stream_once(flood, tmp_path, command, monkeypatc
     path.write_bytes(flood)
     units = len(nnc.bitstream.parse(flood).units)
     calls = _count_unit_parses(monkeypatch)
-    argv = [command, str(path), "--strict", "--quiet"] + (["-o", str(tmp_path / "out.npz")] if command == "decode"
-                                                          else [])
+    argv = [command, str(path), "--quiet"] + (["-o", str(tmp_path / "out.npz")] if command == "decode" else [])
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli(argv) == 0
     assert len(calls) <= units + 1      # the whole stream once, and its first unit to see that it is NNC at all
@@ -139,3 +141,49 @@ def test_the_cli_reads_a_damaged_stream_once_more_at_most(flood, tmp_path, comma
         assert cli(argv) == 1
     assert "is damaged" in err.getvalue()
     assert len(calls) <= passes * units + 1, (len(calls), units)
+
+
+def _first_units(data: bytes, k: int) -> bytes:
+    """The first ``k`` units of ``data``."""
+    return data[:nnc.bitstream.parse(data, strict=False).units[k].offset]
+
+
+def test_strict_limits_bound_the_units_per_input_byte(flood, monkeypatch):
+    # parsing, planning and describing cost tens of microseconds per unit whatever its size: a flood of 20-byte
+    # units was 2.5-3.5 s of CPU per MB under strict() (and a flood of codebook NDUs 6 s); strict() now allows
+    # 2048 units plus one per 256 bytes of input, and stops at the first unit beyond, before reading it
+    cfg = nnc.DecoderConfig.strict()
+    assert cfg.min_unit_bytes == 256 and nnc.bitstream.UNIT_ALLOWANCE == 2048
+    cap = 2048 + len(flood) // 256
+    calls = _count_unit_parses(monkeypatch)
+    with pytest.raises(nnc.LimitExceededError, match="min_unit_bytes=256") as e:
+        nnc.decode(flood, cfg)
+    assert e.value.unit_index == cap and e.value.code == "UNIT_DENSITY"
+    assert len(calls) == cap
+    info = nnc.inspect(flood, config=cfg)           # inspect and check go on after damage, not after this
+    assert len(info.units) == cap + 1 and "min_unit_bytes=256" in info.units[-1].errors[0]
+    report = nnc.check(flood, config=cfg)       # a limit of the checker's, not a fault of the stream
+    assert report.ok and any("min_unit_bytes" in str(v) for v in report.find("LIMIT_EXCEEDED"))
+    # a stream within the bound decodes (2,100 units in 42 KB: cap 2,212), one beyond it does not
+    ok = _first_units(flood, 2_100)
+    assert len(nnc.decode(ok, cfg)) == 2_100 - 3
+    over = _first_units(flood, 2_600)
+    with pytest.raises(nnc.LimitExceededError, match="min_unit_bytes"):
+        nnc.decode(over, cfg)
+    assert len(nnc.decode(over, cfg.replace(min_unit_bytes=0))) == 2_600 - 3      # the bound is the only reason
+    assert len(nnc.decode(over)) == 2_600 - 3                                       # and not a default one
+    with pytest.raises(nnc.ConfigError, match="min_unit_bytes"):
+        nnc.DecoderConfig(min_unit_bytes=-1)
+
+
+@pytest.mark.parametrize("command", ["info", "check", "decode"])
+def test_the_cli_strict_flag_refuses_a_unit_flood_naming_the_bound(flood, tmp_path, command):
+    path = tmp_path / "flood.nnc"
+    path.write_bytes(flood)
+    out = tmp_path / "o.npz"
+    argv = [command, str(path), "--strict", "--quiet"] + (["-o", str(out)] if command == "decode" else [])
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli(argv) == 2, err.getvalue()
+    assert "min_unit_bytes" in err.getvalue() and "--strict" in err.getvalue(), err.getvalue()
+    assert not out.exists()
