@@ -148,9 +148,9 @@ def entry_points(size_bytes=MB):
         return _head() + _ndu((rows, 2), scan_order=1, entry_points=eps)
 
 
-def many_units(size_bytes=MB):
-    """As many minimal NDUs as fit (one element each)."""
-    one = nnc.encode({"a": np.zeros(1, np.float32)})
+def many_units(size_bytes=MB, model=None, config=None):
+    """As many minimal NDUs as fit (one element each, or ``model``'s last NDU coded with ``config``)."""
+    one = nnc.encode(model or {"a": np.zeros(1, np.float32)}, config)
     ndu = one[len(_head()):]
     n = size_bytes // len(ndu)
     p = bs.parse(one)
@@ -158,6 +158,12 @@ def many_units(size_bytes=MB):
     units = [bs.write_unit(replace(u.body, topology_elem_id=f"{i:x}"), context=u.context, payload=bytes(u.payload))
              for i in range(min(n, 1 << 20))]
     return one[:len(_head())] + b"".join(units)
+
+
+def codebook_units(size_bytes=MB):
+    """As many minimal codebook NDUs (16 elements, 2 codebook entries) as fit: each is dearer to plan, decode
+    and describe than a plain one-element NDU."""
+    return many_units(size_bytes, {"a": np.array([0.5, 1.0] * 8, np.float32)}, nnc.EncoderConfig(codebook="force"))
 
 
 def damaged_units(size_bytes=MB // 4):
@@ -244,6 +250,7 @@ BITSTREAM_BOMBS = {
     "codebook_overflow": (codebook_overflow, "330 KB codebook with values beyond 2^63"),
     "entry_points": (entry_points, "1 MB cabac_entry_point_list"),
     "many_units": (many_units, "1 MB of one-element NDUs"),
+    "codebook_units": (codebook_units, "1 MB of minimal codebook NDUs (43K)"),
     "damaged_units": (damaged_units, "256 KB of NDUs whose headers do not parse (43K units)"),
     "duplicate_mps": (duplicate_mps, "256 KB of repeated NNR_MPS units (33K)"),
     "performance_maps": (performance_maps, "1 MB MPS decomposition performance map"),

@@ -409,8 +409,9 @@ def _add_limit_flags(sp) -> None:
                     help="most memory decoding may hold (outputs, levels, temporaries, headers), e.g. 512M, 4G; "
                          "default: half the physical memory, 1..16 GiB (1 GiB with --strict)")
     sp.add_argument("--strict", action="store_true",
-                    help="limits for files from strangers: DecoderConfig.strict() (65536 units, and 2048 + one per 256 bytes of input; tensors of at most "
-                         "max-memory/4 elements, 1 GiB unless --max-memory)")
+                    help="limits for files from strangers: DecoderConfig.strict() (65536 units, and no more than "
+                         "2048 + one per 256 bytes of input; tensors of at most max-memory/4 elements, 1 GiB unless "
+                         "--max-memory)")
 
 
 def _limits(a):
@@ -918,7 +919,7 @@ def _cmd_decode(a) -> int:
             if isinstance(e, LimitExceededError):
                 raise
             from .conformance.checker import check  # say it as `nnc check` and `nnc info` do
-            report = check(data)
+            report = check(data, units=dec.failed_units)     # the decoder's parse when it was clean
             raise (_problem_in(a.input, report) or _from_report(a.input, report) or e) from None
     if _lists_missing(model.topology, model.tensors):
         bad = _problem(a.input, data)       # incomplete: refused before anything is written
@@ -941,14 +942,17 @@ def _cmd_info(a) -> int:
         bad = _problem(a.input, data, first_unit_only=True)
         if bad is not None:
             raise bad  # not NNC at all: a unit list of it would mean nothing
-        info = inspect_bitstream(data, config=_limits(a))
-        damaged = any(u.errors for u in info.units)
+        units: list = []
+        info = inspect_bitstream(data, config=_limits(a), parsed=units)
+        # a limit that stopped the description is said as such below: no second pass to classify it
+        damaged = sum(len(u.errors) for u in info.units) > len(info.limits_hit)
         if damaged or info.missing:
             from .conformance.checker import check  # say it as `nnc check` and `nnc decode` do
-            report = check(data, config=_limits(a))
+            report = check(data, config=_limits(a), units=units)     # inspect's parse: not a second one
             bad = _problem_in(a.input, report)
             if bad is None and damaged and not info.limits_hit:
                 bad = _from_report(a.input, report)
+        del units
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
     if info.limits_hit:
         print(f"nnc: error: {_limit_hint(a)}; {len(info.limits_hit)} part(s) not decoded, first: "

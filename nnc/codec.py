@@ -26,7 +26,7 @@ from .coding.dtypes import (bfloat16_dtype, coding_kind, dtype_record, float32_v
 from .coding.ndu import NduParent, NduPlan, effective_scan, plan_ndu, signalled_scan, with_history
 from .coding.quant import quantize_tensor, reconstruct_codebook, step_size
 from .config import DecoderConfig, EncoderConfig, default_decoder_config
-from .errors import BitstreamError, InputError, LimitExceededError, UnsupportedFeatureError
+from .errors import BitstreamError, InputError, LimitExceededError, NNCError, UnsupportedFeatureError
 from .topology import Topology
 
 __all__ = ["Encoder", "Decoder", "DecodedModel", "DecodedTensor", "EncodeSummary", "encode", "decode",
@@ -508,6 +508,10 @@ class Decoder:
             raise TypeError(f"config must be a DecoderConfig, got {type(self.config).__name__}")
         self.last_budget: _Budget | None = None   # what the last decode held (the CLI bounds topology inflation
         #                                           by the rest)
+        #: the parsed units of the last :meth:`decode_model` that failed after the stream parsed cleanly (a
+        #: payload or plan error), else None: :func:`nnc.check` (``units=``) words the failure without a second
+        #: parse
+        self.failed_units: list | None = None
 
     def decode(self, bitstream) -> dict[str, np.ndarray]:
         """Decode a whole-model bitstream to ``{name: array}`` in bitstream order (the levels of each tensor
@@ -520,10 +524,17 @@ class Decoder:
         ``state`` (used by :class:`nnc.UpdateDecoder`) supplies TCA bases and HDSP histories per name;
         ``levels=False`` drops each tensor's decoded integers (``details[name].levels`` is then None).
         """
-        return self._collect(self._open(bitstream, state, levels=levels, hold_outputs=True))
+        self.failed_units = None
+        units: list = []
+        try:
+            return self._collect(self._open(bitstream, state, levels=levels, hold_outputs=True, units=units))
+        except NNCError:
+            self.failed_units = units or None
+            raise
 
-    def _open(self, bitstream, state, *, levels: bool, hold_outputs: bool) -> "DecodeStream":
-        stream = DecodeStream(self.config, bitstream, state, levels, hold_outputs)
+    def _open(self, bitstream, state, *, levels: bool, hold_outputs: bool, units: list | None = None
+              ) -> "DecodeStream":
+        stream = DecodeStream(self.config, bitstream, state, levels, hold_outputs, units)
         self.last_budget = stream.budget
         return stream
 
@@ -555,7 +566,8 @@ class Decoder:
 class DecodeStream:
     """See :meth:`Decoder.stream`."""
 
-    def __init__(self, cfg: DecoderConfig, bitstream, state, levels: bool = True, hold_outputs: bool = False):
+    def __init__(self, cfg: DecoderConfig, bitstream, state, levels: bool = True, hold_outputs: bool = False,
+                 units: list | None = None):
         self._cfg = cfg
         self._levels = levels
         self._mm = None
@@ -572,11 +584,13 @@ class DecodeStream:
             data = as_bytes(bitstream)
         self.budget = _Budget(cfg)
         with bs.paused_gc():     # parsed units, their plans and entries are acyclic: no collector passes
-            self._plan(cfg, data, state, hold_outputs)
+            self._plan(cfg, data, state, hold_outputs, units)
         self._threads = resolve_threads(cfg.threads)
 
-    def _plan(self, cfg: DecoderConfig, data, state, hold_outputs: bool) -> None:
+    def _plan(self, cfg: DecoderConfig, data, state, hold_outputs: bool, units: list | None) -> None:
         parsed = bs.parse(data, limits=cfg, budget=self.budget)
+        if units is not None:
+            units.extend(parsed.units)
         ctx = _StreamContext.from_parsed(parsed)
         self.profile = ctx.profile
         self.topology = ctx.topology

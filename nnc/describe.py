@@ -307,13 +307,17 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
     return infos, errors
 
 
-def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, config=None) -> BitstreamInfo:
+def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, config=None,
+            parsed: list | None = None) -> BitstreamInfo:
     """Describe an NNC bitstream (bytes-like or a file path) unit by unit; see :class:`BitstreamInfo`.
 
     ``config`` (a :class:`nnc.DecoderConfig`, default :func:`nnc.config.default_decoder_config`) bounds what
     inspecting holds and decodes, as for :func:`nnc.decode`: parsed headers and every payload decoded for its
     statistics are charged against ``max_total_bytes``; a payload that does not fit is described from its header
-    only, and the messages are listed in ``BitstreamInfo.limits_hit``."""
+    only, and the messages are listed in ``BitstreamInfo.limits_hit``.
+
+    ``parsed``: a list that receives the parsed units (:func:`nnc.check` with ``units=`` then checks them without
+    parsing the stream again)."""
     cfg = config if config is not None else default_decoder_config()
     data = as_bytes(bitstream, allow_path=True)
     budget = B.MemoryBudget(cfg)
@@ -326,6 +330,8 @@ def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, con
     with B.paused_gc():     # units and their descriptions are acyclic: no collector passes over them
         for u in B.iter_units(data, strict=False, max_units=max_units if max_units is not None else cfg.max_units,
                               budget=budget):
+            if parsed is not None:
+                parsed.append(u)
             ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
                           payload_size=None if u.payload is None else len(u.payload))
             ui.errors += [str(e) for e in u.errors]

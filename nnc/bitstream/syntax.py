@@ -572,6 +572,45 @@ def _read_items(items, r: BitReader, scope: Scope, path: str) -> None:
             raise TypeError(f"unknown syntax item {it!r}")
 
 
+class ArrayList(list):
+    """A list of ints read in bulk that keeps the int64 array it was read as (``array``; ``None`` once the list
+    is changed), so that code wanting an array (e.g. :meth:`nnc.bitstream.Codebook.values_array`) does not
+    convert the list back element by element. Otherwise a plain list (equal to one, JSON-serialisable)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, arr=()):
+        if isinstance(arr, np.ndarray):
+            super().__init__(arr.tolist())
+            self.array = arr
+        else:
+            super().__init__(arr)
+            self.array = None
+
+
+def _dropping_array(name: str):
+    base = getattr(list, name)
+
+    def method(self, *args, **kwargs):
+        self.array = None
+        return base(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "reverse", "sort", "clear"):
+    setattr(ArrayList, _name, _dropping_array(_name))
+
+
+def as_int64(values) -> np.ndarray:
+    """``values`` (a list of ints, or an :class:`ArrayList`) as an int64 array: the one it was read as when
+    there is one."""
+    arr = getattr(values, "array", None)
+    return arr if arr is not None else np.asarray(values, dtype=np.int64)
+
+
 def _read_array(it: Array, r: BitReader, n: int, p: str, scope: Scope | None) -> list:
     """The ``n`` elements of the array ``it`` (``scope`` is only used by descriptors that evaluate expressions)."""
     if n >= _BULK_MIN and isinstance(it.desc, UE):
@@ -581,7 +620,7 @@ def _read_array(it: Array, r: BitReader, n: int, p: str, scope: Scope | None) ->
             raise exc.located(syntax_path=p) from None
         if isinstance(it.desc, IE):
             vals = np.where(vals & 1, (vals + 1) >> 1, -(vals >> 1))
-        return vals.tolist()
+        return ArrayList(vals)
     if n >= _BULK_MIN and isinstance(it.desc, ST):
         try:
             return r.st_array(n, it.desc.raw)

@@ -15,7 +15,7 @@ from ..topology import Topology
 from .enums import (CompressedParameterTypes, NNRUnitType, ParentNodeIdType, PayloadType,
                     QuantizationMethodFlags, TopologyCompressionFormat, TopologyStorageFormat)
 from .syntax import (FLT, IE, ST, UE, RestBytes, Align, Array, Descriptor, Expr, Fail, Field, I, If, Loop, Scope, Sub,
-                     U, over_limit, register_names, syntax)
+                     U, as_int64, over_limit, register_names, syntax)
 
 __all__ = [
     "UnitHeader", "StartUnit", "ModelParameterSet", "LayerParameterSet", "TopologyUnit", "QuantizationUnit",
@@ -343,8 +343,8 @@ class Codebook:
         import numpy as np
         z = self.CbZeroOffset
         v0 = int(self.codebook_zero_value)
-        left = np.asarray(self.codebook_delta_left, dtype=np.int64)   # ue values < 2**48: no overflow here
-        right = np.asarray(self.codebook_delta_right, dtype=np.int64)
+        left = as_int64(self.codebook_delta_left)   # ue values < 2**48: no overflow here
+        right = as_int64(self.codebook_delta_right)
         if abs(v0) >= bound or (left.size and int(left.max()) >= bound) or (right.size and int(right.max()) >= bound):
             return None
         # each step is < 2**31 and there are < 2**31 steps: the sums fit int64

@@ -177,8 +177,10 @@ class Report:
 
 # ----------------------------------------------------------------------------------------------------------
 class _Checker:
-    def __init__(self, data, max_units: int, max_tensor_elements: int, verify_payloads: bool, config=None):
+    def __init__(self, data, max_units: int, max_tensor_elements: int, verify_payloads: bool, config=None,
+                 units=None):
         self.data = data
+        self.parsed = units
         self.max_units = max_units
         self.max_elements = max_tensor_elements
         self.verify = verify_payloads
@@ -461,7 +463,8 @@ class _Checker:
             return rep
         units = []
         with B.paused_gc():     # parsed units are acyclic: no collector passes over them
-            for u in B.iter_units(self.data, strict=False, max_units=self.max_units, budget=self.budget):
+            for u in (self.parsed if self.parsed is not None else
+                      B.iter_units(self.data, strict=False, max_units=self.max_units, budget=self.budget)):
                 units.append(u)
                 rep.units.append({"index": u.index, "offset": u.offset, "size": u.size, "type": u.type_name})
                 for e in u.errors:
@@ -495,7 +498,7 @@ class _Skip(Exception):
 
 
 def check(bitstream, raise_on_error: bool = False, *, verify_payloads: bool = True, max_units: int = 1 << 20,
-          max_tensor_elements: int = 1 << 28, config=None) -> Report:
+          max_tensor_elements: int = 1 << 28, config=None, units=None) -> Report:
     """Check an NNC bitstream (bytes-like or a file path) for conformance; return a :class:`Report`.
 
     Every violation found is listed (the check continues after a broken unit whenever its size field is
@@ -507,13 +510,17 @@ def check(bitstream, raise_on_error: bool = False, *, verify_payloads: bool = Tr
     keywords) bounds the memory and work of the check as it bounds decoding: parsed headers and every payload
     decoded are charged against ``max_total_bytes``; what does not fit is reported as ``LIMIT_EXCEEDED``
     (a warning: not verified) and the check goes on with the next unit.
+
+    ``units``: the units of ``bitstream`` as a lenient parse with the same limits gave them (e.g. the ``parsed``
+    list of :func:`nnc.inspect`, or :attr:`nnc.Decoder.failed_units`): checked without parsing the stream again
+    (on a flood of units, or megabytes of codebooks, the parse is most of the check's work).
     """
     if config is None:
         config = active_decoder_limits()   # the CLI's --max-memory / --strict (decoder_limits)
     if config is not None:
         max_units, max_tensor_elements = config.max_units, config.max_tensor_elements
     rep = _Checker(as_bytes(bitstream, allow_path=True), max_units, max_tensor_elements, verify_payloads,
-                   config).run()
+                   config, units).run()
     if raise_on_error:
         rep.raise_if_errors()
     return rep
