@@ -954,12 +954,12 @@ def _cmd_info(a) -> int:
                 bad = _from_report(a.input, report)
         del units
     print(json.dumps(info.to_dict(), indent=1) if a.json else info.to_text())
+    if bad is not None:     # damage found before a limit stopped the description: said as check and decode say it
+        raise bad
     if info.limits_hit:
         print(f"nnc: error: {_limit_hint(a)}; {len(info.limits_hit)} part(s) not decoded, first: "
               f"{_one_line(info.limits_hit[0])}", file=sys.stderr)
         return 2
-    if bad is not None:
-        raise bad
     return 0
 
 

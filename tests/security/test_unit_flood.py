@@ -224,3 +224,19 @@ def test_codebook_deltas_read_in_bulk_keep_their_array_until_changed():
     assert left == left.array.tolist() and cb.values_array().tolist() == cb.values
     left[0] += 5                                        # changed: the array is dropped, values follow the list
     assert left.array is None and cb.values_array().tolist() == cb.values
+
+
+def test_damage_before_a_limit_is_said_alike_by_info_check_and_decode(tmp_path):
+    # 43K damaged NDU headers: under --strict the unit density bound also stops the stream (at unit 3,072);
+    # the damage at unit 3 comes first, and all three commands say it (nnc info said the limit, exit 2)
+    path = tmp_path / "bad.nnc"
+    path.write_bytes(bombs.damaged_units())
+    said = set()
+    for command in ("info", "check", "decode"):
+        argv = [command, str(path), "--strict", "--quiet"] + (["-o", str(tmp_path / "o.npz")]
+                                                               if command == "decode" else [])
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            assert cli(argv) == 1, (command, err.getvalue())
+        said.add(err.getvalue().strip().splitlines()[-1])
+    assert len(said) == 1 and "is damaged" in said.pop()
