@@ -39,6 +39,10 @@ def main(argv=None) -> int:
                     help="another checkout (e.g. the pristine tree) run on the same input right after each row: "
                          "the row then also reports its CPU and the ratio (contention on a shared machine "
                          "inflates both runs alike)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every row this many times (each tree alternately) and keep the least CPU and the "
+                         "largest peak RSS: the first touch of hundreds of MB of fresh memory costs 0.2-2.4 s of "
+                         "system time on this VM depending on what the kernel must reclaim first")
     ap.add_argument("--json", default=str(bombs.ROOT / "benchmarks" / "results" / "bombs.json"))
     a = ap.parse_args(argv)
     names = a.bombs or list(bombs.BITSTREAM_BOMBS)
@@ -54,7 +58,12 @@ def main(argv=None) -> int:
             path = Path(tmp) / f"{name}.nnc"
             path.write_bytes(data)
             for entry in a.entries:
-                r = bombs.run_child(path, entry, a.limit, True, a.timeout, a.root)
+                runs, others = [], []
+                for _ in range(max(1, a.repeat)):
+                    runs.append(bombs.run_child(path, entry, a.limit, True, a.timeout, a.root))
+                    if a.compare:
+                        others.append(bombs.run_child(path, entry, a.limit, True, a.timeout, a.compare))
+                r = _least_cpu(runs)
                 rss = r.get("peak_rss")
                 cpu = r.get("cpu_s")
                 mb = len(data) / bombs.MB
@@ -66,7 +75,7 @@ def main(argv=None) -> int:
                        "outcome": r.get("outcome"), "message": r.get("message") or r.get("result"),
                        "rss_ok": rss_ok, "cpu_ok": cpu_ok, "build_s": time.perf_counter() - t0}
                 if a.compare:
-                    c = bombs.run_child(path, entry, a.limit, True, a.timeout, a.compare)
+                    c = _least_cpu(others)
                     row["compare_cpu_s"] = c.get("cpu_s")
                     row["compare_calib_s"] = c.get("calib_s")
                     row["compare_outcome"] = c.get("outcome")
@@ -76,6 +85,7 @@ def main(argv=None) -> int:
                 print(_fmt(row), flush=True)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"root": a.root or str(bombs.ROOT), "compare": a.compare, "limit": a.limit,
+                                        "repeat": a.repeat,
                                         "python": sys.version.split()[0], "rows": rows}, indent=1))
     print()
     print(table(rows))
@@ -83,6 +93,13 @@ def main(argv=None) -> int:
                                                                                                    "TIMEOUT"))]
     print(f"\n{len(rows)} runs, {len(bad)} breaking a criterion or crashing; JSON: {a.json}")
     return 0
+
+
+def _least_cpu(runs: list) -> dict:
+    """The run with the least CPU (its outcome), with the largest peak RSS of all runs."""
+    best = min(runs, key=lambda r: r.get("cpu_s") if r.get("cpu_s") is not None else float("inf"))
+    rss = [r["peak_rss"] for r in runs if r.get("peak_rss") is not None]
+    return dict(best, peak_rss=max(rss) if rss else best.get("peak_rss"), runs=len(runs))
 
 
 def _fmt(r) -> str:
