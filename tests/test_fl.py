@@ -372,3 +372,19 @@ def test_compressors_with_error_feedback_pass_running_statistics_beside_it(name)
     if name != "signsgd+ef":  # top-k with error feedback overshot before
         off = _running_variance_after_rounds(up.replace(statistics=()), DownlinkConfig())
         assert np.abs(off - VAR_TARGET).max() > 0.3
+
+
+def test_an_update_of_a_model_with_thousands_of_small_tensors_is_accepted():
+    # the server's limits start from DecoderConfig.strict() but bound the units by the model (4 + 2 x tensors):
+    # strict()'s density bound (2048 units + one per 256 bytes) would refuse an honest upload of a model with
+    # more than 2048 small tensors (one tiny NDU each)
+    base = {f"layer{i}.bias": np.zeros(4, np.float32) for i in range(2_600)}
+    server = ServerCodec(base, UplinkConfig(qp=-30))
+    client = ClientCodec(base, UplinkConfig(qp=-30))
+    client.receive(server.downlink_for(0))
+    delta = {k: np.full(4, 0.01, np.float32) for k in base}
+    up = client.encode_update(delta, 5)
+    assert up.nbytes < 2_600 * 64               # far below 256 bytes a unit
+    model, dropped = server.step({0: up})
+    assert not dropped, dropped
+    assert all(np.allclose(v, 0.01, atol=0.006) for v in model.values())     # qp -30: step 0.006

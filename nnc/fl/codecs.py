@@ -34,7 +34,7 @@ def limits_for(shapes: Mapping[str, tuple], *, extra_tensors: int = 0) -> Decode
     total, largest = sum(sizes), max(sizes, default=1)
     n = len(sizes) + extra_tensors
     return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
-        max_units=8 + 2 * n, max_tensor_elements=max(largest, 1), max_rank=8)
+        max_units=8 + 2 * n, max_tensor_elements=max(largest, 1), max_rank=8, min_unit_bytes=0)   # units: by the model
 
 
 @runtime_checkable

@@ -154,7 +154,7 @@ def _limits(model: Tensors) -> DecoderConfig:
     largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
     # the budget counts outputs, levels and temporaries (not only outputs): 4x the float32 model size
     return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
-        max_units=8 + 4 * len(model), max_tensor_elements=max(largest, 1), max_rank=8)
+        max_units=8 + 4 * len(model), max_tensor_elements=max(largest, 1), max_rank=8, min_unit_bytes=0)
 
 
 # --------------------------------------------------------------------------------------------------------

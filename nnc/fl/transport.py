@@ -386,7 +386,8 @@ def _strict_limits(model: Tensors) -> DecoderConfig:
     largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
     # 4x the float32 model size: the budget counts outputs, the levels the update decoder keeps and temporaries
     return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
-        max_units=4 + 2 * len(model), max_tensor_elements=max(largest, 1), max_rank=8)
+        max_units=4 + 2 * len(model), max_tensor_elements=max(largest, 1), max_rank=8,
+        min_unit_bytes=0)     # the model bounds the units: a sparse update of many tensors is many tiny NDUs
 
 
 # --------------------------------------------------------------------------------------------------------
