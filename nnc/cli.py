@@ -948,7 +948,7 @@ def _cmd_info(a) -> int:
         damaged = sum(len(u.errors) for u in info.units) > len(info.limits_hit)
         if damaged or info.missing:
             from .conformance.checker import check  # say it as `nnc check` and `nnc decode` do
-            report = check(data, config=_limits(a), units=units)     # inspect's parse: not a second one
+            report = check(data, config=_limits(a), units=units or None)     # inspect's parse, when it kept it
             bad = _problem_in(a.input, report)
             if bad is None and damaged and not info.limits_hit:
                 bad = _from_report(a.input, report)

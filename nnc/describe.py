@@ -307,6 +307,10 @@ def _ndu_tensors(u, qd: int, qp0: int, decode: bool, budget=None,
     return infos, errors
 
 
+#: most units :func:`inspect` hands back in ``parsed`` (the limit of ``DecoderConfig.strict()``)
+_KEEP_UNITS = 1 << 16
+
+
 def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, config=None,
             parsed: list | None = None) -> BitstreamInfo:
     """Describe an NNC bitstream (bytes-like or a file path) unit by unit; see :class:`BitstreamInfo`.
@@ -317,10 +321,12 @@ def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, con
     only, and the messages are listed in ``BitstreamInfo.limits_hit``.
 
     ``parsed``: a list that receives the parsed units (:func:`nnc.check` with ``units=`` then checks them without
-    parsing the stream again)."""
+    parsing the stream again); left empty for a stream of more than 65,536 units, whose headers would weigh
+    more than a second parse costs."""
     cfg = config if config is not None else default_decoder_config()
     data = as_bytes(bitstream, allow_path=True)
     budget = B.MemoryBudget(cfg)
+    keep = parsed is not None
     units: list[UnitInfo] = []
     limits_hit: list[str] = []
     profile = None
@@ -330,8 +336,12 @@ def inspect(bitstream, *, decode: bool = True, max_units: int | None = None, con
     with B.paused_gc():     # units and their descriptions are acyclic: no collector passes over them
         for u in B.iter_units(data, strict=False, max_units=max_units if max_units is not None else cfg.max_units,
                               budget=budget):
-            if parsed is not None:
-                parsed.append(u)
+            if keep:
+                if len(parsed) < _KEEP_UNITS:
+                    parsed.append(u)
+                else:       # a stream this long: held units would outweigh one more parse
+                    parsed.clear()
+                    keep = False
             ui = UnitInfo(index=u.index, type=u.type_name, offset=u.offset, size=u.size, header_size=u.header_size,
                           payload_size=None if u.payload is None else len(u.payload))
             ui.errors += [str(e) for e in u.errors]

@@ -240,3 +240,16 @@ def test_damage_before_a_limit_is_said_alike_by_info_check_and_decode(tmp_path):
             assert cli(argv) == 1, (command, err.getvalue())
         said.add(err.getvalue().strip().splitlines()[-1])
     assert len(said) == 1 and "is damaged" in said.pop()
+
+
+def test_inspect_hands_back_the_units_of_a_long_stream_only_up_to_a_bound(monkeypatch):
+    # nnc info keeps inspect's units for the classifying check; a stream of more than 65,536 units (possible
+    # without --strict) would hold them all at once, so inspect stops keeping them and the check parses again
+    import nnc.describe as describe
+
+    monkeypatch.setattr(describe, "_KEEP_UNITS", 100)
+    data = bombs.many_units(500 * 19)
+    few, many = [], []
+    nnc.inspect(data[:nnc.bitstream.parse(data).units[50].offset], parsed=few)
+    nnc.inspect(data, parsed=many)
+    assert len(few) == 50 and many == []
