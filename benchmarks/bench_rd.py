@@ -19,6 +19,10 @@ disjoint from the evaluation data ("for_size+task": 10 other sentences, another 
 Prints a table, writes JSON and a bytes-vs-quality PNG per model:
 
     python benchmarks/bench_rd.py [--models minilm,ocr_rec,ocr_det] [--out benchmarks/results] [--no-reference]
+
+``--smooth``: smooth measures on more inputs for five architectures (MiniLM, OCR rec/det, Silero float and
+uint8), every nnc point compared with the reference's envelope at equal distortion (docs/rd.md); on Silero float
+also task-aware rounding (nnc.coding.tools.compensate) with input moments from their own calibration audio.
 """
 from __future__ import annotations
 
@@ -125,13 +129,17 @@ SMOOTH = {  # metric (lower is better), the task metric reported beside it
     "ocr_det": ("mean relative squared error of the probability map", "pixels on the same side of 0.3"),
     "silero_vad": ("mean squared error of the speech logit (48 chunks streamed with state)",
                    "speech decisions (p > 0.5) unchanged"),
+    "silero_int8": ("mean squared error of the speech logit (sequence model, 48 chunks)",
+                    "speech decisions (p > 0.5) unchanged"),
     "minilm": ("mean cosine distance (1 - cos) of the sentence embeddings, 56 sentences",
                "sentences whose most similar other sentence is unchanged"),
 }
 SMOOTH_QP_GRID = {"ocr_rec": list(range(-24, -46, -2)), "ocr_det": list(range(-20, -46, -2)),
-                  "silero_vad": list(range(-20, -48, -2)), "minilm": list(range(-28, -44, -2))}
+                  "silero_vad": list(range(-20, -48, -2)), "minilm": list(range(-28, -44, -2)),
+                  "silero_int8": [-26, -32, -38]}
 SMOOTH_BPP_GRID = {"ocr_rec": [4.5, 5.0, 5.5, 6.0, 6.5, 7.0], "ocr_det": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0],
-                   "silero_vad": [3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0], "minilm": [4.0, 4.5, 5.0, 5.5, 6.0]}
+                   "silero_vad": [3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0], "minilm": [4.0, 4.5, 5.0, 5.5, 6.0],
+                   "silero_int8": [5.0]}
 #: the sensitivities' noise, relative to each tensor's RMS: about a uniform quantiser's error at 5-7 bits per
 #: parameter, the operating range (the plain runs use 0.003, which the float noise of the task measure swamps)
 SMOOTH_REL_NOISE = 0.015
@@ -325,7 +333,7 @@ class Task:
         elif self.key == "ocr_det":
             self.inp = np.concatenate([_det_page(p) for p in EVAL_PAGES])
             self.cal_inp = np.concatenate([_det_page(p) for p in CALIB_PAGES])
-        elif self.key == "silero_vad":
+        elif self.key in ("silero_vad", "silero_int8"):
             self.inp, self.cal_inp = R.vad_chunks(48), _vad_calib_chunks(48)
         elif self.key == "minilm":          # the 56 sentences / 10 calibration sentences of the plain run
             self.inp, self.cal_inp = (self.ids, self.mask), (self.cal_ids, self.cal_mask)
@@ -339,6 +347,8 @@ class Task:
             t = dict(self.f64)
             t.update({k: v for k, v in tensors.items() if v is not self.tensors.get(k)})
             return R.minilm_embed(t, *x)
+        if self.key == "silero_int8":       # the sequence model: one speech probability per chunk
+            return self._run(tensors, x).reshape(-1)
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "m.onnx")
             C.save_model(p, tensors, self.topology)
@@ -571,7 +581,9 @@ def run_model(key, path, use_reference, log, smooth=False):
             rows[-1]["edges"] = list(tab.last_edges)
             rows[-1]["int_payload_bytes"] = int_bits // 8
             if smooth:   # what the calibration data says of this point (to choose DQ or not without evaluation data)
-                rows[-1]["calib_distortion"] = task.calib_distortion(nnc.decode(bs)) if not any(
+                # (not for models whose integer weights nnc codes without zero points: the decoded tensors
+                # are not the ONNX initialisers; MiniLM's integer position ids are not read by its forward pass)
+                rows[-1]["calib_distortion"] = task.calib_distortion(nnc.decode(bs)) if key == "minilm" or not any(
                     np.asarray(v).dtype.kind in "iub" for v in tensors.values()) else None
     return task, rows
 
@@ -608,6 +620,9 @@ def reference_envelope(rows):
 def reference_bytes_at(env, q):
     """Bytes the reference needs for distortion ``q``: log bytes interpolated linearly in log q between the two
     envelope points around it; None outside the envelope (the reference grid does not reach it)."""
+    for r in env:               # a reference setting reaches exactly this distortion (e.g. lossless weights)
+        if r["q"] == q:
+            return float(r["bytes"])
     for a, b in zip(env, env[1:]):
         if a["q"] >= q >= b["q"]:
             if a["q"] == b["q"] or q <= 0:
@@ -739,8 +754,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="minilm,ocr_rec,ocr_det,silero_vad,silero_int8")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--smooth", action="store_true",
-                    help="smooth task measures on more inputs (OCR rec/det, Silero float); each nnc point is "
-                         "compared with the reference's curve at equal distortion; writes rd_smooth.json")
+                    help="smooth task measures on more inputs (OCR rec/det, Silero float and uint8, MiniLM); each "
+                         "nnc point is compared with the reference's curve at equal distortion; writes "
+                         "rd_smooth.json (keeping the models of an earlier file that this run did not repeat)")
     ap.add_argument("--resummarise", metavar="JSON",
                     help="recompute the --smooth summaries from the rows of a saved rd_smooth.json (no runs)")
     ap.add_argument("--no-reference", action="store_true",
@@ -758,7 +774,7 @@ def main(argv=None) -> int:
             json.dump(report, f, indent=1)
         return 0
     if a.smooth and a.models == ap.get_default("models"):
-        a.models = "ocr_rec,ocr_det,silero_vad,minilm"
+        a.models = "ocr_rec,ocr_det,silero_vad,minilm,silero_int8"
     _fast_gelu()
     os.makedirs(a.out, exist_ok=True)
     paths = R.model_paths()
