@@ -78,6 +78,12 @@ def test_bad_requests_raise_typed_errors_naming_the_tensor():
         cp.compensate({"w": w}, {"w": bad}, {"w": QP}, nnc.EncoderConfig(dq=False))
     with pytest.raises(ConfigError, match="damp"):
         cp.compensate({"w": w}, {"w": h}, {"w": QP}, nnc.EncoderConfig(dq=False), damp=-1.0)
+    with pytest.raises(ConfigError, match="order"):
+        cp.compensate_tensor(w, h, QP, order="random")
+    with pytest.raises(InputError, match="'fc'.*positive definite"):      # singular moments and no ridge
+        cp.compensate_tensor(w, np.ones((80, 80)), QP, damp=0.0, name="fc")
+    with pytest.raises(InputError, match="'b'.*rank >= 2"):
+        cp.compensate({"b": w[0]}, {"b": h[:1, :1]}, {"b": QP}, nnc.EncoderConfig(dq=False))
 
 
 def test_a_layer_no_input_reached_is_plain_rounding():

@@ -55,12 +55,20 @@ def _check_moments(name: str, shape: tuple, h: np.ndarray) -> np.ndarray:
     return h
 
 
+def _check_options(damp, order) -> None:
+    if isinstance(damp, bool) or not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
+        raise ConfigError(f"damp must be a finite number >= 0, got {damp!r}")
+    if order not in ("energy", "natural"):
+        raise ConfigError(f"order must be 'energy' or 'natural', got {order!r}")
+
+
 def compensate_tensor(w: np.ndarray, moments: np.ndarray, qp: int, qp_density: int = 2, *, damp: float = 0.01,
                       order: str = "energy", name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
     """``(values, levels)`` for one tensor: levels chosen column by column with error compensation, values =
     ``float32(levels) * step(qp)`` (what the encoder's URQ turns back into ``levels``). ``damp`` adds that
     fraction of the mean diagonal of ``H`` to its diagonal (a ridge: directions no calibration input excites
     are not trusted); ``order="energy"`` quantises the columns with the largest input energy first."""
+    _check_options(damp, order)
     x = np.asarray(w, dtype=np.float32)
     if x.ndim < 2:
         raise InputError(f"tensor {name!r} of shape {x.shape}: compensation needs a matrix (rank >= 2)")
@@ -117,10 +125,7 @@ def compensate(tensors: Mapping[str, np.ndarray], moments: Mapping[str, np.ndarr
     if cfg.dq:
         raise ConfigError("compensate chooses uniform (URQ) levels; with dq=True the trellis would choose the "
                           "levels again: encode the compensated tensors with EncoderConfig(dq=False)")
-    if not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
-        raise ConfigError(f"damp must be a finite number >= 0, got {damp!r}")
-    if order not in ("energy", "natural"):
-        raise ConfigError(f"order must be 'energy' or 'natural', got {order!r}")
+    _check_options(damp, order)
     unknown = sorted(set(moments) - set(tensors))
     if unknown:
         raise InputError(f"input moments for tensors that are not in the model: {unknown[:4]}")
