@@ -91,3 +91,38 @@ def test_a_layer_no_input_reached_is_plain_rounding():
     values, levels = cp.compensate_tensor(w, np.zeros((80, 80)), QP)
     plain, q = _plain(w)
     assert np.array_equal(values, plain) and np.array_equal(levels, q)
+
+
+def test_grouped_moments_compensate_each_group_with_its_own_inputs():
+    # a depthwise 3x3 convolution: output channel g reads only input channel g (one 9 x 9 moment matrix each)
+    rng = np.random.default_rng(4)
+    chans, n = 8, 4000
+    w = (0.2 * rng.standard_normal((chans, 1, 3, 3))).astype(np.float32)
+    base = rng.standard_normal((chans, n, 2))
+    mix = rng.standard_normal((chans, 9, 2))
+    cols = np.einsum("gnr,gkr->gnk", base, mix) + 0.1 * rng.standard_normal((chans, n, 9))   # correlated taps
+    cal = np.stack([cp.input_moments(c[: n // 2]) for c in cols])
+    ev = np.stack([cp.input_moments(c[n // 2:]) for c in cols])
+    qp = -28
+    values, levels = cp.compensate_tensor(w, cal, qp)
+    for g in range(chans):                                     # the same as compensating each row on its own
+        v_g, _ = cp.compensate_tensor(w[g:g + 1], cal[g], qp)
+        assert np.array_equal(values[g:g + 1], v_g)
+    plain, _ = _plain(w, qp)
+    err_comp = sum(cp.output_error(w[g:g + 1], values[g:g + 1], ev[g]) for g in range(chans))
+    err_plain = sum(cp.output_error(w[g:g + 1], plain[g:g + 1], ev[g]) for g in range(chans))
+    assert err_comp < 0.5 * err_plain, (err_comp, err_plain)
+    with pytest.raises(InputError, match="'dw'.*groups"):
+        cp.compensate_tensor(w, cal[:3], qp, name="dw")           # 3 groups do not divide 8 rows
+
+
+def test_transposed_matmul_weights_are_compensated_as_their_transpose():
+    w, x_cal, _ = _layer(seed=5)                  # (out, in); an ONNX MatMul stores it as (in, out)
+    h = cp.input_moments(x_cal)
+    cfg = nnc.EncoderConfig(dq=False, qp_per_tensor={"mm": QP})
+    coded = cp.compensate({"mm": np.ascontiguousarray(w.T)}, {"mm": h}, {"mm": QP}, cfg, transposed={"mm"})
+    expected, _ = cp.compensate_tensor(w, h, QP)
+    assert coded["mm"].shape == w.T.shape and np.array_equal(coded["mm"], expected.T)
+    assert np.array_equal(nnc.decode(nnc.encode(coded, cfg))["mm"], coded["mm"])
+    with pytest.raises(InputError, match="'c'.*transposed"):
+        cp.compensate({"c": np.zeros((2, 3, 4), np.float32)}, {"c": np.eye(12)}, {"c": QP}, cfg, transposed={"c"})

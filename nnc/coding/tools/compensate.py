@@ -62,29 +62,14 @@ def _check_options(damp, order) -> None:
         raise ConfigError(f"order must be 'energy' or 'natural', got {order!r}")
 
 
-def compensate_tensor(w: np.ndarray, moments: np.ndarray, qp: int, qp_density: int = 2, *, damp: float = 0.01,
-                      order: str = "energy", name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
-    """``(values, levels)`` for one tensor: levels chosen column by column with error compensation, values =
-    ``float32(levels) * step(qp)`` (what the encoder's URQ turns back into ``levels``). ``damp`` adds that
-    fraction of the mean diagonal of ``H`` to its diagonal (a ridge: directions no calibration input excites
-    are not trusted); ``order="energy"`` quantises the columns with the largest input energy first."""
-    _check_options(damp, order)
-    x = np.asarray(w, dtype=np.float32)
-    if x.ndim < 2:
-        raise InputError(f"tensor {name!r} of shape {x.shape}: compensation needs a matrix (rank >= 2)")
-    if not np.all(np.isfinite(x)):
-        raise InputError(f"tensor {name!r}: weights are not finite")
-    shape = x.shape
-    h = _check_moments(name, shape, moments).copy()
-    rows, cols = shape[0], int(np.prod(shape[1:]))
-    step = float(step_size(qp, qp_density))
-    m = x.reshape(rows, cols).astype(np.float64)
+def _rows(m: np.ndarray, h: np.ndarray, step: float, damp: float, order: str, name: str) -> np.ndarray:
+    """Levels (float64) of the rows ``m`` (rows x cols, float64, modified) sharing the input moments ``h``."""
+    rows, cols = m.shape
+    h = h.copy()
     diag = np.diag(h).copy()
     mean_diag = float(np.mean(diag)) if cols else 0.0
-    if not mean_diag > 0.0:            # no input ever reached this layer: nothing to compensate with
-        levels = np.rint(m / step)
-        return reconstruct_uniform(levels.astype(np.int32), qp, qp_density).reshape(shape), \
-            levels.astype(np.int32).reshape(shape)
+    if not mean_diag > 0.0:            # no input ever reached these rows: nothing to compensate with
+        return np.rint(m / step)
     dead = diag <= 0.0
     h[dead, dead] = 1.0                # inputs that are always zero: their columns are plain rounding
     h[np.diag_indices(cols)] += damp * mean_diag
@@ -94,8 +79,7 @@ def compensate_tensor(w: np.ndarray, moments: np.ndarray, qp: int, qp_density: i
     h = h[np.ix_(perm, perm)]
     # upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U holds the update of the columns after j
     try:
-        hinv = np.linalg.inv(h)
-        u = np.linalg.cholesky(hinv).T
+        u = np.linalg.cholesky(np.linalg.inv(h)).T
     except np.linalg.LinAlgError:
         raise InputError(f"tensor {name!r}: input moments are not positive definite (increase damp)") from None
     levels = np.empty((rows, cols), dtype=np.float64)
@@ -106,7 +90,42 @@ def compensate_tensor(w: np.ndarray, moments: np.ndarray, qp: int, qp_density: i
         err = (col - lv * step) / u[j, j]
         if j + 1 < cols:
             m[:, j + 1:] -= np.outer(err, u[j, j + 1:])
-    levels = levels[:, inv_perm]
+    return levels[:, inv_perm]
+
+
+def compensate_tensor(w: np.ndarray, moments: np.ndarray, qp: int, qp_density: int = 2, *, damp: float = 0.01,
+                      order: str = "energy", name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
+    """``(values, levels)`` for one tensor: levels chosen column by column with error compensation, values =
+    ``float32(levels) * step(qp)`` (what the encoder's URQ turns back into ``levels``). ``damp`` adds that
+    fraction of the mean diagonal of ``H`` to its diagonal (a ridge: directions no calibration input excites
+    are not trusted); ``order="energy"`` quantises the columns with the largest input energy first.
+
+    ``moments`` is ``cols x cols`` for a layer whose rows all read the same inputs, or ``groups x c x c`` for a
+    grouped convolution (rows split into ``groups`` equal consecutive blocks, block g reading group g's inputs;
+    a depthwise convolution has one group per row)."""
+    _check_options(damp, order)
+    x = np.asarray(w, dtype=np.float32)
+    if x.ndim < 2:
+        raise InputError(f"tensor {name!r} of shape {x.shape}: compensation needs a matrix (rank >= 2)")
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"tensor {name!r}: weights are not finite")
+    shape = x.shape
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    h = np.asarray(moments, dtype=np.float64)
+    if h.ndim == 3:
+        if h.shape[0] < 1 or rows % h.shape[0] or h.shape[1:] != (cols, cols):
+            raise InputError(f"tensor {name!r} of shape {shape}: grouped input moments must be groups x {cols} x "
+                             f"{cols} with groups dividing {rows}, got {h.shape}")
+        if not np.all(np.isfinite(h)):
+            raise InputError(f"tensor {name!r}: input moments are not finite")
+        groups = [_check_moments(name, shape, g) for g in h]
+    else:
+        groups = [_check_moments(name, shape, h)]
+    step = float(step_size(qp, qp_density))
+    m = x.reshape(rows, cols).astype(np.float64)
+    per = rows // len(groups)
+    levels = np.concatenate([_rows(m[g * per:(g + 1) * per], hg, step, damp, order, name)
+                             for g, hg in enumerate(groups)])
     if np.max(np.abs(levels), initial=0.0) > (1 << 31) - 3:
         raise InputError(f"tensor {name!r}: compensated levels at qp {qp} do not fit int32; use a coarser qp")
     q = levels.astype(np.int32).reshape(shape)
@@ -114,14 +133,15 @@ def compensate_tensor(w: np.ndarray, moments: np.ndarray, qp: int, qp_density: i
 
 
 def compensate(tensors: Mapping[str, np.ndarray], moments: Mapping[str, np.ndarray], qps: Mapping[str, int],
-               cfg, *, damp: float = 0.01, order: str = "energy") -> dict[str, np.ndarray]:
+               cfg, *, damp: float = 0.01, order: str = "energy", transposed=()) -> dict[str, np.ndarray]:
     """Tensors to encode with ``cfg`` (``dq=False``) and ``qp_per_tensor=qps``: every tensor that has input
     moments (``moments[name]``, e.g. from :func:`input_moments` on calibration inputs) and a qp is replaced by
     its compensated values (:func:`compensate_tensor`); the others are returned unchanged.
 
     The values lie on the qp's grid, so the encoder codes exactly the chosen levels: the payload is a plain
-    URQ payload of those levels. With ``cfg.dq`` true this raises :class:`~nnc.errors.ConfigError` (the DQ
-    trellis re-quantises every value; see docs/rd.md)."""
+    URQ payload of those levels. Tensors named in ``transposed`` are stored ``(in, out)`` (e.g. ONNX MatMul
+    weights): their matrix view is the transpose. With ``cfg.dq`` true this raises
+    :class:`~nnc.errors.ConfigError` (the DQ trellis re-quantises every value; see docs/rd.md)."""
     if cfg.dq:
         raise ConfigError("compensate chooses uniform (URQ) levels; with dq=True the trellis would choose the "
                           "levels again: encode the compensated tensors with EncoderConfig(dq=False)")
@@ -133,6 +153,11 @@ def compensate(tensors: Mapping[str, np.ndarray], moments: Mapping[str, np.ndarr
     for name, h in moments.items():
         if name not in qps:
             continue
-        out[name], _ = compensate_tensor(tensors[name], h, int(qps[name]), cfg.qp_density, damp=damp,
-                                         order=order, name=name)
+        w = np.asarray(tensors[name])
+        flip = name in transposed
+        if flip and w.ndim != 2:
+            raise InputError(f"tensor {name!r} of shape {w.shape}: only a matrix can be marked transposed")
+        v, _ = compensate_tensor(w.T if flip else w, h, int(qps[name]), cfg.qp_density, damp=damp, order=order,
+                                 name=name)
+        out[name] = np.ascontiguousarray(v.T) if flip else v
     return out
