@@ -19,6 +19,10 @@ disjoint from the evaluation data ("for_size+task": 10 other sentences, another 
 Prints a table, writes JSON and a bytes-vs-quality PNG per model:
 
     python benchmarks/bench_rd.py [--models minilm,ocr_rec,ocr_det] [--out benchmarks/results] [--no-reference]
+
+``--smooth``: smooth measures on more inputs for five architectures (MiniLM, OCR rec/det, Silero float and
+uint8), every nnc point compared with the reference's envelope at equal distortion (docs/rd.md); on Silero float
+also task-aware rounding (nnc.coding.tools.compensate) with input moments from their own calibration audio.
 """
 from __future__ import annotations
 
@@ -120,19 +124,35 @@ EVAL_PAGES = [["Neural network", "coding NNC", "ISO/IEC 15938", "bitstream 2.1.3
               ["Rate control", "per tensor QP", "Silero 16 kHz", "0123456789"],
               ["The quick brown", "fox jumps over", "the lazy dog", "PP-OCRv4 det"]]
 CALIB_PAGES = [CALIB_LINES, ["Calibration page", "other words", "weights 8 bit", "A-Z a-z"]]
+# --smooth, task-aware rounding: the input moments' own calibration data, disjoint from both sets above (the
+# sensitivities' calibration data chooses the damping)
+MOMENT_REC_LINES = ["Moment lines", "garden party 7pm", "ticket B-2231", "hydrogen fuel cell", "Oslo 0150",
+                    "error rate 0.3%", "Coffee & Tea", "UPPER lower 123", "x = y + z", "March 14, 2025",
+                    "apply filters", "Fig. 3(b)"]
+MOMENT_PAGES = [["Moment page one", "calibration 77", "signals & noise", "Q4 report"],
+                ["second moment", "matrix H = X^T X", "columns 0-9", "zebra crossing"]]
 SMOOTH = {  # metric (lower is better), the task metric reported beside it
     "ocr_rec": ("mean KL(original || decoded) of the per-step softmax, nats", "lines read identically"),
     "ocr_det": ("mean relative squared error of the probability map", "pixels on the same side of 0.3"),
     "silero_vad": ("mean squared error of the speech logit (48 chunks streamed with state)",
                    "speech decisions (p > 0.5) unchanged"),
+    "silero_int8": ("mean squared error of the speech logit (sequence model, 48 chunks)",
+                    "speech decisions (p > 0.5) unchanged"),
+    "minilm": ("mean cosine distance (1 - cos) of the sentence embeddings, 56 sentences",
+               "sentences whose most similar other sentence is unchanged"),
 }
 SMOOTH_QP_GRID = {"ocr_rec": list(range(-24, -46, -2)), "ocr_det": list(range(-20, -46, -2)),
-                  "silero_vad": list(range(-20, -48, -2))}
+                  "silero_vad": list(range(-20, -48, -2)), "minilm": list(range(-28, -44, -2)),
+                  "silero_int8": [-26, -32, -38]}
 SMOOTH_BPP_GRID = {"ocr_rec": [4.5, 5.0, 5.5, 6.0, 6.5, 7.0], "ocr_det": [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0],
-                   "silero_vad": [3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0]}
+                   "silero_vad": [3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0], "minilm": [4.0, 4.5, 5.0, 5.5, 6.0],
+                   "silero_int8": [5.0]}
 #: the sensitivities' noise, relative to each tensor's RMS: about a uniform quantiser's error at 5-7 bits per
 #: parameter, the operating range (the plain runs use 0.003, which the float noise of the task measure swamps)
 SMOOTH_REL_NOISE = 0.015
+#: the ridge of the task-aware rounding (fraction of the mean input energy added to H's diagonal): one nnc
+#: variant each; the calibration data chooses
+COMP_DAMP = (0.01, 0.1, 1.0)
 
 QUALITY = {  # metric, direction (+1: higher is better), threshold for the size comparison
     "minilm": ("mean embedding cosine", +1, 0.999),
@@ -162,6 +182,25 @@ def _vad_calib_chunks(n: int = 16) -> np.ndarray:
     return x.astype(np.float32).reshape(n, 512)
 
 
+def _vad_moment_chunks(signals: int = 6, n: int = 64, seed: int = 21) -> list:
+    """Audio for the input moments of the task-aware rounding (Silero): ``signals`` synthetic voiced signals
+    whose pitch, vibrato, harmonics, rhythm and noise level are drawn from a fixed generator, each streamed
+    separately. Disjoint from the evaluation audio (R.vad_chunks) and from the calibration audio of the
+    sensitivities (_vad_calib_chunks), which is what the damping of the rounding is chosen on."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(signals):
+        t = np.arange(n * 512) / 16000.0
+        f0 = rng.uniform(90, 330) * (1 + rng.uniform(0.05, 0.25) * np.sin(2 * np.pi * rng.uniform(0.5, 5) * t
+                                                                            + rng.uniform(0, 6)))
+        decay, harmonics = rng.uniform(0.7, 1.6), int(rng.integers(3, 10))
+        voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / 16000.0) / k ** decay for k in range(1, harmonics + 1))
+        env = (np.sin(2 * np.pi * rng.uniform(0.8, 5) * t + rng.uniform(0, 6)) > rng.uniform(-0.5, 0.5))
+        x = rng.uniform(0.05, 0.4) * voiced * env + rng.uniform(0.003, 0.05) * rng.standard_normal(t.size)
+        out.append(x.astype(np.float32).reshape(n, 512))
+    return out
+
+
 def _int8_model_path() -> str | None:
     """Silero VAD's 16k sequence model quantised dynamically to uint8 (LSTM -> DynamicQuantizeLSTM, Conv ->
     ConvInteger) with onnxruntime, as tests/_zoo_models.py makes it."""
@@ -172,6 +211,118 @@ def _int8_model_path() -> str | None:
         return None
     return Z.quantized_models({"silero_silero_vad_16k_sequence": src["silero_silero_vad_16k_sequence"]},
                               os.path.join(tempfile.gettempdir(), "nnc_bench_rd_int8")).get("silero_seq_dynamic_u8")
+
+
+# --smooth, Silero float: where each weight tensor of the 16 kHz branch reads its input (values inside the
+# model's top-level If, exposed by flattening that branch) and the convolution's (kernel, stride, pad)
+_SILERO_BRANCH = "If_0_then_branch__Inline_0_"
+_SILERO_INPUTS = {
+    "_stft.forward_basis_buffer": ("_/stft/Unsqueeze_output_0", (256, 128, 0)),
+    "_encoder.0.reparam_conv.weight": ("_/stft/Sqrt_output_0", (3, 1, 1)),
+    "_encoder.1.reparam_conv.weight": ("_/encoder/0/activation/Relu_output_0", (3, 2, 1)),
+    "_encoder.2.reparam_conv.weight": ("_/encoder/1/activation/Relu_output_0", (3, 2, 1)),
+    "_encoder.3.reparam_conv.weight": ("_/encoder/2/activation/Relu_output_0", (3, 1, 1)),
+    "_decoder.rnn.weight_ih": ("_/decoder/If_output_0", None),
+    "_decoder.rnn.weight_hh": ("state", None),               # h of the previous chunk: the streamed state
+    "_decoder.decoder.2.weight": ("_/decoder/decoder/1/Relu_output_0", (1, 1, 0)),
+}
+
+
+def _im2col1d(x: np.ndarray, kernel: int, stride: int, pad: int) -> np.ndarray:
+    """[positions, channels * kernel] columns of a 1-d convolution's input x [1, channels, time] (the
+    weight's (in, k) order)."""
+    x = np.pad(x[0], ((0, 0), (pad, pad)))
+    n = (x.shape[1] - kernel) // stride + 1
+    return np.stack([x[:, t * stride:t * stride + kernel].reshape(-1) for t in range(n)])
+
+
+def silero_input_moments(path: str, chunks: np.ndarray) -> dict:
+    """X^T X of every weight tensor's input (16 kHz branch) over ``chunks`` streamed with the LSTM state, for
+    nnc.coding.tools.compensate. Run on calibration audio only."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from nnc.coding.tools import compensate as cp
+    m = onnx.load(path)
+    branch = [a.g for n in m.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch"][0]
+    values = sorted({v for v, _ in _SILERO_INPUTS.values() if v != "state"})
+    outs = [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, None) for o in branch.output]
+    outs += [helper.make_tensor_value_info(_SILERO_BRANCH + v, TensorProto.FLOAT, None) for v in values]
+    flat = helper.make_model(helper.make_graph(list(branch.node), "branch", list(m.graph.input), outs,
+                                               list(branch.initializer)),
+                             opset_imports=m.opset_import, ir_version=m.ir_version)
+    sess = ort.InferenceSession(flat.SerializeToString(), providers=["CPUExecutionProvider"])
+    state = np.zeros((2, 1, 128), np.float32)
+    moments: dict = {}
+    for chunk in chunks:
+        got = sess.run(None, {"input": chunk[None], "state": state, "sr": np.array(16000, np.int64)})
+        seen = dict(zip(values, got[2:]))
+        seen["state"] = state[0]
+        for tensor, (value, conv) in _SILERO_INPUTS.items():
+            x = np.asarray(seen[value], np.float64)
+            cols = _im2col1d(x, *conv) if conv else x.reshape(-1, x.shape[-1])
+            name = _SILERO_BRANCH + tensor
+            moments[name] = cp.input_moments(cols, moments.get(name))
+        state = got[1]
+    return moments
+
+
+def _im2col2d(x: np.ndarray, kernel, strides, pads, groups: int) -> np.ndarray:
+    """[groups, positions, channels/groups * kh * kw] columns of a 2-d convolution's input x [n, c, h, w] (the
+    weight's (in, kh, kw) order per group; dilation 1)."""
+    kh, kw = kernel
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
+    n, c, ho, wo = win.shape[:4]
+    win = win.reshape(n, groups, c // groups, ho, wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    return win.reshape(groups, n * ho * wo, (c // groups) * kh * kw)
+
+
+def onnx_input_moments(path: str, tensors: dict, x: np.ndarray, max_positions: int = 20000, seed: int = 0):
+    """Input moments of every Conv (2-d, dilation 1) and MatMul weight of an ONNX model without control flow on
+    the batch ``x`` (calibration data only): ({name: H or groups x c x c}, names of (in, out) MatMul weights).
+    Positions beyond ``max_positions`` per layer are subsampled (fixed seed)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from nnc.coding.tools import compensate as cp
+    m = onnx.load(path)
+    layers = []
+    for node in m.graph.node:
+        if node.op_type not in ("Conv", "MatMul") or len(node.input) < 2 or node.input[1] not in tensors:
+            continue
+        w = np.asarray(tensors[node.input[1]])
+        if w.dtype.kind != "f" or w.ndim < 2:
+            continue
+        attrs = {a.name: (a.i if a.type == onnx.AttributeProto.INT else list(a.ints)) for a in node.attribute}
+        if node.op_type == "Conv" and (w.ndim != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1]))):
+            continue
+        layers.append((node, w, attrs))
+    outs = [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, None) for o in m.graph.output]
+    wanted = sorted({node.input[0] for node, _, _ in layers})
+    outs += [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in wanted]
+    g = helper.make_graph(list(m.graph.node), "moments", list(m.graph.input), outs, list(m.graph.initializer))
+    model = helper.make_model(g, opset_imports=m.opset_import, ir_version=m.ir_version)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in outs], sess.run(None, {sess.get_inputs()[0].name: x})))
+    rng = np.random.default_rng(seed)
+    moments, transposed = {}, set()
+    for node, w, attrs in layers:
+        a = np.asarray(got[node.input[0]], np.float64)
+        if node.op_type == "Conv":
+            cols = _im2col2d(a, w.shape[2:], attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0]),
+                             int(attrs.get("group", 1)))
+            if cols.shape[1] > max_positions:
+                cols = cols[:, np.sort(rng.choice(cols.shape[1], max_positions, replace=False))]
+            h = np.einsum("gpi,gpj->gij", cols, cols)
+            moments[node.input[1]] = h[0] if h.shape[0] == 1 else h
+        else:
+            a = a.reshape(-1, a.shape[-1])
+            if a.shape[0] > max_positions:
+                a = a[np.sort(rng.choice(a.shape[0], max_positions, replace=False))]
+            moments[node.input[1]] = cp.input_moments(a)
+            transposed.add(node.input[1])
+    return moments, transposed
 
 
 def _fast_gelu():
@@ -247,14 +398,22 @@ class Task:
         elif self.key == "ocr_det":
             self.inp = np.concatenate([_det_page(p) for p in EVAL_PAGES])
             self.cal_inp = np.concatenate([_det_page(p) for p in CALIB_PAGES])
-        elif self.key == "silero_vad":
+        elif self.key in ("silero_vad", "silero_int8"):
             self.inp, self.cal_inp = R.vad_chunks(48), _vad_calib_chunks(48)
+        elif self.key == "minilm":          # the 56 sentences / 10 calibration sentences of the plain run
+            self.inp, self.cal_inp = (self.ids, self.mask), (self.cal_ids, self.cal_mask)
         else:
             raise SystemExit(f"--smooth has no measure for {self.key}")
         self.ref_out = self._run_smooth(self.tensors, self.inp)
         self.cal_out = self._run_smooth(self.tensors, self.cal_inp)
 
     def _run_smooth(self, tensors, x) -> np.ndarray:
+        if self.key == "minilm":
+            t = dict(self.f64)
+            t.update({k: v for k, v in tensors.items() if v is not self.tensors.get(k)})
+            return R.minilm_embed(t, *x)
+        if self.key == "silero_int8":       # the sequence model: one speech probability per chunk
+            return self._run(tensors, x).reshape(-1)
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "m.onnx")
             C.save_model(p, tensors, self.topology)
@@ -276,6 +435,8 @@ class Task:
         if self.key == "ocr_det":
             err = ((out - ref) ** 2).reshape(len(ref), -1).sum(1) / (ref ** 2).reshape(len(ref), -1).sum(1)
             return float(np.mean(err))
+        if self.key == "minilm":        # embeddings are L2-normalised
+            return float(np.mean(1.0 - np.sum(out * ref, axis=1)))
         lg = lambda v: np.log(np.clip(v, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(v, 1e-7, 1 - 1e-7))  # noqa: E731
         return float(np.mean((lg(out) - lg(ref)) ** 2))
 
@@ -286,6 +447,12 @@ class Task:
                                   for i in range(len(out))]))
         if self.key == "ocr_det":
             return float(np.mean((out > 0.3) == (self.ref_out > 0.3)))
+        if self.key == "minilm":
+            def nearest(e):
+                s = e @ e.T
+                np.fill_diagonal(s, -np.inf)
+                return np.argmax(s, axis=1)
+            return float(np.mean(nearest(out) == nearest(self.ref_out)))
         return float(np.mean((out > 0.5) == (self.ref_out > 0.5)))
 
     def _run(self, tensors, x) -> np.ndarray:
@@ -383,6 +550,7 @@ def _at_threshold(key, points):
 
 
 def run_model(key, path, use_reference, log, smooth=False):
+    from nnc.coding.tools import compensate as cp
     from nnc.coding.tools import ratecontrol as rc
     task = Task(key, path)
     if smooth:
@@ -452,17 +620,43 @@ def run_model(key, path, use_reference, log, smooth=False):
         log(f"{key}: rate table without DQ {time.perf_counter() - t0:.0f}s")
         methods = [("nnc for_size+task", SMOOTH_BPP_GRID[key], sens, table, True),
                    ("nnc for_size+task URQ", SMOOTH_BPP_GRID[key], sens, urq, False)]
+        if key == "silero_vad":
+            # task-aware rounding of the weight tensors (URQ levels, nnc.coding.tools.compensate): input moments
+            # from their own calibration audio; each damping is one variant, the calibration audio of the
+            # sensitivities (held out from the moments) chooses among all variants
+            t0 = time.perf_counter()
+            moments: dict = {}
+            for chunks in _vad_moment_chunks():
+                for k, v in silero_input_moments(task.path, chunks).items():
+                    moments[k] = moments.get(k, 0.0) + v
+            transposed: set = set()
+        elif key in ("ocr_rec", "ocr_det"):    # the same on every Conv and MatMul weight, own calibration data
+            t0 = time.perf_counter()
+            x_mom = _rec_batch(MOMENT_REC_LINES) if key == "ocr_rec" else np.concatenate(
+                [_det_page(p) for p in MOMENT_PAGES])
+            moments, transposed = onnx_input_moments(task.path, tensors, x_mom)
+        if key in ("silero_vad", "ocr_rec", "ocr_det"):
+            log(f"{key}: input moments {time.perf_counter() - t0:.0f}s ({len(moments)} tensors)")
+            methods += [(f"nnc for_size+task URQ+comp{d:g}", SMOOTH_BPP_GRID[key], sens, urq, False)
+                        for d in COMP_DAMP]
     for method, bpps, w, tab, dq in methods:
         for bpp in bpps:
             t0 = time.perf_counter()
             tab.weights = w
             qps = tab.allocate(bpp) if weights else {}
-            bs = nnc.encode(tensors, nnc.EncoderConfig(qp_per_tensor={**qps, **tiny}, dq=dq))
+            coded = tensors
+            if "+comp" in method:
+                coded = cp.compensate(tensors, {k: v for k, v in moments.items() if k in qps}, qps,
+                                      nnc.EncoderConfig(dq=False), damp=float(method.split("+comp")[1]),
+                                      transposed=transposed)
+            bs = nnc.encode(coded, nnc.EncoderConfig(qp_per_tensor={**qps, **tiny}, dq=dq))
             add(method, f"bpp={bpp}", bs, time.perf_counter() - t0 + (t_table + (t_sens if w else 0)) / len(bpps))
             rows[-1]["edges"] = list(tab.last_edges)
             rows[-1]["int_payload_bytes"] = int_bits // 8
             if smooth:   # what the calibration data says of this point (to choose DQ or not without evaluation data)
-                rows[-1]["calib_distortion"] = task.calib_distortion(nnc.decode(bs)) if not any(
+                # (not for models whose integer weights nnc codes without zero points: the decoded tensors
+                # are not the ONNX initialisers; MiniLM's integer position ids are not read by its forward pass)
+                rows[-1]["calib_distortion"] = task.calib_distortion(nnc.decode(bs)) if key == "minilm" or not any(
                     np.asarray(v).dtype.kind in "iub" for v in tensors.values()) else None
     return task, rows
 
@@ -499,6 +693,9 @@ def reference_envelope(rows):
 def reference_bytes_at(env, q):
     """Bytes the reference needs for distortion ``q``: log bytes interpolated linearly in log q between the two
     envelope points around it; None outside the envelope (the reference grid does not reach it)."""
+    for r in env:               # a reference setting reaches exactly this distortion (e.g. lossless weights)
+        if r["q"] == q:
+            return float(r["bytes"])
     for a, b in zip(env, env[1:]):
         if a["q"] >= q >= b["q"]:
             if a["q"] == b["q"] or q <= 0:
@@ -572,7 +769,10 @@ def summarise_smooth(key, rows):
                              p["method"] == m and p["where"].startswith("better") for p in points),
                          "mean_log_calib_distortion": float(np.mean(np.log(cal))) if cal and min(cal) > 0 else None,
                          "fitted": fitted_comparison(rows, m)}
+    cal = {m: v["mean_log_calib_distortion"] for m, v in per_method.items()
+           if v["mean_log_calib_distortion"] is not None}
     return {"metric": SMOOTH[key][0], "task_metric": SMOOTH[key][1],
+            "calibration_choice": min(cal, key=cal.get) if cal else None,
             "reference_envelope": [{"setting": r["setting"], "bytes": r["bytes"], "q": r["q"], "task": r.get("task")}
                                    for r in env],
             "points": points, "methods": per_method}
@@ -605,6 +805,7 @@ def plot(key, rows, path, smooth=False):
 def _print_smooth(report):
     print()
     for key, s in report["models"].items():
+        print(f"{key}: variant chosen on the calibration data: {s.get('calibration_choice')}")
         print(f"{key}: {s['metric']}; reference envelope: " +
               ", ".join(f"{r['setting']} {r['bytes']} B {r['q']:.4g}" for r in s["reference_envelope"]))
         for p in s["points"]:
@@ -626,8 +827,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="minilm,ocr_rec,ocr_det,silero_vad,silero_int8")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--smooth", action="store_true",
-                    help="smooth task measures on more inputs (OCR rec/det, Silero float); each nnc point is "
-                         "compared with the reference's curve at equal distortion; writes rd_smooth.json")
+                    help="smooth task measures on more inputs (OCR rec/det, Silero float and uint8, MiniLM); each "
+                         "nnc point is compared with the reference's curve at equal distortion; writes "
+                         "rd_smooth.json (keeping the models of an earlier file that this run did not repeat)")
     ap.add_argument("--resummarise", metavar="JSON",
                     help="recompute the --smooth summaries from the rows of a saved rd_smooth.json (no runs)")
     ap.add_argument("--no-reference", action="store_true",
@@ -645,7 +847,7 @@ def main(argv=None) -> int:
             json.dump(report, f, indent=1)
         return 0
     if a.smooth and a.models == ap.get_default("models"):
-        a.models = "ocr_rec,ocr_det,silero_vad"
+        a.models = "ocr_rec,ocr_det,silero_vad,minilm,silero_int8"
     _fast_gelu()
     os.makedirs(a.out, exist_ok=True)
     paths = R.model_paths()
@@ -676,7 +878,15 @@ def main(argv=None) -> int:
     report["seconds"] = time.perf_counter() - t_start
     if a.smooth:
         _print_smooth(report)
-        with open(os.path.join(a.out, "rd_smooth.json"), "w") as f:
+        path = os.path.join(a.out, "rd_smooth.json")
+        if os.path.exists(path):       # keep the models of an earlier run that this one did not repeat
+            with open(path) as f:
+                old = json.load(f)
+            for key, summary in old.get("models", {}).items():
+                if key not in report["models"]:
+                    report["models"][key] = summary
+                    report["rows"] += [r for r in old.get("rows", []) if r["model"] == key]
+        with open(path, "w") as f:
             json.dump(report, f, indent=1)
         print(f"total {report['seconds']:.0f} s; JSON and PNGs in {a.out}")
         return 0

@@ -60,3 +60,36 @@ def test_fitted_comparison_of_two_power_laws(bench):
     f = bench.fitted_comparison(rows, "nnc t")
     assert f["q_range"] == [pytest.approx((6000 / 1000) ** -2), pytest.approx((1500 / 1000) ** -2)]
     assert all(v == pytest.approx(20.0) for v in f["savings"].values()) and len(f["savings"]) == 3
+
+
+def test_a_reference_setting_at_exactly_the_same_distortion_gives_its_bytes(bench):
+    # the uint8 model: integer weights lossless in both codecs, every reference setting decodes to the same
+    # outputs (one envelope point, distortion 0); nnc's point at distortion 0 is compared with it
+    env = bench.reference_envelope([_ref("qp=-26 dq=1", 235703, 0.0), _ref("qp=-32 dq=1", 235703, 0.0)])
+    assert bench.reference_bytes_at(env, 0.0) == 235703.0
+    assert bench.reference_bytes_at(env, 1e-9) is None                 # still never extrapolated
+
+
+def test_summary_names_the_variant_the_calibration_data_chooses(bench):
+    rows = [_ref("a", 100, 0.5), _ref("b", 200, 0.05),
+            {"method": "nnc A", "setting": "bpp=4", "bytes": 120, "q": 0.2, "calib_distortion": 0.01},
+            {"method": "nnc A", "setting": "bpp=5", "bytes": 150, "q": 0.1, "calib_distortion": 0.01},
+            {"method": "nnc B", "setting": "bpp=4", "bytes": 120, "q": 0.1, "calib_distortion": 0.02},
+            {"method": "nnc B", "setting": "bpp=5", "bytes": 150, "q": 0.06, "calib_distortion": 0.02}]
+    s = bench.summarise_smooth("silero_vad", rows)
+    assert s["calibration_choice"] == "nnc A"        # lower on calibration, though B is better on evaluation
+
+
+def test_silero_moments_use_the_columns_of_each_convolution(bench):
+    # the im2col columns of the task-aware rounding's input moments, in the weight's (in, k) order: W @ cols is
+    # the convolution the model computes (stride and padding included)
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 11))
+    w = rng.standard_normal((3, 4, 3))
+    for stride, pad in ((1, 1), (2, 1), (2, 0)):
+        cols = bench._im2col1d(x, 3, stride, pad)
+        xp = np.pad(x[0], ((0, 0), (pad, pad)))
+        direct = np.array([[sum(np.dot(w[o, c], xp[c, t * stride:t * stride + 3]) for c in range(4))
+                            for t in range((xp.shape[1] - 3) // stride + 1)] for o in range(3)])
+        assert np.allclose(cols @ w.reshape(3, -1).T, direct.T)
