@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from typing import Mapping
@@ -70,19 +71,30 @@ class SafetensorsFile:
         self.entries: dict[str, tuple[str, list[int], int, int]] = {}
         for name, info in header.items():
             try:
-                st_dtype, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+                st_dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise ModelFormatError(f"{path!r}: malformed header entry for {name!r}") from None
-            if st_dtype not in _ST_TO_NAME:
+            if not all(type(v) is int for v in (*shape, begin, end)):     # JSON integers only (not 2.5, true, "8")
+                raise ModelFormatError(f"{path!r}: tensor {name!r} has a shape or data_offsets that are not integers "
+                                       f"(shape {shape}, data_offsets {[begin, end]})")
+            if not isinstance(st_dtype, str) or st_dtype not in _ST_TO_NAME:
                 raise ModelFormatError(f"{path!r}: tensor {name!r} has unsupported dtype {st_dtype}")
             dname = _ST_TO_NAME[st_dtype]
             storage = np.dtype(_STORAGE[dname])
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)            # Python ints: a hostile shape cannot wrap around to a small count
             if any(d < 0 for d in shape) or not (0 <= begin <= end <= data_len) or \
                     end - begin != count * storage.itemsize:
                 raise ModelFormatError(f"{path!r}: tensor {name!r} has inconsistent offsets {begin}..{end} for shape "
                                        f"{shape} {st_dtype} (data section {data_len} bytes; truncated file?)")
-            self.entries[name] = (dname, shape, int(begin), int(end))
+            self.entries[name] = (dname, shape, begin, end)
+        # every byte of the data section belongs to at most one tensor (the format's rule): overlapping tensors
+        # would let a small file expand into many copies of its data
+        spans = sorted((b, e, n) for n, (_, _, b, e) in self.entries.items() if e > b)
+        for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise ModelFormatError(f"{path!r}: tensors {n0!r} and {n1!r} overlap in the data section (bytes "
+                                       f"{b0}..{e0} and {b1}..{e1}); each byte of a safetensors file belongs to one "
+                                       "tensor")
 
     def read(self, name: str) -> np.ndarray:
         dname, shape, begin, end = self.entries[name]

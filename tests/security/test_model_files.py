@@ -1,5 +1,6 @@
 """Issue 15 items 5-6: model files from strangers. Every failure is a ModelFormatError (or LimitExceededError
 for the decoder budget) naming the file; work and memory stay bounded; nothing outside the model folder is read."""
+import contextlib
 import io
 import os
 import zipfile
@@ -11,6 +12,7 @@ from _bombs_path import MB
 import bombs
 import nnc
 from nnc import converters
+from nnc.cli import main as cli
 
 
 def _npy(shape, dtype="<f4") -> bytes:
@@ -49,6 +51,38 @@ def test_garbage_model_files_are_model_format_errors(tmp_path):
     for p in sorted(tmp_path.iterdir()):
         with pytest.raises(nnc.ModelFormatError, match=p.name):
             converters.load_model(str(p))
+
+
+def _safetensors(header: dict, body: bytes = b"") -> bytes:
+    import json
+    h = json.dumps(header).encode()
+    return len(h).to_bytes(8, "little") + h + body
+
+
+@pytest.mark.parametrize("case", ["overlap", "shape_wraps", "float_shape", "bool_shape", "string_offsets"])
+def test_hostile_safetensors_headers_are_model_format_errors(tmp_path, case):
+    # the header is JSON a stranger writes: tensors overlapping one region (64 copies of 1 MB from a 1 MB file:
+    # the reader loaded them all), a shape whose int64 product wraps to 0 (raw ValueError, exit 70), non-integer
+    # shapes (2.5 read as 2, true as 1) and offsets ("8": raw TypeError, exit 70)
+    f32 = lambda shape, offsets: {"dtype": "F32", "shape": shape, "data_offsets": offsets}  # noqa: E731
+    data = {
+        "overlap": _safetensors({f"t{i}": f32([1 << 18], [0, MB]) for i in range(64)}, b"\0" * MB),
+        "shape_wraps": _safetensors({"a": f32([1 << 32, 1 << 32], [0, 0])}),
+        "float_shape": _safetensors({"a": f32([2.5], [0, 8])}, b"\0" * 8),
+        "bool_shape": _safetensors({"a": f32([True, 2], [0, 8])}, b"\0" * 8),
+        "string_offsets": _safetensors({"a": f32([2], ["0", "8"])}, b"\0" * 8),
+    }[case]
+    p = tmp_path / f"{case}.safetensors"
+    p.write_bytes(data)
+    with pytest.raises(nnc.ModelFormatError, match=p.name):
+        converters.load_model(str(p))
+    err = io.StringIO()                               # the CLI reads tensor by tensor: the same error, exit 2
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli(["encode", str(p), "-o", str(tmp_path / "o.nnc"), "--quiet"]) == 2, err.getvalue()
+    assert p.name in err.getvalue() and not (tmp_path / "o.nnc").exists()
+    ok = tmp_path / "adjacent.safetensors"            # the same tensors side by side are a valid file
+    ok.write_bytes(_safetensors({"a": f32([2], [0, 8]), "b": f32([2], [8, 16])}, np.arange(4, dtype="<f4").tobytes()))
+    assert converters.load_model(str(ok)).tensors["b"].tolist() == [2.0, 3.0]
 
 
 # -- deflated entries: declared size checked against the budget before inflating ----------------------------
