@@ -5,6 +5,8 @@
 * :mod:`nnc.coding.tools.optqp` — NNCodec's size/spread-based per-tensor QP modification (``opt_qp``).
 * :mod:`nnc.coding.tools.sparsify` — unstructured and structured sparsification before quantisation.
 * :mod:`nnc.coding.tools.ratecontrol` — targets instead of QPs: bits per parameter, maximum relative error.
+* :mod:`nnc.coding.tools.compensate` — task-aware rounding: levels chosen column by column with the rounding error
+  compensated from calibration inputs' second moments (URQ levels on the tensor's qp grid).
 
 All of them only choose levels, QPs and codebooks; the bitstream syntax is the standard's.
 """
