@@ -549,6 +549,18 @@ def _at_threshold(key, points):
     return best["bytes"], float(math.exp(math.log(lo["bytes"]) + t * (math.log(best["bytes"]) - math.log(lo["bytes"]))))
 
 
+def reference_inputs(task, tensors) -> tuple[dict, dict, dict]:
+    """What both codecs code for the reference points: (qp_per_tensor for the tiny float tensors, the tensors as
+    NNCodec gets them, the same with integers as int32 as nnc codes them without dtype signalling)."""
+    # scalars and other tiny float tensors (epsilons, clip bounds) at the finest qp, for both codecs: at the
+    # default non-weight qp an epsilon of 1e-6 quantises to 0 and breaks the OCR models whatever the weights' qp
+    tiny = {k: -128 for k, v in tensors.items() if v.dtype.kind == "f" and v.size <= 16}
+    ref_tensors = {k: v for k, v in tensors.items() if v.dtype.kind not in "iub"}
+    ref_tensors.update(task.ints_with_zero_point)       # the original integers, by their ONNX names
+    ref32 = {k: v.astype(np.int32) if v.dtype.kind in "iu" else v for k, v in ref_tensors.items()}
+    return tiny, ref_tensors, ref32
+
+
 def run_model(key, path, use_reference, log, smooth=False):
     from nnc.coding.tools import compensate as cp
     from nnc.coding.tools import ratecontrol as rc
@@ -567,13 +579,9 @@ def run_model(key, path, use_reference, log, smooth=False):
         log(f"{key:8s} {method:18s} {setting:16s} {len(bs):10d} B  q={q['q']:.6g}  task={q.get('task', '-')}  "
             f"enc {seconds:.1f}s")
 
-    # scalars and other tiny float tensors (epsilons, clip bounds) at the finest qp, for both codecs: at the
-    # default non-weight qp an epsilon of 1e-6 quantises to 0 and breaks the OCR models whatever the weights' qp
-    tiny = {k: -128 for k, v in tensors.items() if v.dtype.kind == "f" and v.size <= 16}
+    tiny, ref_tensors, ref32 = reference_inputs(task, tensors)
     grid = [(qp, dq) for qp in (SMOOTH_QP_GRID if smooth else QP_GRID)[key] for dq in (True, False)]
     settings = [{"qp": qp, "dq": dq, "qp_per_tensor": tiny} for qp, dq in grid]
-    ref_tensors = {k: v for k, v in tensors.items() if v.dtype.kind not in "iub"}
-    ref_tensors.update(task.ints_with_zero_point)       # the original integers, by their ONNX names
     if use_reference:
         from tests.support import reference
         timings: list = []
@@ -583,11 +591,10 @@ def run_model(key, path, use_reference, log, smooth=False):
         # nnc writes the same bytes for the same settings (checked here on one point; without nnc's
         # nnr_decompressed_data_format, which the reference does not write: it codes int64 buffers as int32)
         qp0, dq0 = grid[0]
-        same = nnc.encode({k: v.astype(np.int32) if v.dtype.kind in "iu" else v for k, v in ref_tensors.items()},
-                          nnc.EncoderConfig(qp=qp0, dq=dq0, qp_per_tensor=tiny, signal_dtype=False)) == streams[0]
+        cfg0 = nnc.EncoderConfig(qp=qp0, dq=dq0, qp_per_tensor=tiny, signal_dtype=False)
+        same = nnc.encode(ref32, cfg0) == streams[0]
         log(f"{key}: nnc bitstream for qp={qp0} dq={int(dq0)} byte-identical to the reference's: {same}")
     else:
-        ref32 = {k: v.astype(np.int32) if v.dtype.kind in "iu" else v for k, v in ref_tensors.items()}
         for qp, dq in grid:
             t0 = time.perf_counter()
             bs = nnc.encode(ref32, nnc.EncoderConfig(qp=qp, dq=dq, qp_per_tensor=tiny, signal_dtype=False))

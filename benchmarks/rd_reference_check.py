@@ -1,7 +1,8 @@
 """Check that the reference points of ``bench_rd.py --smooth --no-reference`` are NNCodec's own bytes: for each
 model of the five-architecture table, a spread of its smooth qp grid (both ends and the middle, DQ on and off) is
 encoded by NNCodec 2.1.3 (tests/support/reference.py) and by nnc with the same settings, exactly as bench_rd.py
-builds them (tiny float tensors at qp -128, integers with their zero points, no dtype signalling), and the bytes
+builds them (``bench_rd.reference_inputs``: tiny float tensors at qp -128, integers with their zero points,
+no dtype signalling), and the bytes
 are compared. Prints a table and writes JSON.
 
     python benchmarks/rd_reference_check.py [--models ...] [--json benchmarks/results/rd_reference_check.json]
@@ -49,11 +50,7 @@ def main(argv=None) -> int:
             print(f"{key}: not installed, skipped", file=sys.stderr)
             continue
         task = B.Task(key, paths[key])
-        tensors = {k: np.asarray(v) for k, v in task.tensors.items()}
-        tiny = {k: -128 for k, v in tensors.items() if v.dtype.kind == "f" and v.size <= 16}
-        ref_tensors = {k: v for k, v in tensors.items() if v.dtype.kind not in "iub"}
-        ref_tensors.update(task.ints_with_zero_point)
-        ref32 = {k: v.astype(np.int32) if v.dtype.kind in "iu" else v for k, v in ref_tensors.items()}
+        tiny, ref_tensors, ref32 = B.reference_inputs(task, {k: np.asarray(v) for k, v in task.tensors.items()})
         grid = points(B.SMOOTH_QP_GRID[key])
         settings = [{"qp": qp, "dq": dq, "qp_per_tensor": tiny} for qp, dq in grid]
         t0 = time.perf_counter()

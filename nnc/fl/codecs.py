@@ -26,15 +26,19 @@ T = TypeVar("T")
 Tensors = Mapping[str, np.ndarray]
 
 
-def limits_for(shapes: Mapping[str, tuple], *, extra_tensors: int = 0) -> DecoderConfig:
+def limits_for(shapes: Mapping[str, tuple], *, extra_tensors: int = 0, max_units: int | None = None
+               ) -> DecoderConfig:
     """Decoder limits for a message that can only hold tensors of these shapes: :meth:`DecoderConfig.strict`
-    with the total (8 bytes per element, room for float64 reconstruction), the largest tensor and the unit
-    count derived from them, so that a few bytes declaring a huge tensor are refused before decoding."""
+    with the total (16 bytes per element: outputs, the levels an update decoder keeps and temporaries, room for
+    float64 reconstruction), the largest tensor and the unit count derived from them (``max_units``, default
+    8 + 2 per tensor), so that a few bytes declaring a huge tensor are refused before decoding. The model bounds
+    the units, not strict()'s density bound: an update of many small tensors is many tiny NDUs."""
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes.values()]
     total, largest = sum(sizes), max(sizes, default=1)
     n = len(sizes) + extra_tensors
     return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
-        max_units=8 + 2 * n, max_tensor_elements=max(largest, 1), max_rank=8, min_unit_bytes=0)   # units: by the model
+        max_units=8 + 2 * n if max_units is None else max_units, max_tensor_elements=max(largest, 1), max_rank=8,
+        min_unit_bytes=0)
 
 
 @runtime_checkable

@@ -42,6 +42,7 @@ from ..codec import encode as _nnc_encode
 from ..config import DecoderConfig, EncoderConfig
 from ..errors import NNCError, UpdateStateError
 from ..incremental import in_model_shape
+from .codecs import limits_for
 
 __all__ = ["Compressor", "Packet", "QSGD", "TernGrad", "SignSGD", "TopK", "PowerSGD", "Atomo", "NoCompression",
            "lattice_qp", "snap", "ALL"]
@@ -150,11 +151,7 @@ def _as_float(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def _limits(model: Tensors) -> DecoderConfig:
-    total = sum(int(np.asarray(v).size) for v in model.values())
-    largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
-    # the budget counts outputs, levels and temporaries (not only outputs): 4x the float32 model size
-    return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
-        max_units=8 + 4 * len(model), max_tensor_elements=max(largest, 1), max_rank=8, min_unit_bytes=0)
+    return limits_for({k: np.shape(v) for k, v in model.items()}, max_units=8 + 4 * len(model))
 
 
 # --------------------------------------------------------------------------------------------------------

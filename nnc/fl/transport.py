@@ -38,6 +38,7 @@ from ..errors import NNCError, UpdateStateError
 from ..incremental import UpdateDecoder, UpdateEncoder, UpdateState, in_model_shape, in_model_shapes
 from ..coding.quant import qp_for_step, reconstruct_uniform
 from . import sparsify as sp
+from .codecs import limits_for
 from .rounds import RoundPolicy, bound_updates, combine_updates, update_norm
 
 __all__ = ["UplinkConfig", "DownlinkConfig", "DownlinkMessage", "UplinkMessage", "ClientCodec", "ServerCodec",
@@ -382,12 +383,7 @@ def _qp_for_step(step: float, qp_density: int, rounding=math.floor) -> int:
 
 
 def _strict_limits(model: Tensors) -> DecoderConfig:
-    total = sum(int(np.asarray(v).size) for v in model.values())
-    largest = max((int(np.asarray(v).size) for v in model.values()), default=1)
-    # 4x the float32 model size: the budget counts outputs, the levels the update decoder keeps and temporaries
-    return DecoderConfig.strict(max_total_bytes=max(16 * total, 1 << 16)).replace(
-        max_units=4 + 2 * len(model), max_tensor_elements=max(largest, 1), max_rank=8,
-        min_unit_bytes=0)     # the model bounds the units: a sparse update of many tensors is many tiny NDUs
+    return limits_for({k: np.shape(v) for k, v in model.items()}, max_units=4 + 2 * len(model))
 
 
 # --------------------------------------------------------------------------------------------------------
